@@ -1,0 +1,88 @@
+"""Image data: the Fashion-MNIST reader (training only), shipped image sets, user folders.
+
+Images are handled as float tensors N x C x H x W in [-1, 1] throughout ``core``.
+"""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+# Shipped image sets (uint8 arrays, N x 28 x 28), written by ``scripts/make_assets.py``.
+CALIBRATION_IMAGES = ASSETS_DIR / "data" / "fashion_mnist_train_1000.npz"
+REFERENCE_IMAGES = ASSETS_DIR / "data" / "fashion_mnist_test_1000.npz"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def read_idx_images(path: str | Path) -> np.ndarray:
+    """Read an idx3 (optionally gzipped) image file into a uint8 array N x H x W."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    magic = int.from_bytes(raw[0:4], "big")
+    if magic != 2051:
+        raise ValueError(f"{path}: not an idx3 image file (magic {magic}, expected 2051)")
+    count, rows, cols = (int.from_bytes(raw[i : i + 4], "big") for i in (4, 8, 12))
+    return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(count, rows, cols)
+
+
+def load_fashion_mnist(split: str = "train", root: str | Path = FASHION_MNIST_DIR) -> np.ndarray:
+    """Fashion-MNIST images (uint8, N x 28 x 28) from the Debian ``dataset-fashion-mnist`` package."""
+    names = {"train": "train-images-idx3-ubyte.gz", "test": "t10k-images-idx3-ubyte.gz"}
+    if split not in names:
+        raise ValueError(f"split must be one of {sorted(names)}, got {split!r}")
+    path = Path(root) / names[split]
+    if not path.exists():
+        raise ValueError(
+            f"Fashion-MNIST not found at {path}; install it with `apt-get install dataset-fashion-mnist`"
+        )
+    return read_idx_images(path)
+
+
+def uint8_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 N x H x W (or N x H x W x C) -> float N x C x H x W in [-1, 1]."""
+    array = np.asarray(images)
+    if array.ndim == 3:
+        array = array[:, :, :, None]
+    tensor = torch.from_numpy(np.array(array, copy=True)).permute(0, 3, 1, 2).float()
+    return tensor / 127.5 - 1.0
+
+
+def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float N x C x H x W in [-1, 1] -> uint8 N x H x W x C."""
+    scaled = ((images.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round()
+    return scaled.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def load_image_set(path: str | Path) -> torch.Tensor:
+    """A shipped ``.npz`` image set (key ``images``) as a float tensor in [-1, 1]."""
+    with np.load(path) as archive:
+        return uint8_to_tensor(archive["images"])
+
+
+def load_image_folder(
+    folder: str | Path, size: int, channels: int, limit: int | None = None
+) -> torch.Tensor:
+    """Images from a user folder, resized to ``size`` and converted to ``channels``, in [-1, 1]."""
+    from PIL import Image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"image folder {str(folder)!r} does not exist or is not a directory")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if limit is not None:
+        files = files[:limit]
+    if not files:
+        raise ValueError(f"image folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    mode = "L" if channels == 1 else "RGB"
+    arrays = []
+    for file in files:
+        with Image.open(file) as image:
+            image = image.convert(mode).resize((size, size), Image.BICUBIC)
+            arrays.append(np.asarray(image, dtype=np.uint8))
+    return uint8_to_tensor(np.stack(arrays))

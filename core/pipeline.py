@@ -61,6 +61,8 @@ def load_pipeline(source: str | Path | None = None, device: str | torch.device |
     torch_device = pick_device(device)
     source_path = DEFAULT_MODEL_DIR if source is None else Path(str(source)).expanduser()
     label = "default model" if source is None else str(source)
+    if source is None and not source_path.is_dir():
+        raise ValueError(f"the embedded default model is missing at {source_path}; train it with `diffprune train-base`")
     if source_path.is_dir():
         if (source_path / PRUNED_MARKER).exists():
             from .checkpoint import load_pruned_pipeline

@@ -1,0 +1,308 @@
+"""Pruning criteria: each one turns a UNet (and, for the gradient criteria, calibration
+statistics) into one score per prunable weight; low score = pruned first.
+
+A granularity (``core/granularity.py``) then aggregates the per-weight scores into the unit it
+prunes (an N:M group, an output channel with its dependency group, an attention head), so that
+criteria, schedules and granularities stay orthogonal (``../shared/STYLE.md`` principle 5).
+
+Definitions follow ``../shared/METHODS.md``:
+
+* ``random``    -- uniform random scores from a generator seeded by ``spec.seed``.
+* ``magnitude`` -- ``|w|^p``; summed over a channel's group this is Torch-Pruning's
+  ``GroupMagnitudeImportance`` without normaliser; default ``p=1`` (Diff-Pruning's baseline).
+* ``taylor``    -- Diff-Pruning (Fang et al., NeurIPS 2023): denoising loss
+  ``MSE(eps_theta(x_t, t), eps)``, gradients accumulated over the ``threshold`` schedule with no
+  zero_grad between timesteps (nor between batches), score ``|w * g|`` (the first-order Taylor
+  term; Torch-Pruning ``TaylorImportance(multivariable=False)`` summed over the group).
+* ``nici``      -- NiCI-Pruning (IEEE TIP 2025), following its public code:
+  ``L_t = MSE(eps_theta(x0, t), x0)`` (clean image in, compared with the clean image), the
+  ``interval`` schedule, zero_grad once per batch, Taylor ``|w * g|`` per batch, summed over batches.
+* ``l1``        -- Towards Tiny Diffusion: ``I(w) = alpha |w| + beta |dL/dw|`` with each term
+  normalised by its per-layer mean (the paper gives no values: defaults alpha = beta = 1); the
+  gradient is that of the denoising loss over the criterion's schedule (default ``uniform``).
+
+Prunable parameters (the same set for every criterion and granularity): the ``weight`` of every
+``nn.Conv2d`` and ``nn.Linear`` in the UNet except ``conv_in`` and ``conv_out`` (the image-facing
+layers; Diff-Pruning leaves ``conv_out`` alone and the input layer of a 1- or 3-channel image
+model has nothing to spare). Time-embedding and attention projections are included. Biases
+and normalisation parameters are not prunable.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .schedules import SCHEDULES
+
+EXCLUDED_LAYERS = ("conv_in", "conv_out")
+ALL_GRANULARITIES = ("unstructured", "N:M", "channel", "head")
+
+
+def prunable_layers(unet: nn.Module) -> dict[str, nn.Module]:
+    """Name -> module of the layers whose ``weight`` is prunable (see module docstring)."""
+    return {
+        name: module
+        for name, module in unet.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in EXCLUDED_LAYERS
+    }
+
+
+def prunable_parameter_count(unet: nn.Module) -> int:
+    return sum(module.weight.numel() for module in prunable_layers(unet).values())
+
+
+# ----------------------------------------------------------------------------------------------
+# Calibration losses
+# ----------------------------------------------------------------------------------------------
+def denoising_loss(unet, noise_scheduler, clean, noise, t: int) -> torch.Tensor:
+    """Standard DDPM loss ``MSE(eps_theta(x_t, t), eps)`` (Diff-Pruning, Towards Tiny Diffusion)."""
+    timesteps = torch.full((clean.shape[0],), t, dtype=torch.long, device=clean.device)
+    noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+    return F.mse_loss(unet(noisy, timesteps).sample, noise)
+
+
+def clean_image_loss(unet, noise_scheduler, clean, noise, t: int) -> torch.Tensor:
+    """NiCI-Pruning's loss ``MSE(eps_theta(x0, t), x0)``: the clean image goes in without noise and
+    the prediction is compared with it (public code: ``mse_loss(model(clean, t).sample, clean)``)."""
+    timesteps = torch.full((clean.shape[0],), t, dtype=torch.long, device=clean.device)
+    return F.mse_loss(unet(clean, timesteps).sample, clean)
+
+
+LOSSES = {"denoising": denoising_loss, "clean-image": clean_image_loss}
+
+
+@dataclass
+class CalibrationStats:
+    """What the calibration pass measured, per prunable layer (names as in ``prunable_layers``)."""
+
+    gradients: dict[str, torch.Tensor] = field(default_factory=dict)  # accumulated dL/dw (last reset)
+    taylor_per_batch_sum: dict[str, torch.Tensor] = field(default_factory=dict)  # sum_b |w * g_b|
+    timestep_contributions: dict[str, dict[int, float]] = field(default_factory=dict)  # layer -> t -> sum|w * g_t|
+    timestep_weights: list = field(default_factory=list)  # [(t, weight)] actually used
+    losses: dict[int, list] = field(default_factory=dict)  # t -> loss per batch
+    stopped_at: int | None = None  # threshold schedule: the last visited t
+    num_images: int = 0
+
+
+def calibrate(
+    unet: nn.Module,
+    noise_scheduler,
+    batches: list[torch.Tensor],
+    loss_name: str,
+    schedule_name: str,
+    schedule_params: dict,
+    zero_grad_per_batch: bool,
+    seed: int,
+    progress: Callable[[float, str], None] | None = None,
+    progress_span: tuple[float, float] = (0.0, 1.0),
+) -> CalibrationStats:
+    """Accumulate weighted gradients of ``loss_name`` over the schedule's timesteps.
+
+    Each timestep's loss is multiplied by its schedule weight before backward. Per timestep the
+    gradient increment ``g_t`` is read off (a snapshot of the accumulated gradient) to fill the
+    layer x timestep table with ``sum |w * g_t|`` -- each timestep's own first-order saliency.
+    One fixed noise tensor per batch (Diff-Pruning), drawn on the CPU from ``seed``.
+    ``unet`` is the engine's private copy: its gradients and ``requires_grad`` flags are changed.
+    """
+    loss_fn = LOSSES[loss_name]
+    layers = prunable_layers(unet)
+    for parameter in unet.parameters():
+        parameter.requires_grad_(False)
+    for module in layers.values():
+        module.weight.requires_grad_(True)
+        module.weight.grad = None
+    stats = CalibrationStats(num_images=sum(int(b.shape[0]) for b in batches))
+    stats.timestep_contributions = {name: {} for name in layers}
+    num_train_timesteps = int(noise_scheduler.config.num_train_timesteps)
+    schedule = SCHEDULES[schedule_name]
+    generator = torch.Generator().manual_seed(int(seed) + 12345)
+    noises = [torch.randn(b.shape, generator=generator).to(b.device, b.dtype) for b in batches]
+    previous = {name: torch.zeros_like(m.weight) for name, m in layers.items()}
+    start, end = progress_span
+
+    def report(fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(start + (end - start) * min(1.0, fraction), message)
+
+    def step(batch_index: int, t: int, weight: float, fraction: float) -> float:
+        report(fraction, f"calibrating t={t} (batch {batch_index + 1}/{len(batches)})")
+        clean, noise = batches[batch_index], noises[batch_index]
+        if weight > 0:
+            loss = loss_fn(unet, noise_scheduler, clean, noise, t)
+            (weight * loss).backward()
+            for name, module in layers.items():
+                grad = module.weight.grad
+                increment = grad - previous[name]
+                contribution = float((module.weight.detach() * increment).abs().sum())
+                table = stats.timestep_contributions[name]
+                table[t] = table.get(t, 0.0) + contribution
+                previous[name] = grad.clone()
+        else:
+            with torch.no_grad():
+                loss = loss_fn(unet, noise_scheduler, clean, noise, t)
+        value = float(loss.detach())
+        stats.losses.setdefault(t, []).append(value)
+        return value
+
+    plan = None
+    for batch_index in range(len(batches)):
+        if zero_grad_per_batch:
+            for name, module in layers.items():
+                module.weight.grad = None
+                previous[name] = torch.zeros_like(module.weight)
+        if plan is None and schedule.adaptive:
+            limit = schedule_params.get("max_timesteps") or schedule.defaults.get("max_timesteps") or num_train_timesteps
+            plan = schedule.resolve(
+                num_train_timesteps, schedule_params,
+                loss_at=lambda t: step(0, t, 1.0, (t + 1) / (limit * len(batches))),
+            )
+            stats.stopped_at = plan[-1][0]
+        else:
+            if plan is None:
+                plan = schedule.resolve(num_train_timesteps, schedule_params)
+            for index, (t, weight) in enumerate(plan):
+                step(batch_index, t, weight, (batch_index + (index + 1) / len(plan)) / len(batches))
+        if zero_grad_per_batch or batch_index == len(batches) - 1:
+            with torch.no_grad():
+                for name, module in layers.items():
+                    grad = module.weight.grad if module.weight.grad is not None else torch.zeros_like(module.weight)
+                    term = (module.weight * grad).abs()
+                    if name in stats.taylor_per_batch_sum:
+                        stats.taylor_per_batch_sum[name] += term
+                    else:
+                        stats.taylor_per_batch_sum[name] = term
+    stats.timestep_weights = list(plan)
+    for name, module in layers.items():
+        stats.gradients[name] = (
+            module.weight.grad.detach().clone() if module.weight.grad is not None else torch.zeros_like(module.weight)
+        )
+        module.weight.grad = None
+        module.weight.requires_grad_(False)
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------
+# Scores: name -> per-weight score tensor (same shape as the weight)
+# ----------------------------------------------------------------------------------------------
+def random_scores(layers, stats, params, seed):
+    generator = torch.Generator().manual_seed(int(seed))
+    return {name: torch.rand(module.weight.shape, generator=generator).to(module.weight.device)
+            for name, module in sorted(layers.items())}
+
+
+def magnitude_scores(layers, stats, params, seed):
+    p = params["p"]
+    return {name: module.weight.detach().abs().pow(p) for name, module in layers.items()}
+
+
+def taylor_scores(layers, stats, params, seed):
+    # Diff-Pruning: gradients accumulated over all timesteps (and batches), then |w * g|.
+    return {name: (module.weight.detach() * stats.gradients[name]).abs() for name, module in layers.items()}
+
+
+def nici_scores(layers, stats, params, seed):
+    # NiCI-Pruning: Taylor importance per batch, summed over batches.
+    return {name: stats.taylor_per_batch_sum[name].clone() for name in layers}
+
+
+def l1_scores(layers, stats, params, seed):
+    # Towards Tiny Diffusion: I(w) = alpha |w| + beta |dL/dw|, each term normalised per layer.
+    alpha, beta = params["alpha"], params["beta"]
+    scores = {}
+    for name, module in layers.items():
+        weight = module.weight.detach().abs()
+        grad = stats.gradients[name].abs()
+        scores[name] = alpha * weight / weight.mean().clamp_min(1e-12) + beta * grad / grad.mean().clamp_min(1e-12)
+    return scores
+
+
+def _check_p(value):
+    if value not in (1, 2):
+        raise ValueError(f"criterion_params.p of criterion 'magnitude' must be 1 or 2, got {value!r}")
+
+
+def _check_nonnegative(name):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"criterion_params.{name} of criterion 'l1' must be a number >= 0, got {value!r}")
+    return check
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A registered criterion.
+
+    ``score(layers, stats, params, seed) -> {name: per-weight scores}``; ``loss`` names the
+    calibration loss (None: no calibration, no schedule); ``default_schedule`` and the default
+    calibration size are the paper's recipe scaled to run on a CPU (presets hold the papers' own).
+    """
+
+    name: str
+    score: Callable
+    granularities: tuple = ALL_GRANULARITIES
+    loss: str | None = None
+    default_schedule: str | None = None
+    default_schedule_params: dict = field(default_factory=dict)
+    zero_grad_per_batch: bool = False
+    default_calibration_batches: int = 0
+    default_calibration_batch_size: int = 0
+    defaults: dict = field(default_factory=dict)  # criterion_params and their defaults
+    checks: dict = field(default_factory=dict)  # param name -> validator
+    description: str = ""
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.loss is not None
+
+    def check_params(self, params: dict) -> dict:
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise ValueError(f"criterion_params for criterion {self.name!r} accepts {sorted(self.defaults)}, got unknown {unknown}")
+        merged = {**self.defaults, **params}
+        for key, check in self.checks.items():
+            check(merged[key])
+        return merged
+
+
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(criterion: Criterion) -> Criterion:
+    CRITERIA[criterion.name] = criterion
+    return criterion
+
+
+for _criterion in (
+    Criterion("random", random_scores, description="baseline: uniform random scores"),
+    Criterion("magnitude", magnitude_scores, defaults={"p": 1}, checks={"p": _check_p},
+              description="baseline: |w|^p (Diff-Pruning's magnitude baseline: p=1)"),
+    Criterion("taylor", taylor_scores, loss="denoising", default_schedule="threshold",
+              default_calibration_batches=1, default_calibration_batch_size=16,
+              description="Diff-Pruning: |w * g|, denoising loss, threshold schedule"),
+    Criterion("nici", nici_scores, loss="clean-image", default_schedule="interval", zero_grad_per_batch=True,
+              default_calibration_batches=1, default_calibration_batch_size=8,
+              description="NiCI-Pruning: clean-image loss, interval schedule, |w * g| summed over batches"),
+    Criterion("l1", l1_scores, loss="denoising", default_schedule="uniform",
+              default_calibration_batches=1, default_calibration_batch_size=16,
+              defaults={"alpha": 1.0, "beta": 1.0},
+              checks={"alpha": _check_nonnegative("alpha"), "beta": _check_nonnegative("beta")},
+              description="Towards Tiny Diffusion: alpha|w| + beta|dL/dw|, per-layer normalised"),
+):
+    register_criterion(_criterion)
+
+
+def compute_scores(criterion: Criterion, unet: nn.Module, stats: CalibrationStats | None, params: dict, seed: int):
+    layers = prunable_layers(unet)
+    with torch.no_grad():
+        return criterion.score(layers, stats, criterion.check_params(params), seed)
+
+
+def copy_scheduler(scheduler):
+    """A private copy: ``add_noise`` moves its tables to the sample's device (a mutation)."""
+    return copy.deepcopy(scheduler)

@@ -1,0 +1,517 @@
+"""Granularities: turn per-weight scores (``core.criteria``) into masks or structural cuts.
+
+* ``unstructured`` -- per layer, the ``sparsity`` fraction of the lowest-scored weights is zeroed
+  (layer-wise, so every prunable layer loses the same fraction and the total is exact).
+* ``N:M``          -- in every group of M consecutive input weights (input channels at a fixed
+  output channel and kernel position) the N highest-scored weights are kept ("2:4" keeps 2 of 4,
+  the pattern of NVIDIA's sparse tensor cores): sparsity 1 - N/M.
+* ``channel``      -- Torch-Pruning's ``BasePruner`` removes output channels with their whole
+  dependency group; a channel's score is the sum of its group's per-weight scores (local
+  pruning per group, as Diff-Pruning). GroupNorm groups are respected through Torch-Pruning's
+  channel groups, attention channels are removed evenly per head (``num_heads``), ``conv_out``
+  is never pruned, and the diffusers attributes that cache sizes are re-synchronised.
+* ``head``         -- whole heads of every multi-head ``Attention`` (q/k/v rows, ``to_out`` columns);
+  a head's score is the sum of its weights' scores; ``Attention.heads``/``inner_dim`` are updated.
+
+Masked granularities multiply the mask into the weight, so an exported checkpoint contains the
+zeros. Structural ones return a physically smaller UNet.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .criteria import prunable_layers, prunable_parameter_count
+
+NM_CHOICES = ("2:4", "4:8")
+_NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
+SPARSITY_TOLERANCE = 0.02  # channel/head: reached parameter sparsity within 2 percentage points
+
+
+def parse_granularity(text) -> tuple[str, tuple[int, int] | None]:
+    """``"channel"`` -> ("channel", None); ``"2:4"`` -> ("N:M", (2, 4)). Raises ValueError."""
+    allowed = f"{sorted(n for n in GRANULARITIES if n != 'N:M')} or an N:M pattern such as {list(NM_CHOICES)}"
+    if not isinstance(text, str):
+        raise ValueError(f"granularity must be one of {allowed}, got {text!r}")
+    match = _NM_PATTERN.match(text)
+    if match:
+        n, m = int(match.group(1)), int(match.group(2))
+        if not 0 < n < m:
+            raise ValueError(f"granularity {text!r}: N:M needs 0 < N < M (for example {list(NM_CHOICES)}), got N={n}, M={m}")
+        return "N:M", (n, m)
+    if text in GRANULARITIES and text != "N:M":
+        return text, None
+    raise ValueError(f"granularity must be one of {allowed}, got {text!r}")
+
+
+def attention_modules(unet: nn.Module) -> dict:
+    from diffusers.models.attention_processor import Attention
+
+    return {name: module for name, module in unet.named_modules() if isinstance(module, Attention)}
+
+
+# ----------------------------------------------------------------------------------------------
+# diffusers cached sizes
+# ----------------------------------------------------------------------------------------------
+def sync_diffusers_attributes(unet: nn.Module) -> None:
+    """Make every diffusers attribute that caches a size agree with the (pruned) weights.
+
+    Torch-Pruning updates ``nn`` layers only; diffusers also caches ``Downsample2D.channels``,
+    ``Upsample2D.channels``/``out_channels``, ``Attention.heads``/``inner_dim`` and the
+    ``ResnetBlock2D`` widths, and asserts on some of them in forward.
+    """
+    from diffusers.models.downsampling import Downsample2D
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.upsampling import Upsample2D
+
+    for module in unet.modules():
+        if isinstance(module, ResnetBlock2D):
+            module.in_channels = module.conv1.in_channels
+            module.out_channels = module.conv2.out_channels
+    for block in list(unet.down_blocks) + list(unet.up_blocks):
+        resnets = getattr(block, "resnets", None)
+        width = resnets[-1].out_channels if resnets else None
+        for resampler in list(getattr(block, "downsamplers", None) or []) + list(getattr(block, "upsamplers", None) or []):
+            conv = getattr(resampler, "conv", None)
+            if isinstance(conv, nn.Conv2d):
+                resampler.channels = conv.in_channels
+                resampler.out_channels = conv.out_channels
+            elif width is not None:
+                # Reference bug (METHODS.md): compare instead of assign left out_channels stale.
+                resampler.channels = width
+                resampler.out_channels = width
+    for module in unet.modules():
+        if isinstance(module, (Downsample2D, Upsample2D)) and isinstance(getattr(module, "conv", None), nn.Conv2d):
+            module.channels = module.conv.in_channels
+            module.out_channels = module.conv.out_channels
+    for module in attention_modules(unet).values():
+        module.query_dim = module.to_q.in_features
+        module.inner_dim = module.to_q.out_features
+        if module.to_k is not None:
+            module.inner_kv_dim = module.to_k.out_features
+            module.cross_attention_dim = module.to_k.in_features
+        module.out_dim = module.to_out[0].out_features
+        module.out_context_dim = module.out_dim
+        module.sliceable_head_dim = module.heads
+        if module.inner_dim % module.heads:
+            raise RuntimeError(f"attention inner_dim {module.inner_dim} not divisible by heads {module.heads}")
+
+
+def plain_diffusers_config(unet: nn.Module, base_config: dict) -> dict | None:
+    """The UNet2DModel config that rebuilds exactly these shapes, or None when none exists."""
+    from diffusers import UNet2DModel
+
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(base_config).items() if not k.startswith("_")}
+    config["block_out_channels"] = [block.resnets[0].out_channels for block in unet.down_blocks]
+    attentions = list(attention_modules(unet).values())
+    if attentions:
+        head_dims = {a.inner_dim // a.heads for a in attentions}
+        if len(head_dims) != 1:
+            return None
+        head_dim = head_dims.pop()
+        for attention in attentions:
+            if attention.inner_dim != attention.query_dim or abs(attention.scale - head_dim ** -0.5) > 1e-12:
+                return None
+        if base_config.get("attention_head_dim") is None:
+            if any(a.heads != 1 for a in attentions):
+                return None
+        else:
+            config["attention_head_dim"] = head_dim
+    try:
+        with torch.device("meta"):
+            candidate = UNet2DModel(**config)
+    except Exception:  # noqa: BLE001 - an inexpressible width raises anything from a shape check
+        return None
+    own = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    other = {k: tuple(v.shape) for k, v in candidate.state_dict().items()}
+    if own != other:
+        return None
+    for (name, module), (_, other_module) in zip(unet.named_modules(), candidate.named_modules()):
+        if isinstance(module, nn.GroupNorm) and module.num_groups != other_module.num_groups:
+            return None
+        if hasattr(module, "heads") and getattr(other_module, "heads", None) != module.heads:
+            return None
+    return config
+
+
+# ----------------------------------------------------------------------------------------------
+# Outcomes and the registry
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class GranularityOutcome:
+    """What a granularity did: the (pruned) UNet and what the report needs."""
+
+    unet: nn.Module
+    importance: dict = field(default_factory=dict)  # layer -> np.ndarray (per channel / head / weight block)
+    structural_ratio: float | None = None
+    units_before: dict = field(default_factory=dict)  # layer -> number of units (channels, heads)
+    units_after: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Granularity:
+    """A registered granularity. ``apply(unet, scores, spec, progress) -> GranularityOutcome``;
+    ``check(unet, spec)`` raises ValueError before any calibration when the model cannot take it."""
+
+    name: str
+    apply: Callable
+    check: Callable
+    structural: bool
+    description: str = ""
+
+
+def _block_importance(score: torch.Tensor) -> np.ndarray:
+    """Per weight-block importance for heatmaps: output x input channel (kernel summed)."""
+    return score.reshape(score.shape[0], score.shape[1], -1).sum(-1).float().cpu().numpy()
+
+
+def _no_check(unet, spec):
+    return None
+
+
+def apply_unstructured(unet, scores, spec, progress=None):
+    outcome = GranularityOutcome(unet=unet)
+    for name, module in prunable_layers(unet).items():
+        score = scores[name]
+        count = int(round(spec.sparsity * score.numel()))
+        mask = torch.ones(score.numel(), dtype=module.weight.dtype, device=module.weight.device)
+        if count:
+            order = torch.argsort(score.flatten().float().cpu(), stable=True)[:count]
+            mask[order.to(mask.device)] = 0
+        with torch.no_grad():
+            module.weight.mul_(mask.view_as(module.weight))
+        outcome.importance[name] = _block_importance(score)
+    return outcome
+
+
+def _nm_view(tensor: torch.Tensor, m: int) -> torch.Tensor:
+    """(out, in, kh, kw) -> (out*kh*kw*in/m, m): groups of m consecutive input channels."""
+    if tensor.dim() == 4:
+        tensor = tensor.permute(0, 2, 3, 1)
+    return tensor.reshape(-1, m)
+
+
+def check_nm(unet, spec):
+    n, m = spec.nm_pattern
+    for name, module in prunable_layers(unet).items():
+        width = module.weight.shape[1]
+        if width % m:
+            raise ValueError(
+                f"granularity {spec.granularity!r} needs the input width of every prunable layer divisible by M={m}; "
+                f"layer {name!r} has {width} input channels"
+            )
+
+
+def apply_nm(unet, scores, spec, progress=None):
+    n, m = spec.nm_pattern
+    check_nm(unet, spec)
+    outcome = GranularityOutcome(unet=unet)
+    for name, module in prunable_layers(unet).items():
+        score = scores[name]
+        groups = _nm_view(score.float(), m)
+        # stable ordering: ties broken by position, so the mask is deterministic
+        order = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
+        mask_groups = torch.zeros_like(groups)
+        mask_groups.scatter_(1, order, 1.0)
+        if module.weight.dim() == 4:
+            out, inp, kh, kw = module.weight.shape
+            mask = mask_groups.reshape(out, kh, kw, inp).permute(0, 3, 1, 2)
+        else:
+            mask = mask_groups.reshape(module.weight.shape)
+        with torch.no_grad():
+            module.weight.mul_(mask.to(module.weight.dtype).to(module.weight.device))
+        outcome.importance[name] = _block_importance(score)
+    return outcome
+
+
+# ---------------------------------------------------------------------------- channel
+class WeightScoreImportance:
+    """Torch-Pruning importance fed by per-weight scores: a channel's score is the sum, over its
+    dependency group, of the scores of the conv/linear weights it owns (output rows or input
+    columns). Modules without prunable weights (norms, conv_in, conv_out) contribute nothing."""
+
+    def __init__(self, scores_by_module: dict):
+        self.scores_by_module = scores_by_module  # module -> per-weight score tensor
+
+    @torch.no_grad()
+    def __call__(self, group):
+        import torch_pruning as tp
+
+        total = None
+        for index, (dep, idxs) in enumerate(group):
+            layer, prune_fn = dep.layer, dep.pruning_fn
+            score = self.scores_by_module.get(layer)
+            if score is None:
+                continue
+            root_idxs = group[index].root_idxs
+            if any(r is None for r in root_idxs):
+                continue
+            if prune_fn in (tp.prune_conv_out_channels, tp.prune_linear_out_channels):
+                local = score.flatten(1).sum(1)[idxs]
+            elif prune_fn in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
+                local = score.transpose(0, 1).flatten(1).sum(1)[idxs]
+            else:
+                continue
+            if total is None:
+                total = torch.zeros(len(group[0].idxs), dtype=torch.float64)
+            total.scatter_add_(0, torch.tensor(root_idxs, dtype=torch.long), local.double().cpu())
+        if total is None:
+            return None
+        return total.float()
+
+
+def example_inputs(unet) -> dict:
+    size = unet.config.sample_size
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    device = next(unet.parameters()).device
+    sample = torch.zeros(1, unet.config.in_channels, height, width, device=device)
+    return {"sample": sample, "timestep": torch.ones(1, dtype=torch.long, device=device)}
+
+
+class ChannelPlanner:
+    """One Torch-Pruning dependency graph, many candidate ratios.
+
+    Building the graph traces the UNet (the slow part), so it is built once; for a candidate
+    ``pruning_ratio`` the planner asks the pruner for its groups without pruning them and counts
+    the prunable parameters that would remain, exactly: a layer keeps
+    ``(out - removed_out) * (in - removed_in) * kernel`` weights.
+    """
+
+    def __init__(self, unet, scores_by_name: dict):
+        import torch_pruning as tp
+
+        self.unet = unet
+        modules = dict(unet.named_modules())
+        self.prunable = {modules[name]: name for name in prunable_layers(unet)}
+        num_heads = {}
+        for attention in attention_modules(unet).values():
+            for linear in (attention.to_q, attention.to_k, attention.to_v):
+                if linear is not None and attention.heads > 1:
+                    num_heads[linear] = attention.heads
+        self.pruner = tp.pruner.BasePruner(
+            unet,
+            example_inputs(unet),
+            importance=WeightScoreImportance({modules[n]: s for n, s in scores_by_name.items()}),
+            pruning_ratio=0.0,  # set per call: local, every group loses the same fraction (Diff-Pruning)
+            ignored_layers=[unet.conv_out],  # conv_out is never pruned (METHODS.md)
+            num_heads=num_heads,  # attention channels removed evenly per head; heads are kept
+            prune_num_heads=False,
+            prune_head_dims=True,
+        )
+        self.before = prunable_parameter_count(unet)
+
+    def _groups(self, ratio: float):
+        self.pruner.reset()
+        self.pruner.pruning_ratio = ratio
+        self.pruner.per_step_pruning_ratio = self.pruner.iterative_pruning_ratio_scheduler(ratio, 1)
+        return self.pruner.step(interactive=True)
+
+    def plan(self, ratio: float) -> dict:
+        """module -> {"out": removed output indices, "in": removed input indices}."""
+        removal: dict = {}
+        for group in self._groups(ratio) or []:
+            for dep, idxs in group:
+                fn = self.pruner.DG.is_out_channel_pruning_fn(dep.handler)
+                entry = removal.setdefault(dep.target.module, {"out": set(), "in": set()})
+                entry["out" if fn else "in"].update(int(i) for i in idxs)
+        return removal
+
+    def sparsity(self, ratio: float) -> float:
+        """Prunable-parameter sparsity at ``ratio``; inf when a layer would lose all its channels."""
+        removal = self.plan(ratio)
+        remaining = 0
+        for module, name in self.prunable.items():
+            entry = removal.get(module, {"out": set(), "in": set()})
+            out = module.weight.shape[0] - len(entry["out"])
+            inp = module.weight.shape[1] - len(entry["in"])
+            if out <= 0 or inp <= 0:
+                return math.inf
+            remaining += out * inp * int(np.prod(module.weight.shape[2:]))
+        for module, entry in removal.items():
+            if isinstance(module, nn.GroupNorm) and module.num_channels - len(entry["out"]) < module.num_groups:
+                return math.inf
+            if isinstance(module, (nn.Conv2d, nn.Linear)) and (
+                module.weight.shape[0] <= len(entry["out"]) or module.weight.shape[1] <= len(entry["in"])
+            ):
+                return math.inf
+        return 1.0 - remaining / self.before
+
+    def prune(self, ratio: float) -> None:
+        if not math.isfinite(self.sparsity(ratio)):
+            raise ValueError(
+                f"channel_ratio {ratio:g} would remove all channels of a layer of this model; use a smaller ratio or sparsity"
+            )
+        for group in self._groups(ratio) or []:
+            group.prune()
+        sync_diffusers_attributes(self.unet)
+
+
+def search_ratio(evaluate: Callable[[float], float], target: float, upper: float = 0.99, steps: int = 20):
+    """Bisection over a monotone ``evaluate(ratio) -> sparsity`` (inf when the ratio is invalid).
+
+    Returns (ratio, sparsity) of the best ratio seen; the caller checks the tolerance.
+    """
+    low, high = 0.0, upper
+    best = (0.0, 0.0)
+    for _ in range(steps):
+        middle = (low + high) / 2
+        reached = evaluate(middle)
+        if math.isfinite(reached) and abs(reached - target) < abs(best[1] - target):
+            best = (middle, reached)
+        if abs(reached - target) < 0.001:
+            break
+        if reached > target:
+            high = middle
+        else:
+            low = middle
+    return best
+
+
+def apply_channel(unet, scores, spec, progress=None):
+    units_before = {name: int(m.weight.shape[0]) for name, m in prunable_layers(unet).items()}
+    importance = {name: s.flatten(1).sum(1).float().cpu().numpy() for name, s in scores.items()}
+    outcome = GranularityOutcome(unet=unet, importance=importance, units_before=units_before)
+    if spec.channel_ratio is None and spec.sparsity == 0:
+        outcome.structural_ratio = 0.0
+    else:
+        if progress is not None:
+            progress(0.0, "pruning: building the dependency graph")
+        planner = ChannelPlanner(unet, scores)
+        if spec.channel_ratio is not None:
+            ratio = spec.channel_ratio
+        else:
+            trials = [0]
+
+            def evaluate(candidate: float) -> float:
+                trials[0] += 1
+                if progress is not None:
+                    progress(min(0.9, trials[0] / 20), f"pruning: searching channel ratio (ratio {candidate:.4f})")
+                return planner.sparsity(candidate)
+
+            ratio, reached = search_ratio(evaluate, spec.sparsity)
+            if abs(reached - spec.sparsity) > SPARSITY_TOLERANCE:
+                raise ValueError(
+                    f"sparsity {spec.sparsity:g} cannot be reached with granularity 'channel' on this model "
+                    f"(closest: {reached:.3f} at channel ratio {ratio:.3f}); allowed: a sparsity reachable within "
+                    f"{SPARSITY_TOLERANCE:g}, or granularity 'unstructured'"
+                )
+        if progress is not None:
+            progress(0.95, f"pruning: removing channels at ratio {ratio:.4f}")
+        if ratio > 0:
+            planner.prune(ratio)
+        outcome.structural_ratio = ratio
+    outcome.units_after = {name: int(m.weight.shape[0]) for name, m in prunable_layers(unet).items()}
+    return outcome
+
+
+# ---------------------------------------------------------------------------- head
+def _multihead(unet) -> dict:
+    return {name: a for name, a in attention_modules(unet).items() if a.heads >= 2 and a.to_k is not None}
+
+
+def check_head(unet, spec):
+    if not _multihead(unet):
+        found = {name: a.heads for name, a in attention_modules(unet).items()}
+        raise ValueError(
+            "granularity 'head' needs a model with multi-head attention (Attention.heads >= 2); "
+            f"this UNet's attention layers have heads {found or 'none'}; allowed granularities: "
+            "['unstructured', 'N:M', 'channel']"
+        )
+
+
+def _head_scores(attention, name, scores) -> torch.Tensor:
+    head_dim = attention.inner_dim // attention.heads
+    total = torch.zeros(attention.heads, dtype=torch.float64)
+    for proj in ("to_q", "to_k", "to_v"):
+        score = scores[f"{name}.{proj}"].double().cpu()
+        total += score.reshape(attention.heads, head_dim, -1).sum((1, 2))
+    out_score = scores[f"{name}.to_out.0"].double().cpu()
+    total += out_score.reshape(out_score.shape[0], attention.heads, head_dim).sum((0, 2))
+    return total
+
+
+def _heads_removed(heads: int, ratio: float) -> int:
+    return min(heads - 1, int(math.floor(ratio * heads + 1e-9)))
+
+
+def _remove_heads(attention, keep: list[int]) -> None:
+    head_dim = attention.inner_dim // attention.heads
+    rows = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in keep])
+    with torch.no_grad():
+        for proj in ("to_q", "to_k", "to_v"):
+            linear = getattr(attention, proj)
+            rows_device = rows.to(linear.weight.device)
+            linear.weight = nn.Parameter(linear.weight.data.index_select(0, rows_device).clone())
+            if linear.bias is not None:
+                linear.bias = nn.Parameter(linear.bias.data.index_select(0, rows_device).clone())
+            linear.out_features = len(rows)
+        out = attention.to_out[0]
+        out.weight = nn.Parameter(out.weight.data.index_select(1, rows.to(out.weight.device)).clone())
+        out.in_features = len(rows)
+    attention.heads = len(keep)  # scale is unchanged: head_dim is unchanged
+
+
+def apply_head(unet, scores, spec, progress=None):
+    check_head(unet, spec)
+    before = prunable_parameter_count(unet)
+    attentions = _multihead(unet)
+    head_scores = {name: _head_scores(a, name, scores) for name, a in attentions.items()}
+    per_head_params = {name: 4 * a.query_dim * (a.inner_dim // a.heads) for name, a in attentions.items()}
+
+    def sparsity_at(ratio: float) -> float:
+        removed = sum(_heads_removed(a.heads, ratio) * per_head_params[name] for name, a in attentions.items())
+        return removed / before
+
+    if spec.channel_ratio is not None:
+        ratio = spec.channel_ratio
+    else:
+        # the reachable sparsities are discrete: try every distinct per-layer head count
+        candidates = sorted({0.0} | {k / a.heads for a in attentions.values() for k in range(1, a.heads)})
+        ratio = min(candidates, key=lambda r: (abs(sparsity_at(r) - spec.sparsity), r))
+        if abs(sparsity_at(ratio) - spec.sparsity) > SPARSITY_TOLERANCE:
+            maximum = sparsity_at(max(candidates))
+            raise ValueError(
+                f"sparsity {spec.sparsity:g} cannot be reached with granularity 'head' on this model: removing whole "
+                f"attention heads reaches at most {maximum:.3f} of the prunable parameters (closest {sparsity_at(ratio):.3f}); "
+                f"allowed: sparsity in [0, {maximum + SPARSITY_TOLERANCE:.3f}] or granularity 'channel'"
+            )
+    outcome = GranularityOutcome(unet=unet, structural_ratio=ratio)
+    for name, attention in attentions.items():
+        outcome.importance[name] = head_scores[name].float().numpy()
+        outcome.units_before[name] = attention.heads
+        removed = _heads_removed(attention.heads, ratio)
+        if removed:
+            order = torch.argsort(head_scores[name], stable=True)
+            drop = set(order[:removed].tolist())
+            _remove_heads(attention, [h for h in range(attention.heads) if h not in drop])
+        outcome.units_after[name] = attention.heads
+    sync_diffusers_attributes(unet)
+    return outcome
+
+
+GRANULARITIES: dict[str, Granularity] = {}
+
+
+def register_granularity(granularity: Granularity) -> Granularity:
+    GRANULARITIES[granularity.name] = granularity
+    return granularity
+
+
+for _granularity in (
+    Granularity("unstructured", apply_unstructured, _no_check, False, "single weights, layer-wise"),
+    Granularity("N:M", apply_nm, check_nm, False, "N of every M consecutive input weights kept (2:4, 4:8)"),
+    Granularity("channel", apply_channel, _no_check, True, "output channels with their dependency group (Torch-Pruning)"),
+    Granularity("head", apply_head, check_head, True, "whole attention heads"),
+):
+    register_granularity(_granularity)
+
+# Choice list for the UI: N:M expanded to its supported patterns.
+GRANULARITY_CHOICES = ("unstructured", *NM_CHOICES, "channel", "head")

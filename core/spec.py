@@ -1,0 +1,215 @@
+"""``PruneSpec``: the frozen, validated description of one pruning run.
+
+Its JSON form is the cache key of a sweep row, the CLI's config file and the metadata saved
+beside an exported model. Construction resolves every default (the criterion's schedule and
+calibration size, the sparsity implied by an N:M pattern), so two specs that prune the same
+way compare and serialise equal.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .criteria import CRITERIA
+from .granularity import GRANULARITIES, parse_granularity
+from .schedules import SCHEDULES, check_schedule_params
+
+MAX_SPARSITY = 0.95
+# Named calibration sources; anything else must be a directory of the user's images.
+CALIBRATION_SOURCES = ("auto", "fashion-mnist-train", "generated")
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+def _freeze(value):
+    """Lists -> tuples, recursively, so that a spec read back from JSON equals the original."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _freeze(item) for key, item in sorted(value.items())}
+    return value
+
+
+def _thaw(value):
+    if isinstance(value, tuple):
+        return [_thaw(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _thaw(item) for key, item in value.items()}
+    return value
+
+
+def _is_number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """One pruning run: criterion x schedule x granularity at a target sparsity.
+
+    ``sparsity`` is the fraction of prunable parameters removed (see ``core.criteria``), the same
+    for every granularity. For ``channel``/``head`` the engine searches the structural ratio that
+    reaches it; ``channel_ratio`` instead passes that ratio directly (the papers' knob:
+    Diff-Pruning's 0.3), and then ``sparsity`` must be left None. For an ``N:M`` granularity such
+    as ``"2:4"`` the sparsity is ``1 - N/M`` and may be left None.
+    """
+
+    criterion: str = "magnitude"  # a name in CRITERIA
+    granularity: str = "unstructured"  # a name in GRANULARITIES, or "N:M" like "2:4"
+    sparsity: float | None = 0.5  # fraction of prunable parameters removed, [0, 0.95]
+    channel_ratio: float | None = None  # channel/head only: explicit structural ratio in [0, 1)
+    schedule: str | None = None  # a name in SCHEDULES; None: the criterion's default
+    schedule_params: dict = field(default_factory=dict)  # overrides of the schedule's defaults
+    criterion_params: dict = field(default_factory=dict)  # e.g. {"p": 2} for magnitude
+    calibration_data: str = "auto"  # "auto", "fashion-mnist-train", "generated" or an image folder
+    calibration_batches: int | None = None  # None: the criterion's default
+    calibration_batch_size: int | None = None  # None: the criterion's default
+    seed: int = 0
+    device: str = "cpu"  # "cpu", "cuda[:N]", "auto"
+
+    def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {self.criterion!r}")
+        criterion = CRITERIA[self.criterion]
+        name, pattern = parse_granularity(self.granularity)
+        if name not in criterion.granularities:
+            raise ValueError(
+                f"granularity {self.granularity!r} is not supported by criterion {self.criterion!r}; "
+                f"allowed: {list(criterion.granularities)}"
+            )
+        # --- sparsity / channel_ratio
+        if self.channel_ratio is not None:
+            if name not in ("channel", "head"):
+                raise ValueError(f"channel_ratio applies to granularity 'channel' or 'head' only, got granularity {self.granularity!r}")
+            if not _is_number(self.channel_ratio) or not 0 <= self.channel_ratio < 1:
+                raise ValueError(f"channel_ratio must be a number in [0, 1), got {self.channel_ratio!r}")
+            if self.sparsity is not None:
+                raise ValueError("give either sparsity or channel_ratio, not both (set sparsity=None)")
+            set_("channel_ratio", float(self.channel_ratio))
+        elif pattern is not None:
+            implied = 1.0 - pattern[0] / pattern[1]
+            if self.sparsity is None:
+                set_("sparsity", implied)
+            elif not _is_number(self.sparsity) or abs(self.sparsity - implied) > 1e-9:
+                raise ValueError(
+                    f"sparsity for granularity {self.granularity!r} must be {implied:g} (1 - N/M) or None, got {self.sparsity!r}"
+                )
+        else:
+            if self.sparsity is None or not _is_number(self.sparsity) or not 0 <= self.sparsity <= MAX_SPARSITY:
+                raise ValueError(f"sparsity must be a number in [0, {MAX_SPARSITY}], got {self.sparsity!r}")
+        if self.sparsity is not None:
+            set_("sparsity", float(self.sparsity))
+        # --- schedule
+        if not isinstance(self.schedule_params, dict) or not isinstance(self.criterion_params, dict):
+            raise ValueError("schedule_params and criterion_params must be dicts")
+        if criterion.needs_calibration:
+            schedule = self.schedule if self.schedule is not None else criterion.default_schedule
+            if schedule not in SCHEDULES:
+                raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
+            params = dict(self.schedule_params)
+            if self.schedule is None and not params:
+                params = dict(criterion.default_schedule_params)
+            check_schedule_params(schedule, params)
+            set_("schedule", schedule)
+            set_("schedule_params", _freeze(params))
+            for attribute, default in (("calibration_batches", criterion.default_calibration_batches),
+                                       ("calibration_batch_size", criterion.default_calibration_batch_size)):
+                value = getattr(self, attribute)
+                value = default if value is None else value
+                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                    raise ValueError(f"{attribute} must be a positive integer, got {value!r}")
+                set_(attribute, value)
+        else:
+            if self.schedule is not None or self.schedule_params:
+                raise ValueError(
+                    f"schedule must be None for criterion {self.criterion!r} (it uses no calibration); "
+                    f"criteria with a schedule: {sorted(n for n, c in CRITERIA.items() if c.needs_calibration)}"
+                )
+            for attribute in ("calibration_batches", "calibration_batch_size"):
+                if getattr(self, attribute) not in (None, 0):
+                    raise ValueError(f"{attribute} must be None for criterion {self.criterion!r} (it uses no calibration)")
+                set_(attribute, None)
+        set_("criterion_params", _freeze(criterion.check_params(dict(self.criterion_params))))
+        # --- calibration data, seed, device
+        if not isinstance(self.calibration_data, str) or not self.calibration_data:
+            raise ValueError(f"calibration_data must be one of {list(CALIBRATION_SOURCES)} or an image folder, got {self.calibration_data!r}")
+        if self.calibration_data not in CALIBRATION_SOURCES and not Path(self.calibration_data).expanduser().is_dir():
+            raise ValueError(
+                f"calibration_data must be one of {list(CALIBRATION_SOURCES)} or an existing image folder, "
+                f"got {self.calibration_data!r}"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.device, str) or not _DEVICE_PATTERN.match(self.device):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def granularity_name(self) -> str:
+        """The registry key: ``"N:M"`` for any N:M pattern."""
+        return parse_granularity(self.granularity)[0]
+
+    @property
+    def nm_pattern(self) -> tuple[int, int] | None:
+        return parse_granularity(self.granularity)[1]
+
+    @property
+    def label(self) -> str:
+        amount = f"ratio {self.channel_ratio:g}" if self.channel_ratio is not None else f"{self.sparsity:.0%}"
+        schedule = f" / {self.schedule}" if self.schedule else ""
+        return f"{self.criterion}{schedule} / {self.granularity} @ {amount}"
+
+    def replace(self, **changes) -> "PruneSpec":
+        data = self.to_dict()
+        data.update(changes)
+        return PruneSpec.from_dict(data)
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict:
+        return {key: _thaw(value) for key, value in asdict(self).items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PruneSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"PruneSpec fields are {sorted(known)}, got unknown {unknown}")
+        return cls(**{key: _freeze(value) if key.endswith("_params") else value for key, value in data.items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> "PruneSpec":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"PruneSpec JSON is invalid: {error}") from error
+        if not isinstance(data, dict):
+            raise ValueError("PruneSpec JSON must be an object")
+        return cls.from_dict(data)
+
+
+def _preset(**kwargs) -> PruneSpec:
+    return PruneSpec(**kwargs)
+
+
+# Each paper's recipe as a named preset. "-paper" presets use the papers' own calibration
+# sizes (slow on a CPU: see benchmarks/results/prune.json for the measured cost).
+PRESETS: dict[str, PruneSpec] = {
+    # Diff-Pruning (NeurIPS 2023): Taylor, threshold schedule, channel, 44% of the parameters
+    # (what its channel ratio 0.3 removed on ddpm-cifar10-32).
+    "diffpruning": _preset(criterion="taylor", granularity="channel", sparsity=0.44),
+    "diffpruning-paper": _preset(criterion="taylor", granularity="channel", sparsity=0.44,
+                                 calibration_batches=1, calibration_batch_size=128),
+    # NiCI-Pruning (TIP 2025): clean-image Taylor, interval schedule, channel at 44%.
+    "nici": _preset(criterion="nici", granularity="channel", sparsity=0.44),
+    "nici-paper": _preset(criterion="nici", granularity="channel", sparsity=0.44,
+                          calibration_batches=10, calibration_batch_size=128),
+    # Towards Tiny Diffusion: alpha|w| + beta|g| unstructured (its code: 30% L1 on every conv).
+    "tiny-l1": _preset(criterion="l1", granularity="unstructured", sparsity=0.3),
+    "magnitude-2:4": _preset(criterion="magnitude", granularity="2:4", sparsity=None),
+    "random-50": _preset(criterion="random", granularity="unstructured", sparsity=0.5),
+}

@@ -1,0 +1,251 @@
+"""One evaluation entry point: ``evaluate(pipeline, num_samples, ...) -> dict``.
+
+The app, the CLI, the benchmarks and the pruning sweeps all measure a model through this call,
+so every figure they show is computed the same way (see ``core/metrics.py`` for the instruments)
+and, when a ``ResultStore`` is given, stored once and answered from disk on a repeated request.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from . import metrics as instruments
+from .metrics import FID_METRICS, FeatureCache, ProgressFn
+from .pipeline import SCHEDULERS, sample_images
+from .store import ResultStore, jsonable, key_for, model_hash
+
+METRICS = ("fid", "kid", "latency", "macs")
+DENSE_REFERENCE = "dense"
+# Bumped when the meaning of a stored row changes, so old rows are not served for new requests.
+EVALUATION_VERSION = 1
+
+# Every row carries all of these keys (None where a metric was not requested), so rows of
+# different requests stack into one DataFrame.
+RESULT_KEYS = (
+    "fid", "kid", "kid_std", "kid_subset_size",
+    "latency_median_s_per_image", "latency_min_s_per_image", "latency_max_s_per_image",
+    "latency_per_step_s", "latency_batch_size", "threads", "device",
+    "dense_latency_median_s_per_image", "speedup",
+    "params", "macs", "nonzero_params", "attention_macs",
+    "num_samples", "num_inference_steps", "seed", "scheduler", "reference", "metrics",
+    "model_hash", "prune_spec", "seconds", "reference_seconds", "sampling_seconds", "feature_seconds",
+)
+
+
+class _Progress:
+    """Maps the progress of successive phases onto one 0..1 scale for the caller's callback."""
+
+    def __init__(self, callback: ProgressFn | None, plan: dict[str, float]):
+        self.callback = callback
+        total = sum(plan.values()) or 1.0
+        self.start: dict[str, float] = {}
+        self.width: dict[str, float] = {}
+        position = 0.0
+        for name, weight in plan.items():
+            self.start[name], self.width[name] = position / total, weight / total
+            position += weight
+
+    def phase(self, name: str) -> ProgressFn | None:
+        if self.callback is None:
+            return None
+        start, width = self.start[name], self.width[name]
+        return lambda fraction, message: self.callback(min(1.0, start + width * fraction), message)
+
+    def report(self, name: str, fraction: float, message: str) -> None:
+        report = self.phase(name)
+        if report is not None:
+            report(fraction, message)
+
+
+def _check_int(name: str, value, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _resolve_metrics(metrics: Sequence[str] | str) -> tuple[str, ...]:
+    requested = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    unknown = [m for m in requested if m not in METRICS]
+    if unknown or not requested:
+        raise ValueError(f"metrics must be a non-empty subset of {list(METRICS)}, got unknown {unknown or requested!r}")
+    return tuple(m for m in METRICS if m in requested)
+
+
+def _reference_identity(reference, dense_pipeline, image_size: int, channels: int) -> dict:
+    if reference == DENSE_REFERENCE:
+        if dense_pipeline is None:
+            raise ValueError("reference='dense' needs dense_pipeline (the unpruned model to compare against)")
+        return {"reference": DENSE_REFERENCE, "model_hash": model_hash(dense_pipeline.unet)}
+    if not isinstance(reference, (str, Path)):
+        raise ValueError(f"reference must be a string or a folder path, got {type(reference).__name__}")
+    return instruments.reference_identity(reference, image_size, channels)
+
+
+def evaluate(
+    pipeline,
+    num_samples: int,
+    num_inference_steps: int = 50,
+    seed: int = 0,
+    metrics: Sequence[str] = METRICS,
+    reference: str | Path = "fashion-mnist-test",
+    dense_pipeline=None,
+    progress: ProgressFn | None = None,
+    store: ResultStore | None = None,
+    prune_spec=None,
+    batch_size: int = 64,
+    *,
+    scheduler: str = "ddim",
+    kid_subset_size: int | None = None,
+    kid_subsets: int = instruments.KID_SUBSETS,
+    latency_batch_size: int = 8,
+    latency_repeats: int = 3,
+    latency_warmup: int = 1,
+    feature_cache: FeatureCache | None = None,
+) -> dict:
+    """Measure ``pipeline``: FID/KID against ``reference``, sampler latency, parameters and MACs.
+
+    - ``metrics``: any of ``("fid", "kid", "latency", "macs")``.
+    - ``reference``: ``"fashion-mnist-test"`` (shipped features of the 1,000 test images), a folder
+      of images, or ``"dense"``: ``num_samples`` samples of ``dense_pipeline`` from the same noise
+      and settings (distance of a pruned model from its dense teacher; cached on disk).
+    - ``dense_pipeline``: when given with ``"latency"``, both models are timed interleaved and the
+      row gets ``speedup`` = dense median / pruned median.
+    - ``store``: a :class:`~core.store.ResultStore`; a stored row for the same model hash,
+      settings and ``prune_spec`` is returned at once with ``cached=True``, else the new row is
+      stored (``cached=False``).
+    - ``progress``: ``callable(fraction, message)``.
+
+    Returns a dict with every key of :data:`RESULT_KEYS` (``None`` for metrics not requested)
+    plus ``key`` and ``cached``. Latency keys are per image (and ``latency_per_step_s`` per
+    denoising step of a ``latency_batch_size`` batch) in seconds.
+    """
+    started = time.perf_counter()
+    requested = _resolve_metrics(metrics)
+    wants_fid = any(m in FID_METRICS for m in requested)
+    _check_int("num_samples", num_samples, 2 if wants_fid else 1)
+    _check_int("num_inference_steps", num_inference_steps, 1)
+    _check_int("seed", seed, 0)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("kid_subsets", kid_subsets, 1)
+    _check_int("latency_batch_size", latency_batch_size, 1)
+    _check_int("latency_repeats", latency_repeats, 1)
+    _check_int("latency_warmup", latency_warmup, 0)
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {list(SCHEDULERS)}, got {scheduler!r}")
+    if store is not None and not isinstance(store, ResultStore):
+        raise ValueError(f"store must be a ResultStore or None, got {type(store).__name__}")
+    if "kid" in requested and kid_subset_size is not None:
+        instruments.resolve_kid_subset_size(num_samples, num_samples, kid_subset_size)
+    config = pipeline.unet.config
+    size = config.sample_size if isinstance(config.sample_size, int) else int(config.sample_size[0])
+    identity = _reference_identity(reference, dense_pipeline, size, config.in_channels) if wants_fid else None
+    if wants_fid and reference == DENSE_REFERENCE:
+        for field in ("sample_size", "in_channels"):
+            if dense_pipeline.unet.config[field] != config[field]:
+                raise ValueError(f"dense_pipeline differs in {field} ({dense_pipeline.unet.config[field]} vs {config[field]})")
+
+    unet_hash = model_hash(pipeline.unet)
+    dense_hash = model_hash(dense_pipeline.unet) if dense_pipeline is not None and "latency" in requested else None
+    settings = {
+        "version": EVALUATION_VERSION, "metrics": list(requested), "num_samples": num_samples,
+        "num_inference_steps": num_inference_steps, "seed": seed, "scheduler": scheduler,
+    }
+    if wants_fid:
+        settings.update(reference=identity, batch_size=batch_size, kid_subset_size=kid_subset_size,
+                        kid_subsets=kid_subsets, feature_recipe=instruments.FEATURE_RECIPE)
+    if "latency" in requested:
+        settings.update(latency={"batch_size": latency_batch_size, "repeats": latency_repeats, "warmup": latency_warmup},
+                        device=str(pipeline.unet.device), threads=torch.get_num_threads(), dense_model_hash=dense_hash)
+    key = key_for(unet_hash, settings, prune_spec)
+    if store is not None:
+        stored = store.get(key)
+        if stored is not None:
+            if progress is not None:
+                progress(1.0, "loaded stored result")
+            return {**stored, "key": key, "cached": True}
+
+    plan = {}
+    if wants_fid:
+        plan["reference"] = 3.0 if reference == DENSE_REFERENCE else 0.5
+        plan.update(sampling=3.0, features=2.0, distances=0.5)
+    if "latency" in requested:
+        plan["latency"] = 2.0 if dense_pipeline is not None else 1.0
+    if "macs" in requested:
+        plan["macs"] = 0.2
+    phases = _Progress(progress, plan)
+    row: dict = dict.fromkeys(RESULT_KEYS)
+    row.update(num_samples=num_samples, num_inference_steps=num_inference_steps, seed=seed, scheduler=scheduler,
+               metrics=list(requested), model_hash=unet_hash, prune_spec=jsonable(prune_spec))
+
+    if wants_fid:
+        feature_device = pipeline.unet.device
+        cache = feature_cache or FeatureCache()
+        reference_start = time.perf_counter()
+        if reference == DENSE_REFERENCE:
+            row["reference"] = DENSE_REFERENCE
+            dense_key = {"reference": DENSE_REFERENCE, "model_hash": identity["model_hash"], "num_samples": num_samples,
+                         "num_inference_steps": num_inference_steps, "seed": seed, "scheduler": scheduler,
+                         "batch_size": batch_size}
+            report = phases.phase("reference")
+
+            def dense_features() -> torch.Tensor:
+                images = sample_images(dense_pipeline, num_samples, num_inference_steps, seed, batch_size=batch_size,
+                                       scheduler=scheduler,
+                                       progress=None if report is None else lambda f, m: report(0.7 * f, f"dense {m}"))
+                return instruments.inception_features(
+                    images, progress=None if report is None else lambda f, m: report(0.7 + 0.3 * f, f"dense {m}"),
+                    device=feature_device)
+
+            real = cache.get_or_compute(dense_key, dense_features)
+        else:
+            row["reference"] = reference if isinstance(reference, str) and reference in instruments.REFERENCE_SETS else identity["path"]
+            real = instruments.reference_features(reference, image_size=size, channels=config.in_channels, cache=cache,
+                                                  progress=phases.phase("reference"))
+        phases.report("reference", 1.0, "reference features ready")
+        sampling_start = time.perf_counter()
+        images = sample_images(pipeline, num_samples, num_inference_steps, seed, batch_size=batch_size,
+                               scheduler=scheduler, progress=phases.phase("sampling"))
+        features_start = time.perf_counter()
+        fake = instruments.inception_features(images, progress=phases.phase("features"), device=feature_device)
+        features_end = time.perf_counter()
+        phases.report("distances", 0.0, "computing " + " and ".join(m.upper() for m in requested if m in FID_METRICS))
+        distances = instruments.fid_kid(real, fake, metrics=[m for m in FID_METRICS if m in requested],
+                                        kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, seed=seed)
+        row.update(distances)
+        row.update(reference_seconds=sampling_start - reference_start, sampling_seconds=features_start - sampling_start,
+                   feature_seconds=features_end - features_start)
+        phases.report("distances", 1.0, "distances computed")
+
+    if "latency" in requested:
+        latency_args = dict(batch_size=latency_batch_size, num_inference_steps=num_inference_steps,
+                            repeats=latency_repeats, warmup=latency_warmup, scheduler=scheduler, seed=seed)
+        phases.report("latency", 0.0, "timing the sampler")
+        if dense_pipeline is not None:
+            pair = instruments.measure_latency_pair(dense_pipeline, pipeline, **latency_args)
+            latency = pair["pruned"]
+            row.update(dense_latency_median_s_per_image=pair["dense"]["median_s_per_image"], speedup=pair["speedup"])
+        else:
+            latency = instruments.measure_latency(pipeline, **latency_args)
+        row.update(
+            latency_median_s_per_image=latency["median_s_per_image"],
+            latency_min_s_per_image=latency["min_s_per_image"],
+            latency_max_s_per_image=latency["max_s_per_image"],
+            latency_per_step_s=latency["per_step_s"],
+            latency_batch_size=latency["batch_size"],
+            threads=latency["threads"],
+            device=latency["device"],
+        )
+        phases.report("latency", 1.0, "latency measured")
+
+    if "macs" in requested:
+        row.update(instruments.count_model(pipeline.unet).to_dict())
+        phases.report("macs", 1.0, "parameters and MACs counted")
+
+    row["seconds"] = time.perf_counter() - started
+    if store is not None:
+        store.put(key, row)
+    if progress is not None:
+        progress(1.0, "evaluation done")
+    return {**row, "key": key, "cached": False}

@@ -1,0 +1,680 @@
+"""OBS-Diff: one-shot, training-free pruning with Optimal-Brain-Surgeon weight compensation.
+
+Follows ``../shared/METHODS.md`` (section ``obs``) and the OBS-Diff paper (2025), whose
+per-layer solver is SparseGPT's (Frantar & Alistarh, ICML 2023, ``sparsegpt.py::fasterprune``):
+
+1. **Timestep-aware Hessian.** For every prunable layer, forward hooks collect
+   ``H = (2 / sum_t w_t n_t) * sum_t w_t X_t X_t^T`` while the dense model samples
+   (``X_t`` the layer's inputs at sampling step ``t`` with tokens / pixels as columns, ``n_t``
+   their number, ``w_t`` from a timestep schedule, default ``log-decrease``: 1.2 at the noisiest
+   step down to 0.8 at the last). ``nn.Conv2d`` inputs are unfolded (``F.unfold``) into columns of
+   length ``in_channels * kh * kw``. Hooks are registered in a context manager and always removed.
+2. **Unstructured and N:M.** SparseGPT's column-blockwise OBS: damping
+   ``lambda = 0.01 * mean(diag H)``, dead input columns get diagonal 1, ``Hinv`` = upper Cholesky
+   factor of ``H^-1``, blocks of 128 columns, mask chosen by ``w^2 / [Hinv]_ii^2`` (N:M: the N
+   smallest of every M consecutive input columns), and after each pruned column
+   ``W[:, i:] -= (w_i / [Hinv]_ii) * Hinv[i, i:]`` -- the compensation that makes it training-free.
+3. **Structured.** Attention heads (``diffusers`` ``Attention``: ``to_q``/``to_k``/``to_v`` produce
+   the heads, ``to_out[0]`` consumes them; OBS compensates the head columns of ``to_out[0]``) and
+   FFN neurons (``diffusers`` ``FeedForward``: the up-projection produces them, the
+   down-projection consumes them). ``UNet2DModel`` has no FFN (its attention blocks are
+   self-attention only), so on the default model only heads are prunable this way.
+4. **Group-wise sequential calibration.** The prunable layers, in forward order, are split into
+   ``num_groups`` (default 4) contiguous groups; group ``g``'s Hessians are collected by running
+   the recorded dense sampling trajectory through the model in which groups ``< g`` are already
+   pruned, so each group is calibrated on the outputs of the pruned earlier groups.
+
+Numerical safety: a singular, indefinite or non-finite ``H`` is damped by 10x more and retried
+(up to ``max_retries``); if that still fails the diagonal of ``H`` is used (OBS without
+cross-column compensation); weights are checked finite before they are written back.
+
+Layout conventions:
+
+* a layer's weight is handled as a matrix ``out x columns``; for ``nn.Linear`` the columns are
+  the input features; for ``nn.Conv2d`` the weight ``(out, in, kh, kw)`` is permuted to
+  ``(out, kh, kw, in)`` and flattened, so **column ``(r * kw + s) * in + c`` is input channel
+  ``c`` at kernel position ``(r, s)``** and N:M groups of M consecutive columns are M
+  consecutive *input channels* at one kernel position (NVIDIA's sparse-tensor-core layout for
+  convolutions, ``K x RSC``); ``in_channels`` must therefore be divisible by M.
+* masks are boolean tensors of the weight's shape, ``True`` = weight kept.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ProgressFn = Callable[[float, str], None]
+
+DEFAULT_BLOCKSIZE = 128  # SparseGPT's column block
+DEFAULT_PERCDAMP = 0.01  # SparseGPT / OBS-Diff: lambda = 0.01 * mean(diag H)
+DEFAULT_NUM_GROUPS = 4  # OBS-Diff group-wise sequential pruning
+DEFAULT_MAX_RETRIES = 8  # damping x10 per retry: 0.01 -> 1e6 * mean(diag H)
+
+
+# ----------------------------------------------------------------------------------------------
+# Weight <-> matrix layout
+# ----------------------------------------------------------------------------------------------
+def supported_layer(module: nn.Module) -> bool:
+    """``nn.Linear`` and ungrouped, zero-padded ``nn.Conv2d`` (what the unfold hook handles)."""
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The weight as ``out x columns`` in the column order of :func:`layer_inputs` (see module doc)."""
+    weight = module.weight.detach()
+    if isinstance(module, nn.Conv2d):
+        return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+    return weight
+
+
+def matrix_to_weight(matrix: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """Inverse of :func:`weight_matrix`."""
+    if isinstance(module, nn.Conv2d):
+        out_channels, in_channels, kh, kw = module.weight.shape
+        return matrix.reshape(out_channels, kh, kw, in_channels).permute(0, 3, 1, 2).contiguous()
+    return matrix
+
+
+def layer_inputs(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """A layer's input as ``n x columns`` (columns ordered as in :func:`weight_matrix`)."""
+    if isinstance(module, nn.Linear):
+        return inputs.reshape(-1, inputs.shape[-1])
+    in_channels = inputs.shape[1]
+    kh, kw = module.kernel_size
+    if (kh, kw) == (1, 1) and module.stride == (1, 1) and module.padding in ((0, 0), "valid"):
+        return inputs.permute(0, 2, 3, 1).reshape(-1, in_channels)
+    padding = module.padding
+    if isinstance(padding, str):  # "same" with stride 1
+        padding = tuple((module.dilation[i] * (module.kernel_size[i] - 1)) // 2 for i in range(2))
+    columns = F.unfold(inputs, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
+    # unfold orders a column as (c, r, s); reorder to (r, s, c) to match weight_matrix.
+    batch, _, positions = columns.shape
+    columns = columns.reshape(batch, in_channels, kh * kw, positions).permute(0, 3, 2, 1)
+    return columns.reshape(-1, kh * kw * in_channels)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hessian collection
+# ----------------------------------------------------------------------------------------------
+class HessianCollector:
+    """Accumulates ``H = (2 / sum_t w_t n_t) sum_t w_t X_t X_t^T`` per layer from forward hooks.
+
+    Set :attr:`timestep_weight` before each forward pass (the weight ``w_t`` of the sampling
+    step being run); a weight of 0 skips the pass. Statistics are kept in float64.
+    """
+
+    def __init__(self, layers: dict[str, nn.Module]):
+        for name, module in layers.items():
+            if not supported_layer(module):
+                raise ValueError(f"layer {name!r} ({type(module).__name__}) is not supported by obs: "
+                                 "only nn.Linear and ungrouped, zero-padded nn.Conv2d")
+        self.layers = dict(layers)
+        self.timestep_weight = 1.0
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, float] = {name: 0.0 for name in layers}
+        self._handles: list = []
+
+    def _hook(self, name: str):
+        def hook(module, args, output):
+            weight = float(self.timestep_weight)
+            if weight <= 0:
+                return
+            columns = layer_inputs(module, args[0].detach()).to(torch.float64)
+            if name not in self.sums:
+                self.sums[name] = torch.zeros(columns.shape[1], columns.shape[1], dtype=torch.float64,
+                                              device=columns.device)
+            self.sums[name].addmm_(columns.T, columns, alpha=weight)
+            self.counts[name] += weight * columns.shape[0]
+        return hook
+
+    def attach(self) -> None:
+        for name, module in self.layers.items():
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def hessian(self, name: str) -> torch.Tensor:
+        """``H`` of one layer (float64); zeros if the layer never ran."""
+        module = self.layers[name]
+        if name not in self.sums or self.counts[name] <= 0:
+            columns = weight_matrix(module).shape[1]
+            return torch.zeros(columns, columns, dtype=torch.float64)
+        return self.sums[name] * (2.0 / self.counts[name])
+
+
+@contextlib.contextmanager
+def collect_hessians(layers: dict[str, nn.Module]):
+    """Context manager yielding a :class:`HessianCollector` whose hooks are removed on exit,
+    also when the body raises (wanda / SparseGPT ``add_batch`` pattern)."""
+    collector = HessianCollector(layers)
+    collector.attach()
+    try:
+        yield collector
+    finally:
+        collector.detach()
+
+
+# ----------------------------------------------------------------------------------------------
+# Damped inverse with retries
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class DampingInfo:
+    damping: float  # lambda actually added to the diagonal
+    retries: int  # how many times lambda was multiplied by 10
+    fallback: str = ""  # "" or "diagonal" when the full H could not be factored
+
+
+def _prepare_hessian(hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetrised float64 copy with non-finite entries zeroed and dead columns set to diagonal 1."""
+    matrix = hessian.detach().to(torch.float64).clone()
+    matrix = torch.where(torch.isfinite(matrix), matrix, torch.zeros_like(matrix))
+    matrix = 0.5 * (matrix + matrix.T)
+    diagonal = torch.diagonal(matrix)
+    dead = diagonal <= 0  # an input that is always zero (or a broken statistic): nothing to compensate
+    matrix[dead, :] = 0
+    matrix[:, dead] = 0
+    matrix[dead, dead] = 1.0
+    return matrix, dead
+
+
+def damped_inverse(hessian: torch.Tensor, percdamp: float = DEFAULT_PERCDAMP,
+                   max_retries: int = DEFAULT_MAX_RETRIES, cholesky_upper: bool = True):
+    """``cholesky(inverse(H + lambda I))`` upper factor (SparseGPT) or the plain inverse.
+
+    ``lambda = percdamp * mean(diag H)``; when a Cholesky factorisation fails or yields
+    non-finite values, ``lambda`` is multiplied by 10 and the factorisation retried. If all
+    retries fail, the diagonal of ``H`` alone is used. Returns ``(matrix, dead, DampingInfo)``.
+    """
+    matrix, dead = _prepare_hessian(hessian)
+    size = matrix.shape[0]
+    identity = torch.eye(size, dtype=matrix.dtype, device=matrix.device)
+    base = percdamp * float(torch.diagonal(matrix).abs().mean()) if size else 0.0
+    damping = base if base > 0 else 1e-8
+    for retry in range(max_retries + 1):
+        lower, info = torch.linalg.cholesky_ex(matrix + damping * identity)
+        if int(info) == 0 and torch.isfinite(lower).all():
+            inverse = torch.cholesky_inverse(lower)
+            if not cholesky_upper:
+                if torch.isfinite(inverse).all():
+                    return inverse, dead, DampingInfo(damping, retry)
+            else:
+                upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+                if int(info) == 0 and torch.isfinite(upper).all():
+                    return upper, dead, DampingInfo(damping, retry)
+        damping *= 10.0
+    # Last resort: a diagonal Hessian (always factorable) -- OBS without cross-column terms.
+    diagonal = torch.diagonal(matrix).clamp_min(0) + max(base, 1e-8)
+    if cholesky_upper:
+        result = torch.diag(diagonal.rsqrt())
+    else:
+        result = torch.diag(1.0 / diagonal)
+    return result, dead, DampingInfo(max(base, 1e-8), max_retries, "diagonal")
+
+
+# ----------------------------------------------------------------------------------------------
+# Unstructured / N:M: SparseGPT column-blockwise OBS
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class LayerPruneResult:
+    weight: torch.Tensor  # new weight matrix, out x columns
+    mask: torch.Tensor  # bool, True = kept
+    damping: DampingInfo
+    error: float  # trace((W - W') H (W - W')^T) / out: the layer's reconstruction error
+
+
+def reconstruction_error(original: torch.Tensor, pruned: torch.Tensor, hessian: torch.Tensor) -> float:
+    """``tr((W - W') H (W - W')^T) / rows``: with ``H = 2 X X^T / n`` this is ``2 ||WX - W'X||^2 / (n rows)``."""
+    delta = (original.to(torch.float64) - pruned.to(torch.float64))
+    hessian = torch.where(torch.isfinite(hessian), hessian, torch.zeros_like(hessian)).to(torch.float64)
+    return float(((delta @ hessian) * delta).sum() / max(1, delta.shape[0]))
+
+
+def check_n_m(n: int, m: int) -> None:
+    if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
+        raise ValueError(f"N:M pattern needs integers 0 < N < M, got {n}:{m}")
+
+
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    sparsity: float = 0.5,
+    *,
+    n: int = 0,  # N:M: prune N of every M consecutive columns (0 = unstructured)
+    m: int = 0,
+    blocksize: int = DEFAULT_BLOCKSIZE,  # columns per lazy-update block
+    percdamp: float = DEFAULT_PERCDAMP,  # lambda = percdamp * mean(diag H)
+    max_retries: int = DEFAULT_MAX_RETRIES,  # damping retries (x10 each)
+    compensate: bool = True,  # False: same mask choice, no weight update (ablation)
+) -> LayerPruneResult:
+    """Prune one ``out x columns`` weight matrix with SparseGPT's OBS procedure.
+
+    Unstructured: in each block of ``blocksize`` columns exactly ``round(sparsity * out * block)``
+    weights with the smallest ``w^2 / [Hinv]_ii^2`` are pruned (SparseGPT's mask selection; the
+    layer's overall sparsity equals ``sparsity`` up to rounding). N:M: in each row, the N
+    smallest of every M consecutive columns. Dead columns keep their weights (their input is
+    always zero, so they do not affect the calibration output; SparseGPT zeroes them, which would
+    push the sparsity above the target).
+    """
+    rows, columns = weight.shape
+    if n or m:
+        check_n_m(n, m)
+        if columns % m:
+            raise ValueError(f"N:M {n}:{m}: the layer has {columns} input columns, not divisible by M={m}")
+    elif not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    original = weight.detach()
+    work = original.to(torch.float32).clone()
+    upper, dead, info = damped_inverse(hessian, percdamp, max_retries, cholesky_upper=True)
+    upper = upper.to(torch.float32).to(work.device)
+    mask = torch.ones(rows, columns, dtype=torch.bool, device=work.device)
+    if not (n or m) and sparsity == 0.0:
+        return LayerPruneResult(original.clone(), mask, info, 0.0)
+    if n or m:
+        blocksize = max(m, (blocksize // m) * m)  # blocks must not split an N:M group
+    for start in range(0, columns, blocksize):
+        end = min(start + blocksize, columns)
+        count = end - start
+        block = work[:, start:end].clone()
+        block_inverse = upper[start:end, start:end]
+        diagonal = torch.diagonal(block_inverse)
+        errors = torch.zeros_like(block)
+        pruned = torch.zeros_like(block, dtype=torch.bool)
+        if not (n or m):
+            # OBS saliency w^2 / [Hinv]_ii^2 (SparseGPT eq. 3 with the Cholesky diagonal).
+            saliency = block.pow(2) / diagonal.pow(2).unsqueeze(0)
+            k = int(round(sparsity * saliency.numel()))
+            if k:
+                index = torch.argsort(saliency.flatten(), stable=True)[:k]
+                pruned.view(-1)[index] = True
+        for i in range(count):
+            if (n or m) and i % m == 0:
+                saliency = block[:, i:i + m].pow(2) / diagonal[i:i + m].pow(2).unsqueeze(0)
+                smallest = torch.topk(saliency, n, dim=1, largest=False).indices
+                pruned.scatter_(1, i + smallest, True)
+            column = block[:, i]
+            quantized = torch.where(pruned[:, i], torch.zeros_like(column), column)
+            error = (column - quantized) / block_inverse[i, i]
+            if compensate:
+                # OBS update: W[:, i:] -= (w_i - 0) / [Hinv]_ii * Hinv[i, i:]
+                block[:, i:] -= error.unsqueeze(1) * block_inverse[i, i:].unsqueeze(0)
+            block[:, i] = quantized
+            errors[:, i] = error
+        work[:, start:end] = block
+        mask[:, start:end] = ~pruned
+        if compensate and end < columns:
+            work[:, end:] -= errors @ upper[start:end, end:]
+    work = work * mask  # exact zeros where pruned
+    if not torch.isfinite(work).all():
+        # Never write NaN/Inf: keep the chosen mask without compensation.
+        work = original.to(torch.float32) * mask
+        info.fallback = (info.fallback + "+" if info.fallback else "") + "no-compensation"
+    return LayerPruneResult(work.to(original.dtype), mask, info, reconstruction_error(original, work, hessian))
+
+
+def prune_layer(module: nn.Module, hessian: torch.Tensor, sparsity: float = 0.5, **options) -> LayerPruneResult:
+    """:func:`sparsegpt_prune` on an ``nn.Linear`` / ``nn.Conv2d`` in place; returns the result
+    with ``mask`` reshaped to the module's weight shape."""
+    result = sparsegpt_prune(weight_matrix(module), hessian, sparsity, **options)
+    with torch.no_grad():
+        module.weight.copy_(matrix_to_weight(result.weight, module))
+    result.mask = matrix_to_weight(result.mask, module)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Structured: remove groups of input columns with OBS compensation
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class ColumnGroupResult:
+    weight: torch.Tensor  # out x columns, removed columns zero
+    removed: list  # indices (into ``groups``) of the removed groups, in removal order
+    errors: list  # OBS error of each removal when it was made
+    damping: DampingInfo
+
+
+def obs_remove_column_groups(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    groups: list,
+    num_remove: int,
+    *,
+    chunk: int = 1,  # groups removed per round before the errors are recomputed
+    percdamp: float = DEFAULT_PERCDAMP,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+) -> ColumnGroupResult:
+    """Greedy structured OBS: remove ``num_remove`` groups of columns (heads, neurons).
+
+    The error of removing column set ``S`` is the exact block OBS error
+    ``tr(W_S [Hinv_SS]^-1 W_S^T)`` (``Hinv = (H + lambda I)^-1``); it reduces to METHODS.md's
+    ``sum_rows W^2 / diag(Hinv)`` for a single column. After each removal the remaining columns
+    are compensated, ``W -= W_S [Hinv_SS]^-1 Hinv_S:``, and ``Hinv`` is downdated to the inverse
+    of ``H`` restricted to the remaining columns, ``Hinv -= Hinv_:S [Hinv_SS]^-1 Hinv_S:``
+    (OBS; Kurtic et al. ZipLM / Frantar et al. OBC). ``chunk`` > 1 removes that many lowest-error
+    groups per round (cheaper for thousands of FFN neurons).
+    """
+    if not 0 <= num_remove < len(groups):
+        raise ValueError(f"can remove between 0 and {len(groups) - 1} of {len(groups)} groups, got {num_remove}")
+    inverse, dead, info = damped_inverse(hessian, percdamp, max_retries, cholesky_upper=False)
+    work = weight.detach().to(torch.float64).clone()
+    inverse = inverse.to(work.device)
+    remaining = list(range(len(groups)))
+    removed, errors = [], []
+    while len(removed) < num_remove:
+        scores = []
+        for index in remaining:
+            columns = torch.as_tensor(groups[index], device=work.device)
+            block = inverse[columns][:, columns]
+            part = work[:, columns]
+            solved = torch.linalg.solve(block, part.T)  # [Hinv_SS]^-1 W_S^T
+            scores.append(float((part.T * solved).sum()))
+        order = sorted(range(len(remaining)), key=lambda j: scores[j])
+        take = order[: min(chunk, num_remove - len(removed))]
+        columns = torch.as_tensor([c for j in take for c in groups[remaining[j]]], device=work.device)
+        block = inverse[columns][:, columns]
+        coefficients = torch.linalg.solve(block, inverse[columns])  # [Hinv_SS]^-1 Hinv_S:
+        work -= work[:, columns] @ coefficients
+        inverse -= inverse[:, columns] @ coefficients
+        work[:, columns] = 0.0
+        for j in take:
+            removed.append(remaining[j])
+            errors.append(scores[j])
+        remaining = [g for g in remaining if g not in set(removed)]
+    if not torch.isfinite(work).all():
+        work = weight.detach().to(torch.float64).clone()
+        for index in removed:
+            work[:, groups[index]] = 0.0
+        info.fallback = (info.fallback + "+" if info.fallback else "") + "no-compensation"
+    return ColumnGroupResult(work.to(weight.dtype), removed, errors, info)
+
+
+def _keep_index(size: int, removed_rows: Iterable[int]) -> list:
+    removed = set(int(r) for r in removed_rows)
+    return [i for i in range(size) if i not in removed]
+
+
+def prune_attention_heads(attn: nn.Module, hessian: torch.Tensor, num_remove: int, **options) -> ColumnGroupResult:
+    """Remove ``num_remove`` heads of a diffusers ``Attention`` with OBS compensation, in place.
+
+    ``hessian`` is that of ``attn.to_out[0]``'s input (``inner_dim`` columns, head ``h`` owning
+    columns ``h*head_dim .. (h+1)*head_dim-1``). The compensated ``to_out[0]`` loses the removed
+    columns, ``to_q``/``to_k``/``to_v`` lose the matching rows (Torch-Pruning's function-level
+    pruners), and ``heads``, ``inner_dim``, ``inner_kv_dim`` are updated.
+    """
+    heads = int(attn.heads)
+    out_proj = attn.to_out[0]
+    inner = out_proj.in_features
+    if inner % heads:
+        raise ValueError(f"attention inner dim {inner} is not divisible by its {heads} heads")
+    if getattr(attn, "inner_kv_dim", inner) != inner or getattr(attn, "add_k_proj", None) is not None:
+        raise ValueError("head pruning supports self-attention with equal q/k/v widths only")
+    head_dim = inner // heads
+    groups = [list(range(h * head_dim, (h + 1) * head_dim)) for h in range(heads)]
+    result = obs_remove_column_groups(out_proj.weight.detach(), hessian, groups, num_remove, **options)
+    if not result.removed:
+        return result
+    import torch_pruning as tp
+
+    removed_columns = sorted(c for h in result.removed for c in groups[h])
+    with torch.no_grad():
+        out_proj.weight.copy_(result.weight.to(out_proj.weight.dtype))
+    tp.prune_linear_in_channels(out_proj, removed_columns)
+    for projection in (attn.to_q, attn.to_k, attn.to_v):
+        tp.prune_linear_out_channels(projection, removed_columns)
+    attn.heads = heads - len(result.removed)
+    attn.inner_dim = attn.heads * head_dim
+    if hasattr(attn, "inner_kv_dim"):
+        attn.inner_kv_dim = attn.inner_dim
+    return result
+
+
+def _feedforward_layers(ff: nn.Module):
+    """(up-projection, down-projection, gated) of a diffusers ``FeedForward``."""
+    first, last = ff.net[0], ff.net[-1]
+    up = getattr(first, "proj", None)
+    if not isinstance(up, nn.Linear) or not isinstance(last, nn.Linear):
+        raise ValueError(f"unsupported FeedForward layout: {type(first).__name__} ... {type(last).__name__}")
+    gated = up.out_features == 2 * last.in_features  # GEGLU / SwiGLU: hidden and gate halves
+    return up, last, gated
+
+
+def prune_feedforward_neurons(ff: nn.Module, hessian: torch.Tensor, num_remove: int, chunk: int = 8,
+                              **options) -> ColumnGroupResult:
+    """Remove ``num_remove`` hidden neurons of a diffusers ``FeedForward`` with OBS compensation.
+
+    ``hessian`` is that of the down-projection's input. The down-projection loses the columns,
+    the up-projection the rows (both halves for gated activations).
+    """
+    import torch_pruning as tp
+
+    up, down, gated = _feedforward_layers(ff)
+    hidden = down.in_features
+    groups = [[c] for c in range(hidden)]
+    result = obs_remove_column_groups(down.weight.detach(), hessian, groups, num_remove, chunk=chunk, **options)
+    if not result.removed:
+        return result
+    removed = sorted(result.removed)
+    with torch.no_grad():
+        down.weight.copy_(result.weight.to(down.weight.dtype))
+    tp.prune_linear_in_channels(down, removed)
+    tp.prune_linear_out_channels(up, removed + ([r + hidden for r in removed] if gated else []))
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Model level: calibration trajectory, group-wise sequential pruning
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class ObsReport:
+    """What :func:`obs_prune_unet` did."""
+
+    masks: dict = field(default_factory=dict)  # layer -> bool mask (True = kept); unstructured / N:M
+    layer_errors: dict = field(default_factory=dict)  # layer -> reconstruction error after OBS
+    dampings: dict = field(default_factory=dict)  # layer -> DampingInfo
+    removed_heads: dict = field(default_factory=dict)  # attention module -> removed head indices
+    removed_neurons: dict = field(default_factory=dict)  # FeedForward module -> removed neuron indices
+    groups: list = field(default_factory=list)  # the sequential layer groups, in order
+    timestep_weights: list = field(default_factory=list)  # [(t, weight)] used for the Hessians
+    calibration_seconds: float = 0.0
+    prune_seconds: float = 0.0
+
+
+def resolve_timestep_weights(schedule: str, schedule_params: dict | None, num_train_timesteps: int) -> list:
+    """(t, weight) pairs from a registered schedule, sorted noisiest first, duplicates merged."""
+    from .schedules import SCHEDULES
+
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
+    if SCHEDULES[schedule].adaptive:
+        raise ValueError(f"schedule {schedule!r} is decided from training losses; obs needs a fixed "
+                         "schedule such as 'log-decrease'")
+    merged: dict[int, float] = {}
+    for t, weight in SCHEDULES[schedule].resolve(num_train_timesteps, schedule_params or {}):
+        merged[int(t)] = merged.get(int(t), 0.0) + float(weight)
+    return sorted(merged.items(), key=lambda pair: -pair[0])
+
+
+@torch.no_grad()
+def sampling_trajectory(unet: nn.Module, noise_scheduler, timestep_weights: list, noise: torch.Tensor) -> list:
+    """Deterministic DDIM (eta = 0) sampling of ``unet`` through the given timesteps (noisiest
+    first); returns ``[(x_t, t, weight)]``, the model inputs at each step (OBS-Diff calibrates on
+    the dense model's own sampling trajectory)."""
+    alphas = noise_scheduler.alphas_cumprod.to(torch.float64)
+    clip = bool(getattr(noise_scheduler.config, "clip_sample", False))
+    device, dtype = unet.device, unet.dtype
+    sample = noise.to(device=device, dtype=dtype)
+    steps = []
+    for index, (t, weight) in enumerate(timestep_weights):
+        steps.append((sample.clone(), int(t), float(weight)))
+        epsilon = unet(sample, torch.full((sample.shape[0],), int(t), device=device, dtype=torch.long)).sample
+        alpha = float(alphas[int(t)])
+        previous = float(alphas[int(timestep_weights[index + 1][0])]) if index + 1 < len(timestep_weights) else 1.0
+        clean = (sample - math.sqrt(1 - alpha) * epsilon) / math.sqrt(alpha)
+        if clip:
+            clean = clean.clamp(-1, 1)
+            epsilon = (sample - math.sqrt(alpha) * clean) / math.sqrt(1 - alpha)
+        sample = math.sqrt(previous) * clean + math.sqrt(1 - previous) * epsilon
+    return steps
+
+
+def forward_order(unet: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor, t: int) -> list:
+    """Layer names in the order the forward pass first calls them."""
+    order: list = []
+    handles = [module.register_forward_hook(lambda mod, a, o, name=name: order.append(name) if name not in order else None)
+               for name, module in layers.items()]
+    try:
+        with torch.no_grad():
+            unet(example[:1], torch.tensor([t], device=example.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order + [name for name in layers if name not in order]
+
+
+def split_groups(names: list, num_groups: int) -> list:
+    """``names`` split into ``num_groups`` contiguous, near-equal groups (fewer if there are fewer names)."""
+    if num_groups < 1:
+        raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+    count = min(num_groups, len(names))
+    bounds = [round(i * len(names) / count) for i in range(count + 1)] if count else [0]
+    return [names[bounds[i]:bounds[i + 1]] for i in range(count)]
+
+
+def _default_layers(unet: nn.Module) -> dict:
+    try:  # one definition of "prunable" for the whole engine (issue 4)
+        from .criteria import prunable_layers
+    except ImportError:  # pragma: no cover - engine not present
+        return {n: m for n, m in unet.named_modules()
+                if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in ("conv_in", "conv_out")}
+    return prunable_layers(unet)
+
+
+def obs_prune_unet(
+    unet: nn.Module,
+    noise_scheduler,
+    *,
+    sparsity: float = 0.5,  # unstructured: fraction of each layer's weights removed
+    granularity: str = "unstructured",  # "unstructured", "N:M" or "head"
+    n: int = 2,  # N:M pattern
+    m: int = 4,
+    head_ratio: float | None = None,  # "head": fraction of each attention module's heads removed (default: sparsity)
+    ffn_ratio: float | None = None,  # "head": fraction of FFN neurons removed (default: head ratio)
+    schedule: str = "log-decrease",  # timestep weights of the Hessian (OBS-Diff default)
+    schedule_params: dict | None = None,
+    num_images: int = 8,  # calibration trajectories sampled from the dense model
+    seed: int = 0,  # initial noise of the calibration trajectories
+    num_groups: int = DEFAULT_NUM_GROUPS,  # sequential layer groups
+    layers: dict | None = None,  # name -> module to prune (default: the engine's prunable layers)
+    blocksize: int = DEFAULT_BLOCKSIZE,
+    percdamp: float = DEFAULT_PERCDAMP,
+    progress: ProgressFn | None = None,
+) -> ObsReport:
+    """Prune ``unet`` in place with OBS-Diff; the caller passes a copy if it keeps the dense model.
+
+    Calibration: ``num_images`` trajectories sampled by the model itself with DDIM through the
+    schedule's timesteps (seeded noise), each step weighted by its schedule weight. The
+    trajectory is recorded once from the dense model; then for each layer group in forward
+    order, Hessians are collected by running those inputs through the current (partly pruned)
+    model and the group is pruned before the next one is calibrated.
+    """
+    if granularity not in ("unstructured", "N:M", "head"):
+        raise ValueError(f"obs granularity must be 'unstructured', 'N:M' or 'head', got {granularity!r}")
+    report = ObsReport()
+    started = time.perf_counter()
+
+    def tell(fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(min(1.0, fraction), message)
+
+    num_train_timesteps = int(noise_scheduler.config.num_train_timesteps)
+    report.timestep_weights = resolve_timestep_weights(schedule, schedule_params, num_train_timesteps)
+    config = unet.config
+    size = config.sample_size
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    generator = torch.Generator().manual_seed(int(seed))
+    noise = torch.randn((num_images, config.in_channels, height, width), generator=generator)
+    tell(0.0, "sampling the dense calibration trajectory")
+    trajectory = sampling_trajectory(unet, noise_scheduler, report.timestep_weights, noise)
+
+    if granularity == "head":
+        targets = _structured_targets(unet)
+        if not targets:
+            raise ValueError("granularity 'head' needs a model with multi-head attention or FFN blocks")
+        consumer = {name: (module.to_out[0] if kind == "attention" else _feedforward_layers(module)[1])
+                    for name, (kind, module) in targets.items()}
+        order = forward_order(unet, consumer, trajectory[0][0], trajectory[0][1])
+        hook_layers = consumer
+    else:
+        hook_layers = layers if layers is not None else _default_layers(unet)
+        hook_layers = {name: module for name, module in hook_layers.items() if supported_layer(module)}
+        order = forward_order(unet, hook_layers, trajectory[0][0], trajectory[0][1])
+    report.groups = split_groups(order, num_groups)
+    head_ratio = sparsity if head_ratio is None else head_ratio
+    ffn_ratio = head_ratio if ffn_ratio is None else ffn_ratio
+
+    for group_index, group in enumerate(report.groups):
+        base = group_index / len(report.groups)
+        tell(base, f"calibrating group {group_index + 1}/{len(report.groups)} ({len(group)} layers)")
+        calibration_start = time.perf_counter()
+        with collect_hessians({name: hook_layers[name] for name in group}) as collector, torch.no_grad():
+            for sample, t, weight in trajectory:
+                collector.timestep_weight = weight
+                unet(sample, torch.full((sample.shape[0],), t, device=sample.device, dtype=torch.long))
+        report.calibration_seconds += time.perf_counter() - calibration_start
+        for layer_index, name in enumerate(group):
+            tell(base + (layer_index + 1) / (len(group) * len(report.groups)), f"pruning {name}")
+            hessian = collector.hessian(name)
+            if granularity == "head":
+                kind, module = targets[name]
+                if kind == "attention":
+                    remove = min(int(module.heads) - 1, int(round(head_ratio * int(module.heads))))
+                    result = prune_attention_heads(module, hessian, remove, percdamp=percdamp)
+                    report.removed_heads[name] = sorted(result.removed)
+                else:
+                    hidden = _feedforward_layers(module)[1].in_features
+                    remove = min(hidden - 1, int(round(ffn_ratio * hidden)))
+                    result = prune_feedforward_neurons(module, hessian, remove, percdamp=percdamp)
+                    report.removed_neurons[name] = sorted(result.removed)
+                report.layer_errors[name] = float(sum(result.errors))
+                report.dampings[name] = result.damping
+            else:
+                options = dict(blocksize=blocksize, percdamp=percdamp)
+                if granularity == "N:M":
+                    options.update(n=n, m=m)
+                result = prune_layer(hook_layers[name], hessian.to(hook_layers[name].weight.device), sparsity, **options)
+                report.masks[name] = result.mask
+                report.layer_errors[name] = result.error
+                report.dampings[name] = result.damping
+            del hessian
+        del collector
+    report.prune_seconds = time.perf_counter() - started
+    tell(1.0, "obs done")
+    return report
+
+
+def _structured_targets(unet: nn.Module) -> dict:
+    """Attention modules with 2+ heads and diffusers FeedForward blocks, by name -> (kind, module)."""
+    targets = {}
+    for name, module in unet.named_modules():
+        kind = type(module).__name__
+        if kind == "Attention" and int(getattr(module, "heads", 1)) > 1:
+            targets[name] = ("attention", module)
+        elif kind == "FeedForward":
+            targets[name] = ("feedforward", module)
+    return targets
+
+
+def head_prune_modules(unet: nn.Module) -> dict:
+    """Public view of what ``granularity='head'`` acts on: name -> 'attention' | 'feedforward'."""
+    return {name: kind for name, (kind, _) in _structured_targets(unet).items()}

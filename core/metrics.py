@@ -190,10 +190,15 @@ def _as_features(name: str, value: torch.Tensor, batch_size: int, progress: Prog
 
 
 def resolve_kid_subset_size(num_real: int, num_fake: int, kid_subset_size: int | None = None) -> int:
-    """KID subset size: ``min(1000, num_real, num_fake)`` unless given; validated against the sample counts."""
+    """KID subset size: validated if given, else ``min(1000, n // 2)`` with ``n = min(num_real, num_fake)``.
+
+    Half the samples rather than all of them: torchmetrics draws subsets without replacement, so
+    subsets as large as the set would all be the whole set and ``kid_std`` would be 0 and say
+    nothing. For n >= 2000 this is the standard 1000 (Binkowski et al. 2018).
+    """
     available = min(num_real, num_fake)
     if kid_subset_size is None:
-        return min(KID_MAX_SUBSET_SIZE, available)
+        return min(KID_MAX_SUBSET_SIZE, available // 2) if available >= 4 else available
     if not isinstance(kid_subset_size, int) or kid_subset_size < 2:
         raise ValueError(f"kid_subset_size must be an integer >= 2, got {kid_subset_size!r}")
     if kid_subset_size > available:
@@ -219,7 +224,7 @@ def fid_kid(
 
     FID: Heusel et al. 2017, torchmetrics ``FrechetInceptionDistance``. KID: Binkowski et al. 2018,
     torchmetrics ``KernelInceptionDistance`` (cubic polynomial kernel, ``kid_subsets`` random subsets
-    of ``kid_subset_size``, default ``min(1000, n)``; the subsets are drawn from a generator seeded
+    of ``kid_subset_size``, default ``min(1000, n // 2)``; the subsets are drawn from a generator seeded
     with ``seed`` so a result is repeatable). Returns ``{"fid", "kid", "kid_std", "kid_subset_size"}``
     (only the requested metrics).
     """

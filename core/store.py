@@ -14,11 +14,10 @@ import hashlib
 import json
 import os
 import sqlite3
+import sys
 import time
 from contextlib import closing, contextmanager
 from pathlib import Path
-
-import torch
 
 STORE_FILENAME = "results.sqlite"
 _SCHEMA = """
@@ -43,10 +42,10 @@ def default_results_dir() -> Path:
 
 def jsonable(value):
     """JSON-able form of specs and settings: dataclasses, tuples, paths, dtypes, numpy/torch scalars."""
+    if hasattr(value, "to_dict") and callable(value.to_dict) and not isinstance(value, type):
+        return jsonable(value.to_dict())  # e.g. PruneSpec: its own canonical form
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return jsonable(dataclasses.asdict(value))
-    if hasattr(value, "to_dict") and callable(value.to_dict):
-        return jsonable(value.to_dict())
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -55,9 +54,12 @@ def jsonable(value):
         return value
     if isinstance(value, float):
         return value
-    if isinstance(value, (Path, torch.dtype, torch.device)):
+    if isinstance(value, Path):
         return str(value)
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
+    torch = sys.modules.get("torch")  # torch objects can only exist once torch is imported
+    if torch is not None and isinstance(value, (torch.dtype, torch.device)):
+        return str(value)
+    if torch is not None and isinstance(value, torch.Tensor) and value.numel() == 1:
         return value.item()
     if hasattr(value, "item") and callable(value.item):  # numpy scalars
         return value.item()
@@ -83,12 +85,13 @@ def key_for(model_hash: str, eval_settings: dict, prune_spec=None) -> str:
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
-def model_hash(unet: torch.nn.Module) -> str:
+def model_hash(unet) -> str:
     """SHA-256 over the model's config JSON and every state_dict tensor (name, dtype, shape, bytes).
 
     Deterministic across processes and devices; independent of where the model was loaded from
     (``_name_or_path``) and of the diffusers version that saved it.
     """
+    import torch
     digest = hashlib.sha256()
     config = getattr(unet, "config", None)
     config_dict = {k: v for k, v in dict(config or {}).items() if k not in _VOLATILE_CONFIG_KEYS}

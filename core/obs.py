@@ -35,7 +35,10 @@ Layout conventions:
   ``(out, kh, kw, in)`` and flattened, so **column ``(r * kw + s) * in + c`` is input channel
   ``c`` at kernel position ``(r, s)``** and N:M groups of M consecutive columns are M
   consecutive *input channels* at one kernel position (NVIDIA's sparse-tensor-core layout for
-  convolutions, ``K x RSC``); ``in_channels`` must therefore be divisible by M.
+  convolutions, ``K x RSC``, and the engine's ``core/granularity.py::apply_nm``);
+  ``in_channels`` must therefore be divisible by M.
+* N:M means N weights *kept* in every group of M (NVIDIA's and the engine's convention; for
+  2:4 and 4:8 it coincides with SparseGPT's ``prunen:prunem``).
 * masks are boolean tensors of the weight's shape, ``True`` = weight kept.
 """
 from __future__ import annotations
@@ -251,7 +254,7 @@ def sparsegpt_prune(
     hessian: torch.Tensor,
     sparsity: float = 0.5,
     *,
-    n: int = 0,  # N:M: prune N of every M consecutive columns (0 = unstructured)
+    n: int = 0,  # N:M: keep N of every M consecutive columns (0 = unstructured)
     m: int = 0,
     blocksize: int = DEFAULT_BLOCKSIZE,  # columns per lazy-update block
     percdamp: float = DEFAULT_PERCDAMP,  # lambda = percdamp * mean(diag H)
@@ -260,10 +263,10 @@ def sparsegpt_prune(
 ) -> LayerPruneResult:
     """Prune one ``out x columns`` weight matrix with SparseGPT's OBS procedure.
 
-    Unstructured: in each block of ``blocksize`` columns exactly ``round(sparsity * out * block)``
-    weights with the smallest ``w^2 / [Hinv]_ii^2`` are pruned (SparseGPT's mask selection; the
-    layer's overall sparsity equals ``sparsity`` up to rounding). N:M: in each row, the N
-    smallest of every M consecutive columns. Dead columns keep their weights (their input is
+    Unstructured: in each block of ``blocksize`` columns the weights with the smallest
+    ``w^2 / [Hinv]_ii^2`` are pruned (SparseGPT's per-block mask selection), block counts rounded
+    cumulatively so that the layer prunes exactly ``round(sparsity * out * columns)`` weights. N:M: in each row, the M - N
+    smallest of every M consecutive columns are pruned (N kept). Dead columns keep their weights (their input is
     always zero, so they do not affect the calibration output; SparseGPT zeroes them, which would
     push the sparsity above the target).
     """
@@ -294,14 +297,15 @@ def sparsegpt_prune(
         if not (n or m):
             # OBS saliency w^2 / [Hinv]_ii^2 (SparseGPT eq. 3 with the Cholesky diagonal).
             saliency = block.pow(2) / diagonal.pow(2).unsqueeze(0)
-            k = int(round(sparsity * saliency.numel()))
+            # cumulative rounding: the layer prunes exactly round(sparsity * rows * columns) weights
+            k = int(round(sparsity * rows * end)) - int(round(sparsity * rows * start))
             if k:
                 index = torch.argsort(saliency.flatten(), stable=True)[:k]
                 pruned.view(-1)[index] = True
         for i in range(count):
             if (n or m) and i % m == 0:
                 saliency = block[:, i:i + m].pow(2) / diagonal[i:i + m].pow(2).unsqueeze(0)
-                smallest = torch.topk(saliency, n, dim=1, largest=False).indices
+                smallest = torch.topk(saliency, m - n, dim=1, largest=False, sorted=False).indices
                 pruned.scatter_(1, i + smallest, True)
             column = block[:, i]
             quantized = torch.where(pruned[:, i], torch.zeros_like(column), column)

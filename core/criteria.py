@@ -112,6 +112,18 @@ def calibrate(
     """
     loss_fn = LOSSES[loss_name]
     layers = prunable_layers(unet)
+    flags = {parameter: parameter.requires_grad for parameter in unet.parameters()}
+    try:
+        return _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, schedule_params,
+                          zero_grad_per_batch, seed, progress, progress_span)
+    finally:  # Torch-Pruning traces the graph through autograd: restore the flags even on error
+        for parameter, flag in flags.items():
+            parameter.grad = None
+            parameter.requires_grad_(flag)
+
+
+def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, schedule_params,
+               zero_grad_per_batch, seed, progress, progress_span) -> CalibrationStats:
     for parameter in unet.parameters():
         parameter.requires_grad_(False)
     for module in layers.values():
@@ -182,8 +194,6 @@ def calibrate(
         stats.gradients[name] = (
             module.weight.grad.detach().clone() if module.weight.grad is not None else torch.zeros_like(module.weight)
         )
-        module.weight.grad = None
-        module.weight.requires_grad_(False)
     return stats
 
 

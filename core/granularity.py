@@ -289,6 +289,8 @@ class ChannelPlanner:
         import torch_pruning as tp
 
         self.unet = unet
+        for parameter in unet.parameters():  # the graph is traced through autograd
+            parameter.requires_grad_(True)
         modules = dict(unet.named_modules())
         self.prunable = {modules[name]: name for name in prunable_layers(unet)}
         num_heads = {}

@@ -1,0 +1,227 @@
+"""Gradient-flow iterative pruning: progressive soft masks moved along the gradient flow of an
+energy function, ending in a hard mask at the target sparsity.
+
+The method ("iterative pruning based on gradient flow" for diffusion models, 2025; seed text in
+``../shared/seeds/``) has **no public code**; this is an implementation from its description and
+``../shared/METHODS.md`` (section ``gradflow``). What is implemented, exactly:
+
+* **Model.** The prunable weights are used as ``w * m`` with a continuous mask ``m in [0, 1]``
+  (initially 1); ``w`` stays fixed while pruning (recovery is :func:`core.finetune.finetune`).
+* **Loss.** The denoising loss ``L(m) = sum_t a_t MSE(eps_theta(x_t, t; w * m), eps) / sum_t a_t``
+  on a fixed calibration batch, fixed noise and the timesteps / weights ``a_t`` of a registered
+  schedule (default ``uniform`` with 4 timesteps).
+* **Criterion (gradient-norm preserving, GraSP; Wang et al., ICLR 2020).** Removing weight ``q``
+  (``delta = -w_q``) changes the squared gradient norm by, to first order,
+  ``Delta ||g||^2 = 2 delta^T H g = -2 w_q (H g)_q``. The paper prunes "parameters whose removal
+  increases the gradient norm", keeping the gradient flow, and thus fast convergence of the
+  pruned model, intact; a weight's importance is therefore
+  ``I = w * (H g)`` (= ``-S`` with GraSP's ``S = -w * (H g)``), low importance pruned first.
+  ``H g`` is a Hessian-vector product by double backward (attention runs on PyTorch's math SDPA
+  kernel, whose double backward exists). ``g`` and ``H g`` are taken at the current masked
+  weights ``w * m``, so the scores follow the progressively sparsified model.
+* **Sparsity schedule.** Iteration ``k = 1..K`` targets ``s_k = s (1 - (1 - k/K)^3)`` (``cubic``,
+  Zhu & Gupta 2017) or ``s k / K`` (``linear``).
+* **Gradient flow of the energy** ``E(m) = L(m) + (rho / 2) ||m - h_k||^2``, where ``h_k`` is
+  the hard mask keeping the ``1 - s_k`` most important weights of each layer (per layer, like
+  the engine's unstructured granularity; for N:M the N most important of every M). One explicit
+  Euler step per iteration, projected onto [0, 1]:
+  ``m <- clip(m - eta (dL/dm + rho (m - h_k)), 0, 1)``, with ``dL/dm = w * dL/dw_eff``. The loss
+  term lets the data resist (or hasten) the removal of a weight; the quadratic term pulls the
+  mask continuously towards the scheduled sparsity, so no weight disappears in one shot.
+* **End.** After ``K`` iterations (``s_K = s``) the hard mask keeps, per layer, the
+  ``1 - s`` fraction of weights with the largest final soft mask (ties broken by the last
+  importance; N:M: the N largest of every M), applied to the original weights. The importance
+  uses the full weight, ``I = w * (H g)`` evaluated at ``w * m``, so a faded weight is ranked by
+  what restoring it would do. The soft mask is also returned as a per-weight score so that any
+  granularity can aggregate it.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ProgressFn = Callable[[float, str], None]
+SPARSITY_SCHEDULES = ("cubic", "linear")
+
+
+@dataclass
+class GradflowReport:
+    masks: dict = field(default_factory=dict)  # layer -> bool hard mask (True = kept)
+    scores: dict = field(default_factory=dict)  # layer -> final soft mask + importance tie-break
+    importance: dict = field(default_factory=dict)  # layer -> last w * (H g)
+    iterations: list = field(default_factory=list)  # per iteration: sparsity, loss, grad_norm, mask_mean
+    timestep_weights: list = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+
+def sparsity_at(iteration: int, iterations: int, sparsity: float, schedule: str = "cubic") -> float:
+    """Target sparsity of iteration ``1..iterations`` (cubic: Zhu & Gupta 2017)."""
+    if schedule not in SPARSITY_SCHEDULES:
+        raise ValueError(f"sparsity_schedule must be one of {list(SPARSITY_SCHEDULES)}, got {schedule!r}")
+    progress = min(1.0, iteration / iterations)
+    if schedule == "cubic":
+        return sparsity * (1.0 - (1.0 - progress) ** 3)
+    return sparsity * progress
+
+
+def hard_mask(importance: torch.Tensor, sparsity: float, n: int = 0, m: int = 0) -> torch.Tensor:
+    """Keep the most important weights: exactly ``round(sparsity * numel)`` pruned, or for N:M the
+    N most important of every M consecutive input columns (conv: ``(out, kh, kw, in)`` layout,
+    as ``core/granularity.py`` and ``core/obs.py``). Ties broken by position (deterministic)."""
+    if n or m:
+        view = importance.permute(0, 2, 3, 1) if importance.dim() == 4 else importance
+        groups = view.reshape(-1, m)
+        keep = torch.zeros_like(groups, dtype=torch.bool)
+        keep.scatter_(1, torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n], True)
+        keep = keep.reshape(view.shape)
+        return keep.permute(0, 3, 1, 2) if importance.dim() == 4 else keep
+    count = int(round(sparsity * importance.numel()))
+    keep = torch.ones(importance.numel(), dtype=torch.bool, device=importance.device)
+    if count:
+        keep[torch.argsort(importance.flatten(), stable=True)[:count]] = False
+    return keep.view_as(importance)
+
+
+@contextlib.contextmanager
+def _math_attention():
+    """Double backward needs the math SDPA kernel (the fused CPU/CUDA kernels lack it)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - old torch
+        yield
+        return
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+def gradient_flow_importance(unet, parameters: dict, effective: dict, batches, noise_scheduler, timestep_weights,
+                             noises) -> tuple[float, dict, dict]:
+    """Loss, ``g = dL/dw_eff`` and ``H g`` at the effective weights (double backward)."""
+    from torch.func import functional_call
+
+    names = list(effective)
+    total_weight = sum(weight for _, weight in timestep_weights if weight > 0)
+    loss = 0.0
+    with _math_attention():
+        for clean, noise in zip(batches, noises):
+            for t, weight in timestep_weights:
+                if weight <= 0:
+                    continue
+                timesteps = torch.full((clean.shape[0],), int(t), dtype=torch.long, device=clean.device)
+                noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+                prediction = functional_call(unet, {**parameters, **effective}, (noisy, timesteps)).sample
+                loss = loss + (weight / total_weight) * F.mse_loss(prediction, noise) / len(batches)
+    gradients = torch.autograd.grad(loss, [effective[n] for n in names], create_graph=True)
+    # H g by double backward: d/dw (g . stop_grad(g)) = H g
+    inner = sum((g * g.detach()).sum() for g in gradients)
+    hessian_gradient = torch.autograd.grad(inner, [effective[n] for n in names])
+    grads = {n: g.detach() for n, g in zip(names, gradients)}
+    return float(loss.detach()), grads, {n: hg.detach() for n, hg in zip(names, hessian_gradient)}
+
+
+def gradflow_prune(
+    unet: nn.Module,
+    noise_scheduler,
+    images: torch.Tensor,
+    *,
+    sparsity: float = 0.5,  # target fraction of each layer's weights removed
+    n: int = 0,  # N:M (N kept of every M input columns); 0 = unstructured
+    m: int = 0,
+    iterations: int = 10,  # gradient-flow steps K
+    sparsity_schedule: str = "cubic",  # "cubic" or "linear" increase of sparsity over K
+    step_size: float = 0.5,  # eta of the explicit Euler step
+    stiffness: float = 1.0,  # rho: pull of the mask towards the scheduled hard mask
+    schedule: str = "uniform",  # timesteps of the loss (a registered schedule)
+    schedule_params: dict | None = None,
+    batch_size: int = 8,  # calibration images per batch
+    num_batches: int = 1,
+    seed: int = 0,  # fixed noise of the calibration batches
+    layers: dict | None = None,  # name -> module (default: the engine's prunable layers)
+    apply: bool = True,  # write the hard mask into the weights of ``unet`` (in place)
+    progress: ProgressFn | None = None,
+) -> GradflowReport:
+    """Progressive soft pruning of ``unet`` along the gradient flow (see the module docstring)."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+    if n or m:
+        if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
+            raise ValueError(f"N:M pattern needs integers 0 < N < M, got {n}:{m}")
+    started = time.perf_counter()
+    if layers is None:
+        from .criteria import prunable_layers
+
+        layers = prunable_layers(unet)
+    if n or m:
+        for name, module in layers.items():
+            if module.weight.shape[1] % m:
+                raise ValueError(f"N:M {n}:{m}: layer {name!r} has {module.weight.shape[1]} input channels, not divisible by M={m}")
+    from .obs import resolve_timestep_weights
+
+    report = GradflowReport()
+    num_train_timesteps = int(noise_scheduler.config.num_train_timesteps)
+    params = {"num_timesteps": 4} if schedule == "uniform" and schedule_params is None else (schedule_params or {})
+    report.timestep_weights = resolve_timestep_weights(schedule, params, num_train_timesteps)
+    device = next(unet.parameters()).device
+    generator = torch.Generator().manual_seed(int(seed))
+    order = torch.randperm(images.shape[0], generator=generator)[: batch_size * num_batches]
+    batches = [b.to(device) for b in images[order].float().split(batch_size)]
+    noises = [torch.randn(b.shape, generator=generator).to(device) for b in batches]
+
+    parameter_names = {f"{name}.weight": name for name in layers}
+    base = {name: p.detach() for name, p in unet.named_parameters() if name not in parameter_names}
+    weights = {name: module.weight.detach().clone() for name, module in layers.items()}
+    soft = {name: torch.ones_like(w) for name, w in weights.items()}
+    was_training = unet.training
+    unet.eval()
+    target = {}
+    importance = {}
+    try:
+        for iteration in range(1, iterations + 1):
+            level = sparsity_at(iteration, iterations, sparsity, sparsity_schedule)
+            effective = {f"{name}.weight": (weights[name] * soft[name]).requires_grad_(True) for name in layers}
+            loss, grads, hessian_gradients = gradient_flow_importance(
+                unet, base, effective, batches, noise_scheduler, report.timestep_weights, noises)
+            # I = w * (H g) with the full weight w: the first-order change of ||g||^2 from removing
+            # (or, for an already faded weight, restoring) it, at the current masked model.
+            importance = {name: weights[name] * hessian_gradients[f"{name}.weight"] for name in layers}
+            target = {name: hard_mask(importance[name], level) for name in layers}
+            grad_norm = 0.0
+            with torch.no_grad():
+                for name in layers:
+                    gradient = grads[f"{name}.weight"]
+                    grad_norm += float(gradient.pow(2).sum())
+                    d_loss_d_mask = weights[name] * gradient  # chain rule through w_eff = w * m
+                    step = d_loss_d_mask + stiffness * (soft[name] - target[name].to(soft[name].dtype))
+                    soft[name] = (soft[name] - step_size * step).clamp_(0.0, 1.0)
+            report.iterations.append(dict(iteration=iteration, sparsity=level, loss=loss, grad_norm=grad_norm ** 0.5,
+                                          mask_mean=float(sum(s.sum() for s in soft.values()) /
+                                                          sum(s.numel() for s in soft.values()))))
+            if progress is not None:
+                progress(iteration / iterations, f"gradient flow {iteration}/{iterations}: sparsity {level:.3f}, loss {loss:.4f}")
+    finally:
+        unet.train(was_training)
+    for name in layers:
+        # The hard mask is read off the soft mask the flow produced (ties broken by the last
+        # importance); N:M applies its pattern only here, the intermediate targets are per layer.
+        ranks = torch.empty(importance[name].numel(), device=importance[name].device)
+        ranks[torch.argsort(importance[name].flatten(), stable=True)] = torch.arange(
+            importance[name].numel(), dtype=ranks.dtype, device=ranks.device)
+        key = soft[name] + 1e-3 * (ranks / max(1, importance[name].numel())).view_as(importance[name])
+        final = hard_mask(key, sparsity, n, m)
+        report.masks[name] = final
+        report.importance[name] = importance[name]
+        report.scores[name] = final.to(key.dtype) * 2.0 + key  # kept > pruned; soft mask order within
+    if apply:
+        with torch.no_grad():
+            for name, module in layers.items():
+                module.weight.copy_(weights[name] * report.masks[name].to(weights[name].dtype))
+    report.wall_time_s = time.perf_counter() - started
+    return report

@@ -207,7 +207,11 @@ def damped_inverse(hessian: torch.Tensor, percdamp: float = DEFAULT_PERCDAMP,
     damping = base if base > 0 else 1e-8
     for retry in range(max_retries + 1):
         lower, info = torch.linalg.cholesky_ex(matrix + damping * identity)
-        if int(info) == 0 and torch.isfinite(lower).all():
+        pivots = torch.diagonal(lower)
+        # a PSD H damped by lambda has pivots^2 >= lambda, i.e. a ratio >= percdamp / size; a far
+        # smaller one means H was indefinite and H + lambda I is (nearly) singular: retry
+        conditioned = size == 0 or float((pivots.min() / pivots.max()) ** 2) > 1e-10
+        if int(info) == 0 and torch.isfinite(lower).all() and conditioned:
             inverse = torch.cholesky_inverse(lower)
             if not cholesky_upper:
                 if torch.isfinite(inverse).all():

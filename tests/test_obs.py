@@ -1,0 +1,240 @@
+"""OBS-Diff (core/obs.py): compensation beats masking, N:M holds, convs work, H is always safe."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from core import obs
+
+
+def tiny_unet():
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=4, norm_num_groups=4,
+    ).eval()
+
+
+def correlated_inputs(count=1024, features=64, seed=0):
+    """Inputs with correlated features of different scales (as real activations have)."""
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.eye(features) + 0.5 * torch.randn(features, features, generator=generator) / features ** 0.5
+    scales = torch.exp(0.5 * torch.randn(features, generator=generator))
+    return torch.randn(count, features, generator=generator) @ mixing * scales
+
+
+def output_error(layer_weight, new_weight, inputs):
+    return float((inputs @ layer_weight.T - inputs @ new_weight.T).pow(2).sum())
+
+
+def test_obs_beats_magnitude_and_uncompensated_mask_on_linear():
+    inputs = correlated_inputs()
+    layer = nn.Linear(64, 32, bias=False)
+    original = layer.weight.detach().clone()
+    with obs.collect_hessians({"layer": layer}) as collector:
+        layer(inputs)
+    hessian = collector.hessian("layer")
+    assert torch.allclose(hessian, 2 * inputs.double().T @ inputs.double() / inputs.shape[0], rtol=1e-6, atol=1e-8)
+
+    result = obs.prune_layer(layer, hessian, 0.5)
+    assert float((~result.mask).float().mean()) == 0.5
+    assert torch.equal(layer.weight == 0, ~result.mask)
+
+    magnitude_mask = torch.zeros(original.numel(), dtype=torch.bool)
+    magnitude_mask[torch.argsort(original.abs().flatten(), descending=True)[: original.numel() // 2]] = True
+    magnitude_mask = magnitude_mask.view_as(original)
+    obs_error = output_error(original, layer.weight.detach(), inputs)
+    magnitude_error = output_error(original, original * magnitude_mask, inputs)
+    same_mask_error = output_error(original, original * result.mask, inputs)
+    assert obs_error < magnitude_error
+    assert obs_error < same_mask_error
+    # the reported error is the Hessian form of the same quantity
+    assert result.error == pytest.approx(2 * obs_error / (inputs.shape[0] * 32), rel=1e-3)
+
+
+@pytest.mark.parametrize("pattern", [(2, 4), (4, 8)])
+def test_n_m_pattern_holds_on_linear(pattern):
+    n, m = pattern
+    inputs = correlated_inputs(features=64)
+    weight = torch.randn(16, 64)
+    hessian = 2 * inputs.T @ inputs / inputs.shape[0]
+    result = obs.sparsegpt_prune(weight, hessian, n=n, m=m, blocksize=20)  # block rounded to a multiple of M
+    kept_per_group = result.mask.reshape(16, -1, m).sum(-1)
+    assert torch.all(kept_per_group == n)
+    assert torch.all(result.weight[~result.mask] == 0)
+    assert output_error(weight, result.weight, inputs) < output_error(weight, weight * result.mask, inputs)
+
+
+def test_n_m_refuses_width_not_divisible():
+    with pytest.raises(ValueError, match="divisible"):
+        obs.sparsegpt_prune(torch.randn(4, 6), torch.eye(6), n=2, m=4)
+    with pytest.raises(ValueError, match="N:M"):
+        obs.sparsegpt_prune(torch.randn(4, 8), torch.eye(8), n=4, m=4)
+
+
+def test_conv_unfold_columns_match_the_weight_layout_and_obs_compensates():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 6, 3, padding=1)
+    images = torch.randn(4, 8, 10, 10)
+    images = images + 0.8 * images.roll(1, dims=1)  # correlated input channels
+    with obs.collect_hessians({"conv": conv}) as collector, torch.no_grad():
+        expected = conv(images)
+    columns = obs.layer_inputs(conv, images)
+    flat = columns @ obs.weight_matrix(conv).T + conv.bias
+    assert torch.allclose(flat, expected.permute(0, 2, 3, 1).reshape(-1, 6), atol=1e-5)
+    assert obs.matrix_to_weight(obs.weight_matrix(conv), conv).equal(conv.weight.detach())
+
+    pruned = copy.deepcopy(conv)
+    result = obs.prune_layer(pruned, collector.hessian("conv"), n=2, m=4)
+    assert result.mask.shape == conv.weight.shape
+    # N:M groups run along the input channels at each kernel position: (out, kh, kw, in)
+    assert torch.all(result.mask.permute(0, 2, 3, 1).reshape(-1, 4).sum(-1) == 2)
+    with torch.no_grad():
+        compensated = float((pruned(images) - expected).pow(2).sum())
+        masked = float((nn.functional.conv2d(images, conv.weight * result.mask, conv.bias, padding=1) - expected).pow(2).sum())
+    assert compensated < masked
+
+
+@pytest.mark.parametrize("kind", ["zeros", "rank-one", "indefinite", "nan"])
+def test_singular_or_broken_hessian_never_gives_nan(kind):
+    torch.manual_seed(0)
+    weight = torch.randn(8, 16)
+    if kind == "zeros":
+        hessian = torch.zeros(16, 16)
+    elif kind == "rank-one":
+        vector = torch.randn(16, 1)
+        hessian = vector @ vector.T
+    elif kind == "indefinite":
+        hessian = torch.diag(torch.linspace(-1.0, 1.0, 16))
+        hessian[0, 1] = hessian[1, 0] = 5.0
+    else:
+        hessian = torch.eye(16)
+        hessian[3, 4] = float("nan")
+    result = obs.sparsegpt_prune(weight, hessian, 0.5)
+    assert torch.isfinite(result.weight).all()
+    assert float((~result.mask).float().mean()) == 0.5
+    heads = obs.obs_remove_column_groups(weight, hessian, [list(range(i, i + 4)) for i in range(0, 16, 4)], 2)
+    assert torch.isfinite(heads.weight).all()
+
+
+def test_damping_is_retried_when_cholesky_fails():
+    # positive diagonal but indefinite (eigenvalues 3 and -1): 0.01 * mean(diag) cannot fix it
+    hessian = torch.block_diag(*[torch.tensor([[1.0, 2.0], [2.0, 1.0]])] * 3)
+    upper, _, info = obs.damped_inverse(hessian, percdamp=0.01)
+    assert info.retries == 3 and info.damping == pytest.approx(10.0) and not info.fallback
+    assert torch.isfinite(upper).all()
+    assert torch.allclose(upper.T @ upper, torch.linalg.inv(hessian.double() + 10.0 * torch.eye(6)), atol=1e-10)
+
+
+def test_hooks_are_removed_even_on_error():
+    layer = nn.Linear(4, 4)
+    with pytest.raises(RuntimeError):
+        with obs.collect_hessians({"layer": layer}):
+            assert len(layer._forward_hooks) == 1
+            raise RuntimeError("boom")
+    assert len(layer._forward_hooks) == 0
+
+
+def test_hessian_uses_timestep_weights():
+    layer = nn.Linear(3, 2)
+    first, second = torch.randn(5, 3), torch.randn(7, 3)
+    with obs.collect_hessians({"layer": layer}) as collector:
+        collector.timestep_weight = 1.2
+        layer(first)
+        collector.timestep_weight = 0.8
+        layer(second)
+        collector.timestep_weight = 0.0  # skipped
+        layer(torch.randn(9, 3))
+    expected = 2 * (1.2 * first.T.double() @ first.double() + 0.8 * second.T.double() @ second.double())
+    expected /= 1.2 * 5 + 0.8 * 7
+    assert torch.allclose(collector.hessian("layer"), expected)
+
+
+def test_attention_head_removal_compensates_and_shrinks():
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, heads=4, dim_head=4, residual_connection=True).eval()
+    tokens = torch.randn(3, 10, 16)
+    with obs.collect_hessians({"out": attn.to_out[0]}) as collector, torch.no_grad():
+        dense = attn(tokens)
+    uncompensated = copy.deepcopy(attn)
+    result = obs.prune_attention_heads(attn, collector.hessian("out"), 2)
+    assert attn.heads == 2 and attn.inner_dim == 8
+    assert attn.to_q.weight.shape == (8, 16) and attn.to_out[0].weight.shape == (16, 8)
+    with torch.no_grad():
+        pruned_output = attn(tokens)
+        keep = [c for h in range(4) if h not in result.removed for c in range(4 * h, 4 * h + 4)]
+        for projection in (uncompensated.to_q, uncompensated.to_k, uncompensated.to_v):
+            projection.weight.data = projection.weight.data[keep]
+        uncompensated.to_out[0].weight.data = uncompensated.to_out[0].weight.data[:, keep]
+        uncompensated.heads, uncompensated.inner_dim = 2, 8
+        dropped_output = uncompensated(tokens)
+    assert float((pruned_output - dense).pow(2).sum()) < float((dropped_output - dense).pow(2).sum())
+
+
+def test_feedforward_neurons_removed_with_gated_activation():
+    from diffusers.models.attention import FeedForward
+
+    torch.manual_seed(0)
+    feedforward = FeedForward(8, mult=2, activation_fn="geglu").eval()
+    down = feedforward.net[-1]
+    with obs.collect_hessians({"down": down}) as collector, torch.no_grad():
+        feedforward(torch.randn(4, 5, 8))
+    obs.prune_feedforward_neurons(feedforward, collector.hessian("down"), 6, chunk=2)
+    assert down.in_features == 10 and feedforward.net[0].proj.out_features == 20
+    assert feedforward(torch.randn(2, 3, 8)).shape == (2, 3, 8)
+
+
+def test_obs_prune_unet_unstructured_exact_sparsity_and_groupwise_calibration():
+    unet = tiny_unet()
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    layers = {name: module for name, module in unet.named_modules()
+              if name.startswith("down_blocks.0.") and isinstance(module, (nn.Conv2d, nn.Linear))}
+    options = dict(sparsity=0.5, num_images=2, schedule_params={"num_steps": 3})
+    one_group = copy.deepcopy(unet)
+    report_one = obs.obs_prune_unet(one_group, scheduler, num_groups=1,
+                                    layers={n: dict(one_group.named_modules())[n] for n in layers}, **options)
+    report = obs.obs_prune_unet(unet, scheduler, num_groups=2, layers=layers, **options)
+    assert len(report.groups) == 2 and sum(len(g) for g in report.groups) == len(layers)
+    assert [t for t, _ in report.timestep_weights] == [999, 500, 0]
+    assert report.timestep_weights[0][1] == pytest.approx(1.2) and report.timestep_weights[-1][1] == pytest.approx(0.8)
+    for name, mask in report.masks.items():
+        assert float((~mask).float().mean()) == pytest.approx(0.5, abs=1 / mask.numel())
+        assert torch.all(layers[name].weight[~mask] == 0)
+    modules_one = dict(one_group.named_modules())
+    first, last = report.groups[0][0], report.groups[-1][-1]
+    # the first group sees the same (dense) inputs either way; the last group sees pruned ones
+    assert torch.equal(modules_one[first].weight, layers[first].weight)
+    assert not torch.equal(modules_one[last].weight, layers[last].weight)
+    with torch.no_grad():
+        assert torch.isfinite(unet(torch.randn(2, 1, 8, 8), torch.tensor([5, 700])).sample).all()
+
+
+def test_obs_prune_unet_heads_updates_attention_and_runs():
+    from diffusers import DDPMScheduler
+
+    unet = tiny_unet()
+    report = obs.obs_prune_unet(unet, DDPMScheduler(num_train_timesteps=1000), granularity="head", sparsity=0.5,
+                                num_images=1, schedule_params={"num_steps": 2})
+    attentions = {n: m for n, m in unet.named_modules() if type(m).__name__ == "Attention"}
+    assert set(report.removed_heads) == set(attentions)
+    for module in attentions.values():
+        assert module.heads == 2 and module.to_q.out_features == 8 and module.to_out[0].in_features == 8
+    with torch.no_grad():
+        assert torch.isfinite(unet(torch.randn(1, 1, 8, 8), torch.tensor([10])).sample).all()
+
+
+def test_obs_refuses_adaptive_schedule_and_bad_granularity():
+    from diffusers import DDPMScheduler
+
+    with pytest.raises(ValueError, match="schedule"):
+        obs.resolve_timestep_weights("threshold", None, 1000)
+    with pytest.raises(ValueError, match="granularity"):
+        obs.obs_prune_unet(tiny_unet(), DDPMScheduler(), granularity="channel")

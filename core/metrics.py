@@ -24,6 +24,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -400,18 +401,24 @@ def reference_features(
 
 
 def write_reference_features(
-    name: str = "fashion-mnist-test", dtype: torch.dtype = torch.float16, progress: ProgressFn | None = None
+    name: str = "fashion-mnist-test",
+    dtype: torch.dtype = torch.float16,
+    progress: ProgressFn | None = None,
+    features: torch.Tensor | None = None,
 ) -> Path:
-    """Compute and write the shipped features of a named reference set (once, by the maintainers).
+    """Compute (unless ``features`` are given) and write the shipped features of a named reference set.
 
-    Run: ``.venv/bin/python -c "from core.metrics import write_reference_features as w; print(w())"``.
+    Run once by the maintainers (about 14 minutes for 1,000 images on a loaded 2-core CPU):
+    ``.venv/bin/python -c "from core.metrics import write_reference_features as w; print(w())"``.
+    Stored as float16: FID/KID from float16 and float32 features of the 1,000 test images
+    differed by 1e-4 FID when this was written.
     """
     from safetensors.torch import save_file
 
     if name not in REFERENCE_SETS:
         raise ValueError(f"name must be one of {sorted(REFERENCE_SETS)}, got {name!r}")
-    images = load_image_set(REFERENCE_SETS[name])
-    features = inception_features(images, progress=progress)
+    if features is None:
+        features = inception_features(load_image_set(REFERENCE_SETS[name]), progress=progress)
     path = SHIPPED_REFERENCE_FEATURES[name]
     metadata = {"recipe": FEATURE_RECIPE, "images_sha256": _file_sha256(REFERENCE_SETS[name]),
                 "images": REFERENCE_SETS[name].name, "count": str(len(features)), "torch": torch.__version__}
@@ -422,6 +429,26 @@ def write_reference_features(
 # --------------------------------------------------------------------------------------------
 # Latency
 # --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def torch_threads(num_threads: int | None):
+    """Run a block with ``torch.set_num_threads(num_threads)`` (``None``: leave as is), restored afterwards.
+
+    Latency depends strongly on the thread count, and on a loaded CPU more threads than free
+    cores can be many times slower (OpenMP threads wait on each other), so it is an argument.
+    """
+    if num_threads is None:
+        yield
+        return
+    if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
+        raise ValueError(f"num_threads must be None or an integer >= 1, got {num_threads!r}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -474,17 +501,20 @@ def measure_latency(
     *,
     scheduler: str = "ddim",
     seed: int = 0,
+    num_threads: int | None = None,
 ) -> dict:
     """Wall time of the full sampler (``sample_images``) on one batch, after ``warmup`` untimed runs.
 
     Returns median/min/max seconds per image over ``repeats`` timed runs, ``per_step_s`` (median
-    seconds of one denoising step of the batch), batch size, torch thread count and device.
+    seconds of one denoising step of the batch), batch size, torch thread count (``num_threads``
+    if given, else the current setting) and device.
     """
     _check_latency_args(batch_size, num_inference_steps, repeats, warmup)
-    for _ in range(warmup):
-        _time_sampler(pipeline, batch_size, num_inference_steps, scheduler, seed)
-    times = [_time_sampler(pipeline, batch_size, num_inference_steps, scheduler, seed) for _ in range(repeats)]
-    return _latency_summary(pipeline, times, batch_size, num_inference_steps, warmup, scheduler)
+    with torch_threads(num_threads):
+        for _ in range(warmup):
+            _time_sampler(pipeline, batch_size, num_inference_steps, scheduler, seed)
+        times = [_time_sampler(pipeline, batch_size, num_inference_steps, scheduler, seed) for _ in range(repeats)]
+        return _latency_summary(pipeline, times, batch_size, num_inference_steps, warmup, scheduler)
 
 
 def speedup(dense_latency: dict, pruned_latency: dict) -> float:
@@ -505,6 +535,7 @@ def measure_latency_pair(
     *,
     scheduler: str = "ddim",
     seed: int = 0,
+    num_threads: int | None = None,
 ) -> dict:
     """Latency of a dense and a pruned pipeline measured the same way, interleaved in one process.
 
@@ -513,15 +544,16 @@ def measure_latency_pair(
     """
     _check_latency_args(batch_size, num_inference_steps, repeats, warmup)
     pipelines = {"dense": dense_pipeline, "pruned": pruned_pipeline}
-    for _ in range(warmup):
-        for pipeline in pipelines.values():
-            _time_sampler(pipeline, batch_size, num_inference_steps, scheduler, seed)
     times: dict[str, list[float]] = {name: [] for name in pipelines}
-    for _ in range(repeats):
-        for name, pipeline in pipelines.items():
-            times[name].append(_time_sampler(pipeline, batch_size, num_inference_steps, scheduler, seed))
-    result = {name: _latency_summary(pipelines[name], times[name], batch_size, num_inference_steps, warmup, scheduler)
-              for name in pipelines}
+    with torch_threads(num_threads):
+        for _ in range(warmup):
+            for pipeline in pipelines.values():
+                _time_sampler(pipeline, batch_size, num_inference_steps, scheduler, seed)
+        for _ in range(repeats):
+            for name, pipeline in pipelines.items():
+                times[name].append(_time_sampler(pipeline, batch_size, num_inference_steps, scheduler, seed))
+        result = {name: _latency_summary(pipelines[name], times[name], batch_size, num_inference_steps, warmup, scheduler)
+                  for name in pipelines}
     result["speedup"] = speedup(result["dense"], result["pruned"])
     return result
 
@@ -609,8 +641,11 @@ def count_model(unet: nn.Module, timestep: int = 500) -> ModelCount:
     was_training = unet.training
     unet.eval()
     try:
-        macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(unet, example_inputs, layer_wise=True)
+        # A no-grad forward first: torch.nn.utils.prune's pre-hooks then recompute each masked
+        # `weight` as a plain tensor, which count_ops_and_params' deepcopy accepts (a weight left
+        # over from a forward with autograd is a non-leaf tensor that deepcopy refuses).
         attention = _attention_matmul_macs(unet, example_inputs)
+        macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(unet, example_inputs, layer_wise=True)
     finally:
         unet.train(was_training)
     rows = []

@@ -32,6 +32,7 @@ RESULT_KEYS = (
     "params", "macs", "nonzero_params", "attention_macs",
     "num_samples", "num_inference_steps", "seed", "scheduler", "reference", "metrics",
     "model_hash", "prune_spec", "seconds", "reference_seconds", "sampling_seconds", "feature_seconds",
+    "distance_seconds",
 )
 
 
@@ -213,7 +214,7 @@ def evaluate(
         phases.report("distances", 0.0, "computing " + " and ".join(m.upper() for m in requested if m in FID_METRICS))
         distances = instruments.fid_kid(real, fake, metrics=[m for m in FID_METRICS if m in requested],
                                         kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, seed=seed)
-        row.update(distances)
+        row.update(distances, distance_seconds=time.perf_counter() - features_end)
         row.update(reference_seconds=sampling_start - reference_start, sampling_seconds=features_start - sampling_start,
                    feature_seconds=features_end - features_start)
         phases.report("distances", 1.0, "distances computed")

@@ -117,10 +117,11 @@ def test_fid_of_a_set_against_itself_is_zero(test_features):
 
 def test_fid_against_gaussian_noise_is_large(test_features, noise_features, shipped_features):
     fid_noise = fid_kid(shipped_features, noise_features, metrics=("fid",))["fid"]
-    # 16 test images against the 1,000 reference images: same distribution, small-n bias only.
+    # 16 test images against the 1,000 reference images: same distribution, so only FID's
+    # small-n bias (large at n = 16: ~160 measured) separates it from 0.
     fid_real = fid_kid(shipped_features, test_features, metrics=("fid",))["fid"]
-    assert fid_noise > 200
-    assert fid_noise > 3 * fid_real
+    assert fid_noise > 300
+    assert fid_noise > 2 * fid_real
 
 
 def test_kid_of_disjoint_halves_is_near_zero_relative_to_std(shipped_features, noise_features):

@@ -225,3 +225,72 @@ def gradflow_prune(
                 module.weight.copy_(weights[name] * report.masks[name].to(weights[name].dtype))
     report.wall_time_s = time.perf_counter() - started
     return report
+
+
+# ----------------------------------------------------------------------------------------------
+# Engine adapter (issue 4's registry)
+# ----------------------------------------------------------------------------------------------
+def _check(name, kind, low=None, high=None, choices=None):
+    def check(value):
+        if choices is not None:
+            if value not in choices:
+                raise ValueError(f"criterion_params.{name} of criterion 'gradflow' must be one of {list(choices)}, got {value!r}")
+            return
+        valid = not isinstance(value, bool) and isinstance(value, kind)
+        if valid and low is not None and value < low:
+            valid = False
+        if valid and high is not None and value > high:
+            valid = False
+        if not valid:
+            raise ValueError(f"criterion_params.{name} of criterion 'gradflow' must be a {kind.__name__ if isinstance(kind, type) else 'number'}"
+                             f" in [{low}, {high if high is not None else 'inf'}], got {value!r}")
+    return check
+
+
+def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | None = None):
+    """Run the gradient flow on the engine's private ``unet``; return ``(scores, stats)``.
+
+    Calibration images come from the engine (``spec.calibration_data``); the per-weight scores
+    (final hard mask > soft mask > importance) are cut by whatever granularity the spec names.
+    For ``channel``/``head`` the flow runs unstructured at the target sparsity (0.5 when only a
+    channel ratio is given) and the granularity aggregates the scores.
+    """
+    from .criteria import CalibrationStats, copy_scheduler, prunable_layers
+    from .engine import calibration_images
+
+    params = dict(spec.criterion_params)
+    images, _source = calibration_images(pipeline, unet, spec, progress)
+    n, m = spec.nm_pattern if spec.granularity_name == "N:M" else (0, 0)
+    sparsity = (1 - n / m) if m else (spec.sparsity if spec.sparsity is not None else 0.5)
+    report = gradflow_prune(
+        unet, copy_scheduler(pipeline.scheduler), images, sparsity=float(sparsity), n=n, m=m,
+        iterations=params["iterations"], sparsity_schedule=params["sparsity_schedule"],
+        step_size=float(params["step_size"]), stiffness=float(params["stiffness"]),
+        schedule=spec.schedule, schedule_params=dict(spec.schedule_params),
+        batch_size=int(spec.calibration_batch_size), num_batches=int(spec.calibration_batches), seed=int(spec.seed),
+        layers=prunable_layers(unet), apply=False, progress=progress,
+    )
+    stats = CalibrationStats(timestep_weights=list(report.timestep_weights), num_images=int(images.shape[0]))
+    stats.losses = {row["iteration"]: [row["loss"]] for row in report.iterations}  # per iteration, not per t
+    return report.scores, stats
+
+
+def _scores_by_reconstruction(layers, stats, params, seed):
+    raise ValueError("criterion 'gradflow' scores through Criterion.reconstruct")
+
+
+def register() -> None:
+    """Add ``gradflow`` to the engine's ``CRITERIA`` (called where the registry is assembled)."""
+    from .criteria import Criterion, register_criterion
+
+    register_criterion(Criterion(
+        "gradflow", _scores_by_reconstruction, reconstruct=engine_reconstruct,
+        default_schedule="uniform", default_schedule_params={"num_timesteps": 4},
+        default_calibration_batches=1, default_calibration_batch_size=8,
+        defaults={"iterations": 10, "sparsity_schedule": "cubic", "step_size": 0.5, "stiffness": 1.0},
+        checks={"iterations": _check("iterations", int, low=1),
+                "sparsity_schedule": _check("sparsity_schedule", None, choices=SPARSITY_SCHEDULES),
+                "step_size": _check("step_size", (int, float), low=0.0),
+                "stiffness": _check("stiffness", (int, float), low=0.0)},
+        description="gradient-flow iterative pruning: soft masks, GraSP score w * (H g), cubic sparsity schedule",
+    ))

@@ -44,6 +44,7 @@ Layout conventions:
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -412,13 +413,16 @@ def _keep_index(size: int, removed_rows: Iterable[int]) -> list:
     return [i for i in range(size) if i not in removed]
 
 
-def prune_attention_heads(attn: nn.Module, hessian: torch.Tensor, num_remove: int, **options) -> ColumnGroupResult:
+def prune_attention_heads(attn: nn.Module, hessian: torch.Tensor, num_remove: int, shrink: bool = True,
+                          **options) -> ColumnGroupResult:
     """Remove ``num_remove`` heads of a diffusers ``Attention`` with OBS compensation, in place.
 
     ``hessian`` is that of ``attn.to_out[0]``'s input (``inner_dim`` columns, head ``h`` owning
     columns ``h*head_dim .. (h+1)*head_dim-1``). The compensated ``to_out[0]`` loses the removed
     columns, ``to_q``/``to_k``/``to_v`` lose the matching rows (Torch-Pruning's function-level
-    pruners), and ``heads``, ``inner_dim``, ``inner_kv_dim`` are updated.
+    pruners), and ``heads``, ``inner_dim``, ``inner_kv_dim`` are updated. ``shrink=False`` only
+    writes the compensated ``to_out[0]`` (removed head columns zero) and leaves the cut to the
+    caller (the engine's ``head`` granularity).
     """
     heads = int(attn.heads)
     out_proj = attn.to_out[0]
@@ -437,6 +441,8 @@ def prune_attention_heads(attn: nn.Module, hessian: torch.Tensor, num_remove: in
     removed_columns = sorted(c for h in result.removed for c in groups[h])
     with torch.no_grad():
         out_proj.weight.copy_(result.weight.to(out_proj.weight.dtype))
+    if not shrink:
+        return result
     tp.prune_linear_in_channels(out_proj, removed_columns)
     for projection in (attn.to_q, attn.to_k, attn.to_v):
         tp.prune_linear_out_channels(projection, removed_columns)
@@ -586,6 +592,8 @@ def obs_prune_unet(
     layers: dict | None = None,  # name -> module to prune (default: the engine's prunable layers)
     blocksize: int = DEFAULT_BLOCKSIZE,
     percdamp: float = DEFAULT_PERCDAMP,
+    heads_to_remove: dict | None = None,  # "head": attention name -> number of heads (overrides head_ratio)
+    shrink: bool = True,  # "head": physically remove the heads (False: compensate and zero only)
     progress: ProgressFn | None = None,
 ) -> ObsReport:
     """Prune ``unet`` in place with OBS-Diff; the caller passes a copy if it keeps the dense model.
@@ -617,6 +625,9 @@ def obs_prune_unet(
 
     if granularity == "head":
         targets = _structured_targets(unet)
+        if heads_to_remove is not None:  # only the attention modules that lose heads
+            targets = {name: target for name, target in targets.items()
+                       if target[0] != "attention" or heads_to_remove.get(name, 0) > 0}
         if not targets:
             raise ValueError("granularity 'head' needs a model with multi-head attention or FFN blocks")
         consumer = {name: (module.to_out[0] if kind == "attention" else _feedforward_layers(module)[1])
@@ -647,7 +658,9 @@ def obs_prune_unet(
                 kind, module = targets[name]
                 if kind == "attention":
                     remove = min(int(module.heads) - 1, int(round(head_ratio * int(module.heads))))
-                    result = prune_attention_heads(module, hessian, remove, percdamp=percdamp)
+                    if heads_to_remove is not None:
+                        remove = int(heads_to_remove.get(name, 0))
+                    result = prune_attention_heads(module, hessian, remove, shrink=shrink, percdamp=percdamp)
                     report.removed_heads[name] = sorted(result.removed)
                 else:
                     hidden = _feedforward_layers(module)[1].in_features
@@ -686,3 +699,93 @@ def _structured_targets(unet: nn.Module) -> dict:
 def head_prune_modules(unet: nn.Module) -> dict:
     """Public view of what ``granularity='head'`` acts on: name -> 'attention' | 'feedforward'."""
     return {name: kind for name, (kind, _) in _structured_targets(unet).items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Engine adapter (issue 4's registry): obs prunes by reconstruction, then the granularity cuts
+# ----------------------------------------------------------------------------------------------
+def _check_positive_int(name):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"criterion_params.{name} of criterion 'obs' must be a positive integer, got {value!r}")
+    return check
+
+
+def _check_percdamp(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(f"criterion_params.percdamp of criterion 'obs' must be in (0, 1), got {value!r}")
+
+
+def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | None = None):
+    """Run OBS-Diff on the engine's private ``unet`` as ``spec`` says; return ``(scores, stats)``.
+
+    The weights are compensated here; the scores make the engine's granularity cut exactly what
+    OBS chose: kept weights score ``1 + |w'| / max|w'|``, pruned weights 0 (unstructured: the
+    same per-layer count, N:M: the same N per group); for ``head``, the engine's own head-count
+    rule is asked first (on a copy), OBS removes that many heads per module with compensation,
+    and their q/k/v rows and ``to_out`` columns score 0, so the engine removes those heads.
+    Calibration trajectories: ``calibration_batches * calibration_batch_size`` images.
+    """
+    from .criteria import CalibrationStats, copy_scheduler, prunable_layers
+
+    params = dict(spec.criterion_params)
+    granularity = spec.granularity_name
+    options = dict(schedule=spec.schedule, schedule_params=dict(spec.schedule_params),
+                   num_images=int(spec.calibration_batches) * int(spec.calibration_batch_size), seed=int(spec.seed),
+                   num_groups=params["num_groups"], blocksize=params["blocksize"], percdamp=params["percdamp"],
+                   progress=progress)
+    scheduler = copy_scheduler(pipeline.scheduler)
+    layers = prunable_layers(unet)
+    if granularity == "unstructured":
+        report = obs_prune_unet(unet, scheduler, sparsity=float(spec.sparsity), layers=layers, **options)
+    elif granularity == "N:M":
+        n, m = spec.nm_pattern
+        report = obs_prune_unet(unet, scheduler, granularity="N:M", n=n, m=m, layers=layers, **options)
+    elif granularity == "head":
+        from .granularity import GRANULARITIES
+
+        probe_unet = copy.deepcopy(unet)
+        ones = {name: torch.ones_like(module.weight) for name, module in prunable_layers(probe_unet).items()}
+        probe = GRANULARITIES["head"].apply(probe_unet, ones, spec)
+        del probe_unet
+        remove = {name: int(before) - int(probe.units_after.get(name, before))
+                  for name, before in probe.units_before.items()}
+        report = obs_prune_unet(unet, scheduler, granularity="head", heads_to_remove=remove, shrink=False, **options)
+    else:
+        raise ValueError(f"criterion 'obs' supports granularities ['unstructured', 'N:M', 'head'], got {granularity!r}")
+    scores = {}
+    for name, module in layers.items():
+        weight = module.weight.detach().abs()
+        scores[name] = 1.0 + weight / weight.max().clamp_min(1e-12)
+        if name in report.masks:
+            scores[name] = scores[name] * report.masks[name].to(weight.dtype)
+    modules = dict(unet.named_modules())
+    for name, heads in report.removed_heads.items():
+        attention = modules[name]
+        head_dim = attention.to_out[0].in_features // int(attention.heads)
+        for head in heads:
+            rows = slice(head * head_dim, (head + 1) * head_dim)
+            for projection in ("to_q", "to_k", "to_v"):
+                scores[f"{name}.{projection}"][rows] = 0.0
+            scores[f"{name}.to_out.0"][:, rows] = 0.0
+    stats = CalibrationStats(timestep_weights=list(report.timestep_weights), num_images=options["num_images"])
+    return scores, stats
+
+
+def _scores_by_reconstruction(layers, stats, params, seed):
+    raise ValueError("criterion 'obs' prunes by reconstruction (Criterion.reconstruct), not from scores")
+
+
+def register() -> None:
+    """Add ``obs`` to the engine's ``CRITERIA`` (called where the registry is assembled)."""
+    from .criteria import Criterion, register_criterion
+
+    register_criterion(Criterion(
+        "obs", _scores_by_reconstruction, granularities=("unstructured", "N:M", "head"),
+        reconstruct=engine_reconstruct, default_schedule="log-decrease",
+        default_calibration_batches=1, default_calibration_batch_size=8,
+        defaults={"num_groups": DEFAULT_NUM_GROUPS, "blocksize": DEFAULT_BLOCKSIZE, "percdamp": DEFAULT_PERCDAMP},
+        checks={"num_groups": _check_positive_int("num_groups"), "blocksize": _check_positive_int("blocksize"),
+                "percdamp": _check_percdamp},
+        description="OBS-Diff: timestep-aware Hessian (log-decrease), SparseGPT OBS with weight compensation",
+    ))

@@ -237,8 +237,11 @@ def fid_kid(
     for name, value in (("real", real), ("fake", fake)):
         if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] < 2:
             raise ValueError(f"{name} must hold at least 2 samples for FID/KID, got {value.shape[0]}")
-    real_features = _as_features("real", real, batch_size, progress)
-    fake_features = _as_features("fake", fake, batch_size, progress)
+    halves = [None, None]
+    if progress is not None:  # real images fill the first half of the bar, generated ones the second
+        halves = [lambda f, m: progress(f / 2, f"real: {m}"), lambda f, m: progress(0.5 + f / 2, f"generated: {m}")]
+    real_features = _as_features("real", real, batch_size, halves[0])
+    fake_features = _as_features("fake", fake, batch_size, halves[1])
     result: dict = {}
     if "kid" in metrics:
         subset_size = resolve_kid_subset_size(len(real_features), len(fake_features), kid_subset_size)

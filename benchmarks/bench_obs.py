@@ -173,7 +173,7 @@ def main(argv=None) -> None:
     parser.add_argument("--parts", default="cost", help="comma-separated: cost, oneshot, finetune")
     parser.add_argument("--num-samples", type=int, default=256)
     parser.add_argument("--inference-steps", type=int, default=50)
-    parser.add_argument("--obs-images", type=int, default=8, help="calibration trajectories for obs")
+    parser.add_argument("--obs-images", type=int, default=4, help="calibration trajectories for obs")
     parser.add_argument("--finetune-steps", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--batch-size", type=int, default=64)

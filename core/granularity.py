@@ -309,26 +309,45 @@ class ChannelPlanner:
             prune_head_dims=True,
         )
         self.before = prunable_parameter_count(unet)
+        # Root module of every group, smallest first: the order in which groups get the next
+        # ratio step when one uniform ratio cannot reach the parameter target (see ``search``).
+        roots = []
+        for group in self.pruner.DG.get_all_groups(ignored_layers=self.pruner.ignored_layers,
+                                                   root_module_types=self.pruner.root_module_types):
+            module = group[0].dep.target.module
+            if module not in roots:
+                roots.append(module)
+        self.roots = sorted(roots, key=lambda m: (m.weight.shape[0], roots.index(m)))
 
-    def _groups(self, ratio: float):
-        self.pruner.reset()
-        self.pruner.pruning_ratio = ratio
-        self.pruner.per_step_pruning_ratio = self.pruner.iterative_pruning_ratio_scheduler(ratio, 1)
-        return self.pruner.step(interactive=True)
+    def _groups(self, ratio: float, boost: tuple[float, int] | None = None):
+        """Torch-Pruning's groups at ``ratio``; ``boost = (higher_ratio, k)`` gives the k smallest
+        groups their own scope at the higher ratio (still local pruning inside each group)."""
+        pruner = self.pruner
+        pruner.reset()
+        pruner.pruning_ratio = ratio
+        pruner.per_step_pruning_ratio = pruner.iterative_pruning_ratio_scheduler(ratio, 1)
+        pruner._layer_to_scope.clear()
+        pruner.pruning_ratio_dict.clear()
+        if boost is not None:
+            higher, count = boost
+            for index, module in enumerate(self.roots[:count]):
+                pruner._layer_to_scope[module] = (f"_diffprune_boost_{index}", [module])
+                pruner.pruning_ratio_dict[module] = pruner.iterative_pruning_ratio_scheduler(higher, 1)
+        return pruner.step(interactive=True)
 
-    def plan(self, ratio: float) -> dict:
+    def plan(self, ratio: float, boost=None) -> dict:
         """module -> {"out": removed output indices, "in": removed input indices}."""
         removal: dict = {}
-        for group in self._groups(ratio) or []:
+        for group in self._groups(ratio, boost) or []:
             for dep, idxs in group:
                 fn = self.pruner.DG.is_out_channel_pruning_fn(dep.handler)
                 entry = removal.setdefault(dep.target.module, {"out": set(), "in": set()})
                 entry["out" if fn else "in"].update(int(i) for i in idxs)
         return removal
 
-    def sparsity(self, ratio: float) -> float:
+    def sparsity(self, ratio: float, boost=None) -> float:
         """Prunable-parameter sparsity at ``ratio``; inf when a layer would lose all its channels."""
-        removal = self.plan(ratio)
+        removal = self.plan(ratio, boost)
         remaining = 0
         for module, name in self.prunable.items():
             entry = removal.get(module, {"out": set(), "in": set()})
@@ -346,36 +365,56 @@ class ChannelPlanner:
                 return math.inf
         return 1.0 - remaining / self.before
 
-    def prune(self, ratio: float) -> None:
-        if not math.isfinite(self.sparsity(ratio)):
+    def prune(self, ratio: float, boost=None) -> None:
+        if not math.isfinite(self.sparsity(ratio, boost)):
             raise ValueError(
                 f"channel_ratio {ratio:g} would remove all channels of a layer of this model; use a smaller ratio or sparsity"
             )
-        for group in self._groups(ratio) or []:
+        for group in self._groups(ratio, boost) or []:
             group.prune()
         sync_diffusers_attributes(self.unet)
 
+    def search(self, target: float, upper: float, progress=None):
+        """Reach ``target`` prunable-parameter sparsity: bisect the uniform ratio; if its steps are
+        too coarse (narrow GroupNorm groups make them jump), give the k smallest groups the next
+        ratio step and bisect k. Returns (ratio, boost, reached)."""
+        trials = [0]
 
-def search_ratio(evaluate: Callable[[float], float], target: float, upper: float = 0.99, steps: int = 14,
-                 good_enough: float = 0.005):
-    """Bisection over a monotone ``evaluate(ratio) -> sparsity`` (inf when the ratio is invalid).
+        def report(message):
+            trials[0] += 1
+            if progress is not None:
+                progress(min(0.9, trials[0] / 24), message)
 
-    Returns (ratio, sparsity) of the best ratio seen; the caller checks the tolerance.
-    """
-    low, high = 0.0, upper
-    best = (0.0, 0.0)
-    for _ in range(steps):
-        middle = (low + high) / 2
-        reached = evaluate(middle)
-        if math.isfinite(reached) and abs(reached - target) < abs(best[1] - target):
-            best = (middle, reached)
-        if abs(reached - target) < good_enough:
-            break
-        if reached > target:
-            high = middle
-        else:
-            low = middle
-    return best
+        low, high = 0.0, upper
+        best = (0.0, None, 0.0)
+        for _ in range(14):
+            middle = (low + high) / 2
+            report(f"pruning: searching channel ratio ({middle:.4f})")
+            reached = self.sparsity(middle)
+            if math.isfinite(reached) and abs(reached - target) < abs(best[2] - target):
+                best = (middle, None, reached)
+            if abs(reached - target) < 0.005:
+                return best
+            if reached > target:
+                high = middle
+            else:
+                low = middle
+        if not math.isfinite(self.sparsity(high)):
+            return best
+        first, last = 0, len(self.roots)
+        while first <= last:
+            count = (first + last) // 2
+            report(f"pruning: ratio {low:.4f}, {count} groups at {high:.4f}")
+            reached = self.sparsity(low, (high, count))
+            if math.isfinite(reached) and abs(reached - target) < abs(best[2] - target):
+                best = (low, (high, count), reached)
+            if abs(reached - target) < 0.005:
+                break
+            if reached > target:
+                last = count - 1
+            else:
+                first = count + 1
+        return best
 
 
 def max_channel_ratio(unet) -> float:
@@ -403,29 +442,24 @@ def apply_channel(unet, scores, spec, progress=None):
         if progress is not None:
             progress(0.0, "pruning: building the dependency graph")
         planner = ChannelPlanner(unet, scores)
+        boost = None
         if spec.channel_ratio is not None:
             ratio = spec.channel_ratio
         else:
-            trials = [0]
-
-            def evaluate(candidate: float) -> float:
-                trials[0] += 1
-                if progress is not None:
-                    progress(min(0.9, trials[0] / 14), f"pruning: searching channel ratio (ratio {candidate:.4f})")
-                return planner.sparsity(candidate)
-
-            ratio, reached = search_ratio(evaluate, spec.sparsity, upper=limit)
+            ratio, boost, reached = planner.search(spec.sparsity, limit, progress)
             if abs(reached - spec.sparsity) > SPARSITY_TOLERANCE:
                 raise ValueError(
                     f"sparsity {spec.sparsity:g} cannot be reached with granularity 'channel' on this model "
-                    f"(closest: {reached:.3f} at channel ratio {ratio:.3f}); allowed: a sparsity reachable within "
-                    f"{SPARSITY_TOLERANCE:g}, or granularity 'unstructured'"
+                    f"(closest: {reached:.3f}); allowed: a sparsity reachable within {SPARSITY_TOLERANCE:g}, "
+                    "or granularity 'unstructured'"
                 )
         if progress is not None:
             progress(0.95, f"pruning: removing channels at ratio {ratio:.4f}")
-        if ratio > 0:
-            planner.prune(ratio)
+        if ratio > 0 or boost is not None:
+            planner.prune(ratio, boost)
         outcome.structural_ratio = ratio
+        if boost is not None:
+            outcome.notes["boosted_groups"] = {"ratio": boost[0], "count": boost[1], "of": len(planner.roots)}
     outcome.units_after = {name: int(m.weight.shape[0]) for name, m in prunable_layers(unet).items()}
     return outcome
 

@@ -265,10 +265,13 @@ class Criterion:
     defaults: dict = field(default_factory=dict)  # criterion_params and their defaults
     checks: dict = field(default_factory=dict)  # param name -> validator
     description: str = ""
+    # (unet, pipeline, spec, progress) -> (scores, stats, calibration_source): criteria that run
+    # their own calibration and may rewrite weights (obs, gradflow; core/obs.py, core/gradflow.py)
+    reconstruct: Callable | None = None
 
     @property
     def needs_calibration(self) -> bool:
-        return self.loss is not None
+        return self.loss is not None or self.reconstruct is not None
 
     def check_params(self, params: dict) -> dict:
         unknown = sorted(set(params) - set(self.defaults))
@@ -305,6 +308,12 @@ for _criterion in (
               description="Towards Tiny Diffusion: alpha|w| + beta|dL/dw|, per-layer normalised"),
 ):
     register_criterion(_criterion)
+
+# Criteria that prune by reconstruction live in their own modules (issue 6) and register here.
+from . import gradflow as _gradflow, obs as _obs  # noqa: E402
+
+_obs.register()
+_gradflow.register()
 
 
 def compute_scores(criterion: Criterion, unet: nn.Module, stats: CalibrationStats | None, params: dict, seed: int):

@@ -248,7 +248,7 @@ def _check(name, kind, low=None, high=None, choices=None):
 
 
 def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | None = None):
-    """Run the gradient flow on the engine's private ``unet``; return ``(scores, stats)``.
+    """Run the gradient flow on the engine's private ``unet``; return ``(scores, stats, source)``.
 
     Calibration images come from the engine (``spec.calibration_data``); the per-weight scores
     (final hard mask > soft mask > importance) are cut by whatever granularity the spec names.
@@ -259,7 +259,7 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
     from .engine import calibration_images
 
     params = dict(spec.criterion_params)
-    images, _source = calibration_images(pipeline, unet, spec, progress)
+    images, source = calibration_images(pipeline, unet, spec, progress)
     n, m = spec.nm_pattern if spec.granularity_name == "N:M" else (0, 0)
     sparsity = (1 - n / m) if m else (spec.sparsity if spec.sparsity is not None else 0.5)
     report = gradflow_prune(
@@ -271,8 +271,7 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
         layers=prunable_layers(unet), apply=False, progress=progress,
     )
     stats = CalibrationStats(timestep_weights=list(report.timestep_weights), num_images=int(images.shape[0]))
-    stats.losses = {row["iteration"]: [row["loss"]] for row in report.iterations}  # per iteration, not per t
-    return report.scores, stats
+    return report.scores, stats, source
 
 
 def _scores_by_reconstruction(layers, stats, params, seed):
@@ -287,7 +286,7 @@ def register() -> None:
         "gradflow", _scores_by_reconstruction, reconstruct=engine_reconstruct,
         default_schedule="uniform", default_schedule_params={"num_timesteps": 4},
         default_calibration_batches=1, default_calibration_batch_size=8,
-        defaults={"iterations": 10, "sparsity_schedule": "cubic", "step_size": 0.5, "stiffness": 1.0},
+        defaults={"iterations": 5, "sparsity_schedule": "cubic", "step_size": 0.5, "stiffness": 1.0},
         checks={"iterations": _check("iterations", int, low=1),
                 "sparsity_schedule": _check("sparsity_schedule", None, choices=SPARSITY_SCHEDULES),
                 "step_size": _check("step_size", (int, float), low=0.0),

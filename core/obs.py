@@ -751,7 +751,8 @@ def _check_percdamp(value):
 
 
 def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | None = None):
-    """Run OBS-Diff on the engine's private ``unet`` as ``spec`` says; return ``(scores, stats)``.
+    """Run OBS-Diff on the engine's private ``unet`` as ``spec`` says; return
+    ``(scores, stats, calibration_source)``.
 
     The weights are compensated here; the scores make the engine's granularity cut exactly what
     OBS chose: kept weights score ``1 + |w'| / max|w'|``, pruned weights 0 (unstructured: the
@@ -803,7 +804,8 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
                 scores[f"{name}.{projection}"][rows] = 0.0
             scores[f"{name}.to_out.0"][:, rows] = 0.0
     stats = CalibrationStats(timestep_weights=list(report.timestep_weights), num_images=options["num_images"])
-    return scores, stats
+    source = f"generated ({len(report.timestep_weights)}-step DDIM trajectories of the dense model)"
+    return scores, stats, source
 
 
 def _scores_by_reconstruction(layers, stats, params, seed):

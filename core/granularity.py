@@ -18,7 +18,6 @@ zeros. Structural ones return a physically smaller UNet.
 """
 from __future__ import annotations
 
-import copy
 import math
 import re
 from dataclasses import dataclass, field

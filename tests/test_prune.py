@@ -19,6 +19,9 @@ from core.pipeline import load_pipeline, sample_images
 from core.spec import PruneSpec
 
 FAST_SCHEDULE = {"schedule": "custom", "schedule_params": {"timesteps": [[10, 1.0], [400, 0.5]]}}
+# The criteria of this engine; obs and gradflow (issue 6, criteria with their own ``reconstruct``)
+# are exercised by their own test files.
+ENGINE_CRITERIA = sorted(name for name, c in CRITERIA.items() if getattr(c, "reconstruct", None) is None)
 GRANULARITY_CASES = {"unstructured": 0.5, "2:4": None, "4:8": None, "channel": 0.44, "head": 0.05}
 
 
@@ -74,7 +77,7 @@ def state(unet):
     return {k: v.detach().clone() for k, v in unet.state_dict().items()}
 
 
-@pytest.mark.parametrize("criterion", sorted(CRITERIA))
+@pytest.mark.parametrize("criterion", ENGINE_CRITERIA)
 @pytest.mark.parametrize("granularity", list(GRANULARITY_CASES))
 def test_every_criterion_with_every_granularity(attn_pipeline, image_folder, criterion, granularity):
     name = "N:M" if ":" in granularity else granularity

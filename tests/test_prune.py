@@ -262,6 +262,7 @@ def test_data_free_calibration(conv_pipeline):
     assert result.report.totals["calibration_source"].startswith("generated")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model_index.json").exists(), reason="default model not shipped yet")
 def test_default_model_channel_and_head():
     pipeline = load_pipeline(None, device="cpu")

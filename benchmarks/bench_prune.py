@@ -111,8 +111,9 @@ def bench_cost(args) -> dict:
 
     pipeline = load_pipeline(None, device="cpu")
     specs = {name: PruneSpec(criterion=name, granularity="unstructured", sparsity=0.5) for name in args.criteria}
-    specs["preset:diffpruning"] = PRESETS["diffpruning"]
-    specs["preset:nici"] = PRESETS["nici"]
+    if not args.skip_presets:
+        specs["preset:diffpruning"] = PRESETS["diffpruning"]
+        specs["preset:nici"] = PRESETS["nici"]
     if args.paper:
         specs["preset:diffpruning-paper"] = PRESETS["diffpruning-paper"]
         specs["preset:nici-paper"] = PRESETS["nici-paper"]
@@ -154,6 +155,7 @@ def main(argv=None) -> int:
     parser.add_argument("--latency-rounds", type=int, default=3)
     parser.add_argument("--latency-batch", type=int, default=8)
     parser.add_argument("--criteria", nargs="+", default=["random", "magnitude", "taylor", "nici", "l1"])
+    parser.add_argument("--skip-presets", action="store_true", help="cost: time only --criteria (no channel presets)")
     parser.add_argument("--paper", action="store_true", help="also time the papers' calibration presets (slow)")
     parser.add_argument("--kid-samples", type=int, default=256)
     parser.add_argument("--kid-steps", type=int, default=50)

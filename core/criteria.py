@@ -296,7 +296,7 @@ for _criterion in (
     Criterion("magnitude", magnitude_scores, defaults={"p": 1}, checks={"p": _check_p},
               description="baseline: |w|^p (Diff-Pruning's magnitude baseline: p=1)"),
     Criterion("taylor", taylor_scores, loss="denoising", default_schedule="threshold",
-              default_calibration_batches=1, default_calibration_batch_size=8,
+              default_calibration_batches=1, default_calibration_batch_size=4,
               description="Diff-Pruning: |w * g|, denoising loss, threshold schedule"),
     Criterion("nici", nici_scores, loss="clean-image", default_schedule="interval", zero_grad_per_batch=True,
               default_calibration_batches=1, default_calibration_batch_size=4,

@@ -5,6 +5,9 @@ Parts (``--parts``, comma-separated; each writes its section of ``benchmarks/res
 * ``cost``      -- ``obs`` at 50% unstructured on the default model: wall time (target < 3 min
                    on the 2-core CPU) and peak memory (peak RSS of this process above the RSS
                    after loading the model; run this part alone for a clean figure).
+* ``proxy``     -- the same six pruned models as ``oneshot`` measured cheaply against the dense
+                   model (noise-prediction MSE on noised held-out test images at t = 50..950,
+                   and sample MSE from shared initial noise): minutes instead of an hour.
 * ``oneshot``   -- 50% unstructured and 2:4, no fine-tuning: FID/KID of ``obs``, ``magnitude``,
                    ``taylor`` (``--num-samples`` samples, DDIM ``--inference-steps`` steps, against
                    the shipped Fashion-MNIST test features).
@@ -17,6 +20,7 @@ Parts (``--parts``, comma-separated; each writes its section of ``benchmarks/res
 Usage::
 
     .venv/bin/python benchmarks/bench_obs.py --parts cost
+    .venv/bin/python benchmarks/bench_obs.py --parts proxy
     .venv/bin/python benchmarks/bench_obs.py --parts oneshot --num-samples 256
     .venv/bin/python benchmarks/bench_obs.py --parts finetune --finetune-steps 2000
 
@@ -138,6 +142,47 @@ def part_oneshot(args) -> None:
     _write("oneshot", dict(command=" ".join(sys.argv), results=rows))
 
 
+def _proxy_metrics(pruned, dense, args) -> dict:
+    """Cheap distance of a pruned model from its dense teacher (no FID network needed):
+    the MSE of the noise predictions on noised held-out test images at five timesteps, and the
+    MSE between pruned and dense DDIM samples drawn from the same initial noise."""
+    import torch
+
+    from core.data import REFERENCE_IMAGES, load_image_set
+    from core.pipeline import sample_images
+
+    images = load_image_set(REFERENCE_IMAGES)[: args.proxy_images]
+    generator = torch.Generator().manual_seed(args.seed + 7)
+    noise = torch.randn(images.shape, generator=generator)
+    errors = {}
+    with torch.no_grad():
+        for t in (50, 250, 500, 750, 950):
+            timesteps = torch.full((images.shape[0],), t, dtype=torch.long)
+            noisy = dense.scheduler.add_noise(images, noise, timesteps)
+            errors[t] = float((pruned.unet(noisy, timesteps).sample - dense.unet(noisy, timesteps).sample).pow(2).mean())
+    samples = sample_images(pruned, args.proxy_samples, num_inference_steps=25, seed=args.seed)
+    reference = sample_images(dense, args.proxy_samples, num_inference_steps=25, seed=args.seed)
+    return {"eps_mse_vs_dense_by_t": errors, "eps_mse_vs_dense_mean": sum(errors.values()) / len(errors),
+            "sample_mse_vs_dense": float((samples - reference).pow(2).mean())}
+
+
+def part_proxy(args) -> None:
+    from core.pipeline import load_pipeline
+
+    pipeline = load_pipeline(device="cpu")
+    rows = {}
+    for granularity, sparsity in (("unstructured", 0.5), ("2:4", None)):
+        for criterion in ("obs", "magnitude", "taylor"):
+            pruned, totals = prune_with(pipeline, criterion, granularity, sparsity, args.seed)
+            rows[f"{criterion}/{granularity}"] = {**_proxy_metrics(pruned, pipeline, args),
+                                                  "prune_time_s": totals.get("wall_time_s"),
+                                                  "sparsity": totals.get("sparsity")}
+            print(criterion, granularity, rows[f"{criterion}/{granularity}"], flush=True)
+    _write("proxy", dict(command=" ".join(sys.argv), proxy_images=args.proxy_images,
+                         proxy_samples=args.proxy_samples, results=rows,
+                         load_average_1_5_15_min_at_end=[round(x, 2) for x in os.getloadavg()]))
+
+
 def part_finetune(args) -> None:
     from core.finetune import finetune
     from core.pipeline import load_pipeline
@@ -173,7 +218,9 @@ def part_finetune(args) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--parts", default="cost", help="comma-separated: cost, oneshot, finetune")
+    parser.add_argument("--parts", default="cost", help="comma-separated: cost, proxy, oneshot, finetune")
+    parser.add_argument("--proxy-images", type=int, default=64, help="proxy: held-out images for the eps MSE")
+    parser.add_argument("--proxy-samples", type=int, default=16, help="proxy: DDIM samples compared with dense")
     parser.add_argument("--num-samples", type=int, default=256)
     parser.add_argument("--inference-steps", type=int, default=50)
     parser.add_argument("--obs-images", type=int, default=4, help="calibration trajectories for obs")
@@ -184,7 +231,7 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    parts = {"cost": part_cost, "oneshot": part_oneshot, "finetune": part_finetune}
+    parts = {"cost": part_cost, "proxy": part_proxy, "oneshot": part_oneshot, "finetune": part_finetune}
     for name in args.parts.split(","):
         if name not in parts:
             raise SystemExit(f"unknown part {name!r}; choose from {sorted(parts)}")

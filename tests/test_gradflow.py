@@ -76,3 +76,19 @@ def test_gradflow_n_m_pattern_and_determinism():
         grouped = mask.permute(0, 2, 3, 1) if mask.dim() == 4 else mask
         assert torch.all(grouped.reshape(-1, 4).sum(-1) == 2)
         assert torch.equal(mask, second.masks[name])
+
+
+def test_gradflow_through_the_engine():
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from core.engine import prune
+    from core.spec import PruneSpec
+
+    dense = DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=1000))
+    spec = PruneSpec(criterion="gradflow", granularity="unstructured", sparsity=0.3, calibration_data="generated",
+                     schedule_params={"num_timesteps": 1}, calibration_batch_size=2,
+                     criterion_params={"iterations": 2})
+    result = prune(dense, spec)
+    assert result.report.totals["sparsity"] == pytest.approx(0.3, abs=0.005)
+    with pytest.raises(ValueError, match="sparsity_schedule"):
+        PruneSpec(criterion="gradflow", criterion_params={"sparsity_schedule": "exp"})

@@ -238,3 +238,31 @@ def test_obs_refuses_adaptive_schedule_and_bad_granularity():
         obs.resolve_timestep_weights("threshold", None, 1000)
     with pytest.raises(ValueError, match="granularity"):
         obs.obs_prune_unet(tiny_unet(), DDPMScheduler(), granularity="channel")
+
+
+def test_obs_through_the_engine_compensates_kept_weights():
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from core.criteria import CRITERIA
+    from core.engine import prune
+    from core.spec import PruneSpec
+
+    assert "obs" in CRITERIA and CRITERIA["obs"].default_schedule == "log-decrease"
+    dense = DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=1000))
+    spec = PruneSpec(criterion="obs", granularity="2:4", schedule_params={"num_steps": 2}, calibration_batch_size=1)
+    result = prune(dense, spec)
+    assert result.report.totals["sparsity"] == pytest.approx(0.5, abs=0.005)
+    assert list(result.report.timestep_weights["t"]) == [999, 0]
+    layer = "down_blocks.0.resnets.0.conv2"
+    pruned = dict(result.pipeline.unet.named_modules())[layer].weight
+    original = dict(dense.unet.named_modules())[layer].weight
+    kept = pruned != 0
+    assert torch.all(kept.permute(0, 2, 3, 1).reshape(-1, 4).sum(-1) == 2)
+    assert not torch.allclose(pruned[kept], original[kept])  # compensated, not only masked
+
+    heads = prune(dense, PruneSpec(criterion="obs", granularity="head", sparsity=0.05,
+                                   schedule_params={"num_steps": 2}, calibration_batch_size=1))
+    attentions = [m for m in heads.pipeline.unet.modules() if type(m).__name__ == "Attention"]
+    assert any(a.heads < 4 for a in attentions)
+    with torch.no_grad():
+        assert torch.isfinite(heads.pipeline.unet(torch.randn(1, 1, 8, 8), torch.tensor([3])).sample).all()

@@ -1,5 +1,6 @@
 """sweep(): prune + evaluate through the results store; stored rows return instantly; resumes."""
 import pytest
+import torch
 
 import core.sweep as sweep_module
 from core.spec import PruneSpec
@@ -9,6 +10,15 @@ from core.sweep import sweep
 from test_prune import tiny_pipeline
 
 SETTINGS = {"num_samples": 2, "num_inference_steps": 2, "metrics": ["macs"]}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: intra-op threads only add contention on the shared 2-core CPU (10x slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def test_sweep_stores_rows_and_resumes(tmp_path, monkeypatch):

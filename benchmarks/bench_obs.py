@@ -63,13 +63,13 @@ def _obs_available() -> bool:
     return "obs" in CRITERIA
 
 
-def prune_with(pipeline, criterion: str, granularity: str, sparsity, seed: int = 0):
+def prune_with(pipeline, criterion: str, granularity: str, sparsity, seed: int = 0, **spec_options):
     """Prune through the engine's facade; ``obs`` directly when it is not registered yet."""
     if criterion != "obs" or _obs_available():
         from core.engine import prune
         from core.spec import PruneSpec
 
-        spec = PruneSpec(criterion=criterion, granularity=granularity, sparsity=sparsity, seed=seed)
+        spec = PruneSpec(criterion=criterion, granularity=granularity, sparsity=sparsity, seed=seed, **spec_options)
         result = prune(pipeline, spec)
         return result.pipeline, dict(result.report.totals)
     from core import obs
@@ -170,17 +170,21 @@ def part_proxy(args) -> None:
     from core.pipeline import load_pipeline
 
     pipeline = load_pipeline(device="cpu")
-    rows = {}
-    for granularity, sparsity in (("unstructured", 0.5), ("2:4", None)):
-        for criterion in ("obs", "magnitude", "taylor"):
-            pruned, totals = prune_with(pipeline, criterion, granularity, sparsity, args.seed)
+    previous = json.loads(RESULTS.read_text()).get("proxy", {}) if RESULTS.exists() else {}
+    rows = dict(previous.get("results", {}))  # rows of earlier runs are kept; each row says how it was made
+    for granularity in args.granularities.split(","):
+        sparsity = 0.5 if granularity == "unstructured" else None
+        for criterion in args.criteria.split(","):
+            extra = {}
+            if criterion == "taylor" and args.taylor_max_timesteps:
+                extra = {"schedule_params": {"max_timesteps": args.taylor_max_timesteps}}
+            pruned, totals = prune_with(pipeline, criterion, granularity, sparsity, args.seed, **extra)
             rows[f"{criterion}/{granularity}"] = {**_proxy_metrics(pruned, pipeline, args),
                                                   "prune_time_s": totals.get("wall_time_s"),
-                                                  "sparsity": totals.get("sparsity")}
+                                                  "sparsity": totals.get("sparsity"), "command": " ".join(sys.argv),
+                                                  "load_average_1_min": round(os.getloadavg()[0], 2), **extra}
             print(criterion, granularity, rows[f"{criterion}/{granularity}"], flush=True)
-    _write("proxy", dict(command=" ".join(sys.argv), proxy_images=args.proxy_images,
-                         proxy_samples=args.proxy_samples, results=rows,
-                         load_average_1_5_15_min_at_end=[round(x, 2) for x in os.getloadavg()]))
+            _write("proxy", dict(proxy_images=args.proxy_images, proxy_samples=args.proxy_samples, results=rows))
 
 
 def part_finetune(args) -> None:
@@ -219,6 +223,10 @@ def part_finetune(args) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", default="cost", help="comma-separated: cost, proxy, oneshot, finetune")
+    parser.add_argument("--criteria", default="obs,magnitude,taylor", help="proxy: criteria to compare")
+    parser.add_argument("--granularities", default="unstructured,2:4", help="proxy: granularities")
+    parser.add_argument("--taylor-max-timesteps", type=int, default=None,
+                        help="proxy: cap taylor's threshold walk (None: the engine's default, uncapped)")
     parser.add_argument("--proxy-images", type=int, default=64, help="proxy: held-out images for the eps MSE")
     parser.add_argument("--proxy-samples", type=int, default=16, help="proxy: DDIM samples compared with dense")
     parser.add_argument("--num-samples", type=int, default=256)
@@ -230,7 +238,11 @@ def main(argv=None) -> None:
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", default=None, help="JSON file the parts are merged into (default: "
+                        "benchmarks/results/obs.json; use another file for smoke runs)")
     args = parser.parse_args(argv)
+    if args.results:
+        globals()["RESULTS"] = Path(args.results)
     parts = {"cost": part_cost, "proxy": part_proxy, "oneshot": part_oneshot, "finetune": part_finetune}
     for name in args.parts.split(","):
         if name not in parts:

@@ -27,6 +27,14 @@ MAX_SAMPLES = 256  # per run in the app; larger evaluations belong to the CLI / 
 MAX_STEPS = 200
 GRID_IMAGES = 16
 
+try:  # Hugging Face ZeroGPU Spaces: run the compute handlers on a GPU lease; a no-op elsewhere.
+    import spaces
+
+    gpu_task = spaces.GPU(duration=300)
+except ImportError:  # local machines and CPU Spaces
+    def gpu_task(function):
+        return function
+
 _PIPELINES: dict = {}
 _PIPELINE_LOCK = threading.Lock()
 _CANCELLED: set = set()
@@ -312,6 +320,7 @@ def export_zip(result, usage_source: str) -> str:
     return str(archive)
 
 
+@gpu_task
 def run_prune(source, criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps, w_min,
               w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, num_samples, steps,
               seed, quality, request: gr.Request = None, progress=gr.Progress()):
@@ -404,6 +413,7 @@ def first_screen(source, seed, steps, *schedule_controls):
     return grid, card, preview_schedule(*schedule_controls), pareto_figure, sparsity_figure
 
 
+@gpu_task
 def run_compare(source, criteria, granularity, sparsities, num_samples, steps, seed, progress=gr.Progress()):
     """A sweep over criteria x sparsities through the results store (stored rows return instantly)."""
     from core.sweep import sweep

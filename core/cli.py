@@ -1,8 +1,35 @@
-"""``diffprune`` command line: thin wrappers over the ``core`` facade."""
+"""``diffprune`` command line: thin wrappers over the ``core`` facade.
+
+Commands: ``prune`` (``core.engine.prune`` + ``PruneResult.save``), ``eval``
+(``core.evaluate.evaluate``), ``sweep`` (``core.sweep.sweep`` through a ``ResultStore``, so a
+rerun reuses every stored row), ``finetune`` (``core.finetune.finetune``) and ``train-base``.
+Every command takes ``--device``, ``--seed``, ``--threads`` and ``--quiet``; long steps draw the
+facade's ``progress(fraction, message)`` callbacks as a text bar on stderr. Bad input ends with
+exit code 2 and one line ``diffprune: error: ...``; Ctrl-C with 130.
+
+``--model``, ``--dense-model`` and ``--teacher`` take a local diffusers directory, a directory
+written by ``diffprune prune``/``finetune``, a hub id, or ``default`` (the embedded model).
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
+import re
 import sys
+from pathlib import Path
+
+DEFAULT_MODEL = "default"  # --model value naming the embedded default model
+# PruneSpec fields that follow the criterion: a flag that changes the criterion of a preset or
+# spec file drops them from that base (taylor's "threshold" schedule is an error for magnitude).
+_CRITERION_FIELDS = ("schedule", "schedule_params", "criterion_params", "calibration_batches", "calibration_batch_size")
+# PruneSpec fields set by the ``prune`` flags of the same name.
+_SPEC_FLAGS = ("criterion", "granularity", "sparsity", "channel_ratio", "schedule", "schedule_params",
+               "criterion_params", "calibration_data", "calibration_batches", "calibration_batch_size")
+# Sweep table columns printed to the terminal (the CSV holds every column).
+_SWEEP_COLUMNS = ("criterion", "granularity", "sparsity", "prune_sparsity", "prune_macs_ratio", "fid", "kid",
+                  "speedup", "latency_median_s_per_image", "params", "macs", "nonzero_params", "cached")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -12,42 +39,519 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"diffprune: error: {message}\n")
 
 
+# ----------------------------------------------------------------------------------------------
+# progress
+# ----------------------------------------------------------------------------------------------
+class _ProgressBar:
+    """The facade's ``progress(fraction, message)`` drawn as a tqdm bar on stderr."""
+
+    STEPS = 1000  # bar resolution: fractions are rounded to 0.1 %
+
+    def __init__(self, label: str, quiet: bool = False):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.STEPS, desc=label, file=sys.stderr, disable=quiet, leave=True,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar:24}| {elapsed}<{remaining}{postfix}")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.bar.set_postfix_str(str(message)[:70], refresh=False)
+        target = int(round(self.STEPS * min(1.0, max(0.0, float(fraction)))))
+        if target > self.bar.n:  # phases restart their own fractions; the bar only moves forward
+            self.bar.update(target - self.bar.n)
+
+    def __enter__(self) -> "_ProgressBar":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.bar.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# argument types (argparse turns their ArgumentTypeError into exit 2 and one line)
+# ----------------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"invalid JSON {text!r}: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"key\": 1}}', got {text!r}")
+    return value
+
+
+def _comma_list(allowed=None, convert=str):
+    """``"a,b"`` -> ``[a, b]``, each converted and (when ``allowed`` is given) checked."""
+
+    def parse(text: str) -> list:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        if allowed is not None:
+            unknown = [item for item in items if item not in allowed]
+            if unknown:
+                raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {list(allowed)}")
+        try:
+            return [convert(item) for item in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of numbers, got {text!r}") from None
+
+    return parse
+
+
+def _device(text: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'cpu' or 'cuda[:N]', got {text!r}")
+    return text
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers shared by the commands
+# ----------------------------------------------------------------------------------------------
+def _setup(args) -> str:
+    """Apply ``--threads``; return the concrete device (``auto`` resolved, CUDA checked)."""
+    import torch
+
+    from .pipeline import pick_device
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    # "cpu" / "cuda" rather than "auto": the device is part of a spec's JSON (the store key).
+    return str(device) if device.index is not None else device.type
+
+
+def _model_source(text: str | None):
+    """``None`` / ``"default"`` -> ``None`` (the embedded model for ``load_pipeline``)."""
+    return None if text in (None, DEFAULT_MODEL) else text
+
+
+def _load(text: str | None, device: str):
+    from .pipeline import load_pipeline
+
+    return load_pipeline(_model_source(text), device=device)
+
+
+def _marker_spec(text: str | None) -> dict | None:
+    """The spec stored in a pruned checkpoint's marker (``PruneResult.save``), else None."""
+    from .checkpoint import read_marker
+    from .pipeline import PRUNED_MARKER
+
+    source = _model_source(text)
+    if source is None or not (Path(source).expanduser() / PRUNED_MARKER).is_file():
+        return None
+    return read_marker(Path(source).expanduser()).get("spec")
+
+
+def _read_spec_file(path: str) -> dict:
+    """A PruneSpec dict from a JSON or (with PyYAML) YAML file, or from a checkpoint's marker JSON."""
+    from .checkpoint import FORMAT
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"spec file {path!r} does not exist")
+    text = file.read_text()
+    if file.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"spec file {path!r}: YAML needs PyYAML (pip install pyyaml); or write JSON") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ValueError(f"spec file {path!r}: invalid YAML: {error}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"spec file {path!r}: invalid JSON: {error}") from None
+    if isinstance(data, dict) and data.get("format") == FORMAT and isinstance(data.get("spec"), dict):
+        data = data["spec"]  # diffprune_checkpoint.json: reproduce that checkpoint's pruning
+    if not isinstance(data, dict):
+        raise ValueError(f"spec file {path!r} must hold an object of PruneSpec fields")
+    return data
+
+
+def spec_from_args(args, device: str):
+    """The ``PruneSpec`` of ``diffprune prune``: ``--spec`` file or ``--preset``, then explicit flags.
+
+    A flag overrides the base value of its field. Changing the criterion drops the base's
+    criterion-specific fields (schedule, criterion params, calibration sizes) unless they are given
+    too; ``--channel-ratio`` clears the base sparsity, ``--sparsity`` the base channel ratio, and an
+    ``N:M`` ``--granularity`` the base sparsity (it is implied).
+    """
+    from .granularity import parse_granularity
+    from .spec import PRESETS, PruneSpec
+
+    if args.spec is not None:
+        base = _read_spec_file(args.spec)
+    elif args.preset is not None:
+        base = PRESETS[args.preset].to_dict()
+    else:
+        base = {}
+    given = {name: getattr(args, name) for name in _SPEC_FLAGS if getattr(args, name) is not None}
+    if "criterion" in given and given["criterion"] != base.get("criterion", given["criterion"]):
+        base = {key: value for key, value in base.items() if key not in _CRITERION_FIELDS}
+    if "granularity" in given:
+        name, pattern = parse_granularity(given["granularity"])
+        if pattern is not None and "sparsity" not in given:
+            base["sparsity"] = None
+        if name not in ("channel", "head"):
+            base.pop("channel_ratio", None)
+    if "channel_ratio" in given and "sparsity" not in given:
+        base["sparsity"] = None
+    if "sparsity" in given and "channel_ratio" not in given:
+        base.pop("channel_ratio", None)
+    data = {**base, **given, "device": device}
+    if args.seed is not None:
+        data["seed"] = args.seed
+    return PruneSpec.from_dict(data)
+
+
+@contextlib.contextmanager
+def _accelerate_on(device: str):
+    """accelerate picks CUDA by itself; ``--device cpu`` must tell it not to."""
+    previous = os.environ.get("ACCELERATE_USE_CPU")
+    if device == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+    try:
+        yield
+    finally:
+        if device == "cpu":
+            if previous is None:
+                os.environ.pop("ACCELERATE_USE_CPU", None)
+            else:
+                os.environ["ACCELERATE_USE_CPU"] = previous
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# commands
+# ----------------------------------------------------------------------------------------------
+def _cmd_prune(args) -> int:
+    from .engine import prune
+
+    device = _setup(args)
+    spec = spec_from_args(args, device)  # validated before the model is loaded
+    pipeline = _load(args.model, device)
+    with _ProgressBar(f"pruning ({spec.label})", args.quiet) as bar:
+        result = prune(pipeline, spec, progress=bar)
+    path = result.save(args.output)
+    totals = result.report.totals
+    print(f"pruned {spec.label} in {totals['wall_time_s']:.1f} s")
+    print(f"  parameters  {totals['params_before']:,} -> {totals['params_after']:,} "
+          f"(ratio {totals['params_ratio']:.3f})")
+    print(f"  MACs        {totals['macs_before']:,} -> {totals['macs_after']:,} (ratio {totals['macs_ratio']:.3f}; "
+          f"{totals['effective_macs_after']:,} counting only non-zero weights)")
+    target = "" if spec.sparsity is None else f" (target {spec.sparsity:.1%})"
+    print(f"  sparsity    {totals['sparsity']:.1%} of prunable weights{target}")
+    print(f"  saved to    {path}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .evaluate import DENSE_REFERENCE, evaluate
+    from .store import ResultStore, jsonable
+
+    device = _setup(args)
+    if args.reference == DENSE_REFERENCE and args.dense_model is None and any(m in ("fid", "kid") for m in args.metrics):
+        raise ValueError("--reference dense needs --dense-model (the unpruned model to compare against)")
+    store = None if args.no_store else ResultStore(args.results_dir)
+    pipeline = _load(args.model, device)
+    dense = _load(args.dense_model, device) if args.dense_model is not None else None
+    with _ProgressBar("evaluating", args.quiet) as bar:
+        row = evaluate(pipeline, args.num_samples, args.steps, seed=args.seed or 0, metrics=args.metrics,
+                       reference=args.reference, dense_pipeline=dense, progress=bar, store=store,
+                       prune_spec=_marker_spec(args.model), batch_size=args.batch_size, scheduler=args.scheduler)
+    for name, value in row.items():
+        if value is not None and name not in ("prune_spec", "metrics"):
+            print(f"{name:34s} {_format(value)}")
+    if args.json_out is not None:
+        Path(args.json_out).expanduser().write_text(json.dumps(jsonable(row), indent=2, sort_keys=True))
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+def sweep_specs(args, device: str) -> list:
+    """criteria x granularities x sparsities as PruneSpecs (an N:M granularity: one spec, its implied
+    sparsity). Every spec is validated before anything runs, so an unsupported combination fails at
+    once with the criterion's allowed granularities."""
+    from .criteria import CRITERIA
+    from .granularity import parse_granularity
+    from .spec import PruneSpec
+
+    calibration = {name: getattr(args, name) for name in ("schedule", "schedule_params", "calibration_data",
+                                                          "calibration_batches", "calibration_batch_size")
+                   if getattr(args, name) is not None}
+    specs = []
+    for criterion in args.criteria:
+        for granularity in args.granularities:
+            levels = [None] if parse_granularity(granularity)[1] is not None else args.sparsities
+            for sparsity in levels:
+                fields = dict(criterion=criterion, granularity=granularity, sparsity=sparsity,
+                              seed=args.seed or 0, device=device)
+                if CRITERIA[criterion].needs_calibration:
+                    fields.update(calibration)
+                specs.append(PruneSpec(**fields))
+    return specs
+
+
+def _cmd_sweep(args) -> int:
+    from .evaluate import METRICS
+    from .store import ResultStore
+    from .sweep import sweep
+
+    device = _setup(args)
+    specs = sweep_specs(args, device)
+    store = ResultStore(args.results_dir)
+    pipeline = _load(args.model, device)
+    # Exactly the settings the UI's sweep passes (metrics in METRICS order), so both share stored rows.
+    eval_settings = dict(num_samples=args.num_samples, num_inference_steps=args.steps, seed=args.seed or 0,
+                         metrics=tuple(m for m in METRICS if m in args.metrics), reference=args.reference)
+    with _ProgressBar(f"sweep of {len(specs)} specs", args.quiet) as bar:
+        table = sweep(pipeline, specs, eval_settings, store=store, progress=bar)
+    if args.csv_out is not None:
+        table.to_csv(Path(args.csv_out).expanduser(), index=False)
+    shown = [column for column in _SWEEP_COLUMNS if column in table and table[column].notna().any()]
+    print(table[shown].to_string(index=False))
+    stored = int(table["cached"].sum())
+    print(f"{len(table)} rows ({stored} from the store {store.directory}, {len(table) - stored} computed)"
+          + (f"; wrote {args.csv_out}" if args.csv_out is not None else ""))
+    return 0
+
+
+def _cmd_finetune(args) -> int:
+    import pandas as pd
+
+    from .checkpoint import save_pruned_pipeline
+    from .data import load_image_folder
+    from .engine import PruneReport, PruneResult
+    from .finetune import finetune
+    from .spec import PruneSpec
+
+    device = _setup(args)
+    if args.teacher is not None and not args.distill:
+        raise ValueError("--teacher applies only with --distill")
+    pipeline = _load(args.model, device)
+    spec_fields, spec = _marker_spec(args.model), None
+    if spec_fields is not None:
+        try:
+            spec = PruneSpec.from_dict(spec_fields)
+        except ValueError as error:  # e.g. its calibration folder is gone: masks then come from the zeros
+            print(f"note: the checkpoint's spec is not usable here ({error}); fine-tuning without it", file=sys.stderr)
+    # A PruneResult lets finetune keep unstructured / N:M zeros at zero and record the spec.
+    source = PruneResult(pipeline=pipeline, report=PruneReport(layers=pd.DataFrame()), spec=spec) if spec else pipeline
+    config = pipeline.unet.config
+    size = config.sample_size if isinstance(config.sample_size, int) else int(config.sample_size[0])
+    images = load_image_folder(args.images, size, config.in_channels) if args.images is not None else None
+    teacher = _load(args.teacher, device) if args.distill else None
+    output = Path(args.output).expanduser()
+    with _accelerate_on(device), _ProgressBar("fine-tuning", args.quiet) as bar:
+        result = finetune(
+            source, args.steps, args.lr, args.batch_size, ema=args.ema, distill=teacher is not None, teacher=teacher,
+            distill_alpha=args.distill_alpha, distill_tau=args.distill_tau, images=images,
+            l1_penalty=args.l1_penalty, regrowth=args.regrowth, warmup_steps=args.warmup_steps,
+            max_grad_norm=args.max_grad_norm or None, seed=args.seed or 0, output_dir=output / "checkpoints",
+            checkpoint_every=args.checkpoint_every, resume=not args.no_resume, progress=bar,
+            mixed_precision=args.mixed_precision,
+        )
+    save_pruned_pipeline(result.pipeline, output, spec=spec)
+    result.losses.to_csv(output / "finetune_losses.csv", index=False)
+    resumed = f", resumed from step {result.resumed_from}" if result.resumed_from else ""
+    last = f", final loss {result.losses.loss.iloc[-1]:.4f}" if len(result.losses) else ""
+    print(f"fine-tuned {result.steps} steps in {result.wall_time_s:.1f} s{resumed}{last}")
+    print(f"  saved to    {output} (checkpoints in {output / 'checkpoints'})")
+    return 0
+
+
 def _cmd_train_base(args) -> int:
     from .training import TrainConfig, train_base
 
     config = TrainConfig(
         output_dir=args.output_dir, steps=args.steps, batch_size=args.batch_size,
-        learning_rate=args.lr, seed=args.seed, checkpoint_minutes=args.checkpoint_minutes,
+        learning_rate=args.lr, seed=args.seed or 0, checkpoint_minutes=args.checkpoint_minutes,
         num_threads=args.threads,
     )
-    path = train_base(config, log=lambda line: print(line, flush=True))
+    with _accelerate_on(_setup(args)):
+        path = train_base(config, log=lambda line: print(line, flush=True))
     print(f"exported EMA pipeline to {path}")
     return 0
 
 
+# ----------------------------------------------------------------------------------------------
+# parser
+# ----------------------------------------------------------------------------------------------
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("common options")
+    group.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    group.add_argument("--seed", type=_non_negative_int, default=None, help="random seed (default 0)")
+    group.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
+    return common
+
+
+def _add_calibration_options(parser, with_criterion_params: bool) -> None:
+    from .schedules import SCHEDULES
+
+    parser.add_argument("--schedule", choices=sorted(SCHEDULES), default=None,
+                        help="timestep schedule of gradient criteria (default: the criterion's)")
+    parser.add_argument("--schedule-params", type=_json_object, default=None,
+                        help='JSON overrides of the schedule, e.g. \'{"threshold": 200}\'')
+    if with_criterion_params:
+        parser.add_argument("--criterion-params", type=_json_object, default=None, help='JSON, e.g. \'{"p": 2}\'')
+    parser.add_argument("--calibration-batches", type=_positive_int, default=None)
+    parser.add_argument("--calibration-batch-size", type=_positive_int, default=None)
+    parser.add_argument("--calibration-data", default=None,
+                        help="auto, fashion-mnist-train, generated or an image folder (default auto)")
+
+
+def _add_eval_options(parser) -> None:
+    from .evaluate import METRICS
+
+    parser.add_argument("--num-samples", type=_positive_int, default=64, help="images sampled per model (default 64)")
+    parser.add_argument("--steps", type=_positive_int, default=50, help="DDIM sampling steps (default 50)")
+    parser.add_argument("--metrics", type=_comma_list(METRICS), default=list(METRICS),
+                        help=f"comma list of {','.join(METRICS)} (default all)")
+    parser.add_argument("--reference", default="fashion-mnist-test",
+                        help="FID/KID reference: fashion-mnist-test, dense, or an image folder")
+    parser.add_argument("--results-dir", default=None,
+                        help="results store directory (default $DIFFPRUNE_RESULTS_DIR or ~/.cache/diffprune/results)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .criteria import CRITERIA
+    from .finetune import NICI_ALPHA, NICI_TAU
+    from .spec import PRESETS
+
+    common = _common_options()
     parser = _Parser(prog="diffprune", description="DiffPrune Studio: prune diffusion models and measure the result.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    model_help = "local diffusers dir, pruned checkpoint dir, hub id, or 'default' (the embedded model; the default)"
 
-    train = commands.add_parser("train-base", help="train the embedded default DDPM on Fashion-MNIST")
+    prune = commands.add_parser("prune", parents=[common], help="prune a model and save the checkpoint",
+                                description="Prune a copy of --model as a spec says and save it to --output.")
+    prune.add_argument("--model", default=None, help=model_help)
+    prune.add_argument("--output", required=True, help="checkpoint directory to write (loadable with load_pipeline)")
+    base = prune.add_mutually_exclusive_group()
+    base.add_argument("--spec", default=None, help="PruneSpec JSON (or YAML) file; flags given override its values")
+    base.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a paper's recipe; flags override it")
+    prune.add_argument("--criterion", choices=sorted(CRITERIA), default=None, help="default magnitude")
+    prune.add_argument("--granularity", default=None, help="unstructured (default), channel, head, or N:M like 2:4")
+    prune.add_argument("--sparsity", type=float, default=None, help="fraction of prunable weights removed (default 0.5)")
+    prune.add_argument("--channel-ratio", type=float, default=None, help="channel/head: explicit structural ratio")
+    _add_calibration_options(prune, with_criterion_params=True)
+    prune.set_defaults(handler=_cmd_prune)
+
+    evaluation = commands.add_parser("eval", parents=[common], help="measure FID/KID, latency, parameters and MACs",
+                                     description="Evaluate --model through core.evaluate (stored results are reused).")
+    evaluation.add_argument("--model", default=None, help=model_help)
+    evaluation.add_argument("--dense-model", default=None,
+                            help="the unpruned model: speed-up for latency, and the reference for --reference dense")
+    _add_eval_options(evaluation)
+    evaluation.add_argument("--batch-size", type=_positive_int, default=64, help="sampling batch size (default 64)")
+    evaluation.add_argument("--scheduler", choices=("ddim", "ddpm"), default="ddim")
+    evaluation.add_argument("--no-store", action="store_true", help="neither read nor write the results store")
+    evaluation.add_argument("--json-out", default=None, help="write the result row as JSON to this file")
+    evaluation.set_defaults(handler=_cmd_eval)
+
+    sweep = commands.add_parser(
+        "sweep", parents=[common], help="prune + evaluate criteria x granularities x sparsities (resumable)",
+        description="Every finished row is stored before the next starts: rerun the same command after an "
+                    "interruption and stored rows are reused. A criterion/granularity pair the criterion does not "
+                    "support fails at once (exit 2) with the allowed granularities.")
+    sweep.add_argument("--model", default=None, help=model_help)
+    sweep.add_argument("--criteria", type=_comma_list(sorted(CRITERIA)), required=True, help="comma list of criteria")
+    sweep.add_argument("--granularities", type=_comma_list(), default=["unstructured"],
+                       help="comma list (default unstructured); N:M patterns ignore --sparsities")
+    sweep.add_argument("--sparsities", type=_comma_list(convert=float), default=[0.5], help="comma list (default 0.5)")
+    _add_eval_options(sweep)
+    _add_calibration_options(sweep, with_criterion_params=False)
+    sweep.add_argument("--csv-out", default=None, help="write the sweep table (every column) as CSV")
+    sweep.set_defaults(handler=_cmd_sweep)
+
+    tune = commands.add_parser("finetune", parents=[common], help="recovery fine-tuning of a pruned checkpoint",
+                               description="Fine-tune --model (e.g. a `diffprune prune` checkpoint); the result is "
+                                           "saved to --output, checkpoints to --output/checkpoints (resumed "
+                                           "automatically).")
+    tune.add_argument("--model", required=True, help=model_help)
+    tune.add_argument("--output", required=True, help="directory for the fine-tuned pipeline")
+    tune.add_argument("--steps", type=_non_negative_int, default=1000, help="optimizer steps (default 1000)")
+    tune.add_argument("--batch-size", type=_positive_int, default=16)
+    tune.add_argument("--lr", type=float, default=2e-4, help="learning rate (default 2e-4, Diff-Pruning's)")
+    tune.add_argument("--images", default=None, help="training image folder (default: the shipped Fashion-MNIST set)")
+    tune.add_argument("--ema", type=float, default=None, help="EMA decay in (0, 1); default no EMA")
+    tune.add_argument("--distill", action="store_true", help="NiCI-Pruning knowledge distillation from --teacher")
+    tune.add_argument("--teacher", default=None, help="dense teacher for --distill (default: the embedded model)")
+    tune.add_argument("--distill-alpha", type=float, default=NICI_ALPHA)
+    tune.add_argument("--distill-tau", type=float, default=NICI_TAU)
+    tune.add_argument("--l1-penalty", type=float, default=0.0, help="lambda * sum |w| over prunable weights")
+    tune.add_argument("--regrowth", type=float, default=0.0, help="per-step probability a pruned weight revives")
+    tune.add_argument("--warmup-steps", type=_non_negative_int, default=0)
+    tune.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping; 0 turns it off")
+    tune.add_argument("--checkpoint-every", type=_non_negative_int, default=0,
+                      help="steps between checkpoints (0: only at the end)")
+    tune.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --output/checkpoints")
+    tune.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    tune.set_defaults(handler=_cmd_finetune)
+
+    train = commands.add_parser("train-base", parents=[common], help="train the embedded default DDPM on Fashion-MNIST")
     train.add_argument("--output-dir", default="runs/train-base")
     train.add_argument("--steps", type=int, default=8000)
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    train.add_argument("--threads", type=int, default=None)
-    train.add_argument("--seed", type=int, default=0)
     train.set_defaults(handler=_cmd_train_base)
     return parser
 
 
+def _quiet_diffusers() -> None:
+    """The CLI's own bar reports progress; diffusers' loading bars and notices only add noise."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_diffusers()
     try:
         return args.handler(args)
-    except ValueError as error:
-        print(f"diffprune: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # bad input, missing or unreadable files: one line, no traceback
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"diffprune: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("diffprune: interrupted (a sweep keeps its finished rows: rerun the same command to resume)",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

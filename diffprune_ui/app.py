@@ -98,7 +98,7 @@ def build_demo() -> gr.Blocks:
                         run_button = gr.Button("Prune & evaluate", variant="primary")
                         cancel_button = gr.Button("Cancel", variant="stop")
                 with gr.Column(scale=2):
-                    schedule_plot = gr.Plot(label="Timestep weight curve (live preview)")
+                    schedule_plot = gr.Plot(label="Timestep weight curve (live preview)", elem_id="schedule-plot")
                     status = gr.Markdown("Choose a method and press **Prune & evaluate**.")
                     with gr.Tabs():
                         with gr.Tab("Samples"):

@@ -210,6 +210,10 @@ PRESETS: dict[str, PruneSpec] = {
                           calibration_batches=10, calibration_batch_size=128),
     # Towards Tiny Diffusion: alpha|w| + beta|g| unstructured (its code: 30% L1 on every conv).
     "tiny-l1": _preset(criterion="l1", granularity="unstructured", sparsity=0.3),
+    # OBS-Diff (2025): one-shot OBS/SparseGPT with log-decrease timestep-weighted Hessians, 50% unstructured.
+    "obs-diff": _preset(criterion="obs", granularity="unstructured", sparsity=0.5),
+    # Gradient-flow iterative pruning (2025): soft masks moved along the gradient flow, 50% unstructured.
+    "gradflow": _preset(criterion="gradflow", granularity="unstructured", sparsity=0.5),
     "magnitude-2:4": _preset(criterion="magnitude", granularity="2:4", sparsity=None),
     "random-50": _preset(criterion="random", granularity="unstructured", sparsity=0.5),
 }

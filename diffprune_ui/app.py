@@ -15,7 +15,7 @@ from . import figures, handlers
 
 PRESET_LABELS = {
     "diffpruning": "Diff-Pruning", "nici": "NiCI-Pruning", "tiny-l1": "Tiny-Diffusion L1",
-    "obs": "OBS-Diff", "obs-diff": "OBS-Diff", "gradflow": "Gradient flow",
+    "obs-diff": "OBS-Diff", "gradflow": "Gradient flow",
 }
 SCHEDULE_PARAMETER_DEFAULTS = SCHEDULES["log-decrease"].defaults
 INTRO = """# ✂️ DiffPrune Studio
@@ -106,7 +106,7 @@ def build_demo() -> gr.Blocks:
                                 dense_grid = gr.Image(label="Dense", type="pil", elem_id="dense-grid")
                                 pruned_grid = gr.Image(label="Pruned (same noise)", type="pil", elem_id="pruned-grid")
                             pair_index = gr.Slider(0, handlers.GRID_IMAGES - 1, value=0, step=1, label="pair to compare")
-                            slider = gr.ImageSlider(label="Dense | pruned", type="pil")
+                            slider = gr.ImageSlider(label="Dense | pruned", type="pil", height=360)
                         with gr.Tab("Summary"):
                             summary = gr.Dataframe(label="Summary", elem_id="summary-table", wrap=True)
                             export_file = gr.File(label="Export: pruned checkpoint (zip)")

@@ -30,6 +30,23 @@ ProgressFn = Callable[[float, str], None]
 # Data-free calibration (Diff-Pruning's latent-model recipe): images sampled by the dense model
 # with this many DDIM steps.
 GENERATED_CALIBRATION_STEPS = 25
+# Calibration statistics do not depend on the granularity or the sparsity, so a sweep (or the app,
+# when the user moves the sparsity slider) reuses them: key = model weights + calibration settings.
+CALIBRATION_CACHE_SIZE = 4
+_CALIBRATION_CACHE: dict = {}
+
+
+def _calibration_key(unet_in, spec: PruneSpec, device) -> str:
+    from .store import canonical_json, model_hash
+
+    settings = dict(criterion=spec.criterion, schedule=spec.schedule, schedule_params=spec.schedule_params,
+                    calibration_data=spec.calibration_data, calibration_batches=spec.calibration_batches,
+                    calibration_batch_size=spec.calibration_batch_size, seed=spec.seed, device=str(device))
+    return model_hash(unet_in) + canonical_json(settings)
+
+
+def clear_calibration_cache() -> None:
+    _CALIBRATION_CACHE.clear()
 
 
 @dataclass
@@ -219,17 +236,27 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
         progress(0.0, "measuring the dense model")
     before, macs_before, params_before = measure(unet)
 
-    stats, calibration_source, calibration_seconds = None, None, 0.0
+    stats, calibration_source, calibration_seconds, calibration_cached = None, None, 0.0, False
     if criterion.needs_calibration and criterion.reconstruct is None:
         calibration_started = time.perf_counter()
-        images, calibration_source = calibration_images(pipeline, unet, spec, progress)
-        images = images.to(device)
-        batches = list(images.split(spec.calibration_batch_size))
-        span = (0.1, 0.8) if calibration_source.startswith("generated") else (0.0, 0.8)
-        stats = calibrate(
-            unet, copy_scheduler(pipeline.scheduler), batches, criterion.loss, spec.schedule,
-            dict(spec.schedule_params), criterion.zero_grad_per_batch, spec.seed, progress, span,
-        )
+        key = _calibration_key(unet_in, spec, device)
+        if key in _CALIBRATION_CACHE:
+            stats, calibration_source = copy.deepcopy(_CALIBRATION_CACHE[key])
+            calibration_cached = True
+            if progress is not None:
+                progress(0.8, "calibration reused (same model and calibration settings)")
+        else:
+            images, calibration_source = calibration_images(pipeline, unet, spec, progress)
+            images = images.to(device)
+            batches = list(images.split(spec.calibration_batch_size))
+            span = (0.1, 0.8) if calibration_source.startswith("generated") else (0.0, 0.8)
+            stats = calibrate(
+                unet, copy_scheduler(pipeline.scheduler), batches, criterion.loss, spec.schedule,
+                dict(spec.schedule_params), criterion.zero_grad_per_batch, spec.seed, progress, span,
+            )
+            while len(_CALIBRATION_CACHE) >= CALIBRATION_CACHE_SIZE:
+                _CALIBRATION_CACHE.pop(next(iter(_CALIBRATION_CACHE)))
+            _CALIBRATION_CACHE[key] = copy.deepcopy((stats, calibration_source))
         calibration_seconds = time.perf_counter() - calibration_started
 
     if criterion.reconstruct is not None:  # obs, gradflow: own calibration, may rewrite weights
@@ -281,6 +308,7 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
         calibration_source=calibration_source,
         calibration_images=stats.num_images if stats else 0,
         calibration_time_s=calibration_seconds,
+        calibration_cached=calibration_cached,
         plain_diffusers_loadable=plain,
         device=str(device),
         wall_time_s=time.perf_counter() - started,

@@ -228,8 +228,9 @@ def test_sweep_writes_csv_and_a_rerun_resumes_from_the_store(tiny_model, tmp_pat
 
 
 def test_sweep_killed_midway_exits_130_and_the_rerun_completes(tiny_model, tmp_path, capsys, monkeypatch):
-    import core.sweep as sweep_module
+    import sys
 
+    sweep_module = sys.modules["core.sweep"]  # ``core.sweep`` the attribute is the function
     real_prune, pruned = sweep_module.prune, []
 
     def ctrl_c_on_second_spec(pipeline, spec, progress=None):

@@ -13,7 +13,7 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from core.criteria import CRITERIA, prunable_layers
 from core.default_model import DEFAULT_MODEL_DIR
-from core.engine import prune
+from core.engine import clear_calibration_cache, prune
 from core.granularity import attention_modules
 from core.pipeline import load_pipeline, sample_images
 from core.spec import PruneSpec
@@ -179,9 +179,27 @@ def test_save_load_round_trip(attn_pipeline, tmp_path, granularity, sparsity):
 def test_determinism_same_masks_and_weights(attn_pipeline, image_folder):
     # one gradient criterion with a structural cut covers both: same scores, same masks, same weights
     for spec in (fast_spec("taylor", "channel", 0.44, image_folder),):
-        first, second = prune(attn_pipeline, spec), prune(attn_pipeline, spec)
+        clear_calibration_cache()
+        first = prune(attn_pipeline, spec)
+        clear_calibration_cache()  # recompute the calibration, not reuse it
+        second = prune(attn_pipeline, spec)
+        assert not second.report.totals["calibration_cached"]
         a, b = state(first.pipeline.unet), state(second.pipeline.unet)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_calibration_is_reused_across_sparsities_with_identical_results(attn_pipeline, image_folder):
+    clear_calibration_cache()
+    fresh = {level: prune(attn_pipeline, fast_spec("taylor", "channel", level, image_folder)) for level in (0.3, 0.5)}
+    clear_calibration_cache()
+    prune(attn_pipeline, fast_spec("taylor", "unstructured", 0.5, image_folder))  # fills the cache
+    for level, expected in fresh.items():
+        reused = prune(attn_pipeline, fast_spec("taylor", "channel", level, image_folder))
+        assert reused.report.totals["calibration_cached"]
+        a, b = state(expected.pipeline.unet), state(reused.pipeline.unet)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    other_seed = prune(attn_pipeline, fast_spec("taylor", "channel", 0.3, image_folder, seed=1))
+    assert not other_seed.report.totals["calibration_cached"]  # different settings, new calibration
 
 
 def test_callers_pipeline_untouched(attn_pipeline, image_folder):
@@ -229,6 +247,7 @@ def test_channel_ratio_knob_and_plain_config(conv_pipeline, tmp_path):
 
 def test_progress_stages_and_cancellation(attn_pipeline, image_folder):
     seen = []
+    clear_calibration_cache()  # a fresh calibration reports its timesteps
     prune(attn_pipeline, fast_spec("taylor", "channel", 0.44, image_folder), progress=lambda f, m: seen.append((f, m)))
     fractions = [f for f, _ in seen]
     assert all(0 <= f <= 1 for f in fractions) and fractions == sorted(fractions) and fractions[-1] == 1.0

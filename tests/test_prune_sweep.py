@@ -1,13 +1,17 @@
 """sweep(): prune + evaluate through the results store; stored rows return instantly; resumes."""
+import sys
+
 import pytest
 import torch
 
-import core.sweep as sweep_module
+import core.sweep  # noqa: F401 - loads the module; ``core.sweep`` the attribute is the function
 from core.spec import PruneSpec
 from core.store import ResultStore
 from core.sweep import sweep
 
 from test_prune import tiny_pipeline
+
+sweep_module = sys.modules["core.sweep"]
 
 SETTINGS = {"num_samples": 2, "num_inference_steps": 2, "metrics": ["macs"]}
 

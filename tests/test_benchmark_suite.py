@@ -1,0 +1,64 @@
+"""The benchmark suite end to end on a tiny model: rows, resume, CSV, markdown and plots."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from benchmarks import suite
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 32),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       attention_head_dim=8, norm_num_groups=4)
+    directory = tmp_path_factory.mktemp("tiny")
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(directory)
+    return str(directory)
+
+
+def test_suite_rows_outputs_and_resume(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFPRUNE_RESULTS_DIR", str(tmp_path / "store"))
+    monkeypatch.setitem(suite.MODES, "quick", dict(suite.MODES["quick"], steps=2))
+    args = ["--model", tiny_model, "--criteria", "magnitude,random", "--num-samples", "4", "--finetune-steps", "2",
+            "--device", "cpu", "--out-dir", str(tmp_path / "out"), "--csv", str(tmp_path / "bench.csv"),
+            "--markdown", str(tmp_path / "BENCH.md")]
+    assert suite.main(args) == 0
+    table = pd.read_csv(tmp_path / "bench.csv")
+    # dense + 2 criteria x 6 settings + 2 criteria x 2 fine-tuned settings
+    assert len(table) == 1 + 2 * 6 + 2 * 2
+    pruned = table[table["criterion"] != "dense"]
+    assert pruned["kid"].notna().all() and pruned["speedup"].gt(0).all() and pruned["peak_memory_mib"].gt(0).all()
+    channel = pruned[(pruned["granularity"] == "channel") & (pruned["finetune_steps"] == 0)]
+    assert (channel["params"] < table.loc[table["criterion"] == "dense", "params"].iloc[0]).all()
+    masked = pruned[pruned["granularity"] == "2:4"]
+    assert (masked["nonzero_params"] < masked["params"]).all()
+    assert set(pruned["finetune_steps"]) == {0, 2}
+    markdown = (tmp_path / "BENCH.md").read_text()
+    assert markdown.count("| magnitude |") == 8 and "quality_vs_sparsity" in markdown
+    assert (tmp_path / "quality_vs_sparsity.png").stat().st_size > 5000
+    assert (tmp_path / "quality_vs_latency.png").stat().st_size > 5000
+    # Interrupted run: drop the last rows, rerun, only those are recomputed.
+    rows_file = tmp_path / "out" / "suite_rows_quick.jsonl"
+    lines = rows_file.read_text().splitlines()
+    rows_file.write_text("\n".join(lines[:-3]) + "\n")
+    kept = {json.loads(line)["row_id"]: json.loads(line)["kid"] for line in lines[:-3]}
+    assert suite.main(args) == 0
+    again = pd.read_csv(tmp_path / "bench.csv")
+    assert len(again) == len(table)
+    rerun = {row["row_id"]: row["kid"] for _, row in again.iterrows()}
+    assert all(rerun[key] == value for key, value in kept.items())
+    assert len(rows_file.read_text().splitlines()) == len(table)

@@ -41,6 +41,9 @@ from torch import nn
 from .schedules import SCHEDULES
 
 EXCLUDED_LAYERS = ("conv_in", "conv_out")
+# Calibration batches this many samples (timesteps x images) into one forward/backward pass: the
+# same accumulated gradient as one pass per timestep, 3-5x faster on a CPU for small batches.
+CALIBRATION_CHUNK_SAMPLES = 64
 ALL_GRANULARITIES = ("unstructured", "N:M", "channel", "head")
 
 
@@ -88,6 +91,7 @@ class CalibrationStats:
     losses: dict[int, list] = field(default_factory=dict)  # t -> loss per batch
     stopped_at: int | None = None  # threshold schedule: the last visited t
     num_images: int = 0
+    timesteps_per_group: int = 1  # timesteps per backward pass (columns of timestep_contributions)
 
 
 def calibrate(
@@ -104,9 +108,12 @@ def calibrate(
 ) -> CalibrationStats:
     """Accumulate weighted gradients of ``loss_name`` over the schedule's timesteps.
 
-    Each timestep's loss is multiplied by its schedule weight before backward. Per timestep the
-    gradient increment ``g_t`` is read off (a snapshot of the accumulated gradient) to fill the
-    layer x timestep table with ``sum |w * g_t|`` -- each timestep's own first-order saliency.
+    Each timestep's loss is multiplied by its schedule weight before backward. Timesteps are
+    batched ``CALIBRATION_CHUNK_SAMPLES // batch size`` at a time into one backward pass (the
+    accumulated gradient is the same sum); per group the gradient increment ``g`` is read off to
+    fill the layer x timestep table with ``sum |w * g|`` -- the group's own first-order saliency,
+    keyed by its first t (one column per timestep when the batch is large). The ``threshold``
+    walk decides where to stop from forward-only losses on the first batch.
     One fixed noise tensor per batch (Diff-Pruning), drawn on the CPU from ``seed``.
     ``unet`` is the engine's private copy: its gradients and ``requires_grad`` flags are changed.
     """
@@ -120,6 +127,30 @@ def calibrate(
         for parameter, flag in flags.items():
             parameter.grad = None
             parameter.requires_grad_(flag)
+
+
+def per_timestep_losses(loss_fn, unet, noise_scheduler, clean, noise, timesteps: list[int]) -> torch.Tensor:
+    """``[loss_fn(..., t) for t in timesteps]`` computed in one batched forward pass.
+
+    The batch is repeated once per timestep; every sample is independent in a UNet2DModel
+    (GroupNorm, attention within a sample), so each entry equals the single-timestep loss (up to
+    float summation order) while the CPU works on one large batch instead of many small ones.
+    """
+    if len(timesteps) == 1:
+        return loss_fn(unet, noise_scheduler, clean, noise, timesteps[0]).reshape(1)
+    count, batch = len(timesteps), clean.shape[0]
+    clean_all = clean.repeat(count, 1, 1, 1)
+    noise_all = noise.repeat(count, 1, 1, 1)
+    t_all = torch.tensor(timesteps, dtype=torch.long, device=clean.device).repeat_interleave(batch)
+    if loss_fn is clean_image_loss:
+        prediction, target = unet(clean_all, t_all).sample, clean_all
+    else:
+        prediction, target = unet(noise_scheduler.add_noise(clean_all, noise_all, t_all), t_all).sample, noise_all
+    return (prediction - target).pow(2).flatten(1).mean(1).view(count, batch).mean(1)
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[index : index + size] for index in range(0, len(items), size)]
 
 
 def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, schedule_params,
@@ -137,49 +168,67 @@ def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, s
     noises = [torch.randn(b.shape, generator=generator).to(b.device, b.dtype) for b in batches]
     previous = {name: torch.zeros_like(m.weight) for name, m in layers.items()}
     start, end = progress_span
+    # Timesteps per backward pass: CALIBRATION_CHUNK_SAMPLES samples (1 timestep for large batches).
+    chunk = max(1, CALIBRATION_CHUNK_SAMPLES // max(1, int(batches[0].shape[0])))
 
     def report(fraction: float, message: str) -> None:
         if progress is not None:
             progress(start + (end - start) * min(1.0, fraction), message)
 
-    def step(batch_index: int, t: int, weight: float, fraction: float) -> float:
-        report(fraction, f"calibrating t={t} (batch {batch_index + 1}/{len(batches)})")
-        clean, noise = batches[batch_index], noises[batch_index]
-        if weight > 0:
-            loss = loss_fn(unet, noise_scheduler, clean, noise, t)
-            (weight * loss).backward()
-            for name, module in layers.items():
-                grad = module.weight.grad
-                increment = grad - previous[name]
-                contribution = float((module.weight.detach() * increment).abs().sum())
-                table = stats.timestep_contributions[name]
-                table[t] = table.get(t, 0.0) + contribution
-                previous[name] = grad.clone()
-        else:
-            with torch.no_grad():
-                loss = loss_fn(unet, noise_scheduler, clean, noise, t)
-        value = float(loss.detach())
-        stats.losses.setdefault(t, []).append(value)
-        return value
-
     plan = None
+    if schedule.adaptive:
+        # Threshold walk on the first batch with forward-only losses, `chunk` timesteps at a time.
+        limit = schedule_params.get("max_timesteps") or schedule.defaults.get("max_timesteps") or num_train_timesteps
+        lookahead: dict[int, float] = {}
+
+        def loss_at(t: int) -> float:
+            if t not in lookahead:
+                ahead = list(range(t, min(t + chunk, num_train_timesteps)))
+                report(0.25 * t / limit, f"calibrating t={t}..{ahead[-1]} (finding where the threshold stops)")
+                with torch.no_grad():
+                    values = per_timestep_losses(loss_fn, unet, noise_scheduler, batches[0], noises[0], ahead)
+                lookahead.update(zip(ahead, values.tolist()))
+            stats.losses.setdefault(t, []).append(lookahead[t])
+            return lookahead[t]
+
+        plan = schedule.resolve(num_train_timesteps, schedule_params, loss_at=loss_at)
+        stats.stopped_at = plan[-1][0]
+    else:
+        plan = schedule.resolve(num_train_timesteps, schedule_params)
+    gradient_span = (0.25, 1.0) if schedule.adaptive else (0.0, 1.0)
+    groups = _chunks(list(plan), chunk)
+
     for batch_index in range(len(batches)):
         if zero_grad_per_batch:
             for name, module in layers.items():
                 module.weight.grad = None
                 previous[name] = torch.zeros_like(module.weight)
-        if plan is None and schedule.adaptive:
-            limit = schedule_params.get("max_timesteps") or schedule.defaults.get("max_timesteps") or num_train_timesteps
-            plan = schedule.resolve(
-                num_train_timesteps, schedule_params,
-                loss_at=lambda t: step(0, t, 1.0, (t + 1) / (limit * len(batches))),
-            )
-            stats.stopped_at = plan[-1][0]
-        else:
-            if plan is None:
-                plan = schedule.resolve(num_train_timesteps, schedule_params)
-            for index, (t, weight) in enumerate(plan):
-                step(batch_index, t, weight, (batch_index + (index + 1) / len(plan)) / len(batches))
+        clean, noise = batches[batch_index], noises[batch_index]
+        for group_index, group in enumerate(groups):
+            fraction = (batch_index + group_index / len(groups)) / len(batches)
+            first, last = group[0][0], group[-1][0]
+            label = f"t={first}" if len(group) == 1 else f"t={first}..{last}"
+            report(gradient_span[0] + (gradient_span[1] - gradient_span[0]) * fraction,
+                   f"calibrating {label} (batch {batch_index + 1}/{len(batches)})")
+            timesteps = [t for t, _ in group]
+            weights = torch.tensor([w for _, w in group], dtype=clean.dtype, device=clean.device)
+            if bool((weights > 0).any()):
+                losses = per_timestep_losses(loss_fn, unet, noise_scheduler, clean, noise, timesteps)
+                (weights * losses).sum().backward()
+                # The gradient increment of this group: its timesteps' own first-order saliency
+                # (one column per group of `chunk` timesteps, keyed by the group's first t).
+                for name, module in layers.items():
+                    grad = module.weight.grad
+                    contribution = float((module.weight.detach() * (grad - previous[name])).abs().sum())
+                    table = stats.timestep_contributions[name]
+                    table[first] = table.get(first, 0.0) + contribution
+                    previous[name] = grad.clone()
+            else:
+                with torch.no_grad():
+                    losses = per_timestep_losses(loss_fn, unet, noise_scheduler, clean, noise, timesteps)
+            if not (schedule.adaptive and batch_index == 0):  # the walk already recorded batch 0
+                for t, value in zip(timesteps, losses.detach().tolist()):
+                    stats.losses.setdefault(t, []).append(value)
         if zero_grad_per_batch or batch_index == len(batches) - 1:
             with torch.no_grad():
                 for name, module in layers.items():
@@ -190,6 +239,7 @@ def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, s
                     else:
                         stats.taylor_per_batch_sum[name] = term
     stats.timestep_weights = list(plan)
+    stats.timesteps_per_group = chunk
     for name, module in layers.items():
         stats.gradients[name] = (
             module.weight.grad.detach().clone() if module.weight.grad is not None else torch.zeros_like(module.weight)

@@ -58,8 +58,9 @@ class PruneReport:
     * ``importance``: layer -> importance vector for heatmaps (per output channel for ``channel``,
       per head for ``head`` (keyed by the attention module), output x input block for
       ``unstructured``/``N:M``).
-    * ``timestep_contributions``: layers x timesteps, each timestep's own first-order saliency
-      ``sum |w * g_t|`` (empty for criteria without calibration).
+    * ``timestep_contributions``: layers x timesteps, each timestep group's own first-order saliency
+      ``sum |w * g|``, one column per group of ``totals["timesteps_per_group"]`` consecutive
+      scheduled timesteps keyed by its first t (empty for criteria without calibration).
     * ``timestep_weights``: the schedule actually used (t, weight); ``calibration_loss``: (t, loss).
     * ``totals``: parameters and MACs before/after, achieved sparsity, structural ratio, wall time.
     """
@@ -309,6 +310,7 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
         calibration_images=stats.num_images if stats else 0,
         calibration_time_s=calibration_seconds,
         calibration_cached=calibration_cached,
+        timesteps_per_group=stats.timesteps_per_group if stats else None,
         plain_diffusers_loadable=plain,
         device=str(device),
         wall_time_s=time.perf_counter() - started,

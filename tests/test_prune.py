@@ -11,6 +11,7 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
+import core.criteria as criteria_module
 from core.criteria import CRITERIA, prunable_layers
 from core.default_model import DEFAULT_MODEL_DIR
 from core.engine import clear_calibration_cache, prune
@@ -269,12 +270,15 @@ def test_progress_stages_and_cancellation(attn_pipeline, image_folder):
     assert all(p.grad is None for p in attn_pipeline.unet.parameters())
 
 
-def test_report_schedule_losses_and_timestep_table(attn_pipeline, image_folder):
+def test_report_schedule_losses_and_timestep_table(attn_pipeline, image_folder, monkeypatch):
+    monkeypatch.setattr(criteria_module, "CALIBRATION_CHUNK_SAMPLES", 2)  # one timestep per backward pass
+    clear_calibration_cache()
     result = prune(attn_pipeline, fast_spec("nici", "unstructured", 0.5, image_folder, calibration_batches=2))
     report = result.report
     assert report.timestep_weights.values.tolist() == [[10, 1.0], [400, 0.5]]
     assert list(report.calibration_loss["t"]) == [10, 400]
     table = report.timestep_contributions
+    assert report.totals["timesteps_per_group"] == 1
     assert list(table.columns) == [10, 400] and set(table.index) == set(prunable_layers(attn_pipeline.unet))
     assert (table.values >= 0).all() and table.values.sum() > 0
     assert report.totals["calibration_images"] == 4 and report.totals["wall_time_s"] > 0
@@ -282,6 +286,30 @@ def test_report_schedule_losses_and_timestep_table(attn_pipeline, image_folder):
                                                schedule_params={"max_timesteps": 3}))
     stopped = threshold.report.totals["schedule_stopped_at"]
     assert stopped is not None and list(threshold.report.timestep_weights["t"]) == list(range(stopped + 1))
+
+
+@pytest.mark.parametrize("criterion, schedule", [("taylor", "threshold"), ("nici", "interval"), ("l1", "uniform")])
+def test_batched_timesteps_give_the_per_timestep_result(attn_pipeline, image_folder, monkeypatch, criterion, schedule):
+    """Several timesteps per backward pass: same losses, schedule and (up to float order) scores."""
+    params = {"threshold": {"max_timesteps": 12}, "interval": {}, "uniform": {"num_timesteps": 6}}[schedule]
+    spec = fast_spec(criterion, "unstructured", 0.5, image_folder, schedule=schedule, schedule_params=params)
+    if schedule == "interval":
+        spec = fast_spec(criterion, "unstructured", 0.5, image_folder, schedule="custom",
+                         schedule_params={"timesteps": [[t, 1.0 / s] for t, s in ((0, 2), (2, 2), (250, 4), (900, 16))]})
+    runs = {}
+    for chunk_samples in (2, 64):  # batch 2: 1 timestep per pass, then 32 per pass
+        monkeypatch.setattr(criteria_module, "CALIBRATION_CHUNK_SAMPLES", chunk_samples)
+        clear_calibration_cache()
+        runs[chunk_samples] = prune(attn_pipeline, spec)
+    single, batched = runs[2].report, runs[64].report
+    assert batched.totals["timesteps_per_group"] == 32 and single.totals["timesteps_per_group"] == 1
+    assert single.timestep_weights.values.tolist() == batched.timestep_weights.values.tolist()
+    assert np.allclose(single.calibration_loss["loss"], batched.calibration_loss["loss"], rtol=1e-4, atol=1e-6)
+    for name in single.importance:
+        assert torch.allclose(torch.as_tensor(single.importance[name]), torch.as_tensor(batched.importance[name]),
+                              rtol=1e-3, atol=1e-7), name
+    total_single = single.timestep_contributions.values.sum()
+    assert batched.timestep_contributions.shape[1] == 1 and total_single > 0
 
 
 def test_data_free_calibration(conv_pipeline):

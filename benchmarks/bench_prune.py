@@ -118,7 +118,10 @@ def bench_cost(args) -> dict:
         specs["preset:diffpruning-paper"] = PRESETS["diffpruning-paper"]
         specs["preset:nici-paper"] = PRESETS["nici-paper"]
     entry = {}
+    from core.engine import clear_calibration_cache
+
     for label, spec in specs.items():
+        clear_calibration_cache()  # time a full calibration, never a reused one
         started = time.perf_counter()
         result = prune(pipeline, spec)
         totals = result.report.totals
@@ -126,6 +129,7 @@ def bench_cost(args) -> dict:
             "seconds": time.perf_counter() - started, "calibration_s": totals["calibration_time_s"],
             "calibration_images": totals["calibration_images"], "timesteps": len(result.report.timestep_weights),
             "schedule": spec.schedule, "schedule_stopped_at": totals["schedule_stopped_at"], "spec": spec.to_dict(),
+            "timesteps_per_group": totals.get("timesteps_per_group"), "threads": torch.get_num_threads(),
         }
         print(f"cost {label}: {entry[label]['seconds']:.1f} s", flush=True)
     return entry

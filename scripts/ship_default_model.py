@@ -47,8 +47,10 @@ def main(run_dir: str = "runs/train-base") -> None:
         "ema_decay": config["ema_decay"],
         "seed": config["seed"],
         "wall_time_hours_at_last_log": round(wall_seconds(run / "loss.csv") / 3600, 2),
-        "hardware": "2-core x86_64 CPU (no GPU), torch 2.13.0+cpu, 2 threads, other jobs sharing the CPU",
-        "command": f".venv/bin/diffprune train-base --output-dir {run_dir} --steps {config['steps']} --threads 2",
+        "hardware": "2-core x86_64 CPU (no GPU), torch 2.13.0+cpu, 1-2 threads, other jobs sharing the CPU",
+        "command": f".venv/bin/diffprune train-base --output-dir {run_dir} --steps {config['steps']} --threads 2 "
+                   "(resumed several times, later segments with --threads 1)",
+        "stopped_early": progress["step"] < config["steps"],
         "shipped_on": datetime.date.today().isoformat(),
     }
     (DEFAULT_MODEL_DIR / "TRAINING.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -292,7 +292,13 @@ def write_markdown(table: pd.DataFrame, args, plots) -> None:
         f"(rows with `ft` > 0).",
         "- Speed-up = dense median latency / pruned median latency, both timed in the same process "
         "(batch 8); masked (unstructured, N:M) models run dense kernels, so their speed-up is ~1.",
-        "- Peak memory: resident set size of the process while pruning (and fine-tuning), MiB.", "",
+        "- The dense row's speed-up is the dense model timed against itself: it shows the timing noise.",
+        "- `prune s` is the wall time of `prune()`. The first row of a calibrated criterion pays its calibration; "
+        "the other rows of that criterion reuse it (`calibration_cached` in the CSV), except `obs` and `gradflow`, "
+        "which calibrate per row.",
+        "- Peak memory: the highest resident set size of the whole benchmark process while the row was pruned (and "
+        "fine-tuned), MiB. It includes the Inception network and what earlier rows left allocated, so it is an upper "
+        "bound for the row, not its own footprint.", "",
         "| criterion | granularity | target | measured sparsity | ft steps | params | MACs | non-zero | speed-up | "
         "KID ± std | FID | prune s | peak MiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",

@@ -229,6 +229,8 @@ def write_plots(table: pd.DataFrame, folder: Path) -> list[Path]:
     quality = "kid"
     rows = table[table["criterion"] != "dense"]
     dense = table[table["criterion"] == "dense"].iloc[0]
+    palette = plt.get_cmap("tab10")
+    colours = {name: palette(index % 10) for index, name in enumerate(sorted(set(rows["criterion"])))}
     paths = []
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
     for axis, granularity in zip(axes, ("channel", "unstructured", "2:4")):
@@ -236,13 +238,14 @@ def write_plots(table: pd.DataFrame, folder: Path) -> list[Path]:
         for criterion, group in part.groupby("criterion"):
             group = group.sort_values("measured_sparsity")
             axis.errorbar(group["measured_sparsity"], group[quality], yerr=group["kid_std"], marker="o", capsize=3,
-                          label=criterion)
+                          label=criterion, color=colours[criterion])
         axis.axhline(dense[quality], color="black", linestyle="--", linewidth=1, label="dense")
         axis.set_title(f"{granularity} (no fine-tuning)")
         axis.set_xlabel("measured sparsity (prunable params removed)")
     axes[0].set_ylabel(f"KID (n={int(dense['num_samples'])}, lower is better)")
-    axes[0].legend(fontsize=8)
-    figure.tight_layout()
+    handles = {label: handle for axis in axes for handle, label in zip(*axis.get_legend_handles_labels())}
+    figure.legend(handles.values(), handles.keys(), loc="center right", fontsize=8)
+    figure.tight_layout(rect=(0, 0, 0.9, 1))
     paths.append(folder / "quality_vs_sparsity.png")
     figure.savefig(paths[-1], dpi=110)
     plt.close(figure)
@@ -250,7 +253,7 @@ def write_plots(table: pd.DataFrame, folder: Path) -> list[Path]:
     figure, axis = plt.subplots(figsize=(8, 5))
     for (criterion, tuned), group in rows.groupby(["criterion", rows["finetune_steps"] > 0]):
         axis.scatter(group["latency_median_s_per_image"] * 1000, group[quality], marker="^" if tuned else "o",
-                     label=f"{criterion}{' + ft' if tuned else ''}", s=36)
+                     label=f"{criterion}{' + ft' if tuned else ''}", s=36, color=colours[criterion])
     axis.scatter([dense["latency_median_s_per_image"] * 1000], [dense[quality]], marker="*", s=200, color="black",
                  label="dense")
     axis.set_xlabel("measured latency per image (ms, median)")

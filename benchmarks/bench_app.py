@@ -4,6 +4,7 @@
 
 - page ready: seconds from starting ``python app.py`` until ``GET /`` answers 200, and until the
   first screen's data (the dense samples, the schedule curve, the charts) has been computed;
+- import floor: seconds for ``python -c "import gradio"`` and ``"import torch, diffusers"`` alone;
 - quick run: the issue's quick run on the default model (taylor, channel 30 %, default
   calibration, 16 samples, 25 steps, KID) through ``gradio_client``, wall time per run. A second
   run with another sparsity shows the calibration reuse.
@@ -43,6 +44,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from gradio_client import Client
 
+    imports = {}
+    for label, statement in (("gradio", "import gradio"), ("torch_diffusers", "import torch, diffusers")):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", statement], check=True)
+        imports[label] = round(time.perf_counter() - t0, 2)
     port = free_port()
     env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
                DIFFPRUNE_RESULTS_DIR=str(ROOT / "benchmarks" / "results" / "app-store"))
@@ -78,7 +84,7 @@ def main(argv=None) -> int:
     result = dict(
         command="python benchmarks/bench_app.py" + (f" --threads {args.threads}" if args.threads else ""),
         date=time.strftime("%Y-%m-%d %H:%M"), cpu_count=os.cpu_count(), python=platform.python_version(),
-        load_average_1_min=os.getloadavg()[0], page_ready_s=round(page_ready, 2),
+        load_average_1_min=os.getloadavg()[0], import_s=imports, page_ready_s=round(page_ready, 2),
         first_screen_s=round(first_screen, 2), page_ready_target_s=3.0, quick_run_target_s=60.0,
         quick_run=QUICK_RUN, runs=runs,
     )

@@ -1,4 +1,4 @@
-"""Shared fixture: the real app (``python app.py``) launched on a free port, as a user would run it."""
+"""Shared fixtures: one intra-op thread, a tiny saved diffusers model, and the real app launched."""
 import os
 import socket
 import subprocess
@@ -8,8 +8,35 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: intra-op threads only add contention on the shared 2-core CPU (10x slower).
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    """A tiny random attention DDPM saved with ``save_pretrained``: loaded by path like any local model."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=8, norm_num_groups=4,
+    ).eval()
+    directory = tmp_path_factory.mktemp("tiny") / "model"
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(directory)
+    return str(directory)
 
 
 def _free_port() -> int:

@@ -11,8 +11,6 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
-import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from PIL import Image
 
 from core.criteria import CRITERIA
@@ -22,33 +20,13 @@ from core.spec import PRESETS
 from diffprune_ui import app as ui_app
 from diffprune_ui import handlers
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
 def results_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFPRUNE_RESULTS_DIR", str(tmp_path / "results"))
     return tmp_path / "results"
-
-
-@pytest.fixture(scope="module")
-def tiny_source(tmp_path_factory):
-    """A tiny attention UNet saved with save_pretrained: loaded by path like any local model."""
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=8, norm_num_groups=4,
-    ).eval()
-    directory = tmp_path_factory.mktemp("tiny-model")
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(directory)
-    return str(directory)
 
 
 class RecordingProgress:
@@ -140,11 +118,11 @@ def test_spec_from_controls_names_the_bad_field():
 
 
 # ------------------------------------------------------------------------------ model + first screen
-def test_dense_preview_and_model_card(tiny_source):
-    grid, card = handlers.dense_preview(tiny_source, seed=1, steps=2)
+def test_dense_preview_and_model_card(tiny_model):
+    grid, card = handlers.dense_preview(tiny_model, seed=1, steps=2)
     assert isinstance(grid, Image.Image) and grid.width >= 4 * 8 * 4  # 4 columns of 8 px, scaled 4x, plus padding
     assert "parameters" in card
-    again, _ = handlers.dense_preview(tiny_source, seed=1, steps=2)
+    again, _ = handlers.dense_preview(tiny_model, seed=1, steps=2)
     assert np.array_equal(np.asarray(grid), np.asarray(again))  # same seed, same samples
 
 
@@ -158,17 +136,17 @@ def test_bad_model_source_is_a_short_error(source, message):
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_first_screen_shows_samples_curve_and_charts(tiny_source):
-    grid, card, curve, pareto, by_sparsity = handlers.first_screen(tiny_source, 0, 2, *SCHEDULE_DEFAULTS)
+def test_first_screen_shows_samples_curve_and_charts(tiny_model):
+    grid, card, curve, pareto, by_sparsity = handlers.first_screen(tiny_model, 0, 2, *SCHEDULE_DEFAULTS)
     assert isinstance(grid, Image.Image)
     assert all(isinstance(f, go.Figure) for f in (curve, pareto, by_sparsity))
     assert len(curve.data) >= 1
 
 
 # ------------------------------------------------------------------------------ run
-def test_run_prune_returns_every_view(tiny_source):
+def test_run_prune_returns_every_view(tiny_model):
     progress = RecordingProgress()
-    outputs = handlers.run_prune(*run_args(tiny_source), request=FakeRequest(), progress=progress)
+    outputs = handlers.run_prune(*run_args(tiny_model), request=FakeRequest(), progress=progress)
     (status, summary, dense_grid, pruned_grid, slider_pair, pair_update, pairs, importance, timestep_heatmap,
      layers, used, pareto, by_sparsity, archive) = outputs
     assert status.startswith("**Done**")
@@ -195,14 +173,14 @@ def test_run_prune_returns_every_view(tiny_source):
     pruned = load_pipeline(archive + ".d/pruned-model", device="cpu")
     assert sum(p.numel() for p in pruned.unet.parameters()) == int(row["parameters"][1].replace(",", ""))
     # The cached dense model is untouched by the run.
-    dense = handlers.cached_pipeline(tiny_source)
+    dense = handlers.cached_pipeline(tiny_model)
     assert sum(p.numel() for p in dense.unet.parameters()) == int(row["parameters"][0].replace(",", ""))
     # The run is stored: the results charts now have the point.
     assert len(handlers.results_table()) >= 2
 
 
-def test_run_prune_calibrated_criterion_reports_timesteps(tiny_source):
-    outputs = handlers.run_prune(*run_args(tiny_source, criterion="taylor", schedule="custom", custom="3:1, 200:0.5"),
+def test_run_prune_calibrated_criterion_reports_timesteps(tiny_model):
+    outputs = handlers.run_prune(*run_args(tiny_model, criterion="taylor", schedule="custom", custom="3:1, 200:0.5"),
                                  request=FakeRequest(), progress=RecordingProgress())
     summary, used, heatmap = outputs[1], outputs[10], outputs[8]
     assert "2 (t = 3 .. 200)" in summary.set_index("").loc["timesteps used", "pruned"]
@@ -218,20 +196,20 @@ def test_run_prune_calibrated_criterion_reports_timesteps(tiny_source):
     (dict(criterion="random", granularity="channel", sparsity=3.0), "sparsity"),
     (dict(quality="PSNR"), "quality metric"),
 ])
-def test_run_prune_bad_input_is_a_short_error_and_next_run_works(tiny_source, change, field):
+def test_run_prune_bad_input_is_a_short_error_and_next_run_works(tiny_model, change, field):
     with pytest.raises(gr.Error) as caught:
-        handlers.run_prune(*run_args(tiny_source, **change), request=FakeRequest(), progress=RecordingProgress())
+        handlers.run_prune(*run_args(tiny_model, **change), request=FakeRequest(), progress=RecordingProgress())
     assert field in str(caught.value)
     assert len(str(caught.value)) < 400
 
 
-def test_cancel_stops_the_run_and_keeps_nothing_half_done(tiny_source):
+def test_cancel_stops_the_run_and_keeps_nothing_half_done(tiny_model):
     request = FakeRequest()
     progress = RecordingProgress(on_call=lambda n: handlers.cancel_run(request) if n == 2 else None)
     with pytest.raises(gr.Error, match="cancelled"):
-        handlers.run_prune(*run_args(tiny_source), request=request, progress=progress)
+        handlers.run_prune(*run_args(tiny_model), request=request, progress=progress)
     assert request.session_hash not in handlers._CANCELLED
-    outputs = handlers.run_prune(*run_args(tiny_source), request=request, progress=RecordingProgress())
+    outputs = handlers.run_prune(*run_args(tiny_model), request=request, progress=RecordingProgress())
     assert outputs[0].startswith("**Done**")
 
 
@@ -244,8 +222,8 @@ def test_select_pair():
         handlers.select_pair(0, [])
 
 
-def test_run_compare_sweeps_and_reuses_stored_rows(tiny_source):
-    args = (tiny_source, ["random", "magnitude"], "unstructured", ["0.5"], 4, 2, 0)
+def test_run_compare_sweeps_and_reuses_stored_rows(tiny_model):
+    args = (tiny_model, ["random", "magnitude"], "unstructured", ["0.5"], 4, 2, 0)
     table, pareto, by_sparsity = handlers.run_compare(*args, progress=RecordingProgress())
     assert list(table["criterion"]) == ["random", "magnitude"]
     assert not table["cached"].any() and table["kid"].notna().all()
@@ -255,11 +233,11 @@ def test_run_compare_sweeps_and_reuses_stored_rows(tiny_source):
     assert isinstance(pareto, go.Figure) and len(by_sparsity.data) >= 1
 
 
-def test_run_compare_bad_input(tiny_source):
+def test_run_compare_bad_input(tiny_model):
     with pytest.raises(gr.Error, match="at least one criterion"):
-        handlers.run_compare(tiny_source, [], "unstructured", ["0.5"], 4, 2, 0, progress=RecordingProgress())
+        handlers.run_compare(tiny_model, [], "unstructured", ["0.5"], 4, 2, 0, progress=RecordingProgress())
     with pytest.raises(gr.Error, match="at least one sparsity"):
-        handlers.run_compare(tiny_source, ["random"], "channel", [], 4, 2, 0, progress=RecordingProgress())
+        handlers.run_compare(tiny_model, ["random"], "channel", [], 4, 2, 0, progress=RecordingProgress())
 
 
 def test_build_demo_wires_every_registry_choice():

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from core.cli import build_parser, main, spec_from_args
 from core.criteria import prunable_layers
@@ -22,14 +21,7 @@ from core.pipeline import PRUNED_MARKER, load_pipeline
 REPO = Path(__file__).resolve().parent.parent
 CHEAP_EVAL = ["--num-samples", "2", "--steps", "2", "--metrics", "macs"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add contention on the shared 2-core CPU (10x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -37,20 +29,6 @@ def private_dirs(tmp_path, monkeypatch):
     """Results store and feature cache inside tmp_path, never in the home directory."""
     monkeypatch.setenv("DIFFPRUNE_RESULTS_DIR", str(tmp_path / "results"))
     monkeypatch.setenv("DIFFPRUNE_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    """A tiny random DDPM pipeline saved with ``save_pretrained`` (as in tests/test_prune.py)."""
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=8, norm_num_groups=4,
-    ).eval()
-    directory = tmp_path_factory.mktemp("tiny") / "model"
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(directory)
-    return str(directory)
 
 
 @pytest.fixture(scope="module")

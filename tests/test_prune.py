@@ -25,14 +25,7 @@ FAST_SCHEDULE = {"schedule": "custom", "schedule_params": {"timesteps": [[10, 1.
 ENGINE_CRITERIA = sorted(name for name, c in CRITERIA.items() if getattr(c, "reconstruct", None) is None)
 GRANULARITY_CASES = {"unstructured": 0.5, "2:4": None, "4:8": None, "channel": 0.44, "head": 0.05}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add contention on the shared 2-core CPU (10x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_pipeline(attention: bool, channels=(16, 32), seed=0):

@@ -2,7 +2,6 @@
 import sys
 
 import pytest
-import torch
 
 import core.sweep  # noqa: F401 - loads the module; ``core.sweep`` the attribute is the function
 from core.spec import PruneSpec
@@ -15,14 +14,7 @@ sweep_module = sys.modules["core.sweep"]
 
 SETTINGS = {"num_samples": 2, "num_inference_steps": 2, "metrics": ["macs"]}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add contention on the shared 2-core CPU (10x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_sweep_stores_rows_and_resumes(tmp_path, monkeypatch):

@@ -232,13 +232,24 @@ def apply_nm(unet, scores, spec, progress=None):
 
 
 # ---------------------------------------------------------------------------- channel
+class ConsumerScores(dict):
+    """Per-weight scores whose channel importance is counted on the input side only: a channel
+    scores the error its removal causes in the layers that read it (OBS-Diff's unit error), not
+    the weights of the layer that writes it. ``compensate(unet, removed)``, when set, is called
+    after the cut with ``removed = {layer name: {"out": [...], "in": [...]}}`` (indices of the
+    original shapes) so that the criterion can update the remaining weights."""
+
+    compensate: Callable | None = None
+
+
 class WeightScoreImportance:
     """Torch-Pruning importance fed by per-weight scores: a channel's score is the sum, over its
     dependency group, of the scores of the conv/linear weights it owns (output rows or input
     columns). Modules without prunable weights (norms, conv_in, conv_out) contribute nothing."""
 
-    def __init__(self, scores_by_module: dict):
+    def __init__(self, scores_by_module: dict, input_side_only: bool = False):
         self.scores_by_module = scores_by_module  # module -> per-weight score tensor
+        self.input_side_only = input_side_only  # ConsumerScores: output rows contribute nothing
 
     @torch.no_grad()
     def __call__(self, group):
@@ -254,6 +265,8 @@ class WeightScoreImportance:
             if any(r is None for r in root_idxs):
                 continue
             if prune_fn in (tp.prune_conv_out_channels, tp.prune_linear_out_channels):
+                if self.input_side_only:
+                    continue
                 local = score.flatten(1).sum(1)[idxs]
             elif prune_fn in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
                 local = score.transpose(0, 1).flatten(1).sum(1)[idxs]
@@ -300,7 +313,8 @@ class ChannelPlanner:
         self.pruner = tp.pruner.BasePruner(
             unet,
             example_inputs(unet),
-            importance=WeightScoreImportance({modules[n]: s for n, s in scores_by_name.items()}),
+            importance=WeightScoreImportance({modules[n]: s for n, s in scores_by_name.items()},
+                                             input_side_only=isinstance(scores_by_name, ConsumerScores)),
             pruning_ratio=0.0,  # set per call: local, every group loses the same fraction (Diff-Pruning)
             ignored_layers=[unet.conv_out],  # conv_out is never pruned (METHODS.md)
             num_heads=num_heads,  # attention channels removed evenly per head; heads are kept
@@ -455,7 +469,14 @@ def apply_channel(unet, scores, spec, progress=None):
         if progress is not None:
             progress(0.95, f"pruning: removing channels at ratio {ratio:.4f}")
         if ratio > 0 or boost is not None:
+            modules = {module: name for name, module in unet.named_modules()}
+            removed = {modules[module]: {side: sorted(indices) for side, indices in entry.items()}
+                       for module, entry in planner.plan(ratio, boost).items() if module in modules}
             planner.prune(ratio, boost)
+            if getattr(scores, "compensate", None) is not None:
+                if progress is not None:
+                    progress(0.97, "pruning: compensating the remaining weights")
+                scores.compensate(unet, removed)
         outcome.structural_ratio = ratio
         if boost is not None:
             outcome.notes["boosted_groups"] = {"ratio": boost[0], "count": boost[1], "of": len(planner.roots)}

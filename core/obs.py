@@ -19,6 +19,15 @@ per-layer solver is SparseGPT's (Frantar & Alistarh, ICML 2023, ``sparsegpt.py::
    FFN neurons (``diffusers`` ``FeedForward``: the up-projection produces them, the
    down-projection consumes them). ``UNet2DModel`` has no FFN (its attention blocks are
    self-attention only), so on the default model only heads are prunable this way.
+   **Conv channels** (``channel`` granularity, through the engine's Torch-Pruning cut): a channel's
+   score is the OBS error of removing its input columns from every layer that reads it,
+   ``sum_rows sum_columns W^2 / [Hinv]_cc`` (the unit error above with the diagonal of ``Hinv``),
+   so the dependency group that is cheapest to reconstruct goes first; after the cut every
+   reading layer (``conv_out`` included) is compensated by the least-squares solution for its
+   kept columns, ``W' = W H_:R (H_RR + lambda I)^-1`` (the block OBS update of removing all the
+   cut columns at once). The norms between a producer and its readers (GroupNorm) see fewer
+   channels after the cut, which compensation cannot model: channel obs is calibrated on the
+   dense trajectory in one pass (no sequential groups) and its quality is measured, not assumed.
 4. **Group-wise sequential calibration.** The prunable layers, in forward order, are split into
    ``num_groups`` (default 4) contiguous groups; group ``g``'s Hessians are collected by running
    the recorded dense sampling trajectory through the model in which groups ``< g`` are already
@@ -60,6 +69,7 @@ DEFAULT_BLOCKSIZE = 128  # SparseGPT's column block
 DEFAULT_PERCDAMP = 0.01  # SparseGPT / OBS-Diff: lambda = 0.01 * mean(diag H)
 DEFAULT_NUM_GROUPS = 4  # OBS-Diff group-wise sequential pruning
 DEFAULT_MAX_RETRIES = 8  # damping x10 per retry: 0.01 -> 1e6 * mean(diag H)
+OBS_GRANULARITIES = ("unstructured", "N:M", "head", "channel")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -786,8 +796,14 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
         remove = {name: int(before) - int(probe.units_after.get(name, before))
                   for name, before in probe.units_before.items()}
         report = obs_prune_unet(unet, scheduler, granularity="head", heads_to_remove=remove, shrink=False, **options)
+    elif granularity == "channel":
+        scores, timestep_weights = obs_channel_scores(
+            unet, scheduler, layers, schedule=spec.schedule, schedule_params=dict(spec.schedule_params),
+            num_images=options["num_images"], seed=int(spec.seed), percdamp=params["percdamp"], progress=progress)
+        stats = CalibrationStats(timestep_weights=list(timestep_weights), num_images=options["num_images"])
+        return scores, stats, f"generated ({len(timestep_weights)}-step DDIM trajectories of the dense model)"
     else:
-        raise ValueError(f"criterion 'obs' supports granularities ['unstructured', 'N:M', 'head'], got {granularity!r}")
+        raise ValueError(f"criterion 'obs' supports granularities {list(OBS_GRANULARITIES)}, got {granularity!r}")
     scores = {}
     for name, module in layers.items():
         weight = module.weight.detach().abs()
@@ -808,6 +824,89 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
     return scores, stats, source
 
 
+def obs_channel_scores(unet: nn.Module, noise_scheduler, layers: dict, *, schedule: str = "log-decrease",
+                       schedule_params: dict | None = None, num_images: int = 4, seed: int = 0,
+                       percdamp: float = DEFAULT_PERCDAMP, progress: ProgressFn | None = None):
+    """Channel OBS (see the module docstring): ``ConsumerScores`` for the engine's channel cut,
+    with a ``compensate`` step that re-solves every reading layer's kept columns afterwards.
+
+    Hessians of all ``layers`` and of ``conv_out`` (which reads the last channels but is never
+    cut itself) are collected in one pass over the dense model's own sampling trajectories.
+    Returns ``(scores, timestep_weights)``.
+    """
+    from .granularity import ConsumerScores
+
+    num_train_timesteps = int(noise_scheduler.config.num_train_timesteps)
+    timestep_weights = resolve_timestep_weights(schedule, schedule_params, num_train_timesteps)
+    config = unet.config
+    size = config.sample_size
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    noise = torch.randn((num_images, config.in_channels, height, width), generator=torch.Generator().manual_seed(int(seed)))
+    readers = {name: module for name, module in layers.items() if supported_layer(module)}
+    conv_out = getattr(unet, "conv_out", None)
+    if conv_out is not None and supported_layer(conv_out):
+        readers["conv_out"] = conv_out
+    if progress is not None:
+        progress(0.0, "obs: sampling the dense calibration trajectory, collecting Hessians")
+    with collect_hessians(readers) as collector, torch.no_grad():
+        sampling_trajectory(unet, noise_scheduler, timestep_weights, noise,
+                            before_step=lambda weight: setattr(collector, "timestep_weight", weight))
+    originals, hessians = {}, {}
+    scores = ConsumerScores()
+    for index, (name, module) in enumerate(readers.items()):
+        if progress is not None:
+            progress(0.8 + 0.2 * index / len(readers), f"obs: channel errors of {name}")
+        hessian = collector.hessian(name)
+        matrix = weight_matrix(module).to(torch.float64)
+        inverse, _, _ = damped_inverse(hessian, percdamp, cholesky_upper=False)
+        saliency = matrix.pow(2) / torch.diagonal(inverse).clamp_min(1e-12)
+        originals[name], hessians[name] = matrix.to(torch.float32).cpu(), hessian.to(torch.float32).cpu()
+        if name in layers:  # conv_out is no prunable layer: it is only compensated
+            scores[name] = matrix_to_weight(saliency.to(module.weight.dtype), module).to(module.weight.device)
+    del collector
+
+    def compensate(pruned_unet: nn.Module, removed: dict) -> None:
+        modules = dict(pruned_unet.named_modules())
+        for name, original in originals.items():
+            entry = removed.get(name, {})
+            if not entry.get("in"):
+                continue  # no input removed: the kept rows are exactly as before
+            module = modules[name]
+            positions = module.weight[0].numel() // module.weight.shape[1]  # kernel positions (1 for Linear)
+            in_channels = original.shape[1] // positions
+            dropped_in, dropped_out = set(entry["in"]), set(entry.get("out", ()))
+            kept_in = [c for c in range(in_channels) if c not in dropped_in]
+            kept_rows = [o for o in range(original.shape[0]) if o not in dropped_out]
+            columns = torch.tensor([p * in_channels + c for p in range(positions) for c in kept_in])
+            updated = _least_squares_columns(original[kept_rows].to(torch.float64),
+                                             hessians[name].to(torch.float64), columns, percdamp)
+            with torch.no_grad():
+                module.weight.copy_(matrix_to_weight(updated.to(module.weight.dtype), module).to(module.weight.device))
+
+    scores.compensate = compensate
+    return scores, timestep_weights
+
+
+def _least_squares_columns(matrix: torch.Tensor, hessian: torch.Tensor, columns: torch.Tensor,
+                           percdamp: float = DEFAULT_PERCDAMP) -> torch.Tensor:
+    """``W' = W H_:R (H_RR + lambda I)^-1``: the kept columns ``R`` that best reproduce ``W X``
+    (``H ~ X X^T``), i.e. the block OBS compensation for removing all other columns at once.
+    Falls back to the uncompensated columns if the solution is not finite."""
+    prepared, _ = _prepare_hessian(hessian)
+    kept = prepared[columns][:, columns]
+    damping = percdamp * float(torch.diagonal(kept).abs().mean()) if kept.numel() else 0.0
+    identity = torch.eye(kept.shape[0], dtype=kept.dtype)
+    for _ in range(DEFAULT_MAX_RETRIES + 1):
+        try:
+            solution = torch.linalg.solve(kept + max(damping, 1e-8) * identity, prepared[columns] @ matrix.T).T
+        except RuntimeError:  # singular even after damping: damp more
+            solution = None
+        if solution is not None and torch.isfinite(solution).all():
+            return solution
+        damping = max(damping, 1e-8) * 10.0
+    return matrix[:, columns]
+
+
 def _scores_by_reconstruction(layers, stats, params, seed):
     raise ValueError("criterion 'obs' prunes by reconstruction (Criterion.reconstruct), not from scores")
 
@@ -817,7 +916,7 @@ def register() -> None:
     from .criteria import Criterion, register_criterion
 
     register_criterion(Criterion(
-        "obs", _scores_by_reconstruction, granularities=("unstructured", "N:M", "head"),
+        "obs", _scores_by_reconstruction, granularities=OBS_GRANULARITIES,
         reconstruct=engine_reconstruct, default_schedule="log-decrease",
         # 4 trajectories x 25 steps: the X^T X products dominate the cost (about 350 G
         # multiply-adds on the default model), linear in the number of trajectories

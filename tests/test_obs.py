@@ -266,3 +266,60 @@ def test_obs_through_the_engine_compensates_kept_weights():
     assert any(a.heads < 4 for a in attentions)
     with torch.no_grad():
         assert torch.isfinite(heads.pipeline.unet(torch.randn(1, 1, 8, 8), torch.tensor([3])).sample).all()
+
+
+def test_least_squares_compensation_beats_dropping_columns():
+    inputs = correlated_inputs(features=48)
+    weight = torch.randn(16, 48, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    hessian = 2 * inputs.double().T @ inputs.double() / inputs.shape[0]
+    kept = torch.tensor([c for c in range(48) if c % 3])  # a third of the columns removed
+    compensated = obs._least_squares_columns(weight, hessian, kept, percdamp=1e-8)
+    target = inputs.double() @ weight.T
+    error_compensated = float((target - inputs.double()[:, kept] @ compensated.T).pow(2).sum())
+    error_dropped = float((target - inputs.double()[:, kept] @ weight[:, kept].T).pow(2).sum())
+    optimum = torch.linalg.lstsq(inputs.double()[:, kept], target).solution.T  # the best possible kept columns
+    error_optimum = float((target - inputs.double()[:, kept] @ optimum.T).pow(2).sum())
+    assert compensated.shape == (16, 32)
+    assert error_compensated == pytest.approx(error_optimum, rel=1e-6)
+    assert error_compensated < 0.9 * error_dropped
+    # a singular Hessian is damped, never NaN
+    assert torch.isfinite(obs._least_squares_columns(weight, torch.zeros(48, 48, dtype=torch.float64), kept)).all()
+
+
+def test_obs_channel_granularity_cuts_channels_and_compensates_readers():
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from core.engine import prune
+    from core.spec import PruneSpec
+
+    dense = DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=1000))
+    before = copy.deepcopy(dense.unet.state_dict())
+    options = dict(criterion="obs", granularity="channel", sparsity=0.3, schedule_params={"num_steps": 4},
+                   calibration_batch_size=2)
+    result = prune(dense, PruneSpec(**options))
+    totals = result.report.totals
+    assert abs(totals["sparsity"] - 0.3) <= 0.02 and totals["params_ratio"] < 0.8
+    assert all(torch.equal(before[k], v) for k, v in dense.unet.state_dict().items())  # caller untouched
+    assert prune(dense, PruneSpec(**options)).pipeline.unet.state_dict()["conv_out.weight"].equal(
+        result.pipeline.unet.state_dict()["conv_out.weight"])  # deterministic
+
+    # Compensation: the pruned model's noise prediction on the calibration-like inputs is closer
+    # to the dense model's than the same cut without compensation.
+    original = obs.obs_channel_scores
+    try:
+        def without_compensation(*args, **kwargs):
+            scores, weights = original(*args, **kwargs)
+            scores.compensate = None
+            return scores, weights
+        obs.obs_channel_scores = without_compensation
+        plain = prune(dense, PruneSpec(**options))
+    finally:
+        obs.obs_channel_scores = original
+    assert [p.shape for p in plain.pipeline.unet.parameters()] == [p.shape for p in result.pipeline.unet.parameters()]
+    generator = torch.Generator().manual_seed(0)
+    sample, t = torch.randn(8, 1, 8, 8, generator=generator), torch.tensor([999] * 4 + [500] * 4)
+    with torch.no_grad():
+        reference = dense.unet(sample, t).sample
+        error_compensated = float((result.pipeline.unet(sample, t).sample - reference).pow(2).mean())
+        error_plain = float((plain.pipeline.unet(sample, t).sample - reference).pow(2).mean())
+    assert error_compensated < error_plain

@@ -7,8 +7,10 @@ Parts (``--parts``, default all):
   parameter and MAC ratios (targets 0.54-0.58x params, <= 0.58x MACs) and the measured CPU
   latency speed-up against the MAC reduction factor (target >= 0.85x of it).
 * ``cost``      -- wall time of ``prune`` per criterion with its default calibration on the
-  embedded default model (target: taylor and nici under 60 s on a 2-core CPU); ``--paper`` also
-  times the papers' own calibration presets (slow).
+  embedded default model (target: taylor and nici under 60 s on a 2-core CPU), each with the
+  estimate the app shows before a run (``core.cost``: passes x measured seconds per pass);
+  ``--paper`` also times the papers' own calibration presets (hours on a CPU),
+  ``--paper-estimate`` only estimates them.
 * ``kid``       -- KID (``--kid-samples``, default 256) at 50% unstructured sparsity, no fine-tuning,
   for taylor, nici, magnitude and random on the default model (through ``core.evaluate``).
 
@@ -114,13 +116,23 @@ def bench_cost(args) -> dict:
     if not args.skip_presets:
         specs["preset:diffpruning"] = PRESETS["diffpruning"]
         specs["preset:nici"] = PRESETS["nici"]
-    if args.paper:
-        specs["preset:diffpruning-paper"] = PRESETS["diffpruning-paper"]
-        specs["preset:nici-paper"] = PRESETS["nici-paper"]
+    paper = {}
+    if args.paper or args.paper_estimate:
+        paper = {"preset:diffpruning-paper": PRESETS["diffpruning-paper"], "preset:nici-paper": PRESETS["nici-paper"]}
+        specs.update(paper)
     entry = {}
+    from core.cost import estimate_cost
     from core.engine import clear_calibration_cache
 
     for label, spec in specs.items():
+        estimate = estimate_cost(pipeline, spec)  # measured rate x passes: printed before the run, as the app shows it
+        if estimate:
+            print(f"estimate {label}: {'up to ' if estimate['upper_bound'] else ''}{estimate['seconds']:.1f} s "
+                  f"({estimate['passes']} passes at {1000 * estimate['seconds_per_pass']:.1f} ms)", flush=True)
+        if label in paper and not args.paper:
+            entry[label] = {"estimate": estimate, "measured": False, "threads": torch.get_num_threads(),
+                            "spec": spec.to_dict()}
+            continue
         clear_calibration_cache()  # time a full calibration, never a reused one
         started = time.perf_counter()
         result = prune(pipeline, spec)
@@ -130,6 +142,7 @@ def bench_cost(args) -> dict:
             "calibration_images": totals["calibration_images"], "timesteps": len(result.report.timestep_weights),
             "schedule": spec.schedule, "schedule_stopped_at": totals["schedule_stopped_at"], "spec": spec.to_dict(),
             "timesteps_per_group": totals.get("timesteps_per_group"), "threads": torch.get_num_threads(),
+            "estimate": estimate, "measured": True,
         }
         print(f"cost {label}: {entry[label]['seconds']:.1f} s", flush=True)
     return entry
@@ -161,6 +174,8 @@ def main(argv=None) -> int:
     parser.add_argument("--criteria", nargs="+", default=["random", "magnitude", "taylor", "nici", "l1"])
     parser.add_argument("--skip-presets", action="store_true", help="cost: time only --criteria (no channel presets)")
     parser.add_argument("--paper", action="store_true", help="also time the papers' calibration presets (slow)")
+    parser.add_argument("--paper-estimate", action="store_true",
+                        help="estimate the papers' presets from the measured per-pass rate without running them")
     parser.add_argument("--kid-samples", type=int, default=256)
     parser.add_argument("--kid-steps", type=int, default=50)
     parser.add_argument("--threads", type=int, default=None)

@@ -6,6 +6,7 @@
     row = evaluate(result.pipeline, num_samples=256, num_inference_steps=25, dense_pipeline=dense)
     result.save("runs/taylor-30")
 """
+from .cost import estimate_cost
 from .criteria import CRITERIA
 from .engine import PruneReport, PruneResult, prune
 from .evaluate import evaluate
@@ -22,4 +23,5 @@ __all__ = [
     "load_pipeline", "sample_images", "make_grid", "to_pil", "pick_device",
     "PruneSpec", "PRESETS", "CRITERIA", "SCHEDULES", "GRANULARITIES",
     "prune", "PruneResult", "PruneReport", "evaluate", "compare_grid", "sweep", "ResultStore", "finetune",
+    "estimate_cost",
 ]

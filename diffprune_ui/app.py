@@ -89,6 +89,7 @@ def build_demo() -> gr.Blocks:
                                                                label="calibration batch size")
                             calibration_batches = gr.Number(value=first.default_calibration_batches, precision=0,
                                                             label="calibration batches")
+                        cost_note = gr.Markdown(elem_id="cost-note")
                     with gr.Row():
                         num_samples = gr.Number(value=16, precision=0, label=f"eval samples (2-{handlers.MAX_SAMPLES})")
                         steps = gr.Number(value=25, precision=0, label="sampling steps")
@@ -147,6 +148,11 @@ def build_demo() -> gr.Blocks:
         for name, button in preset_buttons.items():
             button.click(lambda n=name: preset_values(n), None, preset_outputs)
         load_button.click(handlers.dense_preview, [source, seed, steps], [dense_grid, model_info])
+        estimate_inputs = [source, criterion, granularity, sparsity, *schedule_inputs, calibration_batch_size,
+                           calibration_batches, seed]
+        for control in (criterion, granularity, schedule, threshold, interval_weights, num_timesteps, custom_text,
+                        calibration_batch_size, calibration_batches):
+            control.change(handlers.calibration_estimate, estimate_inputs, cost_note, show_progress="hidden")
         run_inputs = [source, criterion, granularity, sparsity, *schedule_inputs, calibration_batch_size,
                       calibration_batches, num_samples, steps, seed, quality]
         run_outputs = [status, summary, dense_grid, pruned_grid, slider, pair_index, pairs_state, importance_plot,

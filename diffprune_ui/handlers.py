@@ -167,6 +167,23 @@ def criterion_changed(criterion):
             gr.update(visible=entry.needs_calibration), f"*{entry.description}*")
 
 
+def calibration_estimate(source, criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps,
+                         w_min, w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches,
+                         seed) -> str:
+    """Before a run: how long the calibration will take here (passes x a measured per-pass time).
+    Invalid settings show why instead (the run button raises the same error as gr.Error)."""
+    from core.cost import describe_estimate, estimate_cost
+
+    try:
+        spec = spec_from_controls(criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps,
+                                  w_min, w_max, num_timesteps, custom_text, calibration_batch_size,
+                                  calibration_batches, seed)
+        text = describe_estimate(estimate_cost(cached_pipeline(source), spec))
+    except (ValueError, TypeError) as error:
+        return f"*cannot estimate: {str(error)[:160]}*"
+    return f"*{text}*" if text else ""
+
+
 def granularity_choices(granularities) -> list[str]:
     """Registry names, with the N:M family expanded to the patterns the app offers."""
     choices = []

@@ -118,6 +118,17 @@ def test_spec_from_controls_names_the_bad_field():
 
 
 # ------------------------------------------------------------------------------ model + first screen
+def test_calibration_estimate_before_a_run(tiny_model):
+    interval = ("interval",) + SCHEDULE_DEFAULTS[1:]
+    text = handlers.calibration_estimate(tiny_model, "nici", "channel", 0.3, *interval, 2, 3, 0)
+    assert "6 images x 235 timesteps = 1,410 passes" in text and "measured" in text
+    threshold = handlers.calibration_estimate(tiny_model, "taylor", "channel", 0.3, *SCHEDULE_DEFAULTS, 2, 1, 0)
+    assert "up to" in threshold and "1000 timesteps" in threshold
+    assert handlers.calibration_estimate(tiny_model, "magnitude", "channel", 0.3, *SCHEDULE_DEFAULTS, 2, 1, 0) == ""
+    bad = handlers.calibration_estimate(tiny_model, "nici", "channel", 0.3, *interval, 0, 1, 0)
+    assert bad.startswith("*cannot estimate") and "calibration_batch_size" in bad
+
+
 def test_dense_preview_and_model_card(tiny_model):
     grid, card = handlers.dense_preview(tiny_model, seed=1, steps=2)
     assert isinstance(grid, Image.Image) and grid.width >= 4 * 8 * 4  # 4 columns of 8 px, scaled 4x, plus padding

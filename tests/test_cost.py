@@ -1,0 +1,32 @@
+"""core.cost: the calibration estimate shown before a run (passes x a measured per-pass time)."""
+import pytest
+
+from core import PruneSpec, estimate_cost, load_pipeline
+from core.cost import calibration_passes, describe_estimate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_passes_follow_the_schedule_and_the_calibration_size(tiny_model):
+    pipeline = load_pipeline(tiny_model)
+    nici = calibration_passes(pipeline, PruneSpec(criterion="nici", granularity="channel", sparsity=0.3,
+                                                  calibration_batches=10, calibration_batch_size=128))
+    assert nici == dict(timesteps=235, images=1280, passes=300_800, forward_only_passes=0, upper_bound=False)
+    capped = calibration_passes(pipeline, PruneSpec(criterion="taylor", granularity="channel", sparsity=0.3,
+                                                    schedule_params={"max_timesteps": 50}))
+    assert capped["upper_bound"] and capped["timesteps"] == 50 and capped["forward_only_passes"] == 50 * 4
+    assert calibration_passes(pipeline, PruneSpec(criterion="magnitude", granularity="channel", sparsity=0.3)) == {}
+
+
+def test_estimate_uses_a_measured_rate_and_scales_with_passes(tiny_model):
+    pipeline = load_pipeline(tiny_model)
+    small = estimate_cost(pipeline, PruneSpec(criterion="l1", granularity="unstructured", sparsity=0.5,
+                                              calibration_batch_size=2))
+    large = estimate_cost(pipeline, PruneSpec(criterion="l1", granularity="unstructured", sparsity=0.5,
+                                              calibration_batch_size=2, calibration_batches=3))
+    assert small["seconds_per_pass"] > 0
+    assert large["seconds_per_pass"] == small["seconds_per_pass"]  # one measurement per model and batch size
+    assert large["seconds"] == pytest.approx(3 * small["seconds"])
+    assert "about" in describe_estimate(small) and "20 passes" in describe_estimate(small)
+    with pytest.raises(ValueError, match="spec must be a PruneSpec"):
+        estimate_cost(pipeline, {"criterion": "l1"})

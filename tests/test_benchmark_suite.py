@@ -41,3 +41,19 @@ def test_suite_rows_outputs_and_resume(tiny_model, tmp_path, monkeypatch):
     rerun = {row["row_id"]: row["kid"] for _, row in again.iterrows()}
     assert all(rerun[key] == value for key, value in kept.items())
     assert len(rows_file.read_text().splitlines()) == len(table)
+
+    # --merge: a run of one criterion replaces only that criterion's rows of the published table.
+    merge_args = ["--model", tiny_model, "--criteria", "random", "--num-samples", "4", "--finetune-steps", "2",
+                  "--device", "cpu", "--out-dir", str(tmp_path / "out-merge"), "--csv", str(tmp_path / "bench.csv"),
+                  "--markdown", str(tmp_path / "BENCH.md"), "--seed", "1", "--merge"]
+    assert suite.main(merge_args) == 0
+    merged = pd.read_csv(tmp_path / "bench.csv")
+    assert len(merged) == len(table) and list(merged["criterion"]).count("random") == 8
+    old, new = again.set_index("row_id"), merged.set_index("row_id")
+    magnitude_rows = [key for key in old.index if key.startswith("magnitude")]
+    assert (new.loc[magnitude_rows, "kid"] == old.loc[magnitude_rows, "kid"]).all()  # kept as measured
+    random_rows = [key for key in old.index if key.startswith("random")]
+    assert (new.loc[random_rows, "kid"] != old.loc[random_rows, "kid"]).any()  # another seed: re-measured
+    merged_markdown = (tmp_path / "BENCH.md").read_text()
+    assert "Rows of random re-measured" in merged_markdown and "--merge" in merged_markdown
+    assert merged_markdown.count("| magnitude |") == 8

@@ -13,6 +13,8 @@ Parts (``--parts``, default all):
   ``--paper-estimate`` only estimates them.
 * ``kid``       -- KID (``--kid-samples``, default 256) at 50% unstructured sparsity, no fine-tuning,
   for taylor, nici, magnitude and random on the default model (through ``core.evaluate``).
+* ``nici-ablation`` -- why ``nici`` fails that check: KID (``--ablation-samples``, default 64) with
+  one ingredient swapped at a time (schedule, calibration size, loss).
 
 Results are merged into ``benchmarks/results/prune.json`` (one entry per part, with the command,
 the machine and the time). Example::
@@ -148,6 +150,33 @@ def bench_cost(args) -> dict:
     return entry
 
 
+NICI_ABLATION = {  # label -> PruneSpec options at 50% unstructured: which ingredient of nici fails
+    "nici (clean-image loss, interval, 1 x 4 images)": dict(criterion="nici"),
+    "nici with the threshold schedule": dict(criterion="nici", schedule="threshold"),
+    "nici with 1 x 32 calibration images": dict(criterion="nici", calibration_batch_size=32),
+    "taylor (denoising loss) with the interval schedule": dict(criterion="taylor", schedule="interval"),
+    "taylor (denoising loss, threshold)": dict(criterion="taylor"),
+    "random": dict(criterion="random"),
+}
+
+
+def bench_nici_ablation(args) -> dict:
+    """KID at 50% unstructured, no fine-tuning, when one ingredient of nici is swapped at a time:
+    its schedule (interval -> threshold), its calibration size (4 -> 32 images) or its loss
+    (clean-image -> denoising, i.e. taylor with nici's interval schedule)."""
+    from core.evaluate import evaluate
+    from core.pipeline import load_pipeline
+
+    pipeline = load_pipeline(None, device="cpu")
+    entry = {"settings": {"num_samples": args.ablation_samples, "num_inference_steps": args.kid_steps, "sparsity": 0.5}}
+    for label, options in NICI_ABLATION.items():
+        result = prune(pipeline, PruneSpec(granularity="unstructured", sparsity=0.5, **options))
+        row = evaluate(result.pipeline, args.ablation_samples, num_inference_steps=args.kid_steps, seed=0, metrics=("kid",))
+        entry[label] = {"kid": row["kid"], "kid_std": row["kid_std"], "spec": result.spec.to_dict()}
+        print(f"nici ablation {label}: KID {row['kid']:.4f} ± {row['kid_std']:.4f}", flush=True)
+    return entry
+
+
 def bench_kid(args) -> dict:
     from core.evaluate import evaluate
     from core.pipeline import load_pipeline
@@ -167,7 +196,8 @@ def bench_kid(args) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", default=["structure", "cost", "kid"], choices=["structure", "cost", "kid"])
+    parser.add_argument("--parts", nargs="+", default=["structure", "cost", "kid"],
+                        choices=["structure", "cost", "kid", "nici-ablation"])
     parser.add_argument("--latency-repeats", type=int, default=5, help="timed forwards per round (0: skip latency)")
     parser.add_argument("--latency-rounds", type=int, default=3)
     parser.add_argument("--latency-batch", type=int, default=8)
@@ -178,6 +208,7 @@ def main(argv=None) -> int:
                         help="estimate the papers' presets from the measured per-pass rate without running them")
     parser.add_argument("--kid-samples", type=int, default=256)
     parser.add_argument("--kid-steps", type=int, default=50)
+    parser.add_argument("--ablation-samples", type=int, default=64, help="nici-ablation: samples per KID")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
@@ -187,7 +218,8 @@ def main(argv=None) -> int:
     results = json.loads(output.read_text()) if output.exists() else {}
     for part in args.parts:
         started = time.perf_counter()
-        entry = {"structure": bench_structure, "cost": bench_cost, "kid": bench_kid}[part](args)
+        entry = {"structure": bench_structure, "cost": bench_cost, "kid": bench_kid,
+                 "nici-ablation": bench_nici_ablation}[part](args)
         results[part] = {"result": entry, "command": " ".join([Path(sys.executable).name, *sys.argv]),
                          "machine": machine(), "seconds": time.perf_counter() - started,
                          "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -623,7 +623,7 @@ def obs_prune_unet(
     after the group's last layer, and the group is pruned before the next one is calibrated.
     """
     if granularity not in ("unstructured", "N:M", "head"):
-        raise ValueError(f"obs granularity must be 'unstructured', 'N:M' or 'head', got {granularity!r}")
+        raise ValueError(f"obs granularity must be 'unstructured', 'N:M' or 'head' (channel: through core.prune), got {granularity!r}")
     report = ObsReport()
     started = time.perf_counter()
 

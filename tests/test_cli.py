@@ -239,10 +239,10 @@ def test_sweep_nm_granularity_ignores_sparsities_and_bad_pairs_fail_fast(tiny_mo
     assert code == 0, err
     table = pd.read_csv(tmp_path / "nm.csv")
     assert len(table) == 1 and table.loc[0, "sparsity"] == 0.5
-    # obs has no channel granularity: refused before any model is loaded
-    code, _, err = run(["sweep", "--model", tmp_path / "missing", "--criteria", "obs", "--granularities", "channel",
+    # an unknown granularity is refused before any model is loaded
+    code, _, err = run(["sweep", "--model", tmp_path / "missing", "--criteria", "obs", "--granularities", "block",
                         *CHEAP_EVAL], capsys)
-    assert code == 2 and "allowed" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "granularity must be one of" in err and len(err.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------------------------

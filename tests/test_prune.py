@@ -323,3 +323,29 @@ def test_default_model_channel_and_head():
     assert sum(a.heads for a in attention_modules(heads.pipeline.unet).values()) < sum(
         a.heads for a in attention_modules(pipeline.unet).values())
     assert torch.isfinite(sample_images(heads.pipeline, 2, num_inference_steps=2)).all()
+
+
+def test_nici_scores_are_clean_image_taylor_summed_over_batches(attn_pipeline):
+    """nici = sum over batches of |w * g_b|, g_b the gradient of the schedule-weighted
+    clean-image loss MSE(eps_theta(x0, t), x0) of batch b alone (zero_grad per batch)."""
+    import torch.nn.functional as F
+
+    unet = copy.deepcopy(attn_pipeline.unet)
+    generator = torch.Generator().manual_seed(5)
+    batches = [torch.rand(2, 1, 8, 8, generator=generator) * 2 - 1 for _ in range(2)]
+    plan = [[10, 1.0], [400, 0.5]]
+    stats = criteria_module.calibrate(unet, attn_pipeline.scheduler, batches, "clean-image", "custom",
+                                      {"timesteps": plan}, zero_grad_per_batch=True, seed=0)
+    scores = criteria_module.compute_scores(CRITERIA["nici"], unet, stats, {}, 0)
+
+    reference = copy.deepcopy(attn_pipeline.unet)
+    layers = prunable_layers(reference)
+    expected = {name: torch.zeros_like(module.weight) for name, module in layers.items()}
+    for clean in batches:
+        reference.zero_grad()
+        loss = sum(weight * F.mse_loss(reference(clean, torch.full((2,), t)).sample, clean) for t, weight in plan)
+        loss.backward()
+        for name, module in layers.items():
+            expected[name] += (module.weight * module.weight.grad).abs().detach()
+    for name in layers:
+        assert torch.allclose(scores[name], expected[name], rtol=1e-4, atol=1e-7), name

@@ -54,6 +54,10 @@ def _peak_rss_mib() -> float:
 def _write(section: str, payload: dict) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    earlier = data.get(section, {})
+    if section == "finetune" and earlier.get("settings") == payload.get("settings"):
+        # another process may have added rows since this one started: keep them
+        payload = dict(payload, results={**earlier.get("results", {}), **payload["results"]})
     data[section] = payload
     data.setdefault("machine", {})
     data["machine"].update(python=platform.python_version(), processor=platform.processor() or platform.machine())
@@ -238,30 +242,31 @@ def part_finetune(args) -> None:
     if "dense" not in rows:
         rows["dense"] = _evaluate(pipeline, args)
     for plan in args.plans.split(","):
-        criterion, granularity = plan.split("/")
-        distill = criterion == "nici"  # NiCI's recipe: noise loss + KD from the dense teacher
+        criterion, granularity, *recipe = plan.split("/")
+        # NiCI's recipe: noise loss + KD from the dense teacher; "/kd" or "/nokd" swaps it
+        distill = {"kd": True, "nokd": False}[recipe[0]] if recipe else criterion == "nici"
         try:
             pruned, totals = prune_with(pipeline, criterion, granularity, 0.44, args.seed)
         except ValueError as error:  # e.g. 44% is out of reach by removing attention heads only
-            rows[f"{criterion}/{granularity}"] = {"refused": str(error)}
+            rows[plan] = {"refused": str(error)}
             _write("finetune", dict(settings=settings, results=rows))
             continue
         before = _evaluate(pruned, args)
         started = time.perf_counter()
         tuned = finetune(pruned, args.finetune_steps, args.lr, args.batch_size, ema=args.ema,
                          distill=pipeline if distill else False, seed=args.seed,
-                         output_dir=ROOT / "runs" / "bench_obs" / f"{criterion}-{granularity}",
+                         output_dir=ROOT / "runs" / "bench_obs" / plan.replace("/", "-"),
                          checkpoint_every=max(1, args.finetune_steps // 4))
         finetune_wall = time.perf_counter() - started
         after = _evaluate(tuned.pipeline, args)
-        rows[f"{criterion}/{granularity}"] = {
+        rows[plan] = {
             "before_finetune": before, "after_finetune": after, "sparsity": totals.get("sparsity"),
             "params_ratio": totals.get("params_ratio"), "macs_ratio": totals.get("macs_ratio"),
             "prune_time_s": totals.get("wall_time_s"), "distill": distill,
             "finetune_time_s": round(finetune_wall, 1), "final_loss": float(tuned.losses["loss"].tail(100).mean()) if len(tuned.losses) else None,
             "command": " ".join(sys.argv), "threads": _threads(),
         }
-        print(criterion, granularity, rows[f"{criterion}/{granularity}"], flush=True)
+        print(plan, rows[plan], flush=True)
         _write("finetune", dict(settings=settings, results=rows, **_improvement(rows)))
 
 
@@ -278,9 +283,15 @@ def _improvement(rows: dict) -> dict:
         return {}
     increase_taylor = taylor["after_finetune"]["fid"] - dense["fid"]
     increase_nici = nici["after_finetune"]["fid"] - dense["fid"]
+    extra = {}
+    ablation = rows.get("nici/channel/nokd")  # NiCI's importance with Diff-Pruning's fine-tuning (no KD)
+    if ablation and "after_finetune" in ablation and increase_taylor:
+        increase = ablation["after_finetune"]["fid"] - dense["fid"]
+        extra = dict(fid_increase_nici_without_distillation=increase,
+                     nici_without_distillation_improvement_in_fid_increase=1 - increase / increase_taylor)
     return dict(fid_increase_taylor=increase_taylor, fid_increase_nici=increase_nici,
                 nici_improvement_in_fid_increase=1 - increase_nici / increase_taylor if increase_taylor else None,
-                paper_claim=0.304)
+                paper_claim=0.304, **extra)
 
 
 def main(argv=None) -> None:
@@ -297,7 +308,8 @@ def main(argv=None) -> None:
     parser.add_argument("--obs-images", type=int, default=4, help="calibration trajectories for obs")
     parser.add_argument("--finetune-steps", type=int, default=2000)
     parser.add_argument("--plans", default="taylor/channel,nici/channel,obs/channel",
-                        help="finetune: criterion/granularity pairs pruned to 44%% parameter sparsity")
+                        help="finetune: criterion/granularity pairs pruned to 44%% parameter sparsity; a third "
+                             "part /kd or /nokd turns the distillation on or off (default: on for nici only)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--batch-size", type=int, default=64)

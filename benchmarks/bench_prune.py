@@ -119,8 +119,9 @@ def bench_cost(args) -> dict:
         specs["preset:diffpruning"] = PRESETS["diffpruning"]
         specs["preset:nici"] = PRESETS["nici"]
     paper = {}
-    if args.paper or args.paper_estimate:
-        paper = {"preset:diffpruning-paper": PRESETS["diffpruning-paper"], "preset:nici-paper": PRESETS["nici-paper"]}
+    if args.paper is not None or args.paper_estimate:
+        names = args.paper or ["diffpruning-paper", "nici-paper"]
+        paper = {f"preset:{name}": PRESETS[name] for name in names}
         specs.update(paper)
     entry = {}
     from core.cost import estimate_cost
@@ -131,7 +132,7 @@ def bench_cost(args) -> dict:
         if estimate:
             print(f"estimate {label}: {'up to ' if estimate['upper_bound'] else ''}{estimate['seconds']:.1f} s "
                   f"({estimate['passes']} passes at {1000 * estimate['seconds_per_pass']:.1f} ms)", flush=True)
-        if label in paper and not args.paper:
+        if label in paper and args.paper is None:
             entry[label] = {"estimate": estimate, "measured": False, "threads": torch.get_num_threads(),
                             "spec": spec.to_dict()}
             continue
@@ -203,7 +204,8 @@ def main(argv=None) -> int:
     parser.add_argument("--latency-batch", type=int, default=8)
     parser.add_argument("--criteria", nargs="+", default=["random", "magnitude", "taylor", "nici", "l1"])
     parser.add_argument("--skip-presets", action="store_true", help="cost: time only --criteria (no channel presets)")
-    parser.add_argument("--paper", action="store_true", help="also time the papers' calibration presets (slow)")
+    parser.add_argument("--paper", nargs="*", default=None, choices=["diffpruning-paper", "nici-paper"],
+                        help="also time the papers' calibration presets (slow; no names: both)")
     parser.add_argument("--paper-estimate", action="store_true",
                         help="estimate the papers' presets from the measured per-pass rate without running them")
     parser.add_argument("--kid-samples", type=int, default=256)

@@ -54,10 +54,6 @@ def _peak_rss_mib() -> float:
 def _write(section: str, payload: dict) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    earlier = data.get(section, {})
-    if section == "finetune" and earlier.get("settings") == payload.get("settings"):
-        # another process may have added rows since this one started: keep them
-        payload = dict(payload, results={**earlier.get("results", {}), **payload["results"]})
     data[section] = payload
     data.setdefault("machine", {})
     data["machine"].update(python=platform.python_version(), processor=platform.processor() or platform.machine())
@@ -232,23 +228,31 @@ def part_finetune(args) -> None:
     from core.finetune import finetune
     from core.pipeline import load_pipeline
 
-    pipeline = load_pipeline(device=args.device)
-    previous = json.loads(RESULTS.read_text()).get("finetune", {}) if RESULTS.exists() else {}
-    rows = dict(previous.get("results", {}))
-    settings = dict(steps=args.finetune_steps, lr=args.lr, batch_size=args.batch_size, ema=args.ema,
-                    num_samples=args.num_samples, inference_steps=args.inference_steps, seed=args.seed)
-    if previous and previous.get("settings") != settings:
-        rows = {}  # another budget: earlier rows are not comparable
-    if "dense" not in rows:
-        rows["dense"] = _evaluate(pipeline, args)
+    plans = []  # (label, criterion, granularity, distill), checked before anything runs
     for plan in args.plans.split(","):
         criterion, granularity, *recipe = plan.split("/")
+        if recipe not in ([], ["kd"], ["nokd"]):
+            raise SystemExit(f"--plans: {plan!r} must be criterion/granularity with an optional /kd or /nokd")
         # NiCI's recipe: noise loss + KD from the dense teacher; "/kd" or "/nokd" swaps it
-        distill = {"kd": True, "nokd": False}[recipe[0]] if recipe else criterion == "nici"
+        plans.append((plan, criterion, granularity, recipe == ["kd"] if recipe else criterion == "nici"))
+    pipeline = load_pipeline(device=args.device)
+    settings = dict(steps=args.finetune_steps, lr=args.lr, batch_size=args.batch_size, ema=args.ema,
+                    num_samples=args.num_samples, inference_steps=args.inference_steps, seed=args.seed)
+
+    def stored_rows() -> dict:
+        """Rows already in the results file for the same budget (another budget: not comparable).
+        Read again before every write: another run may have added rows since this one started."""
+        previous = json.loads(RESULTS.read_text()).get("finetune", {}) if RESULTS.exists() else {}
+        return dict(previous.get("results", {})) if previous.get("settings") == settings else {}
+
+    rows = stored_rows()
+    if "dense" not in rows:
+        rows["dense"] = _evaluate(pipeline, args)
+    for plan, criterion, granularity, distill in plans:
         try:
             pruned, totals = prune_with(pipeline, criterion, granularity, 0.44, args.seed)
         except ValueError as error:  # e.g. 44% is out of reach by removing attention heads only
-            rows[plan] = {"refused": str(error)}
+            rows = {**stored_rows(), **rows, plan: {"refused": str(error)}}
             _write("finetune", dict(settings=settings, results=rows))
             continue
         before = _evaluate(pruned, args)
@@ -259,6 +263,7 @@ def part_finetune(args) -> None:
                          checkpoint_every=max(1, args.finetune_steps // 4))
         finetune_wall = time.perf_counter() - started
         after = _evaluate(tuned.pipeline, args)
+        rows = {**stored_rows(), **rows}
         rows[plan] = {
             "before_finetune": before, "after_finetune": after, "sparsity": totals.get("sparsity"),
             "params_ratio": totals.get("params_ratio"), "macs_ratio": totals.get("macs_ratio"),

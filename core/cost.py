@@ -19,7 +19,7 @@ import time
 import torch
 
 from .criteria import CALIBRATION_CHUNK_SAMPLES, CRITERIA, LOSSES, per_timestep_losses, prunable_layers
-from .pipeline import pick_device
+from .pipeline import pick_device, unet_noise
 from .schedules import SCHEDULES
 from .spec import PruneSpec
 
@@ -63,12 +63,7 @@ def measure_rate(pipeline, spec: PruneSpec, repeats: int = 2) -> float:
         parameter.requires_grad_(False)
     for module in prunable_layers(unet).values():
         module.weight.requires_grad_(True)
-    config = unet.config
-    size = config.sample_size
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    generator = torch.Generator().manual_seed(0)
-    clean = torch.randn((batch, config.in_channels, height, width), generator=generator).to(device)
-    noise = torch.randn(clean.shape, generator=generator).to(device)
+    clean, noise = unet_noise(unet, batch, 0).to(device), unet_noise(unet, batch, 1).to(device)  # content is irrelevant to the time
     count = max(1, CALIBRATION_CHUNK_SAMPLES // batch)
     timesteps = [int(t) for t in torch.linspace(0, int(pipeline.scheduler.config.num_train_timesteps) - 1, count)]
     scheduler = copy.deepcopy(pipeline.scheduler)

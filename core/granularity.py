@@ -469,14 +469,16 @@ def apply_channel(unet, scores, spec, progress=None):
         if progress is not None:
             progress(0.95, f"pruning: removing channels at ratio {ratio:.4f}")
         if ratio > 0 or boost is not None:
-            modules = {module: name for name, module in unet.named_modules()}
-            removed = {modules[module]: {side: sorted(indices) for side, indices in entry.items()}
-                       for module, entry in planner.plan(ratio, boost).items() if module in modules}
+            compensate = getattr(scores, "compensate", None)
+            if compensate is not None:  # indices of the original shapes, taken before the cut
+                modules = {module: name for name, module in unet.named_modules()}
+                removed = {modules[module]: {side: sorted(indices) for side, indices in entry.items()}
+                           for module, entry in planner.plan(ratio, boost).items() if module in modules}
             planner.prune(ratio, boost)
-            if getattr(scores, "compensate", None) is not None:
+            if compensate is not None:
                 if progress is not None:
                     progress(0.97, "pruning: compensating the remaining weights")
-                scores.compensate(unet, removed)
+                compensate(unet, removed)
         outcome.structural_ratio = ratio
         if boost is not None:
             outcome.notes["boosted_groups"] = {"ratio": boost[0], "count": boost[1], "of": len(planner.roots)}

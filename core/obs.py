@@ -63,6 +63,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .pipeline import unet_noise
+
 ProgressFn = Callable[[float, str], None]
 
 DEFAULT_BLOCKSIZE = 128  # SparseGPT's column block
@@ -633,11 +635,7 @@ def obs_prune_unet(
 
     num_train_timesteps = int(noise_scheduler.config.num_train_timesteps)
     report.timestep_weights = resolve_timestep_weights(schedule, schedule_params, num_train_timesteps)
-    config = unet.config
-    size = config.sample_size
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    generator = torch.Generator().manual_seed(int(seed))
-    noise = torch.randn((num_images, config.in_channels, height, width), generator=generator)
+    noise = unet_noise(unet, num_images, seed)
     device = next(unet.parameters()).device
     first_t = report.timestep_weights[0][0]
     first_input = noise[:1].to(device=device, dtype=next(unet.parameters()).dtype)
@@ -838,10 +836,7 @@ def obs_channel_scores(unet: nn.Module, noise_scheduler, layers: dict, *, schedu
 
     num_train_timesteps = int(noise_scheduler.config.num_train_timesteps)
     timestep_weights = resolve_timestep_weights(schedule, schedule_params, num_train_timesteps)
-    config = unet.config
-    size = config.sample_size
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    noise = torch.randn((num_images, config.in_channels, height, width), generator=torch.Generator().manual_seed(int(seed)))
+    noise = unet_noise(unet, num_images, seed)
     readers = {name: module for name, module in layers.items() if supported_layer(module)}
     conv_out = getattr(unet, "conv_out", None)
     if conv_out is not None and supported_layer(conv_out):

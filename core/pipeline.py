@@ -111,13 +111,19 @@ def _sampling_scheduler(pipeline, scheduler: str):
     return cls.from_config(pipeline.scheduler.config)
 
 
-def initial_noise(pipeline, num_images: int, seed: int) -> torch.Tensor:
-    """The starting noise for ``num_images`` samples, drawn on the CPU so it is the same on every device."""
-    config = pipeline.unet.config
+def unet_noise(unet, num_images: int, seed: int) -> torch.Tensor:
+    """Gaussian noise of ``num_images`` inputs of ``unet``, drawn on the CPU from ``seed`` so it is
+    the same on every device."""
+    config = unet.config
     size = config.sample_size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     generator = torch.Generator().manual_seed(int(seed))
     return torch.randn((num_images, config.in_channels, height, width), generator=generator)
+
+
+def initial_noise(pipeline, num_images: int, seed: int) -> torch.Tensor:
+    """The starting noise for ``num_images`` samples, drawn on the CPU so it is the same on every device."""
+    return unet_noise(pipeline.unet, num_images, seed)
 
 
 @torch.no_grad()

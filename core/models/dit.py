@@ -1,0 +1,65 @@
+"""``DiTPipeline`` / ``DiTTransformer2DModel``: class-conditional latent transformer (Peebles & Xie 2023).
+
+* Conditioning: ``class_labels`` drawn uniformly over the ``num_embeds_ada_norm`` classes (or one
+  chosen class); the null class of classifier-free guidance is ``num_embeds_ada_norm`` (the
+  pipeline hard-codes 1000, so its own ``__call__`` guides correctly only when that is 1000).
+  Guidance here is applied to all C noise channels; the pipeline's own loop (after the original
+  DiT code) guides only the first 3.
+* Learned sigma: the model predicts 2C channels; the loss and the sampler use the first C.
+* Cuts: heads, FFN neurons and whole blocks (``transformer_cuts``); the residual width is kept
+  (``channel`` refused): cutting it breaks ``PatchEmbed.pos_embed`` and, through LayerNorm, loses
+  more than it should. Each block's adaLN-Zero embedder (``norm1.emb``) and modulation
+  (``norm1.linear``) and ``proj_out_1/2`` are never pruned by default (``guided.py``).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..registry import ADAPTERS
+from .guided import UNCOND, GuidedAdapter
+
+
+def is_dit(module) -> bool:
+    from diffusers import DiTTransformer2DModel
+
+    return isinstance(module, DiTTransformer2DModel)
+
+
+class DiTAdapter(GuidedAdapter):
+    name = "dit"
+    description = "DiTPipeline: class-conditional DiTTransformer2DModel + AutoencoderKL"
+    denoiser_name = "transformer"
+    default_guidance_scale = 4.0
+
+    def matches(self, pipeline) -> bool:
+        return is_dit(getattr(pipeline, "transformer", None)) and getattr(pipeline, "vae", None) is not None
+
+    def owns(self, module):
+        return "transformer" if is_dit(module) else None
+
+    def num_classes(self, pipeline_or_denoiser):
+        return int(self._as_denoiser(pipeline_or_denoiser).config.num_embeds_ada_norm)
+
+    def sample_conditioning(self, pipeline_or_denoiser, batch_size, generator=None, *, class_label=None,
+                            prompts=None, guidance_scale=None):
+        if prompts is not None:
+            raise ValueError("prompts apply to text-to-image models; DiT is class-conditional: give class_label")
+        classes = self.num_classes(pipeline_or_denoiser)
+        if class_label is not None:
+            if isinstance(class_label, bool) or not isinstance(class_label, int) or not 0 <= class_label < classes:
+                raise ValueError(f"class_label must be an integer in [0, {classes}), got {class_label!r}")
+            labels = torch.full((batch_size,), class_label, dtype=torch.long)
+        else:
+            generator = generator if generator is not None else torch.Generator().manual_seed(0)
+            labels = torch.randint(classes, (batch_size,), generator=generator)
+        null = torch.full((batch_size,), classes, dtype=torch.long)  # the extra (CFG) row of the label table
+        return self._with_guidance({"class_labels": labels, UNCOND + "class_labels": null}, batch_size, guidance_scale)
+
+    def example_inputs(self, component, module):
+        device = next(module.parameters()).device
+        return {"hidden_states": torch.zeros(1, *self.sample_shape(module), device=device),
+                "timestep": torch.ones(1, dtype=torch.long, device=device),
+                "class_labels": torch.zeros(1, dtype=torch.long, device=device)}
+
+
+ADAPTERS.register(DiTAdapter)

@@ -107,7 +107,8 @@ def stable_diffusion(sd2: bool = False, seed: int = 0):
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=LATENT_SIZE, in_channels=4, out_channels=4, layers_per_block=1,
+        sample_size=LATENT_SIZE, in_channels=4, out_channels=4,
+        layers_per_block=1 if sd2 else 2,  # SD 1.x: two layers per stage, as the real model (block cuts)
         block_out_channels=(16, 32), norm_num_groups=4,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),

@@ -19,6 +19,7 @@ to the blocks, and every block reads them. ``prune_adaln=True`` (an adapter buil
 """
 from __future__ import annotations
 
+import contextlib
 import re
 
 import torch
@@ -91,6 +92,16 @@ class GuidedAdapter(ModelAdapter):
         latents = latents.to(device=parameter.device, dtype=parameter.dtype)
         return autoencoder.decode(latents / scale + shift).sample.float().clamp(-1, 1)
 
+    def sampling_scheduler(self, pipeline, name):
+        """DDIM or DDPM from the pipeline scheduler's config. diffusers' ``_use_default_values``
+        (present in a scheduler built in memory, absent once saved) would make ``from_config``
+        fall back to DDIM's own defaults (``timestep_spacing``...) before a save and not after, so
+        it is dropped: a pipeline and its saved copy sample alike."""
+        from diffusers import DDIMScheduler, DDPMScheduler
+
+        config = {k: v for k, v in dict(self.scheduler(pipeline).config).items() if k != "_use_default_values"}
+        return (DDIMScheduler if name == "ddim" else DDPMScheduler).from_config(config)
+
     # ------------------------------------------------------------------ conditioning
     def encode_conditioning(self, pipeline, prompts: list, device) -> dict:
         """``{input: tensor}`` for the conditional and (``uncond_`` prefixed) null inputs of
@@ -151,6 +162,38 @@ class GuidedAdapter(ModelAdapter):
         kwargs[self.sample_argument] = sample
         return _output(denoiser(timestep=timesteps.to(sample.device), **kwargs))
 
+    @contextlib.contextmanager
+    def conditioned(self, denoiser, conditioning):
+        """Within the block, a call ``denoiser(x, t)`` (positional, as OBS's trajectory and gradflow
+        make it) becomes the keyword call ``denoiser(<sample_argument>=x, timestep=t, **inputs)``
+        with the conditional inputs of ``conditioning`` matched to the batch (never the null
+        condition or the guidance scale); the pre-hook is removed on exit, even on error."""
+        conditioning = conditioning or {}
+
+        def inject(module, args, kwargs):
+            args = list(args)
+            if args and self.sample_argument not in kwargs:
+                kwargs[self.sample_argument] = args.pop(0)
+            if args and "timestep" not in kwargs:
+                kwargs["timestep"] = args.pop(0)
+            sample = kwargs.get(self.sample_argument)
+            if sample is None:
+                return tuple(args), kwargs
+            for key, value in self.model_inputs(conditioning, sample).items():
+                kwargs.setdefault(key, value)
+            for key, value in self.extra_inputs(module, sample).items():
+                kwargs.setdefault(key, value)
+            timestep = kwargs.get("timestep")
+            if isinstance(timestep, torch.Tensor) and timestep.dim() == 0:
+                kwargs["timestep"] = timestep.expand(sample.shape[0])
+            return tuple(args), kwargs
+
+        handle = denoiser.register_forward_pre_hook(inject, with_kwargs=True)
+        try:
+            yield denoiser
+        finally:
+            handle.remove()
+
     def guided_prediction(self, denoiser, sample, timestep, conditioning=None):
         """Classifier-free guidance: ``uncond + g (cond - uncond)`` with the per-sample scale; the
         first C channels of a learned-sigma model (the sampler's noise prediction)."""
@@ -178,7 +221,7 @@ class GuidedAdapter(ModelAdapter):
     # ------------------------------------------------------------------ structure (transformers)
     def protected_layers(self, component, module):
         if component != self.denoiser_name:
-            return super().protected_layers(component, module)
+            return self._autoencoder_interface(module)
         patterns = TRANSFORMER_INTERFACE + (() if self.prune_adaln else ADALN_MODULATION)
         compiled = [re.compile(p + r"$") for p in patterns]
         return tuple(name for name, child in module.named_modules()
@@ -186,6 +229,18 @@ class GuidedAdapter(ModelAdapter):
 
     def channel_kept_layers(self, component, module):
         return self.protected_layers(component, module)
+
+    # ------------------------------------------------------------------ the autoencoder, when named in components
+    @staticmethod
+    def _autoencoder_interface(module) -> tuple:
+        from .latent import AUTOENCODER_INTERFACE
+
+        modules = dict(module.named_modules())
+        return tuple(name for name in AUTOENCODER_INTERFACE if isinstance(modules.get(name), (nn.Conv2d, nn.Linear)))
+
+    def autoencoder_loss(self, autoencoder, images):
+        """Per-image reconstruction error ``MSE(decode(encode(x)), x)`` (the autoencoder's own loss)."""
+        return (autoencoder(images).sample - images).pow(2).flatten(1).mean(1)
 
     def check_cut(self, component, module, granularity):
         if component == self.denoiser_name and granularity == "channel":
@@ -208,6 +263,9 @@ class GuidedAdapter(ModelAdapter):
         cut that kept every block's width (unstructured, N:M, block), nothing else."""
         from .base import _plain_config_by_rebuild
 
+        if component != self.denoiser_name:  # the AutoencoderKL: its widths are block_out_channels
+            widths = [block.resnets[-1].out_channels for block in module.encoder.down_blocks]
+            return _plain_config_by_rebuild(module, base_config, {"block_out_channels": widths})
         overrides = {}
         if "num_layers" in base_config and hasattr(module, "transformer_blocks"):
             overrides["num_layers"] = len(module.transformer_blocks)

@@ -70,11 +70,11 @@ class StableDiffusionAdapter(GuidedAdapter):
     # ------------------------------------------------------------------ structure (a UNet)
     def protected_layers(self, component, module):
         if component != self.denoiser_name:
-            return ()
+            return super().protected_layers(component, module)
         return ("conv_in", "conv_out")
 
     def channel_kept_layers(self, component, module):
-        return ("conv_out",) if component == self.denoiser_name else ()
+        return ("conv_out",) if component == self.denoiser_name else super().channel_kept_layers(component, module)
 
     def check_cut(self, component, module, granularity):
         return None
@@ -83,7 +83,14 @@ class StableDiffusionAdapter(GuidedAdapter):
         """The UNet2DConditionModel config of these shapes: ``block_out_channels`` from the down
         blocks, heads per block from the attentions (diffusers names SD's head count
         ``attention_head_dim``); None when no config rebuilds them exactly."""
-        overrides = {"block_out_channels": [block.resnets[0].out_channels for block in module.down_blocks]}
+        if component != self.denoiser_name:
+            return super().plain_config(component, module, base_config)
+        overrides = {"block_out_channels": [block.resnets[0].out_channels for block in module.down_blocks],
+                     # depth cuts (granularity 'block', BK-SDM style) record themselves in the module's config
+                     "layers_per_block": [len(block.resnets) for block in module.down_blocks],
+                     "mid_block_type": base_config.get("mid_block_type") if module.mid_block is not None else None}
+        if len(set(overrides["layers_per_block"])) == 1 and isinstance(base_config.get("layers_per_block"), int):
+            overrides["layers_per_block"] = overrides["layers_per_block"][0]
         heads = []
         for block in module.down_blocks:
             attentions = getattr(block, "attentions", None)

@@ -11,7 +11,8 @@
   resnet(+attention) layers of a down stage removed with their mirrored up layer, as BK-SDM does,
   where the remaining shapes are those of a config with fewer ``layers_per_block``. A block's
   score is the mean score of its prunable weights (blocks differ in size); the lowest blocks go
-  first until the sparsity is reached. The result reloads with plain diffusers ``from_pretrained``
+  first, and the number removed is the one whose sparsity is closest to the target (within half
+  the smallest block's share: blocks are coarse units; the report gives the sparsity reached). The result reloads with plain diffusers ``from_pretrained``
   (``num_layers``, ``layers_per_block``, ``mid_block_type`` in the config).
 * ``head``  -- :func:`apply_head`: whole heads of every multi-head ``Attention`` through
   ``transformer_cuts.remove_heads`` (self-, cross- and joint attention, qk-norm safe), a head's
@@ -314,11 +315,14 @@ def apply_block(model, scores, spec, progress=None):
         gap = abs(removed / total - spec.sparsity)
         if gap < best_gap - 1e-12:
             best, best_gap = list(chosen), gap
-    if best_gap > SPARSITY_TOLERANCE:
+    # blocks are coarse units: the closest reachable sparsity is taken when it is within half the
+    # smallest block's share of the prunable parameters (or SPARSITY_TOLERANCE), never "remove nothing"
+    tolerance = max(SPARSITY_TOLERANCE, 0.5 * min(u["weights"] for u in units) / total) if units else SPARSITY_TOLERANCE
+    if best_gap > tolerance or (spec.sparsity > 0 and not best):
         steps = ", ".join(f"{r:.3f}" for r in reachable)
         raise ValueError(f"sparsity {spec.sparsity:g} cannot be reached with granularity 'block' on this model: removing "
-                         f"blocks in score order reaches {steps} of the prunable parameters; allowed: one of those "
-                         f"(within {SPARSITY_TOLERANCE:g}) or a finer granularity ('ffn', 'head', 'unstructured')")
+                         f"blocks in score order reaches {steps} of the prunable parameters; allowed: a sparsity within "
+                         f"{tolerance:.3f} of one of those, or a finer granularity ('ffn', 'head', 'unstructured')")
     outcome = GranularityOutcome(unet=model, structural_ratio=len(best) / max(1, len(units)))
     outcome.importance["blocks"] = np.array([u["score"] for u in units], dtype=np.float32)
     outcome.notes["blocks"] = {u["name"]: u["score"] for u in units}
@@ -352,8 +356,17 @@ def _remove_unet_units(model, units) -> None:
     model.register_to_config(**updates)
 
 
-for _granularity in (
+# Registry entries. They are registered where the engine assembles its granularity registry (the
+# spec, the criteria's allowed lists and the UI choices read it); ``HEAD`` is the head cut for every
+# family (self-, cross- and joint attention).
+ENTRIES = (
     Granularity("ffn", apply_ffn, check_ffn, True, "hidden neurons of the feed-forward blocks (ff, ff_context)"),
     Granularity("block", apply_block, check_block, True, "whole blocks (transformer blocks; UNet layers with their mirror)"),
-):
-    register_granularity(_granularity)
+)
+HEAD = Granularity("head", apply_head, check_head, True, "whole attention heads (every projection of a head)")
+
+
+def register() -> None:
+    """Add ``ffn`` and ``block`` to ``core.granularity.GRANULARITIES`` (idempotent)."""
+    for entry in ENTRIES:
+        register_granularity(entry)

@@ -51,7 +51,10 @@ class PixArtAdapter(GuidedAdapter):
     def extra_inputs(self, denoiser, sample):
         """``added_cond_kwargs``: the image resolution and aspect ratio when the model uses them
         (``use_additional_conditions``, PixArt-alpha 1024; pixels = 8 x latents), else None."""
-        if not denoiser.use_additional_conditions:
+        uses = getattr(denoiser, "use_additional_conditions", None)
+        if uses is None:  # a functional wrapper (gradflow): the conditioned() hook on the model adds them
+            return {}
+        if not uses:
             return {"added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
         height, width = sample.shape[-2] * 8, sample.shape[-1] * 8
         rows = sample.shape[0]

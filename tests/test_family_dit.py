@@ -1,0 +1,78 @@
+"""DiT (``DiTPipeline`` / ``DiTTransformer2DModel``) on a tiny random pipeline: class conditioning
+and its null class, learned sigma (loss on the first C channels), every criterion x granularity
+through the ``prune`` facade (run or refused with a reason), save/load identical, caller untouched."""
+import pytest
+import torch
+
+import family_checks as checks
+import tiny_families
+from core.models import adapter_for
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+GRANULARITIES = {
+    "unstructured": dict(sparsity=0.3), "2:4": dict(), "channel": dict(sparsity=0.3),
+    "head": dict(sparsity=None, channel_ratio=0.25), "ffn": dict(sparsity=0.2), "block": dict(sparsity=0.35),
+}
+CRITERIA = ("random", "magnitude", "taylor", "nici", "l1", "gradflow", "obs")
+
+
+@pytest.fixture(scope="module")
+def dit():
+    return tiny_families.build("dit")
+
+
+def test_classes_null_class_and_learned_sigma_loss(dit):
+    adapter = adapter_for(dit)
+    assert adapter.name == "dit" and adapter.num_classes(dit) == 1000
+    conditioning = adapter.sample_conditioning(dit, 64, torch.Generator().manual_seed(0))
+    labels = conditioning["class_labels"]
+    assert labels.min() >= 0 and labels.max() < 1000 and len(set(labels.tolist())) > 50  # uniform draws
+    assert (conditioning["uncond_class_labels"] == 1000).all()  # the pipeline's null class
+    fixed = adapter.sample_conditioning(dit, 3, class_label=7)
+    assert (fixed["class_labels"] == 7).all()
+    with pytest.raises(ValueError, match="class_label"):
+        adapter.sample_conditioning(dit, 3, class_label=1000)
+    transformer = dit.transformer
+    generator = torch.Generator().manual_seed(1)
+    clean, noise = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 4, 8, 8, generator=generator)
+    timesteps = torch.tensor([10, 900])
+    small = {k: v[:2] for k, v in conditioning.items()}
+    loss = adapter.denoising_loss(transformer, dit.scheduler, clean, noise, timesteps, small)
+    with torch.no_grad():
+        noisy = dit.scheduler.add_noise(clean, noise, timesteps)
+        output = transformer(hidden_states=noisy, timestep=timesteps, class_labels=small["class_labels"]).sample
+    assert output.shape[1] == 8  # learned sigma: 2C outputs
+    torch.testing.assert_close(loss, (output[:, :4] - noise).pow(2).flatten(1).mean(1))
+
+
+@pytest.mark.parametrize("granularity", sorted(GRANULARITIES))
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_every_criterion_and_granularity_runs_or_is_refused(dit, criterion, granularity, monkeypatch):
+    checks.wired_granularities(monkeypatch)
+    try:
+        spec = checks.spec_for(criterion, granularity, **GRANULARITIES[granularity])
+    except ValueError as error:
+        assert criterion == "obs" and granularity in ("ffn", "block"), error
+        return
+    outcome, value = checks.prune_or_refuse(dit, spec)
+    if granularity == "channel":
+        assert outcome == "refused" and "residual width" in value
+        return
+    assert outcome == "ran", value
+    checks.check_pruned("dit", dit, value, granularity)
+
+
+@pytest.mark.parametrize("granularity, plain", [("unstructured", True), ("head", False), ("ffn", False), ("block", True)])
+def test_save_load_gives_identical_samples(dit, granularity, plain, tmp_path, monkeypatch):
+    checks.wired_granularities(monkeypatch)
+    outcome, result = checks.prune_or_refuse(dit, checks.spec_for("magnitude", granularity, **GRANULARITIES[granularity]))
+    assert outcome == "ran", result
+    checks.check_save_load(dit, result, tmp_path, expect_plain=plain)
+
+
+def test_callers_pipeline_is_untouched(dit, monkeypatch):
+    checks.wired_granularities(monkeypatch)
+    before = checks.fingerprint(dit)
+    for granularity in ("head", "ffn", "block"):
+        assert checks.prune_or_refuse(dit, checks.spec_for("taylor", granularity, **GRANULARITIES[granularity]))[0] == "ran"
+    assert checks.fingerprint(dit) == before

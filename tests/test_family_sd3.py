@@ -1,0 +1,142 @@
+"""SD3 and SD3.5 (``StableDiffusion3Pipeline`` / ``SD3Transformer2DModel``) on tiny random pipelines:
+flow-matching loss, full conditioning by keyword, guidance, every criterion x granularity through
+the ``prune`` facade (run or refused with a reason), save/load identical, caller untouched."""
+import pytest
+import torch
+
+import family_checks as checks
+import tiny_families
+from core.models import adapter_for
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+GRANULARITIES = {  # granularity -> spec keywords reaching a sparsity these tiny models allow
+    "unstructured": dict(sparsity=0.3), "2:4": dict(), "channel": dict(sparsity=0.3),
+    "head": dict(sparsity=None, channel_ratio=0.25), "ffn": dict(sparsity=0.2), "block": dict(sparsity=0.35),
+}
+CRITERIA = ("random", "magnitude", "taylor", "nici", "l1", "gradflow", "obs")
+# issue 14's obs samples its calibration trajectory with DDIM in epsilon form (alphas_cumprod):
+# a flow-matching model has neither; tracked as a known gap rather than hidden.
+OBS_FLOW_GAP = "obs's calibration trajectory is DDPM-only (alphas_cumprod); SD3's flow scheduler has none"
+
+
+@pytest.fixture(scope="module")
+def sd3():
+    return tiny_families.build("sd3")
+
+
+@pytest.fixture(scope="module")
+def sd35():
+    return tiny_families.build("sd35")
+
+
+def test_flow_matching_loss_with_full_conditioning(sd3):
+    adapter = adapter_for(sd3)
+    assert adapter.name == "sd3" and adapter.prediction_type(sd3.scheduler) == "flow"
+    assert not hasattr(sd3.scheduler, "add_noise")
+    transformer = sd3.transformer
+    generator = torch.Generator().manual_seed(0)
+    conditioning = adapter.sample_conditioning(sd3, 2, generator)
+    assert conditioning["encoder_hidden_states"].shape[-1] == transformer.config.joint_attention_dim
+    assert conditioning["pooled_projections"].shape == (2, transformer.config.pooled_projection_dim)
+    clean, noise = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 4, 8, 8, generator=generator)
+    timesteps = torch.tensor([100, 800])
+    seen = {}
+    handle = transformer.register_forward_pre_hook(lambda m, a, k: seen.update(k) or None, with_kwargs=True)
+    try:
+        loss = adapter.denoising_loss(transformer, sd3.scheduler, clean, noise, timesteps, conditioning)
+    finally:
+        handle.remove()
+    s = (timesteps.float() / 1000).view(-1, 1, 1, 1)
+    torch.testing.assert_close(seen["hidden_states"], (1 - s) * clean + s * noise)  # x_t = (1 - s) x0 + s eps
+    torch.testing.assert_close(seen["timestep"].float(), timesteps.float())  # s * 1000
+    assert set(seen) >= {"encoder_hidden_states", "pooled_projections"} and not any(k.startswith("uncond") for k in seen)
+    with torch.no_grad():
+        prediction = transformer(**seen).sample
+    torch.testing.assert_close(loss, (prediction - (noise - clean)).pow(2).flatten(1).mean(1))  # target eps - x0
+
+
+def test_guidance_mixes_the_null_and_the_prompt(sd3):
+    adapter = adapter_for(sd3)
+    sample, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor(500.0)
+    conditioning = adapter.sample_conditioning(sd3, 2, torch.Generator().manual_seed(0), guidance_scale=1.0)
+    null = {k.removeprefix("uncond_"): v for k, v in conditioning.items() if k.startswith("uncond_")}
+    with torch.no_grad():
+        cond = adapter.predict(sd3.transformer, sample, t, conditioning)
+        uncond = adapter.predict(sd3.transformer, sample, t, null)
+        for scale in (0.0, 1.0, 7.0):
+            conditioning["guidance_scale"] = torch.full((2,), scale)
+            guided = adapter.guided_prediction(sd3.transformer, sample, t, conditioning)
+            torch.testing.assert_close(guided, uncond + scale * (cond - uncond), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(cond, uncond)
+
+
+def test_user_prompts_and_bad_conditioning_inputs(sd3):
+    adapter = adapter_for(sd3)
+    own = adapter.sample_conditioning(sd3, 2, prompts=["a blue bird", "a green field"])
+    again = adapter.sample_conditioning(sd3, 2, prompts=["a blue bird", "a green field"])
+    assert torch.equal(own["encoder_hidden_states"], again["encoder_hidden_states"])
+    with pytest.raises(ValueError, match="prompts"):
+        adapter.sample_conditioning(sd3, 2, prompts=[""])
+    with pytest.raises(ValueError, match="guidance_scale"):
+        adapter.sample_conditioning(sd3, 2, guidance_scale=-1)
+    with pytest.raises(ValueError, match="class_label"):
+        adapter.sample_conditioning(sd3, 2, class_label=3)
+    with pytest.raises(ValueError, match="ddpm"):
+        adapter.sampling_scheduler(sd3, "ddpm")
+
+
+@pytest.mark.parametrize("granularity", sorted(GRANULARITIES))
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_every_criterion_and_granularity_runs_or_is_refused(sd3, criterion, granularity, monkeypatch):
+    checks.wired_granularities(monkeypatch)
+    try:
+        spec = checks.spec_for(criterion, granularity, **GRANULARITIES[granularity])
+    except ValueError as error:  # refused by the spec: the criterion does not offer this granularity
+        assert criterion == "obs" and granularity in ("ffn", "block"), error
+        assert "not supported by criterion 'obs'" in str(error)
+        return
+    try:
+        outcome, value = checks.prune_or_refuse(sd3, spec)
+    except (AttributeError, TypeError) as error:
+        if criterion == "obs":  # runs (and then passes) as soon as obs samples through the adapter
+            pytest.xfail(f"{OBS_FLOW_GAP}: {type(error).__name__}: {error}")
+        raise
+    if granularity == "channel":
+        assert outcome == "refused" and "residual width" in value
+        return
+    assert outcome == "ran", value
+    checks.check_pruned("sd3", sd3, value, granularity)
+    if granularity == "head":
+        heads = {a.heads for a in checks.denoiser_of(value.pipeline).modules() if hasattr(a, "add_q_proj") and a.to_q is not None}
+        assert heads == {3}  # 4 heads, ratio 0.25
+
+
+@pytest.mark.parametrize("granularity", ["unstructured", "head", "ffn", "block"])
+def test_sd35_qk_norm_and_dual_attention(sd35, granularity, monkeypatch):
+    checks.wired_granularities(monkeypatch)
+    outcome, result = checks.prune_or_refuse(sd35, checks.spec_for("magnitude", granularity, **GRANULARITIES[granularity]))
+    assert outcome == "ran", result
+    checks.check_pruned("sd35", sd35, result, granularity)
+    first = checks.denoiser_of(result.pipeline).transformer_blocks[0]
+    assert first.attn.norm_q.weight.shape == (8,)  # qk-norm over head_dim: untouched by any cut
+
+
+@pytest.mark.parametrize("granularity, plain", [("unstructured", True), ("head", False), ("ffn", False), ("block", True)])
+def test_save_load_gives_identical_samples(sd3, granularity, plain, tmp_path, monkeypatch):
+    checks.wired_granularities(monkeypatch)
+    outcome, result = checks.prune_or_refuse(sd3, checks.spec_for("magnitude", granularity, **GRANULARITIES[granularity]))
+    assert outcome == "ran", result
+    checks.check_save_load(sd3, result, tmp_path, expect_plain=plain)
+    if granularity == "block":
+        assert result.pipeline.transformer.config.num_layers == 2
+
+
+def test_callers_pipeline_is_untouched(sd3, monkeypatch):
+    checks.wired_granularities(monkeypatch)
+    before = checks.fingerprint(sd3)
+    transformer = sd3.transformer
+    for granularity in ("head", "ffn", "block"):
+        outcome, _ = checks.prune_or_refuse(sd3, checks.spec_for("taylor", granularity, **GRANULARITIES[granularity]))
+        assert outcome == "ran"
+    assert sd3.transformer is transformer and checks.fingerprint(sd3) == before
+    assert all(not p.requires_grad or p.grad is None for p in transformer.parameters())

@@ -22,42 +22,63 @@ import json
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from .granularity import attention_modules, plain_diffusers_config, sync_diffusers_attributes
-from .pipeline import PRUNED_MARKER
+from .models import adapter_for as adapter_of
 
+# Marker written next to a pruned checkpoint; ``core.pipeline.load_pipeline`` looks for it.
+PRUNED_MARKER = "diffprune_checkpoint.json"
 FORMAT = "diffprune-checkpoint"
 VERSION = 1
 
 
-def _structure(unet) -> dict:
-    """What safetensors shapes alone do not say: attention heads and scale, GroupNorm groups."""
-    return {
-        "attention": {name: {"heads": int(a.heads), "scale": float(a.scale)} for name, a in attention_modules(unet).items()},
-        "group_norm": {name: int(m.num_groups) for name, m in unet.named_modules() if isinstance(m, nn.GroupNorm)},
-    }
-
-
 def save_pruned_pipeline(pipeline, directory, spec=None, report=None) -> Path:
-    """Write ``pipeline`` (pruned or not) and its metadata to ``directory``; returns the path."""
+    """Write ``pipeline`` (pruned or not) and its metadata to ``directory``; returns the path.
+
+    Refuses (ValueError, before writing anything) a ``directory`` that is an existing file or a
+    location that cannot be written."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    unet = pipeline.unet
-    plain = plain_diffusers_config(unet, dict(unet.config)) is not None
+    _check_writable(directory)
+    adapter = adapter_of(pipeline)
+    components = {}
+    for name in adapter.prunable_components(pipeline):
+        module = getattr(pipeline, name)
+        components[name] = {
+            "plain_diffusers_loadable": adapter.plain_config(name, module, dict(module.config)) is not None,
+            "structure": adapter.structure(name, module),
+        }
+    plain = all(entry["plain_diffusers_loadable"] for entry in components.values())
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".diffprune-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"save directory {str(directory)!r} cannot be written: {error.strerror or error}") from error
     pipeline.save_pretrained(str(directory), safe_serialization=True)
     marker = {
         "format": FORMAT,
         "version": VERSION,
+        "family": adapter.name,
         "plain_diffusers_loadable": plain,
         "spec": spec.to_dict() if spec is not None else None,
         "totals": _jsonable(report.totals) if report is not None else None,
-        "structure": _structure(unet),
+        "structure": components[adapter.denoiser_name]["structure"],
+        "components": components,
     }
     (directory / PRUNED_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))
     if report is not None:
         _save_report(report, directory / "report")
     return directory
+
+
+def _check_writable(directory: Path) -> None:
+    import os
+
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"save directory {str(directory)!r} is an existing file; give a new or empty directory")
+    parent = directory if directory.is_dir() else next((p for p in directory.parents if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"save directory {str(directory)!r} cannot be written (no write permission on {str(parent)!r})")
 
 
 def _jsonable(values: dict) -> dict:
@@ -94,44 +115,14 @@ def read_marker(directory) -> dict:
     return marker
 
 
-def rebuild_unet(unet_directory, structure: dict):
-    """A ``UNet2DModel`` from its (original) config, resized to the shapes in its safetensors file."""
-    from diffusers import UNet2DModel
-    from safetensors.torch import load_file
+def rebuild_unet(unet_directory, structure: dict, component: str = "unet", family: str | None = None):
+    """A network from its (original) config, resized to the shapes in its safetensors file and the
+    head counts / GroupNorm groups recorded in ``structure`` (the family's adapter rebuilds it)."""
+    from .models.base import ModelAdapter
+    from .registry import ADAPTERS
 
-    unet_directory = Path(unet_directory)
-    weights_path = unet_directory / "diffusion_pytorch_model.safetensors"
-    if not weights_path.exists():
-        raise ValueError(f"{str(unet_directory)!r} holds no diffusion_pytorch_model.safetensors")
-    config = UNet2DModel.load_config(str(unet_directory))
-    unet = UNet2DModel.from_config(config)
-    state = load_file(str(weights_path))
-    modules = dict(unet.named_modules())
-    for key, tensor in state.items():
-        module_name, _, attribute = key.rpartition(".")
-        module = modules.get(module_name)
-        if module is None or attribute not in module._parameters:
-            continue  # buffers or unexpected keys: load_state_dict(strict=True) reports them
-        current = module._parameters[attribute]
-        if current is None or tuple(current.shape) != tuple(tensor.shape):
-            module._parameters[attribute] = nn.Parameter(torch.empty(tensor.shape, dtype=tensor.dtype))
-    for name, module in unet.named_modules():
-        if isinstance(module, nn.Conv2d):
-            module.out_channels = module.weight.shape[0]
-            module.in_channels = module.weight.shape[1] * module.groups
-        elif isinstance(module, nn.Linear):
-            module.out_features, module.in_features = module.weight.shape
-        elif isinstance(module, nn.GroupNorm) and module.weight is not None:
-            module.num_channels = module.weight.shape[0]
-            module.num_groups = structure.get("group_norm", {}).get(name, module.num_groups)
-    for name, attention in attention_modules(unet).items():
-        recorded = structure.get("attention", {}).get(name)
-        if recorded:
-            attention.heads = recorded["heads"]
-            attention.scale = recorded["scale"]
-    sync_diffusers_attributes(unet)
-    unet.load_state_dict(state, strict=True)
-    return unet
+    adapter = ADAPTERS[family] if family in ADAPTERS else ModelAdapter()
+    return adapter.rebuild(component, unet_directory, structure)
 
 
 def load_pruned_pipeline(directory):
@@ -140,10 +131,23 @@ def load_pruned_pipeline(directory):
 
     directory = Path(directory)
     marker = read_marker(directory)
-    if marker.get("plain_diffusers_loadable"):
-        return DiffusionPipeline.from_pretrained(str(directory), local_files_only=True)
-    unet = rebuild_unet(directory / "unet", marker.get("structure") or {})
-    return DiffusionPipeline.from_pretrained(str(directory), unet=unet, local_files_only=True)
+    family = marker.get("family") or "pixel-unet"
+    components = marker.get("components") or {"unet": {"plain_diffusers_loadable": marker.get("plain_diffusers_loadable"),
+                                                       "structure": marker.get("structure") or {}}}
+    rebuilt = {}
+    for name, entry in components.items():
+        folder = directory / name
+        if not (folder / "config.json").exists():
+            raise ValueError(f"pruned checkpoint {str(directory)!r}: {name}/config.json is missing")
+        if not (folder / "diffusion_pytorch_model.safetensors").exists():
+            raise ValueError(f"pruned checkpoint {str(directory)!r}: {name}/diffusion_pytorch_model.safetensors is missing")
+        # Always rebuilt through the adapter: it validates the safetensors file (a truncated file
+        # is a ValueError, not a crash inside diffusers) and restores shapes no config can express.
+        rebuilt[name] = rebuild_unet(folder, entry.get("structure") or {}, name, family)
+    try:
+        return DiffusionPipeline.from_pretrained(str(directory), local_files_only=True, **rebuilt)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, json.JSONDecodeError) as error:
+        raise ValueError(f"pruned checkpoint {str(directory)!r} could not be loaded: {str(error).splitlines()[0][:160]}") from error
 
 
 def load_report_totals(directory) -> dict | None:

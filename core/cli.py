@@ -26,7 +26,7 @@ DEFAULT_MODEL = "default"  # --model value naming the embedded default model
 _CRITERION_FIELDS = ("schedule", "schedule_params", "criterion_params", "calibration_batches", "calibration_batch_size")
 # PruneSpec fields set by the ``prune`` flags of the same name.
 _SPEC_FLAGS = ("criterion", "granularity", "sparsity", "channel_ratio", "schedule", "schedule_params",
-               "criterion_params", "calibration_data", "calibration_batches", "calibration_batch_size")
+               "criterion_params", "calibration_data", "calibration_batches", "calibration_batch_size", "components")
 # Sweep table columns printed to the terminal (the CSV holds every column).
 _SWEEP_COLUMNS = ("criterion", "granularity", "sparsity", "prune_sparsity", "prune_macs_ratio", "fid", "kid",
                   "speedup", "latency_median_s_per_image", "params", "macs", "nonzero_params", "cached")
@@ -271,6 +271,10 @@ def _cmd_prune(args) -> int:
           f"{totals['effective_macs_after']:,} counting only non-zero weights)")
     target = "" if spec.sparsity is None else f" (target {spec.sparsity:.1%})"
     print(f"  sparsity    {totals['sparsity']:.1%} of prunable weights{target}")
+    if len(totals.get("components", [])) > 1:
+        for name, part in totals["per_component"].items():
+            print(f"  {name:<11} sparsity {part['sparsity']:.1%}, parameters {part['params_before']:,} -> "
+                  f"{part['params_after']:,}, MACs {part['macs_before']:,} -> {part['macs_after']:,}")
     print(f"  saved to    {path}")
     return 0
 
@@ -367,9 +371,10 @@ def _cmd_finetune(args) -> int:
             print(f"note: the checkpoint's spec is not usable here ({error}); fine-tuning without it", file=sys.stderr)
     # A PruneResult lets finetune keep unstructured / N:M zeros at zero and record the spec.
     source = PruneResult(pipeline=pipeline, report=PruneReport(layers=pd.DataFrame()), spec=spec) if spec else pipeline
-    config = pipeline.unet.config
-    size = config.sample_size if isinstance(config.sample_size, int) else int(config.sample_size[0])
-    images = load_image_folder(args.images, size, config.in_channels) if args.images is not None else None
+    from .pipeline import adapter_of
+
+    channels, size, _ = adapter_of(pipeline).image_shape(pipeline)
+    images = load_image_folder(args.images, size, channels) if args.images is not None else None
     teacher = _load(args.teacher, device) if args.distill else None
     output = Path(args.output).expanduser()
     with _accelerate_on(device), _ProgressBar("fine-tuning", args.quiet) as bar:
@@ -466,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--granularity", default=None, help="unstructured (default), channel, head, or N:M like 2:4")
     prune.add_argument("--sparsity", type=float, default=None, help="fraction of prunable weights removed (default 0.5)")
     prune.add_argument("--channel-ratio", type=float, default=None, help="channel/head: explicit structural ratio")
+    prune.add_argument("--components", type=_comma_list(), default=None,
+                       help="pipeline networks to prune, comma list of attribute names (default: the denoiser; "
+                            "e.g. unet,vqvae prunes an LDM's autoencoder too, its latent interface kept)")
     _add_calibration_options(prune, with_criterion_params=True)
     prune.set_defaults(handler=_cmd_prune)
 

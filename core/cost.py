@@ -19,7 +19,7 @@ import time
 import torch
 
 from .criteria import CALIBRATION_CHUNK_SAMPLES, CRITERIA, LOSSES, per_timestep_losses, prunable_layers
-from .pipeline import pick_device, unet_noise
+from .pipeline import adapter_of, pick_device
 from .schedules import SCHEDULES
 from .spec import PruneSpec
 
@@ -55,15 +55,19 @@ def measure_rate(pipeline, spec: PruneSpec, repeats: int = 2) -> float:
     criterion = CRITERIA[spec.criterion]
     device = pick_device(spec.device)
     batch = int(spec.calibration_batch_size)
-    key = (id(pipeline.unet), batch, criterion.loss, str(device), torch.get_num_threads())
+    adapter = adapter_of(pipeline)
+    denoiser = adapter.denoiser(pipeline)
+    key = (id(denoiser), batch, criterion.loss, str(device), torch.get_num_threads())
     if key in _RATE_CACHE:
         return _RATE_CACHE[key]
-    unet = copy.deepcopy(pipeline.unet).to(device=device, dtype=torch.float32).eval()
+    unet = copy.deepcopy(denoiser).to(device=device, dtype=torch.float32).eval()
     for parameter in unet.parameters():
         parameter.requires_grad_(False)
-    for module in prunable_layers(unet).values():
+    for module in prunable_layers(unet, adapter, adapter.denoiser_name).values():
         module.weight.requires_grad_(True)
-    clean, noise = unet_noise(unet, batch, 0).to(device), unet_noise(unet, batch, 1).to(device)  # content is irrelevant to the time
+    # content is irrelevant to the time: noise of the denoiser's input shape stands in for the data
+    clean, noise = adapter.noise(unet, batch, 0).to(device), adapter.noise(unet, batch, 1).to(device)
+    conditioning = adapter.sample_conditioning(pipeline, batch, torch.Generator().manual_seed(0))
     count = max(1, CALIBRATION_CHUNK_SAMPLES // batch)
     timesteps = [int(t) for t in torch.linspace(0, int(pipeline.scheduler.config.num_train_timesteps) - 1, count)]
     scheduler = copy.deepcopy(pipeline.scheduler)
@@ -71,7 +75,8 @@ def measure_rate(pipeline, spec: PruneSpec, repeats: int = 2) -> float:
     seconds = []
     for _ in range(repeats + 1):  # the first pass warms up the allocator and kernels
         started = time.perf_counter()
-        per_timestep_losses(loss_fn, unet, scheduler, clean, noise, timesteps).sum().backward()
+        per_timestep_losses(loss_fn, unet, scheduler, clean, noise, timesteps, adapter=adapter,
+                            conditioning=conditioning).sum().backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)

@@ -40,6 +40,8 @@ from torch import nn
 
 from .schedules import SCHEDULES
 
+# The pixel UNet's never-pruned layers; other families name theirs in their adapter
+# (``ModelAdapter.protected_layers``). Kept for callers that read the constant.
 EXCLUDED_LAYERS = ("conv_in", "conv_out")
 # Calibration batches this many samples (timesteps x images) into one forward/backward pass: the
 # same accumulated gradient as one pass per timestep, 3-5x faster on a CPU for small batches.
@@ -47,12 +49,29 @@ CALIBRATION_CHUNK_SAMPLES = 64
 ALL_GRANULARITIES = ("unstructured", "N:M", "channel", "head")
 
 
-def prunable_layers(unet: nn.Module) -> dict[str, nn.Module]:
-    """Name -> module of the layers whose ``weight`` is prunable (see module docstring)."""
+def _rules(module: nn.Module, adapter=None, component: str | None = None):
+    from .models import adapter_for_module
+
+    if adapter is None or component is None:
+        found, owned = adapter_for_module(module)
+        adapter, component = adapter or found, component or owned
+    return adapter, component
+
+
+def protected_layer_names(module: nn.Module, adapter=None, component: str | None = None) -> tuple:
+    """Conv/linear layers of ``module`` whose weights are never pruned (its family's adapter says which)."""
+    adapter, component = _rules(module, adapter, component)
+    return tuple(adapter.protected_layers(component, module))
+
+
+def prunable_layers(unet: nn.Module, adapter=None, component: str | None = None) -> dict[str, nn.Module]:
+    """Name -> module of the layers whose ``weight`` is prunable (see module docstring): every
+    ``nn.Conv2d`` and ``nn.Linear`` except the family's protected layers."""
+    protected = set(protected_layer_names(unet, adapter, component))
     return {
         name: module
         for name, module in unet.named_modules()
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in EXCLUDED_LAYERS
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in protected
     }
 
 
@@ -61,23 +80,28 @@ def prunable_parameter_count(unet: nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# Calibration losses
+# Calibration losses: per-sample values (shape N) of one forward pass through the adapter
 # ----------------------------------------------------------------------------------------------
-def denoising_loss(unet, noise_scheduler, clean, noise, t: int) -> torch.Tensor:
-    """Standard DDPM loss ``MSE(eps_theta(x_t, t), eps)`` (Diff-Pruning, Towards Tiny Diffusion)."""
-    timesteps = torch.full((clean.shape[0],), t, dtype=torch.long, device=clean.device)
-    noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-    return F.mse_loss(unet(noisy, timesteps).sample, noise)
+def denoising_loss(adapter, unet, noise_scheduler, clean, noise, timesteps, conditioning=None) -> torch.Tensor:
+    """Standard diffusion loss ``MSE(model(x_t, t), target)`` with the target of the scheduler's
+    ``prediction_type`` (epsilon for the DDPMs of Diff-Pruning and Towards Tiny Diffusion)."""
+    return adapter.denoising_loss(unet, noise_scheduler, clean, noise, timesteps, conditioning)
 
 
-def clean_image_loss(unet, noise_scheduler, clean, noise, t: int) -> torch.Tensor:
+def clean_image_loss(adapter, unet, noise_scheduler, clean, noise, timesteps, conditioning=None) -> torch.Tensor:
     """NiCI-Pruning's loss ``MSE(eps_theta(x0, t), x0)``: the clean image goes in without noise and
     the prediction is compared with it (public code: ``mse_loss(model(clean, t).sample, clean)``)."""
-    timesteps = torch.full((clean.shape[0],), t, dtype=torch.long, device=clean.device)
-    return F.mse_loss(unet(clean, timesteps).sample, clean)
+    prediction = adapter.predict(unet, clean, adapter.model_timesteps(noise_scheduler, timesteps), conditioning)
+    return (adapter.trim_prediction(prediction, clean) - clean).pow(2).flatten(1).mean(1)
 
 
-LOSSES = {"denoising": denoising_loss, "clean-image": clean_image_loss}
+def reconstruction_loss(adapter, autoencoder, noise_scheduler, clean, noise, timesteps, conditioning=None) -> torch.Tensor:
+    """An autoencoder's own loss ``MSE(decode(encode(x)), x)`` on pixel images (the timestep is
+    irrelevant: every scheduled timestep sees the same loss, so the schedule only scales it)."""
+    return adapter.autoencoder_loss(autoencoder, clean)
+
+
+LOSSES = {"denoising": denoising_loss, "clean-image": clean_image_loss, "reconstruction": reconstruction_loss}
 
 
 @dataclass
@@ -105,9 +129,14 @@ def calibrate(
     seed: int,
     progress: Callable[[float, str], None] | None = None,
     progress_span: tuple[float, float] = (0.0, 1.0),
+    *,
+    adapter=None,  # the model family (default: the one that owns ``unet``)
+    component: str | None = None,  # the pipeline attribute of ``unet`` ("unet", "vqvae")
+    conditionings: list | None = None,  # per batch: the denoiser's conditioning (class labels)
 ) -> CalibrationStats:
     """Accumulate weighted gradients of ``loss_name`` over the schedule's timesteps.
 
+    The one calibration loop (timesteps x batches, chunked, with progress) of the gradient criteria.
     Each timestep's loss is multiplied by its schedule weight before backward. Timesteps are
     batched ``CALIBRATION_CHUNK_SAMPLES // batch size`` at a time into one backward pass (the
     accumulated gradient is the same sum); per group the gradient increment ``g`` is read off to
@@ -117,36 +146,34 @@ def calibrate(
     One fixed noise tensor per batch (Diff-Pruning), drawn on the CPU from ``seed``.
     ``unet`` is the engine's private copy: its gradients and ``requires_grad`` flags are changed.
     """
+    adapter, component = _rules(unet, adapter, component)
     loss_fn = LOSSES[loss_name]
-    layers = prunable_layers(unet)
+    layers = prunable_layers(unet, adapter, component)
     flags = {parameter: parameter.requires_grad for parameter in unet.parameters()}
     try:
         return _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, schedule_params,
-                          zero_grad_per_batch, seed, progress, progress_span)
+                          zero_grad_per_batch, seed, progress, progress_span, adapter, conditionings)
     finally:  # Torch-Pruning traces the graph through autograd: restore the flags even on error
         for parameter, flag in flags.items():
             parameter.grad = None
             parameter.requires_grad_(flag)
 
 
-def per_timestep_losses(loss_fn, unet, noise_scheduler, clean, noise, timesteps: list[int]) -> torch.Tensor:
+def per_timestep_losses(loss_fn, unet, noise_scheduler, clean, noise, timesteps: list[int], *,
+                        adapter=None, conditioning: dict | None = None) -> torch.Tensor:
     """``[loss_fn(..., t) for t in timesteps]`` computed in one batched forward pass.
 
-    The batch is repeated once per timestep; every sample is independent in a UNet2DModel
+    The batch is repeated once per timestep; every sample is independent in these networks
     (GroupNorm, attention within a sample), so each entry equals the single-timestep loss (up to
     float summation order) while the CPU works on one large batch instead of many small ones.
     """
-    if len(timesteps) == 1:
-        return loss_fn(unet, noise_scheduler, clean, noise, timesteps[0]).reshape(1)
+    adapter, _ = _rules(unet, adapter, "any")
     count, batch = len(timesteps), clean.shape[0]
-    clean_all = clean.repeat(count, 1, 1, 1)
-    noise_all = noise.repeat(count, 1, 1, 1)
+    clean_all = clean.repeat(count, *([1] * (clean.dim() - 1))) if count > 1 else clean
+    noise_all = noise.repeat(count, *([1] * (noise.dim() - 1))) if count > 1 else noise
     t_all = torch.tensor(timesteps, dtype=torch.long, device=clean.device).repeat_interleave(batch)
-    if loss_fn is clean_image_loss:
-        prediction, target = unet(clean_all, t_all).sample, clean_all
-    else:
-        prediction, target = unet(noise_scheduler.add_noise(clean_all, noise_all, t_all), t_all).sample, noise_all
-    return (prediction - target).pow(2).flatten(1).mean(1).view(count, batch).mean(1)
+    values = loss_fn(adapter, unet, noise_scheduler, clean_all, noise_all, t_all, conditioning)
+    return values.view(count, batch).mean(1)
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -154,7 +181,7 @@ def _chunks(items: list, size: int) -> list[list]:
 
 
 def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, schedule_params,
-               zero_grad_per_batch, seed, progress, progress_span) -> CalibrationStats:
+               zero_grad_per_batch, seed, progress, progress_span, adapter, conditionings) -> CalibrationStats:
     for parameter in unet.parameters():
         parameter.requires_grad_(False)
     for module in layers.values():
@@ -166,6 +193,7 @@ def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, s
     schedule = SCHEDULES[schedule_name]
     generator = torch.Generator().manual_seed(int(seed) + 12345)
     noises = [torch.randn(b.shape, generator=generator).to(b.device, b.dtype) for b in batches]
+    conditions = list(conditionings) if conditionings is not None else [None] * len(batches)
     previous = {name: torch.zeros_like(m.weight) for name, m in layers.items()}
     start, end = progress_span
     # Timesteps per backward pass: CALIBRATION_CHUNK_SAMPLES samples (1 timestep for large batches).
@@ -186,7 +214,8 @@ def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, s
                 ahead = list(range(t, min(t + chunk, num_train_timesteps)))
                 report(0.25 * t / limit, f"calibrating t={t}..{ahead[-1]} (finding where the threshold stops)")
                 with torch.no_grad():
-                    values = per_timestep_losses(loss_fn, unet, noise_scheduler, batches[0], noises[0], ahead)
+                    values = per_timestep_losses(loss_fn, unet, noise_scheduler, batches[0], noises[0], ahead,
+                                                  adapter=adapter, conditioning=conditions[0])
                 lookahead.update(zip(ahead, values.tolist()))
             stats.losses.setdefault(t, []).append(lookahead[t])
             return lookahead[t]
@@ -203,7 +232,7 @@ def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, s
             for name, module in layers.items():
                 module.weight.grad = None
                 previous[name] = torch.zeros_like(module.weight)
-        clean, noise = batches[batch_index], noises[batch_index]
+        clean, noise, condition = batches[batch_index], noises[batch_index], conditions[batch_index]
         for group_index, group in enumerate(groups):
             fraction = (batch_index + group_index / len(groups)) / len(batches)
             first, last = group[0][0], group[-1][0]
@@ -213,7 +242,8 @@ def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, s
             timesteps = [t for t, _ in group]
             weights = torch.tensor([w for _, w in group], dtype=clean.dtype, device=clean.device)
             if bool((weights > 0).any()):
-                losses = per_timestep_losses(loss_fn, unet, noise_scheduler, clean, noise, timesteps)
+                losses = per_timestep_losses(loss_fn, unet, noise_scheduler, clean, noise, timesteps,
+                                                 adapter=adapter, conditioning=condition)
                 (weights * losses).sum().backward()
                 # The gradient increment of this group: its timesteps' own first-order saliency
                 # (one column per group of `chunk` timesteps, keyed by the group's first t).
@@ -225,7 +255,8 @@ def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, s
                     previous[name] = grad.clone()
             else:
                 with torch.no_grad():
-                    losses = per_timestep_losses(loss_fn, unet, noise_scheduler, clean, noise, timesteps)
+                    losses = per_timestep_losses(loss_fn, unet, noise_scheduler, clean, noise, timesteps,
+                                                 adapter=adapter, conditioning=condition)
             if not (schedule.adaptive and batch_index == 0):  # the walk already recorded batch 0
                 for t, value in zip(timesteps, losses.detach().tolist()):
                     stats.losses.setdefault(t, []).append(value)
@@ -287,6 +318,12 @@ def _check_p(value):
         raise ValueError(f"criterion_params.p of criterion 'magnitude' must be 1 or 2, got {value!r}")
 
 
+def _check_l1_not_all_zero(params):
+    if params["alpha"] == 0 and params["beta"] == 0:
+        raise ValueError("criterion_params.alpha and beta of criterion 'l1' are both 0: every score would tie; "
+                         "allowed: alpha >= 0 and beta >= 0, not both 0")
+
+
 def _check_nonnegative(name):
     def check(value):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -318,6 +355,7 @@ class Criterion:
     # (unet, pipeline, spec, progress) -> (scores, stats, calibration_source): criteria that run
     # their own calibration and may rewrite weights (obs, gradflow; core/obs.py, core/gradflow.py)
     reconstruct: Callable | None = None
+    check_all: Callable | None = None  # validates the merged params together (e.g. not every weight 0)
 
     @property
     def needs_calibration(self) -> bool:
@@ -330,6 +368,8 @@ class Criterion:
         merged = {**self.defaults, **params}
         for key, check in self.checks.items():
             check(merged[key])
+        if self.check_all is not None:
+            self.check_all(merged)
         return merged
 
 
@@ -355,19 +395,18 @@ for _criterion in (
               default_calibration_batches=1, default_calibration_batch_size=8,
               defaults={"alpha": 1.0, "beta": 1.0},
               checks={"alpha": _check_nonnegative("alpha"), "beta": _check_nonnegative("beta")},
+              check_all=_check_l1_not_all_zero,
               description="Towards Tiny Diffusion: alpha|w| + beta|dL/dw|, per-layer normalised"),
 ):
     register_criterion(_criterion)
 
-# Criteria that prune by reconstruction live in their own modules (issue 6) and register here.
-from . import gradflow as _gradflow, obs as _obs  # noqa: E402
-
-_obs.register()
-_gradflow.register()
+# Criteria that prune by reconstruction (obs, gradflow) live in their own modules and register
+# themselves when imported (core/spec.py imports them); this module imports neither.
 
 
-def compute_scores(criterion: Criterion, unet: nn.Module, stats: CalibrationStats | None, params: dict, seed: int):
-    layers = prunable_layers(unet)
+def compute_scores(criterion: Criterion, unet: nn.Module, stats: CalibrationStats | None, params: dict, seed: int,
+                   adapter=None, component: str | None = None):
+    layers = prunable_layers(unet, adapter, component)
     with torch.no_grad():
         return criterion.score(layers, stats, criterion.check_params(params), seed)
 

@@ -81,8 +81,14 @@ def load_image_folder(
         raise ValueError(f"image folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     mode = "L" if channels == 1 else "RGB"
     arrays = []
+    from PIL import UnidentifiedImageError
+
     for file in files:
-        with Image.open(file) as image:
-            image = image.convert(mode).resize((size, size), Image.BICUBIC)
-            arrays.append(np.asarray(image, dtype=np.uint8))
+        try:
+            with Image.open(file) as image:
+                image = image.convert(mode).resize((size, size), Image.BICUBIC)
+                arrays.append(np.asarray(image, dtype=np.uint8))
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+            raise ValueError(f"image folder {str(folder)!r}: {file.name!r} is not a readable image "
+                             f"({str(error).splitlines()[0][:80] if str(error) else type(error).__name__})") from error
     return uint8_to_tensor(np.stack(arrays))

@@ -13,7 +13,6 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -21,15 +20,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .criteria import CRITERIA, EXCLUDED_LAYERS, calibrate, compute_scores, copy_scheduler, prunable_layers
-from .granularity import GRANULARITIES, example_inputs, plain_diffusers_config
-from .pipeline import pick_device
+from .calibration import (  # noqa: F401 - calibration_images is re-exported for callers of the engine
+    GENERATED_CALIBRATION_STEPS, calibration_images, calibration_pixels, decode_for_autoencoder, encode_samples,
+)
+from .criteria import CRITERIA, calibrate, compute_scores, copy_scheduler
+from .granularity import GRANULARITIES
+from .measure import count_model
+from .pipeline import adapter_of, pick_device
 from .spec import PruneSpec
 
 ProgressFn = Callable[[float, str], None]
-# Data-free calibration (Diff-Pruning's latent-model recipe): images sampled by the dense model
-# with this many DDIM steps.
-GENERATED_CALIBRATION_STEPS = 25
 # Calibration statistics do not depend on the granularity or the sparsity, so a sweep (or the app,
 # when the user moves the sparsity slider) reuses them: key = model weights + calibration settings.
 CALIBRATION_CACHE_SIZE = 4
@@ -90,49 +90,15 @@ class PruneResult:
 
 
 # ----------------------------------------------------------------------------------------------
-# measuring
+# measuring (one counter: core.measure)
 # ----------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def record_layer_macs(unet: nn.Module):
-    """Forward hooks counting multiply-accumulates per conv/linear layer and per attention
-    module (its two matmuls, ``Q K^T`` and ``A V``); the hooks are always removed."""
-    from .granularity import attention_modules
-
-    macs: dict[str, int] = {}
-    handles = []
-
-    def layer_hook(name):
-        def count(module, inputs, output):
-            per_output = module.weight[0].numel()  # in/groups * kh * kw, or in_features
-            macs[name] = macs.get(name, 0) + int(output.numel() // output.shape[0]) * int(per_output)
-        return count
-
-    def attention_hook(name):
-        def count(module, inputs, output):
-            hidden = inputs[0]
-            tokens = hidden.numel() // (hidden.shape[0] * hidden.shape[1]) if hidden.dim() == 4 else hidden.shape[1]
-            macs[name] = macs.get(name, 0) + 2 * tokens * tokens * int(module.inner_dim)
-        return count
-
-    try:
-        for name, module in unet.named_modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                handles.append(module.register_forward_hook(layer_hook(name)))
-        for name, module in attention_modules(unet).items():
-            handles.append(module.register_forward_hook(attention_hook(name)))
-        yield macs
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 @torch.no_grad()
-def measure(unet: nn.Module) -> tuple[dict[str, dict], int, int]:
-    """Count, from one forward pass on one image: per conv/linear layer its type, parameter and
-    weight counts, non-zero weights and MACs; the total MACs (conv, linear and attention matmuls)
-    and the total parameter count."""
-    with record_layer_macs(unet) as macs:
-        unet(**example_inputs(unet))
+def measure(unet: nn.Module, adapter=None, component: str | None = None) -> tuple[dict[str, dict], int, int]:
+    """Per conv/linear layer its type, parameter and weight counts, non-zero weights, MACs and
+    shape; the total MACs (conv, linear and attention matmuls) and the total parameter count --
+    all from ``core.measure.count_model``, the counter that ``evaluate`` and the app use too."""
+    counted = count_model(unet, adapter, component)
+    macs = dict(zip(counted.layers["name"], counted.layers["macs"]))
     layers = {}
     for name, module in unet.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -141,68 +107,16 @@ def measure(unet: nn.Module) -> tuple[dict[str, dict], int, int]:
                 params=sum(p.numel() for p in module.parameters(recurse=False)),
                 weights=module.weight.numel(),
                 nonzero=int(torch.count_nonzero(module.weight)),
-                macs=macs.get(name, 0),
+                macs=int(macs.get(name, 0)),
                 shape=tuple(module.weight.shape),
             )
-    return layers, int(sum(macs.values())), sum(p.numel() for p in unet.parameters())
+    return layers, counted.macs, counted.params
 
 
 def count_macs(unet: nn.Module) -> tuple[int, int]:
-    """(MACs for one image, parameters): conv, linear and attention matmuls, counted by hooks."""
-    _, macs, params = measure(unet)
-    return macs, params
-
-
-# ----------------------------------------------------------------------------------------------
-# calibration data
-# ----------------------------------------------------------------------------------------------
-def _model_shape(unet) -> tuple[int, int]:
-    size = unet.config.sample_size
-    return (size if isinstance(size, int) else size[0]), int(unet.config.in_channels)
-
-
-def resolve_calibration_source(unet, spec: PruneSpec) -> str:
-    from .data import CALIBRATION_IMAGES
-
-    if spec.calibration_data != "auto":
-        return spec.calibration_data
-    size, channels = _model_shape(unet)
-    if (size, channels) == (28, 1) and CALIBRATION_IMAGES.exists():
-        return "fashion-mnist-train"
-    return "generated"
-
-
-def calibration_images(pipeline, unet, spec: PruneSpec, progress: ProgressFn | None = None) -> tuple[torch.Tensor, str]:
-    """``calibration_batches * calibration_batch_size`` images in [-1, 1] and the source used.
-
-    A set smaller than needed is cycled. Images are picked by a permutation seeded by ``spec.seed``.
-    """
-    from .data import CALIBRATION_IMAGES, load_image_folder, load_image_set
-    from .pipeline import sample_images
-
-    count = spec.calibration_batches * spec.calibration_batch_size
-    source = resolve_calibration_source(unet, spec)
-    size, channels = _model_shape(unet)
-    if source == "fashion-mnist-train":
-        images = load_image_set(CALIBRATION_IMAGES)
-        if tuple(images.shape[1:]) != (channels, size, size):
-            raise ValueError(
-                f"calibration_data 'fashion-mnist-train' holds {tuple(images.shape[1:])} images but the model takes "
-                f"{(channels, size, size)}; allowed for this model: 'generated' or an image folder"
-            )
-    elif source == "generated":
-        dense = SimpleNamespace(unet=unet, scheduler=pipeline.scheduler)
-        images = sample_images(
-            dense, count, num_inference_steps=GENERATED_CALIBRATION_STEPS, seed=spec.seed,
-            progress=(lambda f, m: progress(0.1 * f, f"generating calibration images: {m}")) if progress else None,
-        )
-        source = f"generated ({GENERATED_CALIBRATION_STEPS} DDIM steps by the dense model)"
-    else:
-        images = load_image_folder(source, size, channels, limit=None)
-    generator = torch.Generator().manual_seed(int(spec.seed))
-    order = torch.randperm(images.shape[0], generator=generator)
-    order = order.repeat(-(-count // len(order)))[:count]
-    return images[order], source
+    """(MACs for one input, parameters): conv, linear and attention matmuls (``core.measure``)."""
+    counted = count_model(unet)
+    return counted.macs, counted.params
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,116 +128,199 @@ def _stage(progress: ProgressFn | None, start: float, end: float) -> ProgressFn 
     return lambda fraction, message: progress(start + (end - start) * min(1.0, max(0.0, fraction)), message)
 
 
-def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> PruneResult:
-    """Prune a copy of ``pipeline``'s UNet as ``spec`` says; the caller's pipeline is not modified.
+def _check_components(adapter, pipeline, spec, criterion, granularity) -> tuple:
+    names = tuple(spec.components) if spec.components else adapter.default_components(pipeline)
+    for name in names:
+        adapter.component(pipeline, name)  # ValueError naming the allowed components
+    others = [name for name in names if name != adapter.denoiser_name]
+    if others and criterion.reconstruct is not None:
+        raise ValueError(
+            f"criterion {spec.criterion!r} calibrates on the denoiser's sampling trajectory and prunes the denoiser only; "
+            f"components {others} need a criterion in {sorted(n for n, c in CRITERIA.items() if c.reconstruct is None)}"
+        )
+    return names
 
-    Deterministic: the same spec (seed included) on the same model gives the same masks and
-    weights. Sparsity 0 returns a model whose outputs equal the dense model's.
+
+def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> PruneResult:
+    """Prune copies of ``pipeline``'s components as ``spec`` says; the caller's pipeline is not modified.
+
+    ``spec.components`` names the networks to prune (default: the denoiser); each reaches the
+    target sparsity on its own. Deterministic: the same spec (seed included) on the same model
+    gives the same masks and weights. Sparsity 0 returns a model whose outputs equal the dense one's.
     """
     if not isinstance(spec, PruneSpec):
         raise ValueError(f"spec must be a PruneSpec, got {type(spec).__name__}")
-    unet_in = getattr(pipeline, "unet", None)
-    if unet_in is None or not hasattr(getattr(pipeline, "scheduler", None), "add_noise"):
-        raise ValueError("pipeline must be a diffusion pipeline with a unet and a noise scheduler")
+    adapter = adapter_of(pipeline)
     started = time.perf_counter()
     device = pick_device(spec.device)
     criterion = CRITERIA[spec.criterion]
     granularity = GRANULARITIES[spec.granularity_name]
-    unet = copy.deepcopy(unet_in).to(device=device, dtype=torch.float32).eval()
-    granularity.check(unet, spec)  # refuse before any expensive calibration
-    base_config = dict(unet.config)
+    names = _check_components(adapter, pipeline, spec, criterion, granularity)
+    denoiser_name = adapter.denoiser_name
+    copies = {name: copy.deepcopy(getattr(pipeline, name)).to(device=device, dtype=torch.float32).eval() for name in names}
+    for name, module in copies.items():  # refuse before any expensive calibration
+        adapter.check_cut(name, module, spec.granularity_name)
+        granularity.check(module, spec)
+    base_configs = {name: dict(module.config) for name, module in copies.items()}
 
     if progress is not None:
         progress(0.0, "measuring the dense model")
-    before, macs_before, params_before = measure(unet)
+    before = {name: measure(module, adapter, name) for name, module in copies.items()}
 
-    stats, calibration_source, calibration_seconds, calibration_cached = None, None, 0.0, False
+    stats_by, scores_by, calibration_source, calibration_seconds, calibration_cached = {}, {}, None, 0.0, False
     if criterion.needs_calibration and criterion.reconstruct is None:
         calibration_started = time.perf_counter()
-        key = _calibration_key(unet_in, spec, device)
+        key = _calibration_key(getattr(pipeline, denoiser_name), spec, device) + repr(names)
         if key in _CALIBRATION_CACHE:
-            stats, calibration_source = copy.deepcopy(_CALIBRATION_CACHE[key])
+            stats_by, calibration_source = copy.deepcopy(_CALIBRATION_CACHE[key])
             calibration_cached = True
             if progress is not None:
                 progress(0.8, "calibration reused (same model and calibration settings)")
         else:
-            images, calibration_source = calibration_images(pipeline, unet, spec, progress)
-            images = images.to(device)
-            batches = list(images.split(spec.calibration_batch_size))
+            pixels, samples, calibration_source = calibration_pixels(pipeline, spec, progress)
             span = (0.1, 0.8) if calibration_source.startswith("generated") else (0.0, 0.8)
-            stats = calibrate(
-                unet, copy_scheduler(pipeline.scheduler), batches, criterion.loss, spec.schedule,
-                dict(spec.schedule_params), criterion.zero_grad_per_batch, spec.seed, progress, span,
-            )
+            share = (span[1] - span[0]) / len(names)
+            for index, name in enumerate(names):
+                part = (span[0] + index * share, span[0] + (index + 1) * share)
+                module = copies[name]
+                if name == denoiser_name:
+                    if samples is None:
+                        samples = encode_samples(pipeline, pixels, spec)
+                    batches = list(samples.to(device).split(spec.calibration_batch_size))
+                    generator = torch.Generator().manual_seed(int(spec.seed) + 3)
+                    conditionings = [adapter.sample_conditioning(pipeline, int(b.shape[0]), generator) for b in batches]
+                    stats_by[name] = calibrate(
+                        module, copy_scheduler(pipeline.scheduler), batches, criterion.loss, spec.schedule,
+                        dict(spec.schedule_params), criterion.zero_grad_per_batch, spec.seed, progress, part,
+                        adapter=adapter, component=name, conditionings=conditionings,
+                    )
+                else:  # an autoencoder: its own reconstruction loss on pixel images, one pass per batch
+                    images = decode_for_autoencoder(pipeline, pixels, samples, spec).to(device)
+                    batches = list(images.split(spec.calibration_batch_size))
+                    stats_by[name] = calibrate(
+                        module, copy_scheduler(pipeline.scheduler), batches, "reconstruction", "custom",
+                        {"timesteps": [[0, 1.0]]}, criterion.zero_grad_per_batch, spec.seed, progress, part,
+                        adapter=adapter, component=name,
+                    )
             while len(_CALIBRATION_CACHE) >= CALIBRATION_CACHE_SIZE:
                 _CALIBRATION_CACHE.pop(next(iter(_CALIBRATION_CACHE)))
-            _CALIBRATION_CACHE[key] = copy.deepcopy((stats, calibration_source))
+            _CALIBRATION_CACHE[key] = copy.deepcopy((stats_by, calibration_source))
         calibration_seconds = time.perf_counter() - calibration_started
 
     if criterion.reconstruct is not None:  # obs, gradflow: own calibration, may rewrite weights
         calibration_started = time.perf_counter()
-        scores, stats, calibration_source = criterion.reconstruct(unet, pipeline, spec, _stage(progress, 0.0, 0.8))
+        module = copies[denoiser_name]
+        generator = torch.Generator().manual_seed(int(spec.seed) + 3)
+        conditioning = adapter.sample_conditioning(pipeline, int(spec.calibration_batch_size), generator)
+        with adapter.conditioned(module, conditioning):
+            scores, stats, calibration_source = criterion.reconstruct(module, pipeline, spec, _stage(progress, 0.0, 0.8))
+        scores_by[denoiser_name], stats_by[denoiser_name] = scores, stats
         calibration_seconds = time.perf_counter() - calibration_started
     else:
         if progress is not None:
             progress(0.8, "scoring")
-        scores = compute_scores(criterion, unet, stats, dict(spec.criterion_params), spec.seed)
+        for name, module in copies.items():
+            scores_by[name] = compute_scores(criterion, module, stats_by.get(name), dict(spec.criterion_params), spec.seed,
+                                             adapter, name)
 
-    if progress is not None:
-        progress(0.85, "pruning")
-    outcome = granularity.apply(unet, scores, spec, _stage(progress, 0.85, 0.97))
-    unet = outcome.unet.eval()
-    for parameter in unet.parameters():
-        parameter.requires_grad_(True)
-        parameter.grad = None
-    plain = True
-    if granularity.structural:
-        config = plain_diffusers_config(unet, base_config)
-        plain = config is not None
-        if plain:
-            unet.register_to_config(**config)
+    outcomes, plain = {}, True
+    share = 0.12 / len(names)
+    for index, name in enumerate(names):
+        if progress is not None:
+            progress(0.85 + index * share, "pruning" + (f" {name}" if len(names) > 1 else ""))
+        outcome = granularity.apply(copies[name], scores_by[name], spec, _stage(progress, 0.85 + index * share,
+                                                                                0.85 + (index + 1) * share))
+        module = outcome.unet.eval()
+        for parameter in module.parameters():
+            parameter.requires_grad_(True)
+            parameter.grad = None
+        if granularity.structural:
+            config = adapter.plain_config(name, module, base_configs[name])
+            plain = plain and config is not None
+            if config is not None:
+                module.register_to_config(**config)
+        copies[name], outcomes[name] = module, outcome
 
     if progress is not None:
         progress(0.97, "measuring the pruned model")
-    after, macs_after, params_after = measure(unet)
-    report = _build_report(spec, before, after, scores, outcome, stats, granularity.structural)
-    prunable = [name for name in before if name not in EXCLUDED_LAYERS]
-    weights_before = sum(before[n]["weights"] for n in prunable)
+    after = {name: measure(module, adapter, name) for name, module in copies.items()}
+    report = _build_report_components(names, denoiser_name, before, after, scores_by, outcomes, stats_by,
+                                      granularity.structural, adapter, copies)
+    per_component, sums = {}, dict(weights_before=0, weights_after=0, params_before=0, params_after=0,
+                                   macs_before=0, macs_after=0, effective=0.0)
     kept_key = "weights" if granularity.structural else "nonzero"
-    weights_after = sum(after[n][kept_key] for n in prunable)
-    effective_macs_after = sum(
-        after[n]["macs"] * (after[n]["nonzero"] / max(1, after[n]["weights"])) for n in after
-    )
+    for name in names:
+        layers_before, macs_before, params_before = before[name]
+        layers_after, macs_after, params_after = after[name]
+        protected = set(adapter.protected_layers(name, copies[name]))
+        prunable = [layer for layer in layers_before if layer not in protected]
+        weights_before = sum(layers_before[n]["weights"] for n in prunable)
+        weights_after = sum(layers_after[n][kept_key] for n in prunable if n in layers_after)
+        effective = sum(layers_after[n]["macs"] * (layers_after[n]["nonzero"] / max(1, layers_after[n]["weights"]))
+                        for n in layers_after)
+        per_component[name] = dict(
+            sparsity=1.0 - weights_after / weights_before, params_before=params_before, params_after=params_after,
+            macs_before=macs_before, macs_after=macs_after, structural_ratio=outcomes[name].structural_ratio,
+        )
+        for key, value in (("weights_before", weights_before), ("weights_after", weights_after),
+                           ("params_before", params_before), ("params_after", params_after),
+                           ("macs_before", macs_before), ("macs_after", macs_after), ("effective", effective)):
+            sums[key] += value
+    denoiser_stats = stats_by.get(denoiser_name) or (stats_by[names[0]] if stats_by else None)
     report.totals = dict(
         criterion=spec.criterion, granularity=spec.granularity, schedule=spec.schedule,
         target_sparsity=spec.sparsity, channel_ratio=spec.channel_ratio,
-        sparsity=1.0 - weights_after / weights_before,
-        structural_ratio=outcome.structural_ratio,
-        boosted_groups=outcome.notes.get("boosted_groups"),  # channel: groups given the next ratio step
-        params_before=params_before, params_after=params_after, params_ratio=params_after / params_before,
-        prunable_params_before=weights_before, prunable_params_after=weights_after,
-        macs_before=macs_before, macs_after=macs_after, macs_ratio=macs_after / macs_before,
-        macs_removed_fraction=1.0 - macs_after / macs_before,
-        effective_macs_after=int(effective_macs_after),
-        schedule_stopped_at=stats.stopped_at if stats else None,
+        sparsity=1.0 - sums["weights_after"] / sums["weights_before"],
+        structural_ratio=outcomes[names[0]].structural_ratio,
+        boosted_groups=outcomes[names[0]].notes.get("boosted_groups"),  # channel: groups given the next ratio step
+        params_before=sums["params_before"], params_after=sums["params_after"],
+        params_ratio=sums["params_after"] / sums["params_before"],
+        prunable_params_before=sums["weights_before"], prunable_params_after=sums["weights_after"],
+        macs_before=sums["macs_before"], macs_after=sums["macs_after"], macs_ratio=sums["macs_after"] / sums["macs_before"],
+        macs_removed_fraction=1.0 - sums["macs_after"] / sums["macs_before"],
+        effective_macs_after=int(sums["effective"]),
+        schedule_stopped_at=denoiser_stats.stopped_at if denoiser_stats else None,
         calibration_source=calibration_source,
-        calibration_images=stats.num_images if stats else 0,
+        calibration_images=denoiser_stats.num_images if denoiser_stats else 0,
         calibration_time_s=calibration_seconds,
         calibration_cached=calibration_cached,
-        timesteps_per_group=stats.timesteps_per_group if stats else None,
+        timesteps_per_group=denoiser_stats.timesteps_per_group if denoiser_stats else None,
         plain_diffusers_loadable=plain,
+        family=adapter.name,
+        components=list(names),
+        per_component=per_component,
         device=str(device),
         wall_time_s=time.perf_counter() - started,
     )
-    components = dict(pipeline.components)
-    components["unet"] = unet
-    components["scheduler"] = copy.deepcopy(pipeline.scheduler)
-    pruned_pipeline = type(pipeline)(**components)
-    if hasattr(pruned_pipeline, "set_progress_bar_config"):
-        pruned_pipeline.set_progress_bar_config(disable=True)
+    pruned_pipeline = adapter.replace_components(pipeline, {**copies, "scheduler": copy.deepcopy(pipeline.scheduler)})
     if progress is not None:
         progress(1.0, "done")
     return PruneResult(pipeline=pruned_pipeline, report=report, spec=spec)
+
+
+def _build_report_components(names, denoiser_name, before, after, scores_by, outcomes, stats_by, structural,
+                             adapter, modules) -> PruneReport:
+    """One report over every pruned component: the denoiser's layers under their own names, the
+    other components' layers prefixed ``"<component>."``, a ``component`` column on every row."""
+    frames, importance = [], {}
+    for name in names:
+        prefix = "" if name == denoiser_name else f"{name}."
+        part = _build_report(None, before[name][0], after[name][0], scores_by[name], outcomes[name],
+                             stats_by.get(name) if name == denoiser_name else None, structural)
+        layers = part.layers
+        if prefix:
+            layers["name"] = prefix + layers["name"]
+        layers.insert(1, "component", name)
+        frames.append(layers)
+        importance.update({prefix + key: value for key, value in part.importance.items()})
+        if name == denoiser_name:
+            denoiser_part = part
+    report = PruneReport(layers=pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0], importance=importance)
+    if denoiser_name in names:
+        report.timestep_contributions = denoiser_part.timestep_contributions
+        report.timestep_weights = denoiser_part.timestep_weights
+        report.calibration_loss = denoiser_part.calibration_loss
+    return report
 
 
 def _build_report(spec, before, after, scores, outcome, stats, structural) -> PruneReport:

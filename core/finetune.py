@@ -121,21 +121,19 @@ def apply_masks(unet: nn.Module, masks: dict) -> None:
 
 
 def _prunable(unet: nn.Module) -> dict:
-    try:  # one definition of "prunable" for the whole engine (issue 4)
-        from .criteria import prunable_layers
-    except ImportError:  # pragma: no cover
-        return {n: m for n, m in unet.named_modules()
-                if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in ("conv_in", "conv_out")}
+    from .criteria import prunable_layers  # one definition of "prunable" for the whole engine
+
     return prunable_layers(unet)
 
 
-def _default_images(unet) -> torch.Tensor:
+def _default_images(pipeline) -> torch.Tensor:
     from .data import CALIBRATION_IMAGES, load_image_set
+    from .pipeline import adapter_of
 
     images = load_image_set(CALIBRATION_IMAGES)
-    size = unet.config.sample_size
-    if tuple(images.shape[1:]) != (unet.config.in_channels, size, size):
-        raise ValueError(f"finetune needs images= for a model of {unet.config.in_channels}x{size}x{size} "
+    shape = tuple(adapter_of(pipeline).image_shape(pipeline))
+    if tuple(images.shape[1:]) != shape:
+        raise ValueError(f"finetune needs images= for a model of {'x'.join(map(str, shape))} "
                          f"images (the shipped set is {tuple(images.shape[1:])})")
     return images
 
@@ -143,9 +141,9 @@ def _default_images(unet) -> torch.Tensor:
 def _split(result_or_pipeline):
     """(pipeline, spec or None) from a PruneResult or a pipeline."""
     pipeline = getattr(result_or_pipeline, "pipeline", None)
-    if pipeline is not None and hasattr(pipeline, "unet"):
+    if pipeline is not None and hasattr(pipeline, "components"):
         return pipeline, getattr(result_or_pipeline, "spec", None)
-    if hasattr(result_or_pipeline, "unet") and hasattr(result_or_pipeline, "scheduler"):
+    if hasattr(result_or_pipeline, "components") and hasattr(result_or_pipeline, "scheduler"):
         return result_or_pipeline, None
     raise ValueError(f"finetune needs a PruneResult or a diffusion pipeline, got {type(result_or_pipeline).__name__}")
 
@@ -169,7 +167,11 @@ def _teacher_unet(distill, teacher):
     source = teacher if distill is True else distill
     if source is None:
         raise ValueError("distill=True needs teacher= (the dense pipeline or UNet); or pass the teacher as distill=")
-    unet = getattr(source, "unet", source)
+    if not isinstance(source, nn.Module) and hasattr(source, "components"):
+        from .pipeline import adapter_of
+
+        source = adapter_of(source).denoiser(source)
+    unet = source
     if not isinstance(unet, nn.Module):
         raise ValueError(f"the distillation teacher must be a pipeline or a UNet, got {type(source).__name__}")
     return unet
@@ -219,14 +221,11 @@ def _save_checkpoint(output_dir: Path, step: int, pipeline, unet, export, optimi
 
 
 def _save_pipeline(pipeline, unet, directory: Path, spec) -> None:
-    components = dict(pipeline.components)
-    components["unet"] = unet
-    snapshot = type(pipeline)(**components)
-    try:
-        from .checkpoint import save_pruned_pipeline
-    except ImportError:  # pragma: no cover - engine not present
-        snapshot.save_pretrained(str(directory), safe_serialization=True)
-        return
+    from .checkpoint import save_pruned_pipeline
+    from .pipeline import adapter_of
+
+    adapter = adapter_of(pipeline)
+    snapshot = adapter.replace_components(pipeline, {adapter.denoiser_name: unet})
     save_pruned_pipeline(snapshot, directory, spec=spec)
 
 
@@ -308,6 +307,9 @@ def finetune(
         raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     started = time.perf_counter()
     pipeline, spec = _split(result_or_pipeline)
+    from .pipeline import adapter_of
+
+    adapter = adapter_of(pipeline)
     teacher_source = _teacher_unet(distill, teacher)
     accelerator = Accelerator(mixed_precision=mixed_precision)
     device = accelerator.device
@@ -315,7 +317,7 @@ def finetune(
         raise ValueError(f"batch_size {batch_size} must be divisible by the {accelerator.num_processes} processes")
     local_batch = batch_size // accelerator.num_processes
 
-    unet = _float32(copy.deepcopy(pipeline.unet).to(device)).train()
+    unet = _float32(copy.deepcopy(adapter.denoiser(pipeline)).to(device)).train()
     for parameter in unet.parameters():
         parameter.requires_grad_(True)
     layer_masks = {name: mask.to(device) for name, mask in _resolve_masks(masks, unet, spec).items()}
@@ -326,7 +328,10 @@ def finetune(
         teacher_unet.requires_grad_(False)
     scheduler = pipeline.scheduler
     num_train_timesteps = int(scheduler.config.num_train_timesteps)
-    images = (_default_images(unet) if images is None else images).float().cpu()
+    images = (_default_images(pipeline) if images is None else images).float().cpu()
+    if adapter.is_latent():  # latent models train on the autoencoder's latents of the images
+        encoder_generator = torch.Generator().manual_seed(int(seed) + 7)
+        images = torch.cat([adapter.encode(pipeline, chunk, encoder_generator).float().cpu() for chunk in images.split(64)])
     prunable_names = list(_prunable(unet))
 
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
@@ -348,7 +353,7 @@ def finetune(
     model, optimizer = accelerator.prepare(unet, optimizer)
     for group in optimizer.param_groups:
         group["lr"] = lr * lr_lambda(start_step)
-    alphas_cumprod = scheduler.alphas_cumprod.to(device)
+    noise_scheduler = copy.deepcopy(scheduler)  # add_noise moves its tables to the sample's device
     modules = dict(unet.named_modules())
     settings = dict(steps=steps, lr=lr, batch_size=batch_size, ema=ema, distill=teacher_unet is not None,
                     distill_alpha=distill_alpha, distill_tau=distill_tau, l1_penalty=l1_penalty,
@@ -366,16 +371,21 @@ def finetune(
         part = slice(accelerator.process_index * local_batch, (accelerator.process_index + 1) * local_batch)
         clean = images[indices[part]].to(device)
         noise, timesteps = noise[part].to(device), timesteps[part].to(device)
-        abar = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
-        noisy = abar.sqrt() * clean + (1 - abar).sqrt() * noise  # DDPM forward process
+        # the family's forward process and target (epsilon, v or x0 from prediction_type)
+        noisy = adapter.add_noise(noise_scheduler, clean, noise, timesteps)
+        target = adapter.training_target(noise_scheduler, clean, noise, timesteps)
+        model_timesteps = adapter.model_timesteps(noise_scheduler, timesteps)
+        conditioning = adapter.sample_conditioning(pipeline, batch_size, step_generator(seed, step, stream=2))
+        conditioning = {key: value[part] for key, value in conditioning.items()}
         with accelerator.autocast():
-            prediction = model(noisy, timesteps).sample
-            denoising = F.mse_loss(prediction.float(), noise)
+            prediction = adapter.trim_prediction(adapter.predict(model, noisy, model_timesteps, conditioning), target)
+            denoising = F.mse_loss(prediction.float(), target)
             loss = denoising
             distillation = torch.zeros((), device=device)
             if teacher_unet is not None:
                 with torch.no_grad():
-                    target = teacher_unet(noisy, timesteps).sample
+                    target = adapter.trim_prediction(
+                        adapter.predict(teacher_unet, noisy, model_timesteps, conditioning), target)
                 distillation = nici_distillation_loss(prediction, target, distill_alpha, distill_tau)
                 loss = loss + distillation
             l1_term = torch.zeros((), device=device)
@@ -416,12 +426,8 @@ def finetune(
     final = final.eval()
     for parameter in final.parameters():
         parameter.requires_grad_(False)
-    components = dict(pipeline.components)
-    components["unet"] = final
-    components["scheduler"] = copy.deepcopy(pipeline.scheduler)
-    tuned = type(pipeline)(**components)
-    if hasattr(tuned, "set_progress_bar_config"):
-        tuned.set_progress_bar_config(disable=True)
+    tuned = adapter.replace_components(pipeline, {adapter.denoiser_name: final,
+                                                  "scheduler": copy.deepcopy(pipeline.scheduler)})
     return FinetuneResult(
         pipeline=tuned, losses=pd.DataFrame(losses, columns=["step", "loss", "denoising", "distillation", "l1"]),
         steps=steps, masks={name: mask.cpu() for name, mask in layer_masks.items()}, resumed_from=resumed_from,

@@ -111,18 +111,26 @@ def gradient_flow_importance(unet, parameters: dict, effective: dict, batches, n
     """Loss, ``g = dL/dw_eff`` and ``H g`` at the effective weights (double backward)."""
     from torch.func import functional_call
 
+    from .models import adapter_for_module
+
+    adapter = adapter_for_module(unet)[0]  # the family's forward process, target and keyword call
     names = list(effective)
     total_weight = sum(weight for _, weight in timestep_weights if weight > 0)
     loss = 0.0
+
+    def network(**inputs):
+        return functional_call(unet, {**parameters, **effective}, (), inputs)
+
     with _math_attention():
         for clean, noise in zip(batches, noises):
             for t, weight in timestep_weights:
                 if weight <= 0:
                     continue
                 timesteps = torch.full((clean.shape[0],), int(t), dtype=torch.long, device=clean.device)
-                noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-                prediction = functional_call(unet, {**parameters, **effective}, (noisy, timesteps)).sample
-                loss = loss + (weight / total_weight) * F.mse_loss(prediction, noise) / len(batches)
+                noisy = adapter.add_noise(noise_scheduler, clean, noise, timesteps)
+                target = adapter.training_target(noise_scheduler, clean, noise, timesteps)
+                prediction = adapter.predict(network, noisy, adapter.model_timesteps(noise_scheduler, timesteps))
+                loss = loss + (weight / total_weight) * F.mse_loss(adapter.trim_prediction(prediction, target), target) / len(batches)
     gradients = torch.autograd.grad(loss, [effective[n] for n in names], create_graph=True)
     # H g by double backward: d/dw (g . stop_grad(g)) = H g
     inner = sum((g * g.detach()).sum() for g in gradients)
@@ -262,7 +270,7 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
     channel ratio is given) and the granularity aggregates the scores.
     """
     from .criteria import CalibrationStats, copy_scheduler, prunable_layers
-    from .engine import calibration_images
+    from .calibration import calibration_images
 
     params = dict(spec.criterion_params)
     images, source = calibration_images(pipeline, unet, spec, progress)
@@ -299,3 +307,6 @@ def register() -> None:
                 "stiffness": _check("stiffness", (int, float), low=0.0)},
         description="gradient-flow iterative pruning: soft masks, gradient-norm-preserving score |w * (H g)|, cubic sparsity schedule",
     ))
+
+
+register()

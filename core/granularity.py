@@ -51,93 +51,27 @@ def parse_granularity(text) -> tuple[str, tuple[int, int] | None]:
 
 
 def attention_modules(unet: nn.Module) -> dict:
-    from diffusers.models.attention_processor import Attention
+    """Name -> attention module of ``unet`` (the adapter's definition)."""
+    from .criteria import _rules
 
-    return {name: module for name, module in unet.named_modules() if isinstance(module, Attention)}
-
-
-# ----------------------------------------------------------------------------------------------
-# diffusers cached sizes
-# ----------------------------------------------------------------------------------------------
-def sync_diffusers_attributes(unet: nn.Module) -> None:
-    """Make every diffusers attribute that caches a size agree with the (pruned) weights.
-
-    Torch-Pruning updates ``nn`` layers only; diffusers also caches ``Downsample2D.channels``,
-    ``Upsample2D.channels``/``out_channels``, ``Attention.heads``/``inner_dim`` and the
-    ``ResnetBlock2D`` widths, and asserts on some of them in forward.
-    """
-    from diffusers.models.downsampling import Downsample2D
-    from diffusers.models.resnet import ResnetBlock2D
-    from diffusers.models.upsampling import Upsample2D
-
-    for module in unet.modules():
-        if isinstance(module, ResnetBlock2D):
-            module.in_channels = module.conv1.in_channels
-            module.out_channels = module.conv2.out_channels
-    for block in list(unet.down_blocks) + list(unet.up_blocks):
-        resnets = getattr(block, "resnets", None)
-        width = resnets[-1].out_channels if resnets else None
-        for resampler in list(getattr(block, "downsamplers", None) or []) + list(getattr(block, "upsamplers", None) or []):
-            conv = getattr(resampler, "conv", None)
-            if isinstance(conv, nn.Conv2d):
-                resampler.channels = conv.in_channels
-                resampler.out_channels = conv.out_channels
-            elif width is not None:
-                # Reference bug (METHODS.md): compare instead of assign left out_channels stale.
-                resampler.channels = width
-                resampler.out_channels = width
-    for module in unet.modules():
-        if isinstance(module, (Downsample2D, Upsample2D)) and isinstance(getattr(module, "conv", None), nn.Conv2d):
-            module.channels = module.conv.in_channels
-            module.out_channels = module.conv.out_channels
-    for module in attention_modules(unet).values():
-        module.query_dim = module.to_q.in_features
-        module.inner_dim = module.to_q.out_features
-        if module.to_k is not None:
-            module.inner_kv_dim = module.to_k.out_features
-            module.cross_attention_dim = module.to_k.in_features
-        module.out_dim = module.to_out[0].out_features
-        module.out_context_dim = module.out_dim
-        module.sliceable_head_dim = module.heads
-        if module.inner_dim % module.heads:
-            raise RuntimeError(f"attention inner_dim {module.inner_dim} not divisible by heads {module.heads}")
+    adapter, component = _rules(unet)
+    return adapter.attention_modules(component, unet)
 
 
-def plain_diffusers_config(unet: nn.Module, base_config: dict) -> dict | None:
-    """The UNet2DModel config that rebuilds exactly these shapes, or None when none exists."""
-    from diffusers import UNet2DModel
+def sync_diffusers_attributes(unet: nn.Module, adapter=None, component: str | None = None) -> None:
+    """After a structural cut: the family's fix-ups (cached sizes made consistent with the weights)."""
+    from .criteria import _rules
 
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(base_config).items() if not k.startswith("_")}
-    config["block_out_channels"] = [block.resnets[0].out_channels for block in unet.down_blocks]
-    attentions = list(attention_modules(unet).values())
-    if attentions:
-        head_dims = {a.inner_dim // a.heads for a in attentions}
-        if len(head_dims) != 1:
-            return None
-        head_dim = head_dims.pop()
-        for attention in attentions:
-            if attention.inner_dim != attention.query_dim or abs(attention.scale - head_dim ** -0.5) > 1e-12:
-                return None
-        if base_config.get("attention_head_dim") is None:
-            if any(a.heads != 1 for a in attentions):
-                return None
-        else:
-            config["attention_head_dim"] = head_dim
-    try:
-        with torch.device("meta"):
-            candidate = UNet2DModel(**config)
-    except Exception:  # noqa: BLE001 - an inexpressible width raises anything from a shape check
-        return None
-    own = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
-    other = {k: tuple(v.shape) for k, v in candidate.state_dict().items()}
-    if own != other:
-        return None
-    for (name, module), (_, other_module) in zip(unet.named_modules(), candidate.named_modules()):
-        if isinstance(module, nn.GroupNorm) and module.num_groups != other_module.num_groups:
-            return None
-        if hasattr(module, "heads") and getattr(other_module, "heads", None) != module.heads:
-            return None
-    return config
+    adapter, component = _rules(unet, adapter, component)
+    adapter.fix_up(component, unet)
+
+
+def plain_diffusers_config(unet: nn.Module, base_config: dict, adapter=None, component: str | None = None) -> dict | None:
+    """The diffusers config that rebuilds exactly these shapes, or None when none exists."""
+    from .criteria import _rules
+
+    adapter, component = _rules(unet, adapter, component)
+    return adapter.plain_config(component, unet, base_config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,12 +214,12 @@ class WeightScoreImportance:
         return total.float()
 
 
-def example_inputs(unet) -> dict:
-    size = unet.config.sample_size
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    device = next(unet.parameters()).device
-    sample = torch.zeros(1, unet.config.in_channels, height, width, device=device)
-    return {"sample": sample, "timestep": torch.ones(1, dtype=torch.long, device=device)}
+def example_inputs(unet, adapter=None, component: str | None = None) -> dict:
+    """Keyword inputs of one forward pass (batch 1), from the family's adapter."""
+    from .criteria import _rules
+
+    adapter, component = _rules(unet, adapter, component)
+    return adapter.example_inputs(component, unet)
 
 
 class ChannelPlanner:
@@ -297,31 +231,37 @@ class ChannelPlanner:
     ``(out - removed_out) * (in - removed_in) * kernel`` weights.
     """
 
-    def __init__(self, unet, scores_by_name: dict):
+    def __init__(self, unet, scores_by_name: dict, adapter=None, component: str | None = None):
         import torch_pruning as tp
 
+        from .criteria import _rules
+
+        self.adapter, self.component = _rules(unet, adapter, component)
         self.unet = unet
         for parameter in unet.parameters():  # the graph is traced through autograd
             parameter.requires_grad_(True)
         modules = dict(unet.named_modules())
-        self.prunable = {modules[name]: name for name in prunable_layers(unet)}
+        self.prunable = {modules[name]: name for name in prunable_layers(unet, self.adapter, self.component)}
         num_heads = {}
-        for attention in attention_modules(unet).values():
+        for attention in self.adapter.attention_modules(self.component, unet).values():
             for linear in (attention.to_q, attention.to_k, attention.to_v):
                 if linear is not None and attention.heads > 1:
                     num_heads[linear] = attention.heads
+        kept = [modules[name] for name in self.adapter.channel_kept_layers(self.component, unet) if name in modules]
+        groups = {modules[name]: count for name, count in self.adapter.channel_groups(self.component, unet).items()}
         self.pruner = tp.pruner.BasePruner(
             unet,
-            example_inputs(unet),
+            self.adapter.example_inputs(self.component, unet),
             importance=WeightScoreImportance({modules[n]: s for n, s in scores_by_name.items()},
                                              input_side_only=isinstance(scores_by_name, ConsumerScores)),
             pruning_ratio=0.0,  # set per call: local, every group loses the same fraction (Diff-Pruning)
-            ignored_layers=[unet.conv_out],  # conv_out is never pruned (METHODS.md)
+            ignored_layers=kept,  # the image/latent interface (conv_out ...) is never cut (METHODS.md)
+            out_channel_groups=groups,  # outputs cut evenly per group (scale/shift halves, adapter)
             num_heads=num_heads,  # attention channels removed evenly per head; heads are kept
             prune_num_heads=False,
             prune_head_dims=True,
         )
-        self.before = prunable_parameter_count(unet)
+        self.before = sum(m.weight.numel() for m in self.prunable)
         # Root module of every group, smallest first: the order in which groups get the next
         # ratio step when one uniform ratio cannot reach the parameter target (see ``search``).
         roots = []
@@ -370,8 +310,9 @@ class ChannelPlanner:
                 return math.inf
             remaining += out * inp * int(np.prod(module.weight.shape[2:]))
         for module, entry in removal.items():
-            if isinstance(module, nn.GroupNorm) and module.num_channels - len(entry["out"]) < module.num_groups:
-                return math.inf
+            if isinstance(module, nn.GroupNorm) and (module.num_channels - len(entry["out"]) < module.num_groups
+                                                     or (module.num_channels - len(entry["out"])) % module.num_groups):
+                return math.inf  # GroupNorm needs a channel count divisible by its groups
             if isinstance(module, (nn.Conv2d, nn.Linear)) and (
                 module.weight.shape[0] <= len(entry["out"]) or module.weight.shape[1] <= len(entry["in"])
             ):
@@ -385,7 +326,7 @@ class ChannelPlanner:
             )
         for group in self._groups(ratio, boost) or []:
             group.prune()
-        sync_diffusers_attributes(self.unet)
+        self.adapter.fix_up(self.component, self.unet)
 
     def search(self, target: float, upper: float, progress=None):
         """Reach ``target`` prunable-parameter sparsity: bisect the uniform ratio; if its steps are

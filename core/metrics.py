@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .data import ASSETS_DIR, REFERENCE_IMAGES, load_image_folder, load_image_set
-from .pipeline import initial_noise, make_grid, sample_images
+from .pipeline import adapter_of, initial_noise, make_grid, sample_images
 
 ProgressFn = Callable[[float, str], None]
 
@@ -459,8 +459,13 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _pipeline_device(pipeline) -> torch.device:
+    adapter = adapter_of(pipeline)
+    return next(adapter.denoiser(pipeline).parameters()).device
+
+
 def _time_sampler(pipeline, batch_size: int, num_inference_steps: int, scheduler: str, seed: int) -> float:
-    device = pipeline.unet.device
+    device = _pipeline_device(pipeline)
     _synchronize(device)
     start = time.perf_counter()
     sample_images(pipeline, batch_size, num_inference_steps, seed, batch_size=batch_size, scheduler=scheduler)
@@ -490,7 +495,7 @@ def _latency_summary(pipeline, times: list[float], batch_size: int, num_inferenc
         "warmup": warmup,
         "scheduler": scheduler,
         "threads": torch.get_num_threads(),
-        "device": str(pipeline.unet.device),
+        "device": str(_pipeline_device(pipeline)),
         "times_s": times,
     }
 
@@ -566,105 +571,8 @@ def measure_latency_pair(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ModelCount:
-    """Counted size of a UNet: totals plus one row per leaf layer (``layers``: name, type, params, macs, nonzero)."""
-
-    params: int
-    macs: int
-    nonzero_params: int
-    attention_macs: int
-    layers: "object"  # pandas.DataFrame
-
-    def to_dict(self) -> dict:
-        return {"params": self.params, "macs": self.macs, "nonzero_params": self.nonzero_params,
-                "attention_macs": self.attention_macs}
-
-
-def _effective_parameters(module: nn.Module):
-    """A module's own weights as used in forward: ``torch.nn.utils.prune`` masks applied (``w_orig * mask``)."""
-    for name, parameter in module.named_parameters(recurse=False):
-        if name.endswith("_orig") and isinstance(getattr(module, name[: -len("_orig")], None), torch.Tensor):
-            yield getattr(module, name[: -len("_orig")])
-        else:
-            yield parameter
-
-
-def _attention_matmul_macs(unet: nn.Module, example_inputs: tuple) -> dict[str, int]:
-    """MACs of the attention score and value matmuls (Q K^T and A V) per diffusers ``Attention`` module.
-
-    Torch-Pruning's counter only sees modules (the q/k/v/out projections); these two products run
-    inside ``scaled_dot_product_attention`` and cost ``2 * L_q * L_kv * inner_dim`` per image.
-    """
-    from diffusers.models.attention_processor import Attention
-
-    counts: dict[str, int] = {}
-    handles = []
-
-    def hook(name):
-        def record(module, args, kwargs, output):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            query_length = hidden.shape[2] * hidden.shape[3] if hidden.ndim == 4 else hidden.shape[1]
-            context = kwargs.get("encoder_hidden_states")
-            key_length = query_length if context is None else context.shape[1]
-            inner_dim = module.to_q.out_features
-            counts[name] = counts.get(name, 0) + 2 * query_length * key_length * inner_dim
-        return record
-
-    for name, module in unet.named_modules():
-        if isinstance(module, Attention):
-            handles.append(module.register_forward_hook(hook(name), with_kwargs=True))
-    try:
-        with torch.no_grad():
-            unet(*example_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return counts
-
-
-def count_model(unet: nn.Module, timestep: int = 500) -> ModelCount:
-    """Parameters, MACs (per image, one UNet call) and non-zero weights of ``unet``, per layer too.
-
-    MACs come from Torch-Pruning's ``count_ops_and_params`` on one sample of the model's own
-    input size; ``attention_macs`` adds the attention matmuls that it does not see (reported
-    separately, not included in ``macs``). ``nonzero_params`` counts weights that are not zero
-    after any ``torch.nn.utils.prune`` mask is applied: for unstructured and N:M sparsity it is
-    the figure that shrinks while ``params`` and ``macs`` stay the same.
-    """
-    import pandas as pd
-    import torch_pruning as tp
-
-    config = unet.config
-    size = config.sample_size
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    parameter = next(unet.parameters())
-    sample = torch.zeros(1, config.in_channels, height, width, device=parameter.device, dtype=parameter.dtype)
-    example_inputs = (sample, torch.tensor([timestep], device=parameter.device))
-    was_training = unet.training
-    unet.eval()
-    try:
-        # A no-grad forward first: torch.nn.utils.prune's pre-hooks then recompute each masked
-        # `weight` as a plain tensor, which count_ops_and_params' deepcopy accepts (a weight left
-        # over from a forward with autograd is a non-leaf tensor that deepcopy refuses).
-        attention = _attention_matmul_macs(unet, example_inputs)
-        macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(unet, example_inputs, layer_wise=True)
-    finally:
-        unet.train(was_training)
-    rows = []
-    for name, module in unet.named_modules():
-        if any(True for _ in module.children()):
-            continue
-        own_params = sum(p.numel() for p in module.parameters(recurse=False))
-        module_macs = int(layer_macs.get(module) or 0)
-        if own_params == 0 and module_macs == 0:
-            continue
-        nonzero = sum(int(torch.count_nonzero(p.detach())) for p in _effective_parameters(module))
-        rows.append({"name": name, "type": type(module).__name__, "params": own_params, "macs": module_macs, "nonzero": nonzero})
-    layers = pd.DataFrame(rows, columns=["name", "type", "params", "macs", "nonzero"])
-    nonzero_total = sum(int(torch.count_nonzero(p.detach())) for m in unet.modules() for p in _effective_parameters(m))
-    return ModelCount(params=int(params), macs=int(macs), nonzero_params=nonzero_total,
-                      attention_macs=int(sum(attention.values())), layers=layers)
+# The one counter lives in core.measure (the prune report, evaluate, sweeps and the app use it).
+from .measure import ModelCount, count_model  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------------------------
@@ -692,6 +600,7 @@ def compare_grid(
     scheduler: str = "ddim",
     columns: int | None = None,
     scale: int = 1,
+    class_label: int | None = None,
     progress: ProgressFn | None = None,
 ) -> SampleComparison:
     """Sample both pipelines from one initial noise tensor and the same scheduler settings.
@@ -699,10 +608,9 @@ def compare_grid(
     Cell i of the two grids starts from the same noise (and, for DDPM, the same per-step noise
     stream), so the grids compare like with like.
     """
-    dense_config, pruned_config = dense_pipeline.unet.config, pruned_pipeline.unet.config
-    for field in ("sample_size", "in_channels"):
-        if dense_config[field] != pruned_config[field]:
-            raise ValueError(f"dense and pruned models differ in {field} ({dense_config[field]} vs {pruned_config[field]})")
+    dense_shape, pruned_shape = adapter_of(dense_pipeline).sample_shape(dense_pipeline), adapter_of(pruned_pipeline).sample_shape(pruned_pipeline)
+    if dense_shape != pruned_shape:
+        raise ValueError(f"dense and pruned models differ in their input shape ({dense_shape} vs {pruned_shape})")
     noise = initial_noise(dense_pipeline, num_images, seed)
     halves = []
     for index, pipeline in enumerate((dense_pipeline, pruned_pipeline)):
@@ -710,7 +618,7 @@ def compare_grid(
         if progress is not None:
             label = ("dense", "pruned")[index]
             step_progress = lambda f, m, i=index, label=label: progress((i + f) / 2, f"{label}: {m}")  # noqa: E731
-        halves.append(sample_images(pipeline, num_images, num_inference_steps, seed, scheduler=scheduler,
+        halves.append(sample_images(pipeline, num_images, num_inference_steps, seed, scheduler=scheduler, class_label=class_label,
                                     noise=noise, progress=step_progress))
     dense_images, pruned_images = halves
     return SampleComparison(

@@ -541,6 +541,9 @@ def sampling_trajectory(unet: nn.Module, noise_scheduler, timestep_weights: list
     first); returns ``[(x_t, t, weight)]``, the model inputs at each step (OBS-Diff calibrates on
     the dense model's own sampling trajectory). ``before_step(weight)`` is called before each
     model call (to weight the Hessians of layers hooked during sampling)."""
+    from .models import adapter_for_module
+
+    adapter = adapter_for_module(unet)[0]
     alphas = noise_scheduler.alphas_cumprod.to(torch.float64)
     clip = bool(getattr(noise_scheduler.config, "clip_sample", False))
     device, dtype = unet.device, unet.dtype
@@ -550,7 +553,9 @@ def sampling_trajectory(unet: nn.Module, noise_scheduler, timestep_weights: list
         steps.append((sample.clone(), int(t), float(weight)))
         if before_step is not None:
             before_step(float(weight))
-        epsilon = unet(sample, torch.full((sample.shape[0],), int(t), device=device, dtype=torch.long)).sample
+        timesteps = torch.full((sample.shape[0],), int(t), device=device, dtype=torch.long)
+        # through the family's adapter: keyword call, any prediction type turned into epsilon
+        epsilon = adapter.epsilon_from_prediction(noise_scheduler, adapter.predict(unet, sample, timesteps), sample, int(t))
         alpha = float(alphas[int(t)])
         previous = float(alphas[int(timestep_weights[index + 1][0])]) if index + 1 < len(timestep_weights) else 1.0
         clean = (sample - math.sqrt(1 - alpha) * epsilon) / math.sqrt(alpha)
@@ -585,11 +590,8 @@ def split_groups(names: list, num_groups: int) -> list:
 
 
 def _default_layers(unet: nn.Module) -> dict:
-    try:  # one definition of "prunable" for the whole engine (issue 4)
-        from .criteria import prunable_layers
-    except ImportError:  # pragma: no cover - engine not present
-        return {n: m for n, m in unet.named_modules()
-                if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in ("conv_in", "conv_out")}
+    from .criteria import prunable_layers  # one definition of "prunable" for the whole engine
+
     return prunable_layers(unet)
 
 
@@ -838,9 +840,15 @@ def obs_channel_scores(unet: nn.Module, noise_scheduler, layers: dict, *, schedu
     timestep_weights = resolve_timestep_weights(schedule, schedule_params, num_train_timesteps)
     noise = unet_noise(unet, num_images, seed)
     readers = {name: module for name, module in layers.items() if supported_layer(module)}
-    conv_out = getattr(unet, "conv_out", None)
-    if conv_out is not None and supported_layer(conv_out):
-        readers["conv_out"] = conv_out
+    # Layers whose outputs are never cut (the pixel UNet's conv_out) still read cut channels:
+    # they are compensated too (the adapter names them).
+    from .models import adapter_for_module
+
+    adapter, component = adapter_for_module(unet)
+    modules = dict(unet.named_modules())
+    for name in adapter.channel_kept_layers(component, unet):
+        if name in modules and supported_layer(modules[name]):
+            readers[name] = modules[name]
     if progress is not None:
         progress(0.0, "obs: sampling the dense calibration trajectory, collecting Hessians")
     with collect_hessians(readers) as collector, torch.no_grad():
@@ -921,3 +929,6 @@ def register() -> None:
                 "percdamp": _check_percdamp},
         description="OBS-Diff: timestep-aware Hessian (log-decrease), SparseGPT OBS with weight compensation",
     ))
+
+
+register()

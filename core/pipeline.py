@@ -8,16 +8,16 @@ the metrics and the benchmarks use, so a grid cell always compares like with lik
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from .checkpoint import PRUNED_MARKER, load_pruned_pipeline
 from .default_model import DEFAULT_MODEL_DIR
 
 SCHEDULERS = ("ddim", "ddpm")
-# Marker written by PruneResult.save next to a pruned checkpoint (see core/checkpoint.py).
-PRUNED_MARKER = "diffprune_checkpoint.json"
 
 ProgressFn = Callable[[float, str], None]
 
@@ -35,38 +35,42 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return resolved
 
 
-def _check_pipeline(pipeline, source: str) -> None:
-    unet = getattr(pipeline, "unet", None)
-    scheduler = getattr(pipeline, "scheduler", None)
-    if unet is None or scheduler is None or not hasattr(scheduler, "add_noise"):
-        raise ValueError(
-            f"{source!r} is a {type(pipeline).__name__}, not an unconditional diffusion pipeline "
-            "with a UNet and a noise scheduler (DDPMPipeline or DDIMPipeline)"
-        )
-    from diffusers import UNet2DModel
+# A hub id: "name" or "owner/name", each part at most 96 characters (the hub's own limit).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?$")
+MAX_SOURCE_LENGTH = 4096
 
-    if not isinstance(unet, UNet2DModel):
-        raise ValueError(
-            f"{source!r}: its unet is a {type(unet).__name__}; only pixel-space UNet2DModel "
-            "pipelines are supported"
-        )
+
+def adapter_of(pipeline, source: str | None = None):
+    """The model-family adapter of ``pipeline`` (``core.models``); ValueError naming the supported
+    families when none matches."""
+    from .models import adapter_for
+
+    return adapter_for(pipeline, source)
 
 
 def load_pipeline(source: str | Path | None = None, device: str | torch.device | None = None):
     """Load a diffusion pipeline on ``device`` (CUDA when available, else CPU).
 
     ``source`` is ``None`` (the embedded default model), a local diffusers directory, a
-    directory written by ``PruneResult.save``, or a Hugging Face hub id.
+    directory written by ``PruneResult.save``, or a Hugging Face hub id. The pipeline must belong to
+    a registered model family (``core.models``); anything else is refused with one line naming them.
     """
     torch_device = pick_device(device)
+    if source is not None and not isinstance(source, (str, Path)):
+        raise ValueError(f"source must be None, a directory or a hub id, got {type(source).__name__}")
+    if source is not None and (not str(source).strip() or len(str(source)) > MAX_SOURCE_LENGTH):
+        raise ValueError(f"source must be a non-empty path or hub id of at most {MAX_SOURCE_LENGTH} characters")
     source_path = DEFAULT_MODEL_DIR if source is None else Path(str(source)).expanduser()
     label = "default model" if source is None else str(source)
     if source is None and not source_path.is_dir():
         raise ValueError(f"the embedded default model is missing at {source_path}; train it with `diffprune train-base`")
-    if source_path.is_dir():
+    try:
+        is_dir, exists = source_path.is_dir(), source_path.exists()
+    except OSError as error:  # a name too long for the file system, for example
+        raise ValueError(f"source {label[:80]!r} is neither an existing directory nor a hub id: "
+                         f"{error.strerror or error}") from error
+    if is_dir:
         if (source_path / PRUNED_MARKER).exists():
-            from .checkpoint import load_pruned_pipeline
-
             pipeline = load_pruned_pipeline(source_path)
         else:
             if not (source_path / "model_index.json").exists():
@@ -75,15 +79,19 @@ def load_pipeline(source: str | Path | None = None, device: str | torch.device |
     else:
         text = str(source)
         looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or source_path.suffix != ""
-        if source_path.exists():
+        if exists:
             raise ValueError(f"{label!r} is a file, not a diffusers pipeline directory")
         if looks_local:
             raise ValueError(f"model path {label!r} does not exist")
+        if not _HUB_ID.match(text):
+            raise ValueError(f"source {text[:80]!r} is neither an existing directory nor a hub id ('owner/name', "
+                             "letters, digits, '-', '_', '.', at most 96 characters per part)")
         pipeline = _from_pretrained(text, label, local_files_only=False)
-    _check_pipeline(pipeline, label)
+    adapter = adapter_of(pipeline, label)
     pipeline.to(torch_device)
     pipeline.set_progress_bar_config(disable=True)
-    pipeline.unet.eval()
+    for name in adapter.prunable_components(pipeline):
+        getattr(pipeline, name).eval()
     return pipeline
 
 
@@ -94,7 +102,7 @@ def _from_pretrained(name: str, label: str, local_files_only: bool):
         return DiffusionPipeline.from_pretrained(name, local_files_only=local_files_only)
     except ValueError as error:
         raise ValueError(f"could not load {label!r}: {str(error).splitlines()[0][:200]}") from error
-    except (OSError, EnvironmentError, json.JSONDecodeError, KeyError, AttributeError, TypeError) as error:
+    except (OSError, EnvironmentError, json.JSONDecodeError, KeyError, AttributeError, TypeError, RuntimeError) as error:
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         raise ValueError(
             f"could not load {label!r} as a diffusers pipeline (unknown hub id, no network, or not a "
@@ -102,28 +110,39 @@ def _from_pretrained(name: str, label: str, local_files_only: bool):
         ) from error
 
 
-def _sampling_scheduler(pipeline, scheduler: str):
-    from diffusers import DDIMScheduler, DDPMScheduler
-
+def _sampling_scheduler(pipeline, scheduler: str, adapter=None):
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {list(SCHEDULERS)}, got {scheduler!r}")
-    cls = DDIMScheduler if scheduler == "ddim" else DDPMScheduler
-    return cls.from_config(pipeline.scheduler.config)
+    adapter = adapter or adapter_of(pipeline)
+    return adapter.sampling_scheduler(pipeline, scheduler)
 
 
 def unet_noise(unet, num_images: int, seed: int) -> torch.Tensor:
-    """Gaussian noise of ``num_images`` inputs of ``unet``, drawn on the CPU from ``seed`` so it is
-    the same on every device."""
-    config = unet.config
-    size = config.sample_size
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    generator = torch.Generator().manual_seed(int(seed))
-    return torch.randn((num_images, config.in_channels, height, width), generator=generator)
+    """Gaussian noise of ``num_images`` inputs of the denoiser ``unet``, drawn on the CPU from
+    ``seed`` so it is the same on every device."""
+    from .models import adapter_for_module
+
+    return adapter_for_module(unet)[0].noise(unet, num_images, seed)
 
 
 def initial_noise(pipeline, num_images: int, seed: int) -> torch.Tensor:
-    """The starting noise for ``num_images`` samples, drawn on the CPU so it is the same on every device."""
-    return unet_noise(pipeline.unet, num_images, seed)
+    """The starting noise for ``num_images`` samples (latent-shaped for latent models), drawn on the
+    CPU so it is the same on every device."""
+    return adapter_of(pipeline).noise(pipeline, num_images, seed)
+
+
+def sampling_conditioning(pipeline, num_images: int, seed: int, class_label: int | None = None) -> dict:
+    """The denoiser's conditioning for ``num_images`` samples: ``{}`` for unconditional models,
+    uniformly drawn classes (seeded) or ``class_label`` for class-conditional ones."""
+    generator = torch.Generator().manual_seed(int(seed) + 2)
+    return adapter_of(pipeline).sample_conditioning(pipeline, num_images, generator, class_label=class_label)
+
+
+def check_seed(seed, field: str = "seed") -> int:
+    """A seed torch's generators accept: an integer in [0, 2**63)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+        raise ValueError(f"{field} must be an integer in [0, 2**63), got {seed!r}")
+    return seed
 
 
 @torch.no_grad()
@@ -136,48 +155,64 @@ def sample_images(
     batch_size: int = 64,
     scheduler: str = "ddim",
     noise: torch.Tensor | None = None,
+    class_label: int | None = None,
+    decode: bool = True,
     progress: ProgressFn | None = None,
 ) -> torch.Tensor:
     """Sample ``num_images`` images; returns float N x C x H x W in [-1, 1] on the CPU.
 
+    The loop runs the denoiser through the family's adapter (keyword call with its conditioning:
+    uniform classes for class-conditional models unless ``class_label`` is given) and a
+    ``scheduler`` ("ddim" or "ddpm") built from the pipeline's own scheduler config; latent models'
+    samples are decoded by their autoencoder (``decode=False`` returns the latents, unclamped).
     Deterministic for a given seed: the initial noise (and DDPM's per-step noise) comes from
     CPU generators seeded with ``seed``; pass ``noise`` to share it between two models.
     """
-    if not isinstance(num_images, int) or num_images <= 0:
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images <= 0:
         raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
-    if not isinstance(num_inference_steps, int) or num_inference_steps <= 0:
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps <= 0:
         raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-    if batch_size <= 0:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    train_steps = pipeline.scheduler.config.num_train_timesteps
+    check_seed(seed)
+    adapter = adapter_of(pipeline)
+    train_steps = adapter.num_train_timesteps(pipeline)
     if num_inference_steps > train_steps:
         raise ValueError(f"num_inference_steps must be at most {train_steps}, got {num_inference_steps}")
-    unet = pipeline.unet
-    device, dtype = unet.device, unet.dtype
+    denoiser = adapter.denoiser(pipeline)
+    parameter = next(denoiser.parameters())
+    device, dtype = parameter.device, parameter.dtype
     if noise is None:
-        noise = initial_noise(pipeline, num_images, seed)
+        noise = adapter.noise(pipeline, num_images, seed)
     elif noise.shape[0] != num_images:
         raise ValueError(f"noise holds {noise.shape[0]} images but num_images is {num_images}")
-    sampler = _sampling_scheduler(pipeline, scheduler)
+    conditioning = sampling_conditioning(pipeline, num_images, seed, class_label)
+    sampler = _sampling_scheduler(pipeline, scheduler, adapter)
     sampler.set_timesteps(num_inference_steps)
     step_generator = torch.Generator().manual_seed(int(seed) + 1)
     batches = []
     total = num_images * num_inference_steps
     done = 0
     for start in range(0, num_images, batch_size):
-        image = noise[start : start + batch_size].to(device=device, dtype=dtype)
+        sample = noise[start : start + batch_size].to(device=device, dtype=dtype)
+        sample = sample * getattr(sampler, "init_noise_sigma", 1.0)
+        condition = {key: value[start : start + batch_size] for key, value in conditioning.items()}
         for t in sampler.timesteps:
-            model_output = unet(image, t).sample
+            model_input = sampler.scale_model_input(sample, t)
+            model_output = adapter.guided_prediction(denoiser, model_input, t.to(device), condition)
             if scheduler == "ddpm":
                 # DDPM adds fresh noise each step; a CPU generator keeps it device-independent.
-                image = sampler.step(model_output, t, image, generator=step_generator).prev_sample
+                sample = sampler.step(model_output, t, sample, generator=step_generator).prev_sample
             else:
-                image = sampler.step(model_output, t, image, eta=0.0).prev_sample
-            done += image.shape[0]
+                sample = sampler.step(model_output, t, sample, eta=0.0).prev_sample
+            done += sample.shape[0]
             if progress is not None:
-                progress(done / total, f"sampling images {start + 1}-{start + image.shape[0]} of {num_images}")
-        batches.append(image.float().cpu())
-    return torch.cat(batches).clamp(-1, 1)
+                progress(done / total, f"sampling images {start + 1}-{start + sample.shape[0]} of {num_images}")
+        if decode:
+            sample = adapter.decode(pipeline, sample)
+        batches.append(sample.float().cpu())
+    images = torch.cat(batches)
+    return images.clamp(-1, 1) if decode else images
 
 
 def to_pil(images: torch.Tensor):

@@ -46,9 +46,12 @@ def interval(num_train_timesteps: int, interval_weights=(1.0, 1.0, 1.0, 1.0)) ->
     code gives every visited t weight 1 (default ``interval_weights``); the paper's
     "timestep-weighted scheme" is exposed as one weight per quarter.
     """
-    if len(interval_weights) != 4:
-        raise ValueError(f"schedule_params.interval_weights of schedule 'interval' must hold 4 weights, got {interval_weights!r}")
+    if not isinstance(interval_weights, (list, tuple)) or len(interval_weights) != 4:
+        raise ValueError(f"schedule_params.interval_weights of schedule 'interval' must be a list of 4 weights >= 0, got {interval_weights!r}")
     weights = [_check_number("interval_weights", w, "interval") for w in interval_weights]
+    if not any(w > 0 for w in weights):
+        raise ValueError("schedule_params.interval_weights of schedule 'interval' needs at least one positive weight "
+                         "(all zero: every timestep would be ignored)")
     strides = (2, 4, 8, 16)
     result, t = [], 0
     while t < num_train_timesteps:
@@ -69,6 +72,9 @@ def _ramp(num_train_timesteps: int, num_steps: int, w_max: float, w_min: float, 
     _check_positive_int("num_steps", num_steps, name)
     w_max = _check_number("w_max", w_max, name)
     w_min = _check_number("w_min", w_min, name)
+    if w_max == 0 and w_min == 0:
+        raise ValueError(f"schedule_params.w_max and w_min of schedule {name!r} are both 0: every timestep would get "
+                         "weight 0; allowed: at least one of them > 0")
     if num_steps > num_train_timesteps:
         raise ValueError(f"schedule_params.num_steps of schedule {name!r} must be at most {num_train_timesteps}, got {num_steps}")
     if num_steps == 1:

@@ -13,12 +13,21 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from . import gradflow as _gradflow, obs as _obs  # noqa: F401 - importing them registers the two criteria
 from .criteria import CRITERIA
 from .granularity import GRANULARITIES, parse_granularity
 from .schedules import SCHEDULES, check_schedule_params
 
 MAX_SPARSITY = 0.95
-# Named calibration sources; anything else must be a directory of the user's images.
+# Resource bounds, checked before any work starts. Sized for this tool's machines (a 2-core CPU
+# with a few GB of memory, or one GPU): a calibration batch of 1024 images at 256 x 256 RGB with its
+# activations already needs tens of GB, and 10,000 batches x timesteps is days of CPU time.
+MAX_CALIBRATION_BATCH_SIZE = 1024
+MAX_CALIBRATION_BATCHES = 10_000
+MAX_CALIBRATION_IMAGES = 100_000
+# N:M: M up to 64 (the hardware patterns are 2:4 and 4:8; larger M is accepted for study).
+MAX_NM_M = 64
+MAX_SEED = 2 ** 63# Named calibration sources; anything else must be a directory of the user's images.
 CALIBRATION_SOURCES = ("auto", "fashion-mnist-train", "generated")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
@@ -67,6 +76,7 @@ class PruneSpec:
     calibration_batch_size: int | None = None  # None: the criterion's default
     seed: int = 0
     device: str = "cpu"  # "cpu", "cuda[:N]", "auto"
+    components: tuple | None = None  # pipeline networks to prune by attribute name; None: the denoiser
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
@@ -89,7 +99,14 @@ class PruneSpec:
                 raise ValueError("give either sparsity or channel_ratio, not both (set sparsity=None)")
             set_("channel_ratio", float(self.channel_ratio))
         elif pattern is not None:
+            if pattern[1] > MAX_NM_M:
+                raise ValueError(f"granularity {self.granularity!r}: N:M needs M <= {MAX_NM_M}, got M={pattern[1]}")
             implied = 1.0 - pattern[0] / pattern[1]
+            if implied > MAX_SPARSITY:
+                raise ValueError(
+                    f"granularity {self.granularity!r} prunes {implied:.1%} of the weights; N:M patterns may prune at "
+                    f"most {MAX_SPARSITY:.0%} (1 - N/M <= {MAX_SPARSITY})"
+                )
             if self.sparsity is None:
                 set_("sparsity", implied)
             elif not _is_number(self.sparsity) or abs(self.sparsity - implied) > 1e-9:
@@ -118,9 +135,15 @@ class PruneSpec:
                                        ("calibration_batch_size", criterion.default_calibration_batch_size)):
                 value = getattr(self, attribute)
                 value = default if value is None else value
-                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                    raise ValueError(f"{attribute} must be a positive integer, got {value!r}")
+                limit = MAX_CALIBRATION_BATCHES if attribute == "calibration_batches" else MAX_CALIBRATION_BATCH_SIZE
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+                    raise ValueError(f"{attribute} must be an integer in [1, {limit}] (the bound for this tool's machines), got {value!r}")
                 set_(attribute, value)
+            if self.calibration_batches * self.calibration_batch_size > MAX_CALIBRATION_IMAGES:
+                raise ValueError(
+                    f"calibration_batches x calibration_batch_size must be at most {MAX_CALIBRATION_IMAGES} images, got "
+                    f"{self.calibration_batches} x {self.calibration_batch_size}"
+                )
         else:
             if self.schedule is not None or self.schedule_params:
                 raise ValueError(
@@ -140,10 +163,25 @@ class PruneSpec:
                 f"calibration_data must be one of {list(CALIBRATION_SOURCES)} or an existing image folder, "
                 f"got {self.calibration_data!r}"
             )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < MAX_SEED:
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         if not isinstance(self.device, str) or not _DEVICE_PATTERN.match(self.device):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.device == "mps":
+            import torch
+
+            if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+                raise ValueError("device 'mps' is not available on this machine; allowed: 'auto', 'cpu' or 'cuda[:N]'")
+        # --- components
+        if self.components is not None:
+            names = (self.components,) if isinstance(self.components, str) else self.components
+            if (not isinstance(names, (tuple, list)) or not names
+                    or not all(isinstance(n, str) and n.isidentifier() for n in names) or len(set(names)) != len(names)):
+                raise ValueError(
+                    "components must be None (the denoiser) or a non-empty list of distinct pipeline attribute names "
+                    f"such as ['unet', 'vqvae'], got {self.components!r}"
+                )
+            set_("components", tuple(names))
 
     # ------------------------------------------------------------------ derived
     @property
@@ -168,7 +206,10 @@ class PruneSpec:
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict:
-        return {key: _thaw(value) for key, value in asdict(self).items()}
+        data = {key: _thaw(value) for key, value in asdict(self).items()}
+        if data.get("components") is None:  # the default: left out so older specs keep their JSON (cache keys)
+            data.pop("components", None)
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -1,6 +1,6 @@
 """Sweeps: prune and evaluate a list of specs through the results store (issue 3's ``ResultStore``).
 
-Each finished row is stored under ``key_for(model_hash(dense unet), {"sweep": 1, **eval_settings},
+Each finished row is stored under ``key_for(pipeline_hash(dense pipeline), {"sweep": 1, **eval_settings},
 spec)`` before the next spec starts, so a stored row returns instantly (no pruning, no sampling)
 and a sweep killed midway resumes where it stopped.
 """
@@ -36,8 +36,8 @@ def sweep(
     Rows have the spec's fields, ``prune_*`` totals, the evaluation's metrics, ``key`` and
     ``cached`` (True when the row came from the store).
     """
-    from .evaluate import evaluate
-    from .store import ResultStore, key_for, model_hash
+    from .evaluate import evaluate, pipeline_hash
+    from .store import ResultStore, key_for
 
     specs = list(specs)
     for index, spec in enumerate(specs):
@@ -49,7 +49,7 @@ def sweep(
     if reserved:
         raise ValueError(f"eval_settings must not contain {reserved}: sweep sets them")
     store = store if store is not None else ResultStore()
-    dense_hash = model_hash(pipeline.unet)
+    dense_hash = pipeline_hash(pipeline)
     settings_key = {"sweep": SWEEP_ROW_VERSION, **eval_settings}
     rows = []
     for index, spec in enumerate(specs):

@@ -45,6 +45,7 @@ attribute name (``"unet"``, ``"vqvae"``), ``module`` the (possibly pruned) netwo
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -249,6 +250,29 @@ class ModelAdapter:
         override this); default: :meth:`predict`."""
         return self.predict(denoiser, sample, timestep, conditioning)
 
+    @contextlib.contextmanager
+    def conditioned(self, denoiser: nn.Module, conditioning: dict | None):
+        """Within the block, every call of ``denoiser`` that lacks them receives the conditioning
+        keyword inputs (matched to its batch) through a forward pre-hook, removed on exit: code that
+        calls the network positionally (OBS's trajectory, gradflow's functional call) then runs a
+        conditional model unchanged."""
+        if not conditioning:
+            yield denoiser
+            return
+
+        def inject(module, args, kwargs):
+            sample = args[0] if args else kwargs.get("sample")
+            for key, value in _match_batch(conditioning, sample).items():
+                if key not in kwargs:
+                    kwargs[key] = value.to(sample.device) if isinstance(value, torch.Tensor) else value
+            return args, kwargs
+
+        handle = denoiser.register_forward_pre_hook(inject, with_kwargs=True)
+        try:
+            yield denoiser
+        finally:
+            handle.remove()
+
     def bind(self, denoiser: nn.Module, conditioning: dict | None = None):
         """``f(sample, timesteps) -> prediction`` with the conditioning fixed: what hooks-based
         calibration (obs, gradflow) calls instead of the network."""
@@ -289,6 +313,20 @@ class ModelAdapter:
         if kind == "v_prediction":
             return scheduler.get_velocity(clean, noise, timesteps)
         return noise - clean
+
+    def epsilon_from_prediction(self, scheduler, prediction, sample, timestep: int) -> torch.Tensor:
+        """The noise estimate implied by a raw prediction at DDPM timestep ``timestep`` (for
+        samplers written in epsilon form, such as OBS's trajectory)."""
+        kind = self.prediction_type(scheduler)
+        prediction = prediction[:, : sample.shape[1]] if prediction.shape[1] != sample.shape[1] else prediction
+        if kind == "epsilon":
+            return prediction
+        abar = float(scheduler.alphas_cumprod[int(timestep)])
+        if kind == "v_prediction":  # eps = sqrt(abar) v + sqrt(1 - abar) x_t
+            return math.sqrt(abar) * prediction + math.sqrt(1 - abar) * sample
+        if kind == "sample":  # eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)
+            return (sample - math.sqrt(abar) * prediction) / math.sqrt(max(1 - abar, 1e-12))
+        raise ValueError("epsilon_from_prediction needs a DDPM-family scheduler, not a flow-matching one")
 
     def _flow_sigma(self, scheduler, timesteps, like):
         s = timesteps.to(like.device, torch.float32) / float(self.num_train_timesteps(scheduler))
@@ -343,6 +381,11 @@ class ModelAdapter:
         """Names of layers whose output channels are never cut (Torch-Pruning ``ignored_layers``)."""
         return ()
 
+    def channel_groups(self, component: str, module: nn.Module) -> dict:
+        """Layer name -> number of output channel groups Torch-Pruning must cut evenly (beyond the
+        GroupNorm and head groups it finds itself)."""
+        return {}
+
     def attention_modules(self, component: str, module: nn.Module) -> dict:
         return attention_modules(module)
 
@@ -373,12 +416,18 @@ class ModelAdapter:
 
 
 def _match_batch(conditioning: dict, sample: torch.Tensor) -> dict:
+    """Conditioning rows matched to the sample's batch: as is, repeated (a batch repeated per
+    timestep) or the first rows (a shorter probe batch)."""
     out = {}
+    batch = sample.shape[0]
     for key, value in conditioning.items():
-        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] not in (sample.shape[0], 1):
-            if sample.shape[0] % value.shape[0]:
-                raise ValueError(f"conditioning {key!r} holds {value.shape[0]} rows for a batch of {sample.shape[0]}")
-            value = value.repeat(sample.shape[0] // value.shape[0], *([1] * (value.dim() - 1)))
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] not in (batch, 1):
+            if batch < value.shape[0]:
+                value = value[:batch]
+            elif batch % value.shape[0]:
+                raise ValueError(f"conditioning {key!r} holds {value.shape[0]} rows for a batch of {batch}")
+            else:
+                value = value.repeat(batch // value.shape[0], *([1] * (value.dim() - 1)))
         out[key] = value
     return out
 

@@ -287,6 +287,37 @@ def _compatible(chosen: list, unit: dict) -> bool:
     return unit["kind"] != "layer" or all(c.get("stage") != unit["stage"] for c in chosen)
 
 
+EXHAUSTIVE_BLOCK_UNITS = 12  # up to this many units every compatible subset is tried (2**12 sums)
+
+
+def _choose_blocks(units, total, target, most):
+    """(blocks to remove, reachable sparsities, tolerance). Blocks are coarse units: a sparsity
+    within half the smallest block's share of the prunable parameters (or SPARSITY_TOLERANCE) of
+    the target is accepted. Among the sets that reach it, the one removing the least importance
+    (sum of its blocks' scores) wins; with many units (transformers, equal blocks) the lowest
+    scored blocks are taken in order instead. None when nothing reaches the target."""
+    import itertools
+
+    tolerance = max(SPARSITY_TOLERANCE, 0.5 * min(u["weights"] for u in units) / total) if units else SPARSITY_TOLERANCE
+    order = sorted(units, key=lambda u: (u["score"], u["name"]))
+    if len(units) <= EXHAUSTIVE_BLOCK_UNITS:
+        subsets = []
+        for size in range(0, min(most, len(order)) + 1):
+            for subset in itertools.combinations(order, size):
+                if all(_compatible(list(subset[:i]), unit) for i, unit in enumerate(subset)):
+                    subsets.append(list(subset))
+    else:
+        subsets = [order[:size] for size in range(0, min(most, len(order)) + 1)]
+    share = lambda subset: sum(u["weights"] for u in subset) / total  # noqa: E731
+    reachable = sorted({round(share(s), 3) for s in subsets})
+    fitting = [s for s in subsets if abs(share(s) - target) <= tolerance and (s or target == 0)]
+    if not fitting:
+        return None, reachable, tolerance
+    importance = lambda subset: sum(u["score"] * u["weights"] for u in subset)  # noqa: E731
+    best = min(fitting, key=lambda s: (importance(s), abs(share(s) - target), [u["name"] for u in s]))
+    return best, reachable, tolerance
+
+
 def apply_block(model, scores, spec, progress=None):
     check_block(model, spec)
     if spec.channel_ratio is not None:
@@ -300,29 +331,12 @@ def apply_block(model, scores, spec, progress=None):
         unit["score"] = _unit_score(unit, names, scores)
     # a transformer keeps at least one block
     most = len(model.transformer_blocks) - 1 if hasattr(model, "transformer_blocks") else len(units)
-    order = sorted(units, key=lambda u: (u["score"], u["name"]))
-    # greedy in score order; the prefix whose removed share is closest to the target wins
-    chosen, best, best_gap, removed = [], [], spec.sparsity, 0
-    reachable = [0.0]
-    for unit in order:
-        if len(chosen) >= most:
-            break
-        if not _compatible(chosen, unit):
-            continue
-        chosen = chosen + [unit]
-        removed += unit["weights"]
-        reachable.append(removed / total)
-        gap = abs(removed / total - spec.sparsity)
-        if gap < best_gap - 1e-12:
-            best, best_gap = list(chosen), gap
-    # blocks are coarse units: the closest reachable sparsity is taken when it is within half the
-    # smallest block's share of the prunable parameters (or SPARSITY_TOLERANCE), never "remove nothing"
-    tolerance = max(SPARSITY_TOLERANCE, 0.5 * min(u["weights"] for u in units) / total) if units else SPARSITY_TOLERANCE
-    if best_gap > tolerance or (spec.sparsity > 0 and not best):
+    best, reachable, tolerance = _choose_blocks(units, total, spec.sparsity, most)
+    if best is None:
         steps = ", ".join(f"{r:.3f}" for r in reachable)
-        raise ValueError(f"sparsity {spec.sparsity:g} cannot be reached with granularity 'block' on this model: removing "
-                         f"blocks in score order reaches {steps} of the prunable parameters; allowed: a sparsity within "
-                         f"{tolerance:.3f} of one of those, or a finer granularity ('ffn', 'head', 'unstructured')")
+        raise ValueError(f"sparsity {spec.sparsity:g} cannot be reached with granularity 'block' on this model: whole "
+                         f"blocks remove {steps} of the prunable parameters; allowed: a sparsity within {tolerance:.3f} "
+                         "of one of those, or a finer granularity ('ffn', 'head', 'unstructured')")
     outcome = GranularityOutcome(unet=model, structural_ratio=len(best) / max(1, len(units)))
     outcome.importance["blocks"] = np.array([u["score"] for u in units], dtype=np.float32)
     outcome.notes["blocks"] = {u["name"]: u["score"] for u in units}

@@ -91,6 +91,9 @@ class StableDiffusionAdapter(GuidedAdapter):
                      "mid_block_type": base_config.get("mid_block_type") if module.mid_block is not None else None}
         if len(set(overrides["layers_per_block"])) == 1 and isinstance(base_config.get("layers_per_block"), int):
             overrides["layers_per_block"] = overrides["layers_per_block"][0]
+        plain = _plain_config_by_rebuild(module, base_config, overrides)
+        if plain is not None:  # the head counts are the original ones
+            return plain
         heads = []
         for block in module.down_blocks:
             attentions = getattr(block, "attentions", None)

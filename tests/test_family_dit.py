@@ -76,3 +76,16 @@ def test_callers_pipeline_is_untouched(dit, monkeypatch):
     for granularity in ("head", "ffn", "block"):
         assert checks.prune_or_refuse(dit, checks.spec_for("taylor", granularity, **GRANULARITIES[granularity]))[0] == "ran"
     assert checks.fingerprint(dit) == before
+
+
+def test_classes_come_from_the_pipelines_labels():
+    from diffusers import DiTPipeline
+
+    dense = tiny_families.build("dit")
+    ten = DiTPipeline(transformer=dense.transformer, vae=dense.vae, scheduler=dense.scheduler,
+                      id2label={i: f"class {i}" for i in range(10)})
+    adapter = adapter_for(ten)
+    assert adapter.num_classes(ten) == 10 and adapter.null_class(ten) == 1000
+    labels = adapter.sample_conditioning(ten, 200, torch.Generator().manual_seed(0))["class_labels"]
+    assert set(labels.tolist()) == set(range(10))
+    assert adapter.num_classes(ten.transformer) == 1000  # a bare network: every row of its label table

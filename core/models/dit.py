@@ -1,7 +1,7 @@
 """``DiTPipeline`` / ``DiTTransformer2DModel``: class-conditional latent transformer (Peebles & Xie 2023).
 
-* Conditioning: ``class_labels`` drawn uniformly over the ``num_embeds_ada_norm`` classes (or one
-  chosen class); the null class of classifier-free guidance is ``num_embeds_ada_norm`` (the
+* Conditioning: ``class_labels`` drawn uniformly over the classes the pipeline names (``id2label``),
+  else over the ``num_embeds_ada_norm`` rows of the label table (or one chosen class); the null class of classifier-free guidance is ``num_embeds_ada_norm`` (the
   pipeline hard-codes 1000, so its own ``__call__`` guides correctly only when that is 1000).
   Guidance here is applied to all C noise channels; the pipeline's own loop (after the original
   DiT code) guides only the first 3.
@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ..registry import ADAPTERS
 from .guided import UNCOND, GuidedAdapter
@@ -38,6 +39,16 @@ class DiTAdapter(GuidedAdapter):
         return "transformer" if is_dit(module) else None
 
     def num_classes(self, pipeline_or_denoiser):
+        """The classes the model was trained on: those the pipeline names (``id2label``: the
+        embedded Fashion-MNIST DiT has 10 in a table of 1000), else every row of the label table."""
+        table = int(self._as_denoiser(pipeline_or_denoiser).config.num_embeds_ada_norm)
+        labels = getattr(pipeline_or_denoiser, "labels", None) if not isinstance(pipeline_or_denoiser, nn.Module) else None
+        if labels:
+            return min(table, max(int(i) for i in labels.values()) + 1)
+        return table
+
+    def null_class(self, pipeline_or_denoiser) -> int:
+        """The extra row of the label table that classifier-free guidance uses (the pipeline: 1000)."""
         return int(self._as_denoiser(pipeline_or_denoiser).config.num_embeds_ada_norm)
 
     def sample_conditioning(self, pipeline_or_denoiser, batch_size, generator=None, *, class_label=None,
@@ -52,7 +63,7 @@ class DiTAdapter(GuidedAdapter):
         else:
             generator = generator if generator is not None else torch.Generator().manual_seed(0)
             labels = torch.randint(classes, (batch_size,), generator=generator)
-        null = torch.full((batch_size,), classes, dtype=torch.long)  # the extra (CFG) row of the label table
+        null = torch.full((batch_size,), self.null_class(pipeline_or_denoiser), dtype=torch.long)
         return self._with_guidance({"class_labels": labels, UNCOND + "class_labels": null}, batch_size, guidance_scale)
 
     def example_inputs(self, component, module):

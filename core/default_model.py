@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "ddpm-fashion-mnist"
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_MODEL_DIR = ASSETS_DIR / "ddpm-fashion-mnist"
+
+# The embedded models, loadable offline by name: ``load_pipeline("dit-fashion-mnist")``.
+# name -> (directory, one line for pickers and help texts). The first is the default.
+EMBEDDED_MODELS = {
+    "ddpm-fashion-mnist": (DEFAULT_MODEL_DIR, "pixel UNet2DModel DDPM, unconditional, 28x28 (trained on this CPU)"),
+    "dit-fashion-mnist": (ASSETS_DIR / "dit-fashion-mnist",
+                          "latent DiT (6 blocks x 4 heads) + AutoencoderKL, class-conditional, 10 classes (trained on a GPU)"),
+}
 
 # diffusers UNet2DModel config: 28x28 -> 14x14 -> 7x7, attention at 14x14 and 7x7.
 # attention_head_dim=32 gives 2 heads at 64 channels and 4 heads at 128 channels.

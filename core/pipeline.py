@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from .checkpoint import PRUNED_MARKER, load_pruned_pipeline
-from .default_model import DEFAULT_MODEL_DIR
+from .default_model import DEFAULT_MODEL_DIR, EMBEDDED_MODELS
 
 SCHEDULERS = ("ddim", "ddpm")
 
@@ -51,7 +51,8 @@ def adapter_of(pipeline, source: str | None = None):
 def load_pipeline(source: str | Path | None = None, device: str | torch.device | None = None):
     """Load a diffusion pipeline on ``device`` (CUDA when available, else CPU).
 
-    ``source`` is ``None`` (the embedded default model), a local diffusers directory, a
+    ``source`` is ``None`` (the embedded default model), the name of an embedded model
+    (``core.default_model.EMBEDDED_MODELS``: ``"ddpm-fashion-mnist"``, ``"dit-fashion-mnist"``), a local diffusers directory, a
     directory written by ``PruneResult.save``, or a Hugging Face hub id. The pipeline must belong to
     a registered model family (``core.models``); anything else is refused with one line naming them.
     """
@@ -60,10 +61,11 @@ def load_pipeline(source: str | Path | None = None, device: str | torch.device |
         raise ValueError(f"source must be None, a directory or a hub id, got {type(source).__name__}")
     if source is not None and (not str(source).strip() or len(str(source)) > MAX_SOURCE_LENGTH):
         raise ValueError(f"source must be a non-empty path or hub id of at most {MAX_SOURCE_LENGTH} characters")
-    source_path = DEFAULT_MODEL_DIR if source is None else Path(str(source)).expanduser()
+    embedded = None if source is None else EMBEDDED_MODELS.get(str(source))
+    source_path = DEFAULT_MODEL_DIR if source is None else embedded[0] if embedded else Path(str(source)).expanduser()
     label = "default model" if source is None else str(source)
-    if source is None and not source_path.is_dir():
-        raise ValueError(f"the embedded default model is missing at {source_path}; train it with `diffprune train-base`")
+    if (source is None or embedded) and not source_path.is_dir():
+        raise ValueError(f"the embedded model {label!r} is missing at {source_path}")
     try:
         is_dir, exists = source_path.is_dir(), source_path.exists()
     except OSError as error:  # a name too long for the file system, for example

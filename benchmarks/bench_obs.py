@@ -33,7 +33,6 @@ Every figure is measured by this script; nothing is copied from the papers.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -61,62 +60,38 @@ def _write(section: str, payload: dict) -> None:
     print(json.dumps({section: payload}, indent=2))
 
 
-def _obs_available() -> bool:
-    from core.criteria import CRITERIA
-
-    return "obs" in CRITERIA
-
-
 def prune_with(pipeline, criterion: str, granularity: str, sparsity, seed: int = 0, **spec_options):
-    """Prune through the engine's facade; ``obs`` directly when it is not registered yet."""
-    if criterion != "obs" or _obs_available():
-        from core.engine import prune
-        from core.spec import PruneSpec
+    """Prune through the engine's facade (every criterion, obs included, is registered there)."""
+    from core.engine import prune
+    from core.spec import PruneSpec
 
-        spec = PruneSpec(criterion=criterion, granularity=granularity, sparsity=sparsity, seed=seed, **spec_options)
-        result = prune(pipeline, spec)
-        return result.pipeline, dict(result.report.totals)
-    from core import obs
-
-    started = time.perf_counter()
-    unet = copy.deepcopy(pipeline.unet)
-    options = {"granularity": "unstructured", "sparsity": sparsity or 0.5}
-    if ":" in granularity:
-        n, m = (int(x) for x in granularity.split(":"))
-        options = {"granularity": "N:M", "n": n, "m": m}
-    elif granularity == "head":
-        options = {"granularity": "head", "sparsity": sparsity}
-    report = obs.obs_prune_unet(unet, pipeline.scheduler, seed=seed, **options)
-    components = dict(pipeline.components)
-    components["unet"] = unet
-    pruned = type(pipeline)(**components)
-    pruned.set_progress_bar_config(disable=True)
-    masks = report.masks
-    total = sum(m.numel() for m in masks.values()) or 1
-    return pruned, dict(criterion="obs", granularity=granularity, wall_time_s=time.perf_counter() - started,
-                        sparsity=1 - sum(int(m.sum()) for m in masks.values()) / total if masks else None,
-                        via="core.obs.obs_prune_unet (obs not registered in the engine)")
+    spec = PruneSpec(criterion=criterion, granularity=granularity, sparsity=sparsity, seed=seed, **spec_options)
+    result = prune(pipeline, spec)
+    return result.pipeline, dict(result.report.totals)
 
 
 def part_cost(args) -> None:
-    from core import obs
+    from core.engine import prune
     from core.pipeline import load_pipeline
+    from core.spec import PruneSpec
 
     pipeline = load_pipeline(device="cpu")
     baseline = _peak_rss_mib()
-    unet = copy.deepcopy(pipeline.unet)
     started = time.perf_counter()
-    report = obs.obs_prune_unet(unet, pipeline.scheduler, sparsity=0.5, num_images=args.obs_images, seed=args.seed)
+    spec = PruneSpec(criterion="obs", granularity="unstructured", sparsity=0.5, seed=args.seed,
+                     calibration_batches=1, calibration_batch_size=args.obs_images)
+    result = prune(pipeline, spec)  # through the facade, as every other benchmark
     wall = time.perf_counter() - started
+    totals = result.report.totals
     import torch
 
     _write("cost", dict(
         command=" ".join(sys.argv), sparsity=0.5, granularity="unstructured", num_images=args.obs_images,
-        schedule="log-decrease (25 steps)", groups=len(report.groups), layers=len(report.masks),
-        wall_time_s=round(wall, 2), calibration_s=round(report.calibration_seconds, 2),
+        schedule="log-decrease (25 steps)", groups=dict(spec.criterion_params)["num_groups"],
+        layers=int(result.report.layers["prunable"].sum()),
+        wall_time_s=round(wall, 2), calibration_s=round(totals["calibration_time_s"], 2),
         peak_rss_mib=round(_peak_rss_mib(), 1), rss_after_load_mib=round(baseline, 1),
         peak_rss_above_load_mib=round(_peak_rss_mib() - baseline, 1),
-        damping_retries={k: v.retries for k, v in report.dampings.items() if v.retries or v.fallback},
         threads=torch.get_num_threads(), target_s=180, meets_target=wall < 180,
         load_average_1_5_15_min_at_end=[round(x, 2) for x in os.getloadavg()],
         note="the 2-core CPU was shared with other jobs; wall time is inflated by the load average",

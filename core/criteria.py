@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .schedules import SCHEDULES
+from .registry import CRITERIA
 
 # The pixel UNet's never-pruned layers; other families name theirs in their adapter
 # (``ModelAdapter.protected_layers``). Kept for callers that read the constant.
@@ -373,7 +374,7 @@ class Criterion:
         return merged
 
 
-CRITERIA: dict[str, Criterion] = {}
+# CRITERIA lives in core.registry (name -> entry; imports nothing of the engine)
 
 
 def register_criterion(criterion: Criterion) -> Criterion:

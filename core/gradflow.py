@@ -81,12 +81,9 @@ def hard_mask(importance: torch.Tensor, sparsity: float, n: int = 0, m: int = 0)
     N most important of every M consecutive input columns (conv: ``(out, kh, kw, in)`` layout,
     as ``core/granularity.py`` and ``core/obs.py``). Ties broken by position (deterministic)."""
     if n or m:
-        view = importance.permute(0, 2, 3, 1) if importance.dim() == 4 else importance
-        groups = view.reshape(-1, m)
-        keep = torch.zeros_like(groups, dtype=torch.bool)
-        keep.scatter_(1, torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n], True)
-        keep = keep.reshape(view.shape)
-        return keep.permute(0, 3, 1, 2) if importance.dim() == 4 else keep
+        from .granularity import nm_keep_mask  # the one N:M layout helper
+
+        return nm_keep_mask(importance, n, m)
     count = int(round(sparsity * importance.numel()))
     keep = torch.ones(importance.numel(), dtype=torch.bool, device=importance.device)
     if count:

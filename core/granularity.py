@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .criteria import prunable_layers, prunable_parameter_count
+from .registry import GRANULARITIES
 
 NM_CHOICES = ("2:4", "4:8")
 _NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
@@ -132,6 +133,21 @@ def _nm_view(tensor: torch.Tensor, m: int) -> torch.Tensor:
     return tensor.reshape(-1, m)
 
 
+def nm_keep_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """The one N:M layout helper: a bool mask of ``scores``' shape keeping the ``n`` highest-scored
+    of every ``m`` consecutive input weights (conv: input channels at a fixed output channel and
+    kernel position, the ``(out, kh, kw, in)`` order of OBS's weight matrix). Ties are broken by
+    position, so the mask is deterministic."""
+    groups = _nm_view(scores.float(), m)
+    order = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
+    keep = torch.zeros_like(groups, dtype=torch.bool)
+    keep.scatter_(1, order, True)
+    if scores.dim() == 4:
+        out, inp, kh, kw = scores.shape
+        return keep.reshape(out, kh, kw, inp).permute(0, 3, 1, 2)
+    return keep.reshape(scores.shape)
+
+
 def check_nm(unet, spec):
     n, m = spec.nm_pattern
     for name, module in prunable_layers(unet).items():
@@ -149,16 +165,7 @@ def apply_nm(unet, scores, spec, progress=None):
     outcome = GranularityOutcome(unet=unet)
     for name, module in prunable_layers(unet).items():
         score = scores[name]
-        groups = _nm_view(score.float(), m)
-        # stable ordering: ties broken by position, so the mask is deterministic
-        order = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
-        mask_groups = torch.zeros_like(groups)
-        mask_groups.scatter_(1, order, 1.0)
-        if module.weight.dim() == 4:
-            out, inp, kh, kw = module.weight.shape
-            mask = mask_groups.reshape(out, kh, kw, inp).permute(0, 3, 1, 2)
-        else:
-            mask = mask_groups.reshape(module.weight.shape)
+        mask = nm_keep_mask(score, n, m)
         with torch.no_grad():
             module.weight.mul_(mask.to(module.weight.dtype).to(module.weight.device))
         outcome.importance[name] = _block_importance(score)
@@ -458,20 +465,9 @@ def _heads_removed(heads: int, ratio: float) -> int:
 
 
 def _remove_heads(attention, keep: list[int]) -> None:
-    head_dim = attention.inner_dim // attention.heads
-    rows = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in keep])
-    with torch.no_grad():
-        for proj in ("to_q", "to_k", "to_v"):
-            linear = getattr(attention, proj)
-            rows_device = rows.to(linear.weight.device)
-            linear.weight = nn.Parameter(linear.weight.data.index_select(0, rows_device).clone())
-            if linear.bias is not None:
-                linear.bias = nn.Parameter(linear.bias.data.index_select(0, rows_device).clone())
-            linear.out_features = len(rows)
-        out = attention.to_out[0]
-        out.weight = nn.Parameter(out.weight.data.index_select(1, rows.to(out.weight.device)).clone())
-        out.in_features = len(rows)
-    attention.heads = len(keep)  # scale is unchanged: head_dim is unchanged
+    from .models.transformer_cuts import remove_heads  # the one head cut of the engine
+
+    remove_heads(attention, keep)
 
 
 def apply_head(unet, scores, spec, progress=None):
@@ -512,7 +508,7 @@ def apply_head(unet, scores, spec, progress=None):
     return outcome
 
 
-GRANULARITIES: dict[str, Granularity] = {}
+# GRANULARITIES lives in core.registry (name -> entry; imports nothing of the engine)
 
 
 def register_granularity(granularity: Granularity) -> Granularity:

@@ -434,8 +434,8 @@ def prune_attention_heads(attn: nn.Module, hessian: torch.Tensor, num_remove: in
 
     ``hessian`` is that of ``attn.to_out[0]``'s input (``inner_dim`` columns, head ``h`` owning
     columns ``h*head_dim .. (h+1)*head_dim-1``). The compensated ``to_out[0]`` loses the removed
-    columns, ``to_q``/``to_k``/``to_v`` lose the matching rows (Torch-Pruning's function-level
-    pruners), and ``heads``, ``inner_dim``, ``inner_kv_dim`` are updated. ``shrink=False`` only
+    columns, ``to_q``/``to_k``/``to_v`` lose the matching rows (the engine's one head cut,
+    ``core.models.transformer_cuts.remove_heads``), and ``heads``, ``inner_dim`` are updated. ``shrink=False`` only
     writes the compensated ``to_out[0]`` (removed head columns zero) and leaves the cut to the
     caller (the engine's ``head`` granularity).
     """
@@ -451,13 +451,15 @@ def prune_attention_heads(attn: nn.Module, hessian: torch.Tensor, num_remove: in
     result = obs_remove_column_groups(out_proj.weight.detach(), hessian, groups, num_remove, **options)
     if not result.removed:
         return result
-    import torch_pruning as tp
-
-    removed_columns = sorted(c for h in result.removed for c in groups[h])
     with torch.no_grad():
         out_proj.weight.copy_(result.weight.to(out_proj.weight.dtype))
     if not shrink:
         return result
+    from .models.transformer_cuts import remove_heads  # the one head cut of the engine
+
+    removed = set(result.removed)
+    remove_heads(attn, [h for h in range(heads) if h not in removed])
+    return result
     tp.prune_linear_in_channels(out_proj, removed_columns)
     for projection in (attn.to_q, attn.to_k, attn.to_v):
         tp.prune_linear_out_channels(projection, removed_columns)
@@ -730,12 +732,15 @@ def _stop_forward(module, args, output):
 
 def _structured_targets(unet: nn.Module) -> dict:
     """Attention modules with 2+ heads and diffusers FeedForward blocks, by name -> (kind, module)."""
+    from .models import attention_modules, feed_forward_modules
+
+    attentions = {name: m for name, m in attention_modules(unet).items() if int(getattr(m, "heads", 1)) > 1}
+    feed_forwards = feed_forward_modules(unet)
     targets = {}
-    for name, module in unet.named_modules():
-        kind = type(module).__name__
-        if kind == "Attention" and int(getattr(module, "heads", 1)) > 1:
+    for name, module in unet.named_modules():  # forward-definition order, as before
+        if name in attentions:
             targets[name] = ("attention", module)
-        elif kind == "FeedForward":
+        elif name in feed_forwards:
             targets[name] = ("feedforward", module)
     return targets
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Callable
+from .registry import SCHEDULES
 
 TimestepWeights = list  # list[tuple[int, float]]
 
@@ -179,7 +180,7 @@ class Schedule:
         return self.function(num_train_timesteps, **merged)
 
 
-SCHEDULES: dict[str, Schedule] = {}
+# SCHEDULES lives in core.registry (name -> entry; imports nothing of the engine)
 
 
 def register_schedule(schedule: Schedule) -> Schedule:

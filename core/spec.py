@@ -13,7 +13,8 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from . import gradflow as _gradflow, obs as _obs  # noqa: F401 - importing them registers the two criteria
+from . import obs as _obs  # noqa: F401,I001 - importing registers the criterion (obs before gradflow, as before)
+from . import gradflow as _gradflow  # noqa: F401,E402 - importing registers the criterion
 from .criteria import CRITERIA
 from .granularity import GRANULARITIES, parse_granularity
 from .schedules import SCHEDULES, check_schedule_params

@@ -11,7 +11,7 @@ import pkgutil
 from torch import nn
 
 from ..registry import ADAPTERS
-from .base import ModelAdapter, attention_modules, sync_diffusers_sizes
+from .base import ModelAdapter, attention_modules, feed_forward_modules, sync_diffusers_sizes
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if _module != "base":
@@ -48,5 +48,5 @@ def adapter_for_module(module: nn.Module) -> tuple[ModelAdapter, str]:
     raise ValueError(f"no model family owns a {type(module).__name__}; supported: {supported_families()}")
 
 
-__all__ = ["ADAPTERS", "ModelAdapter", "adapter_for", "adapter_for_module", "attention_modules",
+__all__ = ["ADAPTERS", "ModelAdapter", "adapter_for", "adapter_for_module", "attention_modules", "feed_forward_modules",
            "supported_families", "sync_diffusers_sizes"]

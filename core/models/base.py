@@ -34,11 +34,18 @@ imports every module of the package, so nothing else has to change). What to ove
   ``sample_shape`` is the denoiser's input (the latent shape), ``image_shape`` the pixels.
 * Structure: ``example_inputs(component, module)`` for Torch-Pruning tracing and MAC counting;
   ``protected_layers`` (weights never pruned) and ``channel_kept_layers`` (layers whose output
-  channels are never cut: the image / latent interface); ``attention_modules``; ``fix_up`` (make
-  cached sizes agree with the cut weights); ``check_cut`` (refuse a cut the model cannot take,
-  with a ValueError naming the reason); ``plain_config`` (a diffusers config that reloads the cut
+  channels are never cut: the image / latent interface); ``channel_groups`` (outputs Torch-Pruning
+  must cut evenly, e.g. scale/shift halves); ``attention_modules``; ``fix_up`` (make cached sizes
+  agree with the cut weights); ``check_cut`` (refuse a cut the model cannot take, with a
+  ValueError naming the reason); ``plain_config`` (a diffusers config that reloads the cut
   shapes, or None) and ``structure`` / ``rebuild`` (what the checkpoint needs to rebuild shapes no
   config can express).
+* Engine helpers built on the above (rarely overridden): ``denoising_loss`` (per-sample loss of
+  the family's target), ``conditioned`` (a context manager whose forward pre-hook feeds the
+  conditioning to code that calls the network positionally: OBS, gradflow), ``bind``,
+  ``epsilon_from_prediction`` (for samplers written in epsilon form), ``sampling_scheduler``,
+  ``replace_components`` (a new pipeline with pruned networks swapped in). Latent families add
+  ``autoencoder_loss`` (the autoencoder's reconstruction error, used when it is pruned too).
 
 Methods that act on one network take ``(component, module)``: ``component`` is the pipeline
 attribute name (``"unet"``, ``"vqvae"``), ``module`` the (possibly pruned) network itself.
@@ -71,6 +78,13 @@ def attention_modules(module: nn.Module) -> dict:
     from diffusers.models.attention_processor import Attention
 
     return {name: child for name, child in module.named_modules() if isinstance(child, Attention)}
+
+
+def feed_forward_modules(module: nn.Module) -> dict:
+    """Name -> diffusers ``FeedForward`` block of ``module`` (transformer MLPs)."""
+    from diffusers.models.attention import FeedForward
+
+    return {name: child for name, child in module.named_modules() if isinstance(child, FeedForward)}
 
 
 def sync_diffusers_sizes(module: nn.Module) -> None:

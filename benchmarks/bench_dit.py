@@ -1,0 +1,142 @@
+"""Benchmarks of issue 16 on the embedded latent DiT (``load_pipeline("dit-fashion-mnist")``).
+
+Parts (``--parts``, comma-separated; rows go to ``benchmarks/results/dit.jsonl``, one JSON row per
+measured model, keyed so that a re-run skips what is already measured: the benchmark resumes):
+
+* ``granularities`` -- every ``--criteria`` with ``head``, ``ffn``, ``block``, unstructured and
+                       2:4 at ``--sparsities`` (2:4 has its fixed 50 % of the blocks' linear weights),
+                       one-shot: FID/KID of class-balanced samples against the 1,000 test images,
+                       parameters, MACs and the paired dense-vs-pruned latency speed-up.
+* ``obs-structured`` -- OBS-Diff's structured claim: ``obs`` vs ``magnitude`` vs ``taylor`` at 30 %
+                       of the heads and then 30 % of the FFN neurons (two cuts, one after the other),
+                       one-shot.
+* ``vae``           -- Towards Tiny Diffusion's "prune the autoencoder too": 30 % of the VAE's
+                       channels pruned as a component (its latent interface never cut), the
+                       transformer dense: FID change.
+* ``finetune``      -- the ``granularities`` models at ``--finetune-sparsity`` after
+                       ``--finetune-steps`` recovery steps (``core.finetune``).
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_dit.py --parts granularities,obs-structured,vae --num-samples 200
+
+Every figure is measured by this script on this machine; nothing is copied from the papers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results" / "dit.jsonl"
+
+from core import PruneSpec, evaluate, load_pipeline, prune  # noqa: E402
+
+GRANULARITIES = ("head", "ffn", "block", "unstructured", "2:4")
+
+
+def _done() -> dict:
+    rows = {}
+    if RESULTS.exists():
+        for line in RESULTS.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[row["key"]] = row
+    return rows
+
+
+def _append(row: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as handle:
+        handle.write(json.dumps(row, sort_keys=True) + "\n")
+    print(json.dumps(row), flush=True)
+
+
+def _measure(pipeline, dense, args) -> dict:
+    metrics = ["fid", "kid", "macs"] + (["latency"] if args.latency else [])
+    return evaluate(pipeline, num_samples=args.num_samples, num_inference_steps=args.steps, seed=0,
+                    metrics=metrics, dense_pipeline=dense if args.latency else None,
+                    latency_repeats=args.latency_repeats)
+
+
+def _row(key: str, part: str, measured: dict, prune_s: float | None, **extra) -> dict:
+    keep = ("fid", "kid", "kid_std", "params", "macs", "latency_s", "dense_latency_s", "speedup",
+            "speedup_spread", "latency_spread")
+    return dict(key=key, part=part, **extra, **{k: measured[k] for k in keep if k in measured},
+                prune_s=None if prune_s is None else round(prune_s, 1),
+                num_samples=measured.get("num_samples"), steps=measured.get("num_inference_steps"),
+                date=time.strftime("%Y-%m-%d"), threads=torch.get_num_threads(),
+                processor=platform.processor() or platform.machine())
+
+
+def run(args) -> None:
+    done = _done()
+    dense = load_pipeline("dit-fashion-mnist")
+    settings = f"n{args.num_samples}-s{args.steps}"
+    key = f"dense/{settings}"
+    if key not in done:
+        _append(_row(key, "dense", _measure(dense, None, argparse.Namespace(**{**vars(args), "latency": False})),
+                     None, criterion="dense", granularity="-", sparsity=0.0))
+    parts = args.parts.split(",")
+
+    def one(key, part, specs, **extra):
+        if key in done:
+            return
+        started = time.perf_counter()
+        try:
+            pipeline = dense
+            for spec in specs:
+                pipeline = prune(pipeline, spec).pipeline
+        except ValueError as error:  # a refusal with its reason is a result too
+            _append(dict(key=key, part=part, refused=str(error), **extra))
+            return
+        prune_s = time.perf_counter() - started
+        _append(_row(key, part, _measure(pipeline, dense, args), prune_s, **extra))
+
+    if "granularities" in parts:
+        for granularity in GRANULARITIES:
+            sparsities = [0.5] if ":" in granularity else args.sparsities
+            for sparsity in sparsities:
+                for criterion in args.criteria:
+                    spec = PruneSpec(criterion=criterion, granularity=granularity,
+                                     sparsity=None if ":" in granularity else sparsity, seed=0)
+                    one(f"granularities/{criterion}/{granularity}/{sparsity}/{settings}", "granularities", [spec],
+                        criterion=criterion, granularity=granularity, sparsity=sparsity)
+    if "obs-structured" in parts:
+        for criterion in ("obs", "magnitude", "taylor"):
+            specs = [PruneSpec(criterion=criterion, granularity=g, sparsity=0.3, seed=0) for g in ("head", "ffn")]
+            one(f"obs-structured/{criterion}/{settings}", "obs-structured", specs,
+                criterion=criterion, granularity="head+ffn", sparsity=0.3)
+    if "vae" in parts:
+        for criterion in ("magnitude", "taylor"):
+            spec = PruneSpec(criterion=criterion, granularity="channel", sparsity=0.3, components=("vae",), seed=0)
+            one(f"vae/{criterion}/{settings}", "vae", [spec], criterion=criterion, granularity="channel (vae)",
+                sparsity=0.3)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default="granularities,obs-structured,vae")
+    parser.add_argument("--criteria", nargs="+", default=["magnitude", "taylor", "obs"])
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.2, 0.4])
+    parser.add_argument("--num-samples", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--latency-repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -102,7 +102,8 @@ def test_block_removal_is_bk_sdm_style_and_reloads_with_plain_diffusers(sd, tmp_
     assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in unet.state_dict().items()}
 
 
-@pytest.mark.parametrize("family, granularity", [("sd", "channel"), ("sd", "head"), ("sd2", "channel"), ("sd2", "unstructured")])
+@pytest.mark.parametrize("family, granularity", [("sd", "channel"), ("sd", "head"), ("sd", "ffn"), ("sd2", "channel"),
+                                                ("sd2", "unstructured")])
 def test_save_load_gives_identical_samples(family, granularity, sd, sd2, tmp_path, monkeypatch):
     checks.wired_granularities(monkeypatch)
     pipeline = sd if family == "sd" else sd2

@@ -140,3 +140,26 @@ def test_callers_pipeline_is_untouched(sd3, monkeypatch):
         assert outcome == "ran"
     assert sd3.transformer is transformer and checks.fingerprint(sd3) == before
     assert all(not p.requires_grad or p.grad is None for p in transformer.parameters())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["sd", "dit", "pixart", "sd3", "sd35"])
+def test_families_prune_and_sample_on_cuda(name, tmp_path, monkeypatch):
+    from core.pipeline import load_pipeline, sample_images
+
+    checks.wired_granularities(monkeypatch)
+    pipeline = tiny_families.build(name).to("cuda")
+    # the SD UNet reaches other sparsities with its few FFNs and blocks than the transformers
+    amounts = dict(GRANULARITIES, ffn=dict(sparsity=0.05), block=dict(sparsity=0.2)) if name == "sd" else GRANULARITIES
+    for granularity in ("unstructured", "head", "ffn", "block"):
+        spec = checks.spec_for("taylor", granularity, device="cuda", **amounts[granularity])
+        outcome, result = checks.prune_or_refuse(pipeline, spec)
+        assert outcome == "ran", result
+        assert next(checks.denoiser_of(result.pipeline).parameters()).is_cuda
+        images = sample_images(result.pipeline, 2, num_inference_steps=3, seed=1)
+        assert torch.isfinite(images).all()
+    saved = result.save(tmp_path / "cuda")
+    reloaded = load_pipeline(saved, device="cuda")
+    torch.testing.assert_close(sample_images(reloaded, 2, num_inference_steps=3, seed=1),
+                               sample_images(result.pipeline, 2, num_inference_steps=3, seed=1))

@@ -250,10 +250,10 @@ class ChannelPlanner:
         modules = dict(unet.named_modules())
         self.prunable = {modules[name]: name for name in prunable_layers(unet, self.adapter, self.component)}
         num_heads = {}
-        for attention in self.adapter.attention_modules(self.component, unet).values():
-            for linear in (attention.to_q, attention.to_k, attention.to_v):
-                if linear is not None and attention.heads > 1:
-                    num_heads[linear] = attention.heads
+        for group in self.adapter.head_groups(self.component, unet).values():
+            for linear in group.rows.values():
+                if group.heads > 1:
+                    num_heads[linear] = group.heads
         kept = [modules[name] for name in self.adapter.channel_kept_layers(self.component, unet) if name in modules]
         groups = {modules[name]: count for name, count in self.adapter.channel_groups(self.component, unet).items()}
         self.pruner = tp.pruner.BasePruner(
@@ -382,7 +382,7 @@ def max_channel_ratio(unet) -> float:
     """The largest ratio that leaves every channel group (GroupNorm group, attention head,
     layer) at least one channel: Torch-Pruning keeps ``int(width * (1 - ratio))`` per group."""
     widths = [m.num_channels // m.num_groups for m in unet.modules() if isinstance(m, nn.GroupNorm)]
-    widths += [a.inner_dim // a.heads for a in attention_modules(unet).values()]
+    widths += [group.head_dim for group in _head_groups(unet).values()]
     widths += [m.weight.shape[0] for m in prunable_layers(unet).values()]
     return 1.0 - 1.0 / min(widths)
 
@@ -435,28 +435,35 @@ def apply_channel(unet, scores, spec, progress=None):
 
 
 # ---------------------------------------------------------------------------- head
+def _head_groups(unet) -> dict:
+    from .criteria import _rules
+
+    adapter, component = _rules(unet)
+    return adapter.head_groups(component, unet)
+
+
 def _multihead(unet) -> dict:
-    return {name: a for name, a in attention_modules(unet).items() if a.heads >= 2 and a.to_k is not None}
+    return {name: g for name, g in _head_groups(unet).items() if g.heads >= 2 and g.has_key}
 
 
 def check_head(unet, spec):
     if not _multihead(unet):
-        found = {name: a.heads for name, a in attention_modules(unet).items()}
+        found = {name: g.heads for name, g in _head_groups(unet).items()}
         raise ValueError(
             "granularity 'head' needs a model with multi-head attention (Attention.heads >= 2); "
-            f"this UNet's attention layers have heads {found or 'none'}; allowed granularities: "
+            f"this model's attention layers have heads {found or 'none'}; allowed granularities: "
             "['unstructured', 'N:M', 'channel']"
         )
 
 
-def _head_scores(attention, name, scores) -> torch.Tensor:
-    head_dim = attention.inner_dim // attention.heads
-    total = torch.zeros(attention.heads, dtype=torch.float64)
-    for proj in ("to_q", "to_k", "to_v"):
-        score = scores[f"{name}.{proj}"].double().cpu()
-        total += score.reshape(attention.heads, head_dim, -1).sum((1, 2))
-    out_score = scores[f"{name}.to_out.0"].double().cpu()
-    total += out_score.reshape(out_score.shape[0], attention.heads, head_dim).sum((0, 2))
+def _head_scores(group, scores) -> torch.Tensor:
+    """A head's score: the sum of its weights' scores over every producing row and reading column."""
+    total = torch.zeros(group.heads, dtype=torch.float64)
+    for layer in group.rows:
+        total += scores[layer].double().cpu().reshape(group.heads, group.head_dim, -1).sum((1, 2))
+    for layer in group.columns:
+        score = scores[layer].double().cpu()
+        total += score.reshape(score.shape[0], group.heads, group.head_dim).sum((0, 2))
     return total
 
 
@@ -464,28 +471,24 @@ def _heads_removed(heads: int, ratio: float) -> int:
     return min(heads - 1, int(math.floor(ratio * heads + 1e-9)))
 
 
-def _remove_heads(attention, keep: list[int]) -> None:
-    from .models.transformer_cuts import remove_heads  # the one head cut of the engine
-
-    remove_heads(attention, keep)
-
-
 def apply_head(unet, scores, spec, progress=None):
+    from .criteria import _rules
+
     check_head(unet, spec)
+    adapter, component = _rules(unet)
     before = prunable_parameter_count(unet)
-    attentions = _multihead(unet)
-    head_scores = {name: _head_scores(a, name, scores) for name, a in attentions.items()}
-    per_head_params = {name: 4 * a.query_dim * (a.inner_dim // a.heads) for name, a in attentions.items()}
+    groups = _multihead(unet)
+    head_scores = {name: _head_scores(group, scores) for name, group in groups.items()}
 
     def sparsity_at(ratio: float) -> float:
-        removed = sum(_heads_removed(a.heads, ratio) * per_head_params[name] for name, a in attentions.items())
+        removed = sum(_heads_removed(g.heads, ratio) * g.weights_per_head for g in groups.values())
         return removed / before
 
     if spec.channel_ratio is not None:
         ratio = spec.channel_ratio
     else:
         # the reachable sparsities are discrete: try every distinct per-layer head count
-        candidates = sorted({0.0} | {k / a.heads for a in attentions.values() for k in range(1, a.heads)})
+        candidates = sorted({0.0} | {k / g.heads for g in groups.values() for k in range(1, g.heads)})
         ratio = min(candidates, key=lambda r: (abs(sparsity_at(r) - spec.sparsity), r))
         if abs(sparsity_at(ratio) - spec.sparsity) > SPARSITY_TOLERANCE:
             maximum = sparsity_at(max(candidates))
@@ -495,15 +498,15 @@ def apply_head(unet, scores, spec, progress=None):
                 f"allowed: sparsity in [0, {maximum + SPARSITY_TOLERANCE:.3f}] or granularity 'channel'"
             )
     outcome = GranularityOutcome(unet=unet, structural_ratio=ratio)
-    for name, attention in attentions.items():
+    for name, group in groups.items():
         outcome.importance[name] = head_scores[name].float().numpy()
-        outcome.units_before[name] = attention.heads
-        removed = _heads_removed(attention.heads, ratio)
+        outcome.units_before[name] = group.heads
+        removed = _heads_removed(group.heads, ratio)
         if removed:
             order = torch.argsort(head_scores[name], stable=True)
             drop = set(order[:removed].tolist())
-            _remove_heads(attention, [h for h in range(attention.heads) if h not in drop])
-        outcome.units_after[name] = attention.heads
+            adapter.cut_heads(component, unet, name, [h for h in range(group.heads) if h not in drop])
+        outcome.units_after[name] = int(group.module.heads)
     sync_diffusers_attributes(unet)
     return outcome
 

@@ -815,15 +815,18 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
         scores[name] = 1.0 + weight / weight.max().clamp_min(1e-12)
         if name in report.masks:
             scores[name] = scores[name] * report.masks[name].to(weight.dtype)
-    modules = dict(unet.named_modules())
+    from .models import adapter_for_module
+
+    adapter, component = adapter_for_module(unet)
+    groups = adapter.head_groups(component, unet)
     for name, heads in report.removed_heads.items():
-        attention = modules[name]
-        head_dim = attention.to_out[0].in_features // int(attention.heads)
+        group = groups[name]
         for head in heads:
-            rows = slice(head * head_dim, (head + 1) * head_dim)
-            for projection in ("to_q", "to_k", "to_v"):
-                scores[f"{name}.{projection}"][rows] = 0.0
-            scores[f"{name}.to_out.0"][:, rows] = 0.0
+            rows = slice(head * group.head_dim, (head + 1) * group.head_dim)
+            for layer in group.rows:
+                scores[layer][rows] = 0.0
+            for layer in group.columns:
+                scores[layer][:, rows] = 0.0
     stats = CalibrationStats(timestep_weights=list(report.timestep_weights), num_images=options["num_images"])
     source = f"generated ({len(report.timestep_weights)}-step DDIM trajectories of the dense model)"
     return scores, stats, source

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -133,6 +134,25 @@ def sync_diffusers_sizes(module: nn.Module) -> None:
         attention.sliceable_head_dim = attention.heads
         if attention.inner_dim % attention.heads:
             raise RuntimeError(f"attention inner_dim {attention.inner_dim} not divisible by heads {attention.heads}")
+
+
+@dataclass
+class HeadGroup:
+    """One multi-head attention module as the head granularity sees it: ``rows`` are the
+    projections whose output rows are the heads (``to_q/k/v``, joint attention's ``add_*_proj``),
+    ``columns`` those whose input columns read them (``to_out.0``, ``to_add_out``), keyed by their
+    layer names in the network; a head owns ``head_dim`` consecutive rows / columns of each."""
+
+    module: nn.Module
+    heads: int
+    head_dim: int
+    rows: dict
+    columns: dict
+    has_key: bool = True
+
+    @property
+    def weights_per_head(self) -> int:
+        return self.head_dim * (sum(l.in_features for l in self.rows.values()) + sum(l.out_features for l in self.columns.values()))
 
 
 class ModelAdapter:
@@ -402,6 +422,29 @@ class ModelAdapter:
 
     def attention_modules(self, component: str, module: nn.Module) -> dict:
         return attention_modules(module)
+
+    def head_groups(self, component: str, module: nn.Module) -> dict:
+        """Name -> :class:`HeadGroup` of every attention module (heads >= 1)."""
+        from .transformer_cuts import head_projections
+
+        groups = {}
+        for name, attention in self.attention_modules(component, module).items():
+            rows, columns = head_projections(attention)
+            heads = int(attention.heads)
+            groups[name] = HeadGroup(
+                module=attention, heads=heads, head_dim=attention.to_q.out_features // heads,
+                rows={f"{name}.{key}": linear for key, linear in rows.items()},
+                columns={f"{name}.{key}": linear for key, linear in columns.items()},
+                has_key=getattr(attention, "to_k", None) is not None,
+            )
+        return groups
+
+    def cut_heads(self, component: str, module: nn.Module, name: str, keep) -> None:
+        """Keep only the heads ``keep`` of attention module ``name``: the engine's one head cut
+        (``transformer_cuts.remove_heads``: every producing row, every reading column, head counts)."""
+        from .transformer_cuts import remove_heads
+
+        remove_heads(dict(module.named_modules())[name], keep)
 
     def check_cut(self, component: str, module: nn.Module, granularity: str) -> None:
         """Raise ValueError when ``granularity`` cannot cut this network (checked before calibration)."""

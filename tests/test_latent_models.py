@@ -311,3 +311,22 @@ def test_scale_shift_channel_pruning_keeps_the_halves_paired(pipelines, sparsity
             assert module.num_channels % module.num_groups == 0
     assert abs(result.report.totals["sparsity"] - sparsity) <= 0.02
     assert torch.isfinite(sample_images(result.pipeline, 2, num_inference_steps=2)).all()
+
+
+# ------------------------------------------------------------------------------------------ fine-tuning
+def test_finetune_trains_latent_and_class_conditional_denoisers(pipelines, rgb_folder):
+    from core.data import load_image_folder
+    from core.finetune import finetune
+
+    pipeline = pipelines["ldm-vq"]
+    before = state(pipeline.unet)
+    tuned = finetune(pipeline, 2, lr=1e-3, batch_size=2, images=load_image_folder(rgb_folder, IMAGE_SIZE, 3), ema=None)
+    assert len(tuned.losses) == 2 and np.isfinite(tuned.losses["loss"]).all()
+    assert any(not torch.equal(v, before[k]) for k, v in state(tuned.pipeline.unet).items())  # trained on latents
+    assert all(torch.equal(v, before[k]) for k, v in state(pipeline.unet).items())  # caller untouched
+    assert sample_images(tuned.pipeline, 1, num_inference_steps=2).shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    conditional = pipelines["class-conditional"]
+    images = torch.rand(4, 1, 8, 8) * 2 - 1
+    tuned = finetune(conditional, 2, lr=1e-3, batch_size=2, images=images)
+    assert np.isfinite(tuned.losses["loss"]).all()
+    assert torch.isfinite(sample_images(tuned.pipeline, 2, num_inference_steps=2, class_label=0)).all()

@@ -163,3 +163,16 @@ def test_families_prune_and_sample_on_cuda(name, tmp_path, monkeypatch):
     reloaded = load_pipeline(saved, device="cuda")
     torch.testing.assert_close(sample_images(reloaded, 2, num_inference_steps=3, seed=1),
                                sample_images(result.pipeline, 2, num_inference_steps=3, seed=1))
+
+
+@pytest.mark.slow
+def test_evaluation_samples_dense_and_pruned_from_the_same_prompts_and_seeds(sd3):
+    """``evaluate(reference="dense")``: the dense model measured against itself is at distance 0,
+    so pruned and dense are compared on the same prompts, noise and seeds (fidelity to the dense
+    model, not to real images)."""
+    from core.evaluate import evaluate
+
+    row = evaluate(sd3, 8, num_inference_steps=2, metrics=("fid", "macs"), reference="dense", dense_pipeline=sd3,
+                   batch_size=4)
+    assert abs(row["fid"]) < 1e-3 and row["params"] == sum(p.numel() for p in sd3.transformer.parameters())
+    assert row["macs"] > 0

@@ -66,7 +66,7 @@ class DiTAdapter(GuidedAdapter):
         null = torch.full((batch_size,), self.null_class(pipeline_or_denoiser), dtype=torch.long)
         return self._with_guidance({"class_labels": labels, UNCOND + "class_labels": null}, batch_size, guidance_scale)
 
-    def example_inputs(self, component, module):
+    def denoiser_example_inputs(self, module):
         device = next(module.parameters()).device
         return {"hidden_states": torch.zeros(1, *self.sample_shape(module), device=device),
                 "timestep": torch.ones(1, dtype=torch.long, device=device),

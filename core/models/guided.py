@@ -233,6 +233,20 @@ class GuidedAdapter(ModelAdapter):
         g = _match_batch({"g": scale}, sample)["g"].to(sample.device, output.dtype).view(-1, *([1] * (sample.dim() - 1)))
         return uncond + g * (cond_out - uncond)
 
+    def example_inputs(self, component, module):
+        """Keyword inputs of one forward pass (batch 1): the denoiser's with zero conditioning, or
+        an image for the autoencoder (MAC counting and tracing of every component)."""
+        if component == self.denoiser_name or self.owns(module) == self.denoiser_name:
+            return self.denoiser_example_inputs(module)
+        parameter = next(module.parameters())
+        size = module.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        return {"sample": torch.zeros(1, int(module.config.in_channels), int(height), int(width),
+                                      device=parameter.device, dtype=parameter.dtype)}
+
+    def denoiser_example_inputs(self, module) -> dict:
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ structure (transformers)
     def protected_layers(self, component, module):
         if component != self.denoiser_name:

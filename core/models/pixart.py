@@ -62,7 +62,7 @@ class PixArtAdapter(GuidedAdapter):
             "resolution": torch.tensor([[height, width]], dtype=sample.dtype, device=sample.device).repeat(rows, 1),
             "aspect_ratio": torch.tensor([[height / width]], dtype=sample.dtype, device=sample.device).repeat(rows, 1)}}
 
-    def example_inputs(self, component, module):
+    def denoiser_example_inputs(self, module):
         device = next(module.parameters()).device
         sample = torch.zeros(1, *self.sample_shape(module), device=device)
         return {"hidden_states": sample, "timestep": torch.ones(1, dtype=torch.long, device=device),

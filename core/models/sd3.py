@@ -63,7 +63,7 @@ class SD3Adapter(GuidedAdapter):
                              "(deterministic: the pipeline's own flow Euler scheduler)")
         return FlowSampler(copy.deepcopy(self.scheduler(pipeline)))
 
-    def example_inputs(self, component, module):
+    def denoiser_example_inputs(self, module):
         device = next(module.parameters()).device
         config = module.config
         return {"hidden_states": torch.zeros(1, *self.sample_shape(module), device=device),

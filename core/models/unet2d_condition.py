@@ -59,7 +59,7 @@ class StableDiffusionAdapter(GuidedAdapter):
         embeds, negative = pipeline.encode_prompt(prompts, device, 1, True, negative_prompt=None)
         return {"encoder_hidden_states": embeds, UNCOND + "encoder_hidden_states": negative}
 
-    def example_inputs(self, component, module):
+    def denoiser_example_inputs(self, module):
         device = next(module.parameters()).device
         width = module.config.cross_attention_dim
         width = width if isinstance(width, int) else width[0]

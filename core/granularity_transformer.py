@@ -1,5 +1,6 @@
-"""Granularities for transformer blocks and UNet depth: ``ffn``, ``block`` (and a family-independent
-``head`` cut), turning per-weight scores (``core.criteria``) into structural cuts.
+"""Granularities for transformer blocks and UNet depth: ``ffn`` and ``block``, turning per-weight
+scores (``core.criteria``) into structural cuts (``head`` is ``core.granularity``'s, through the
+adapters' ``head_groups``/``cut_heads`` and ``transformer_cuts.remove_heads``).
 
 * ``ffn``   -- hidden neurons of every ``FeedForward`` (``ff`` and, in SD3's joint blocks,
   ``ff_context``; the GEGLU FFNs of Stable Diffusion's transformer blocks). A neuron's score is
@@ -14,9 +15,6 @@
   first, and the number removed is the one whose sparsity is closest to the target (within half
   the smallest block's share: blocks are coarse units; the report gives the sparsity reached). The result reloads with plain diffusers ``from_pretrained``
   (``num_layers``, ``layers_per_block``, ``mid_block_type`` in the config).
-* ``head``  -- :func:`apply_head`: whole heads of every multi-head ``Attention`` through
-  ``transformer_cuts.remove_heads`` (self-, cross- and joint attention, qk-norm safe), a head's
-  weight count from every projection it owns.
 
 Sparsity keeps the one meaning: the fraction of prunable parameters (the weights of the prunable
 conv/linear layers) removed. Structural units are discrete, so a target is met within
@@ -32,11 +30,7 @@ from torch import nn
 
 from .criteria import prunable_layers
 from .granularity import SPARSITY_TOLERANCE, Granularity, GranularityOutcome, register_granularity
-from .models import adapter_for_module
-from .models.transformer_cuts import (
-    check_attention, ffn_layers, head_projections, head_weight_count, remove_blocks, remove_ffn_neurons, remove_heads,
-    removable_blocks,
-)
+from .models.transformer_cuts import ffn_layers, remove_blocks, remove_ffn_neurons, removable_blocks
 
 
 def _feed_forwards(model: nn.Module) -> dict:
@@ -122,69 +116,11 @@ def apply_ffn(model, scores, spec, progress=None):
     return outcome
 
 
-# ----------------------------------------------------------------------------------------- head
-def _multihead(model) -> dict:
-    adapter, component = adapter_for_module(model)
-    layers = {id(m) for m in prunable_layers(model).values()}
-    out = {}
-    for name, attention in adapter.attention_modules(component, model).items():
-        rows, columns = head_projections(attention)
-        if attention.heads >= 2 and all(id(l) in layers for l in list(rows.values()) + list(columns.values())):
-            out[name] = attention
-    return out
-
-
-def check_head(model, spec):
-    attentions = _multihead(model)
-    if not attentions:
-        raise ValueError("granularity 'head' needs multi-head attention (heads >= 2) with prunable projections; "
-                         f"this {type(model).__name__} has none; allowed: 'unstructured', N:M or 'channel'")
-    for attention in attentions.values():
-        check_attention(attention)
-
-
-def head_scores(model, name, attention, scores) -> torch.Tensor:
-    """Per-head sum of the scores of every weight the head owns (rows of q/k/v and add_q/k/v,
-    columns of to_out and to_add_out)."""
-    dim = attention.to_q.out_features // attention.heads
-    rows, columns = head_projections(attention)
-    total = torch.zeros(attention.heads, dtype=torch.float64)
-    for projection in rows:
-        total += scores[f"{name}.{projection}"].double().cpu().reshape(attention.heads, dim, -1).sum((1, 2))
-    for projection in columns:
-        score = scores[f"{name}.{projection}"].double().cpu()
-        total += score.reshape(score.shape[0], attention.heads, dim).sum((0, 2))
-    return total
-
-
-def apply_head(model, scores, spec, progress=None):
-    check_head(model, spec)
-    attentions = _multihead(model)
-    widths = {n: a.heads for n, a in attentions.items()}
-    per_head = {n: head_weight_count(a) for n, a in attentions.items()}
-    ratio = _choose_ratio(widths, per_head, _prunable_total(model), spec, "head")
-    outcome = GranularityOutcome(unet=model, structural_ratio=ratio)
-    for name, attention in attentions.items():
-        ranked = head_scores(model, name, attention, scores)
-        outcome.importance[name] = ranked.float().numpy()
-        outcome.units_before[name] = attention.heads
-        removed = _fraction_removed(attention.heads, ratio)
-        if removed:
-            drop = set(torch.argsort(ranked, stable=True)[:removed].tolist())
-            remove_heads(attention, [h for h in range(attention.heads) if h not in drop])
-        outcome.units_after[name] = attention.heads
-    adapter, component = adapter_for_module(model)
-    adapter.fix_up(component, model)
-    return outcome
-
-
 # ---------------------------------------------------------------------------------------- block
 def _unet_block_units(model) -> list[dict]:
     """Removable depth units of a ``UNet2DConditionModel``: the mid block, and (down stage i,
     layer j) with its mirrored up layer ``L_i - 1 - j`` (the one that reads its skip connection)
     where a config with one layer fewer in that stage has the same remaining shapes."""
-    from .models.base import _plain_config_by_rebuild
-
     units = []
     if getattr(model, "mid_block", None) is not None:
         units.append({"name": "mid_block", "modules": [model.mid_block], "kind": "mid"})
@@ -371,13 +307,11 @@ def _remove_unet_units(model, units) -> None:
 
 
 # Registry entries. They are registered where the engine assembles its granularity registry (the
-# spec, the criteria's allowed lists and the UI choices read it); ``HEAD`` is the head cut for every
-# family (self-, cross- and joint attention).
+# spec, the criteria's allowed lists and the UI choices read it).
 ENTRIES = (
     Granularity("ffn", apply_ffn, check_ffn, True, "hidden neurons of the feed-forward blocks (ff, ff_context)"),
     Granularity("block", apply_block, check_block, True, "whole blocks (transformer blocks; UNet layers with their mirror)"),
 )
-HEAD = Granularity("head", apply_head, check_head, True, "whole attention heads (every projection of a head)")
 
 
 def register() -> None:

@@ -2,9 +2,9 @@
 matrix through the ``prune`` facade, save/load, the caller's pipeline untouched, the pipeline's own
 ``__call__`` with the pruned denoiser.
 
-``wired_granularities(monkeypatch)`` puts the ``ffn`` and ``block`` granularities (and the
-family-independent ``head`` cut) of ``core/granularity_transformer.py`` into the engine's registry
-for one test, the way the engine will once its granularity registry lists them.
+``wired_granularities(monkeypatch)`` puts the ``ffn`` and ``block`` granularities of
+``core/granularity_transformer.py`` into the engine's registry for one test, the way the engine
+will once its granularity registry lists them.
 """
 from __future__ import annotations
 
@@ -25,15 +25,13 @@ CALIBRATED = {
 }
 
 
-def wired_granularities(monkeypatch, general_head: bool = True) -> None:
+def wired_granularities(monkeypatch) -> None:
     import core.granularity as granularity
     import core.granularity_transformer as transformer
     from core.criteria import ALL_GRANULARITIES, CRITERIA
 
     for entry in transformer.ENTRIES:
         monkeypatch.setitem(granularity.GRANULARITIES, entry.name, entry)
-    if general_head:
-        monkeypatch.setitem(granularity.GRANULARITIES, "head", transformer.HEAD)
     for name, criterion in list(CRITERIA.items()):
         if tuple(criterion.granularities) == tuple(ALL_GRANULARITIES):
             monkeypatch.setitem(CRITERIA, name, dataclasses.replace(

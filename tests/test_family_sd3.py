@@ -176,3 +176,21 @@ def test_evaluation_samples_dense_and_pruned_from_the_same_prompts_and_seeds(sd3
                    batch_size=4)
     assert abs(row["fid"]) < 1e-3 and row["params"] == sum(p.numel() for p in sd3.transformer.parameters())
     assert row["macs"] > 0
+
+
+def test_layer_policy_keeps_the_interface_and_the_modulation_dense(sd3):
+    from core.criteria import prunable_layers
+    from core.models.sd3 import SD3Adapter
+
+    protected = set(adapter_for(sd3).protected_layers("transformer", sd3.transformer))
+    assert {"pos_embed.proj", "context_embedder", "proj_out", "norm_out.linear", "time_text_embed.timestep_embedder.linear_1",
+            "transformer_blocks.0.norm1.linear", "transformer_blocks.2.norm1_context.linear"} <= protected
+    prunable = set(prunable_layers(sd3.transformer))
+    assert prunable and all(".attn." in name or ".ff" in name for name in prunable)  # the blocks' attention and FFNs
+    outcome, result = checks.prune_or_refuse(sd3, checks.spec_for("magnitude", "unstructured", sparsity=0.5))
+    assert outcome == "ran", result
+    modules = dict(result.pipeline.transformer.named_modules())
+    assert all(bool(modules[name].weight.all()) for name in protected)  # no zero written into them
+    assert abs(result.report.totals["sparsity"] - 0.5) < 0.01
+    with_adaln = set(SD3Adapter(prune_adaln=True).protected_layers("transformer", sd3.transformer))
+    assert "transformer_blocks.0.norm1.linear" not in with_adaln and "pos_embed.proj" in with_adaln

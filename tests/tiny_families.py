@@ -24,8 +24,6 @@ PROMPTS = ("a red fox in the snow", "a small boat on a calm lake")
 # ---------------------------------------------------------------------------------- tokenizers
 def _byte_level_vocab() -> dict:
     """CLIP's byte-to-unicode alphabet, each symbol alone and as a word end (``</w>``)."""
-    from transformers.models.clip.tokenization_clip import CLIPTokenizer  # noqa: F401 - the user
-
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     symbols = [chr(b) for b in printable]
     extra = 0

@@ -277,6 +277,7 @@ def apply_block(model, scores, spec, progress=None):
     outcome.importance["blocks"] = np.array([u["score"] for u in units], dtype=np.float32)
     outcome.notes["blocks"] = {u["name"]: u["score"] for u in units}
     outcome.notes["removed_blocks"] = [u["name"] for u in best]
+    old_names = {id(module): name for name, module in model.named_modules()}
     if hasattr(model, "transformer_blocks"):
         outcome.units_before["transformer_blocks"] = len(model.transformer_blocks)
         gone = {u["index"] for u in best}
@@ -286,6 +287,10 @@ def apply_block(model, scores, spec, progress=None):
         outcome.units_before["layers"] = sum(len(b.resnets) for b in model.down_blocks) + (model.mid_block is not None)
         _remove_unet_units(model, best)
         outcome.units_after["layers"] = sum(len(b.resnets) for b in model.down_blocks) + (model.mid_block is not None)
+    # the kept blocks are renumbered (a ModuleList has no gaps): new layer name -> name in the dense
+    # model, so that per-layer reports compare a layer with itself
+    outcome.notes["renamed_layers"] = {name: old_names[id(module)] for name, module in model.named_modules()
+                                       if old_names.get(id(module), name) != name}
     return outcome
 
 

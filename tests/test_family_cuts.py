@@ -156,3 +156,24 @@ def test_bad_indices_are_refused():
         remove_heads(attention, [0, 4])
     with pytest.raises(ValueError, match="FFN"):
         remove_ffn_neurons(model.transformer_blocks[0].ff, [10 ** 6])
+
+
+def test_block_granularity_records_the_renumbering():
+    from types import SimpleNamespace
+
+    from core.criteria import prunable_layers
+    from core.granularity_transformer import apply_block
+
+    model = copy.deepcopy(_denoiser(tiny_families.build("dit")))
+    dense = {name: module.weight.clone() for name, module in prunable_layers(model).items()}
+    scores = {name: torch.full_like(w, 5.0) for name, w in dense.items()}
+    for name in scores:
+        if name.startswith("transformer_blocks.1."):
+            scores[name].zero_()  # block 1 is the least important
+    outcome = apply_block(model, scores, SimpleNamespace(sparsity=0.3, channel_ratio=None))
+    assert outcome.notes["removed_blocks"] == ["transformer_blocks.1"] and len(model.transformer_blocks) == 2
+    renamed = outcome.notes["renamed_layers"]
+    assert renamed["transformer_blocks.1.attn1.to_q"] == "transformer_blocks.2.attn1.to_q"
+    for new, old in renamed.items():
+        if new in prunable_layers(model):
+            assert torch.equal(dict(model.named_modules())[new].weight, dense[old])

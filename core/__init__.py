@@ -11,7 +11,7 @@ from .criteria import CRITERIA
 from .engine import PruneReport, PruneResult, prune
 from .evaluate import evaluate
 from .finetune import finetune
-from .granularity import GRANULARITIES
+from .granularities import GRANULARITIES
 from .metrics import compare_grid
 from .pipeline import load_pipeline, make_grid, pick_device, sample_images, to_pil
 from .schedules import SCHEDULES

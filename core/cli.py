@@ -199,7 +199,7 @@ def spec_from_args(args, device: str):
     too; ``--channel-ratio`` clears the base sparsity, ``--sparsity`` the base channel ratio, and an
     ``N:M`` ``--granularity`` the base sparsity (it is implied).
     """
-    from .granularity import parse_granularity
+    from .granularities import parse_granularity
     from .spec import PRESETS, PruneSpec
 
     if args.spec is not None:
@@ -307,7 +307,7 @@ def sweep_specs(args, device: str) -> list:
     sparsity). Every spec is validated before anything runs, so an unsupported combination fails at
     once with the criterion's allowed granularities."""
     from .criteria import CRITERIA
-    from .granularity import parse_granularity
+    from .granularities import parse_granularity
     from .spec import PruneSpec
 
     calibration = {name: getattr(args, name) for name in ("schedule", "schedule_params", "calibration_data",

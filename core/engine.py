@@ -4,11 +4,16 @@ The UI, the CLI, the benchmarks, the sweeps and the tests all prune through this
 Stages (reported through ``progress(fraction, message)``): loading calibration images,
 ``calibrating t=..`` (gradient criteria), ``scoring``, ``pruning``, ``measuring``. An exception
 raised by the callback (a cancellation) propagates and leaves nothing behind: the engine works
-on a deep copy of the UNet and never touches the caller's pipeline.
+on deep copies of the networks it prunes and never touches the caller's pipeline.
+
+Everything model-specific comes from the pipeline's family adapter (``core.models``): which
+networks exist (``spec.components``, default the denoiser), how the denoiser is called and
+trained, how images become latents, which layers are never cut and how a cut is made consistent.
+adapter -> copy -> calibrate (``core.criteria.calibrate``) -> score -> cut (``core.granularities``)
+-> measure (``core.measure``).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
@@ -24,7 +29,7 @@ from .calibration import (  # noqa: F401 - calibration_images is re-exported for
     GENERATED_CALIBRATION_STEPS, calibration_images, calibration_pixels, decode_for_autoencoder, encode_samples,
 )
 from .criteria import CRITERIA, calibrate, compute_scores, copy_scheduler
-from .granularity import GRANULARITIES
+from .granularities import GRANULARITIES
 from .measure import count_model
 from .pipeline import adapter_of, pick_device
 from .spec import PruneSpec

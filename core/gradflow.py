@@ -81,7 +81,7 @@ def hard_mask(importance: torch.Tensor, sparsity: float, n: int = 0, m: int = 0)
     N most important of every M consecutive input columns (conv: ``(out, kh, kw, in)`` layout,
     as ``core/granularity.py`` and ``core/obs.py``). Ties broken by position (deterministic)."""
     if n or m:
-        from .granularity import nm_keep_mask  # the one N:M layout helper
+        from .granularities import nm_keep_mask  # the one N:M layout helper
 
         return nm_keep_mask(importance, n, m)
     count = int(round(sparsity * importance.numel()))

@@ -460,14 +460,6 @@ def prune_attention_heads(attn: nn.Module, hessian: torch.Tensor, num_remove: in
     removed = set(result.removed)
     remove_heads(attn, [h for h in range(heads) if h not in removed])
     return result
-    tp.prune_linear_in_channels(out_proj, removed_columns)
-    for projection in (attn.to_q, attn.to_k, attn.to_v):
-        tp.prune_linear_out_channels(projection, removed_columns)
-    attn.heads = heads - len(result.removed)
-    attn.inner_dim = attn.heads * head_dim
-    if hasattr(attn, "inner_kv_dim"):
-        attn.inner_kv_dim = attn.inner_dim
-    return result
 
 
 def _feedforward_layers(ff: nn.Module):
@@ -792,7 +784,7 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
         n, m = spec.nm_pattern
         report = obs_prune_unet(unet, scheduler, granularity="N:M", n=n, m=m, layers=layers, **options)
     elif granularity == "head":
-        from .granularity import GRANULARITIES
+        from .granularities import GRANULARITIES
 
         probe_unet = copy.deepcopy(unet)
         ones = {name: torch.ones_like(module.weight) for name, module in prunable_layers(probe_unet).items()}
@@ -842,7 +834,7 @@ def obs_channel_scores(unet: nn.Module, noise_scheduler, layers: dict, *, schedu
     cut itself) are collected in one pass over the dense model's own sampling trajectories.
     Returns ``(scores, timestep_weights)``.
     """
-    from .granularity import ConsumerScores
+    from .granularities import ConsumerScores
 
     num_train_timesteps = int(noise_scheduler.config.num_train_timesteps)
     timestep_weights = resolve_timestep_weights(schedule, schedule_params, num_train_timesteps)

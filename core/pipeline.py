@@ -48,6 +48,12 @@ def adapter_of(pipeline, source: str | None = None):
     return adapter_for(pipeline, source)
 
 
+def prunable_components(pipeline) -> tuple:
+    """Pipeline attribute names ``PruneSpec.components`` may name for this pipeline (the denoiser
+    first; latent models add their autoencoder): the choice list for the app and the CLI."""
+    return tuple(adapter_of(pipeline).prunable_components(pipeline))
+
+
 def load_pipeline(source: str | Path | None = None, device: str | torch.device | None = None):
     """Load a diffusion pipeline on ``device`` (CUDA when available, else CPU).
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import obs as _obs  # noqa: F401,I001 - importing registers the criterion (obs before gradflow, as before)
 from . import gradflow as _gradflow  # noqa: F401,E402 - importing registers the criterion
 from .criteria import CRITERIA
-from .granularity import GRANULARITIES, parse_granularity
+from .granularities import GRANULARITIES, parse_granularity
 from .schedules import SCHEDULES, check_schedule_params
 
 MAX_SPARSITY = 0.95

@@ -1,6 +1,10 @@
 """Pruning criteria: each one turns a UNet (and, for the gradient criteria, calibration
 statistics) into one score per prunable weight; low score = pruned first.
 
+Layout: this ``__init__`` holds what every criterion shares (the prunable layers, the calibration
+losses and the one calibration loop ``calibrate``); ``base.py`` the ``Criterion`` record; one file per
+method registers it in ``core.registry.CRITERIA``.
+
 A granularity (``core/granularity.py``) then aggregates the per-weight scores into the unit it
 prunes (an N:M group, an output channel with its dependency group, an attention head), so that
 criteria, schedules and granularities stay orthogonal (``../shared/STYLE.md`` principle 5).
@@ -30,16 +34,14 @@ and normalisation parameters are not prunable.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .schedules import SCHEDULES
-from .registry import CRITERIA
+from ..schedules import SCHEDULES
+from ..registry import CRITERIA  # noqa: F401 - filled by the method files
 
 # The pixel UNet's never-pruned layers; other families name theirs in their adapter
 # (``ModelAdapter.protected_layers``). Kept for callers that read the constant.
@@ -47,11 +49,10 @@ EXCLUDED_LAYERS = ("conv_in", "conv_out")
 # Calibration batches this many samples (timesteps x images) into one forward/backward pass: the
 # same accumulated gradient as one pass per timestep, 3-5x faster on a CPU for small batches.
 CALIBRATION_CHUNK_SAMPLES = 64
-ALL_GRANULARITIES = ("unstructured", "N:M", "channel", "head")
 
 
 def _rules(module: nn.Module, adapter=None, component: str | None = None):
-    from .models import adapter_for_module
+    from ..models import adapter_for_module
 
     if adapter is None or component is None:
         found, owned = adapter_for_module(module)
@@ -280,129 +281,11 @@ def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, s
 
 
 # ----------------------------------------------------------------------------------------------
-# Scores: name -> per-weight score tensor (same shape as the weight)
+# The criteria: one file per method in this package, each registering itself (random.py,
+# magnitude.py, taylor.py, nici.py, l1.py; obs and gradflow in core/obs.py and core/gradflow.py)
 # ----------------------------------------------------------------------------------------------
-def random_scores(layers, stats, params, seed):
-    generator = torch.Generator().manual_seed(int(seed))
-    return {name: torch.rand(module.weight.shape, generator=generator).to(module.weight.device)
-            for name, module in sorted(layers.items())}
-
-
-def magnitude_scores(layers, stats, params, seed):
-    p = params["p"]
-    return {name: module.weight.detach().abs().pow(p) for name, module in layers.items()}
-
-
-def taylor_scores(layers, stats, params, seed):
-    # Diff-Pruning: gradients accumulated over all timesteps (and batches), then |w * g|.
-    return {name: (module.weight.detach() * stats.gradients[name]).abs() for name, module in layers.items()}
-
-
-def nici_scores(layers, stats, params, seed):
-    # NiCI-Pruning: Taylor importance per batch, summed over batches.
-    return {name: stats.taylor_per_batch_sum[name].clone() for name in layers}
-
-
-def l1_scores(layers, stats, params, seed):
-    # Towards Tiny Diffusion: I(w) = alpha |w| + beta |dL/dw|, each term normalised per layer.
-    alpha, beta = params["alpha"], params["beta"]
-    scores = {}
-    for name, module in layers.items():
-        weight = module.weight.detach().abs()
-        grad = stats.gradients[name].abs()
-        scores[name] = alpha * weight / weight.mean().clamp_min(1e-12) + beta * grad / grad.mean().clamp_min(1e-12)
-    return scores
-
-
-def _check_p(value):
-    if value not in (1, 2):
-        raise ValueError(f"criterion_params.p of criterion 'magnitude' must be 1 or 2, got {value!r}")
-
-
-def _check_l1_not_all_zero(params):
-    if params["alpha"] == 0 and params["beta"] == 0:
-        raise ValueError("criterion_params.alpha and beta of criterion 'l1' are both 0: every score would tie; "
-                         "allowed: alpha >= 0 and beta >= 0, not both 0")
-
-
-def _check_nonnegative(name):
-    def check(value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"criterion_params.{name} of criterion 'l1' must be a number >= 0, got {value!r}")
-    return check
-
-
-@dataclass(frozen=True)
-class Criterion:
-    """A registered criterion.
-
-    ``score(layers, stats, params, seed) -> {name: per-weight scores}``; ``loss`` names the
-    calibration loss (None: no calibration, no schedule); ``default_schedule`` and the default
-    calibration size are the paper's recipe scaled to run on a CPU (presets hold the papers' own).
-    """
-
-    name: str
-    score: Callable
-    granularities: tuple = ALL_GRANULARITIES
-    loss: str | None = None
-    default_schedule: str | None = None
-    default_schedule_params: dict = field(default_factory=dict)
-    zero_grad_per_batch: bool = False
-    default_calibration_batches: int = 0
-    default_calibration_batch_size: int = 0
-    defaults: dict = field(default_factory=dict)  # criterion_params and their defaults
-    checks: dict = field(default_factory=dict)  # param name -> validator
-    description: str = ""
-    # (unet, pipeline, spec, progress) -> (scores, stats, calibration_source): criteria that run
-    # their own calibration and may rewrite weights (obs, gradflow; core/obs.py, core/gradflow.py)
-    reconstruct: Callable | None = None
-    check_all: Callable | None = None  # validates the merged params together (e.g. not every weight 0)
-
-    @property
-    def needs_calibration(self) -> bool:
-        return self.loss is not None or self.reconstruct is not None
-
-    def check_params(self, params: dict) -> dict:
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            raise ValueError(f"criterion_params for criterion {self.name!r} accepts {sorted(self.defaults)}, got unknown {unknown}")
-        merged = {**self.defaults, **params}
-        for key, check in self.checks.items():
-            check(merged[key])
-        if self.check_all is not None:
-            self.check_all(merged)
-        return merged
-
-
-# CRITERIA lives in core.registry (name -> entry; imports nothing of the engine)
-
-
-def register_criterion(criterion: Criterion) -> Criterion:
-    CRITERIA[criterion.name] = criterion
-    return criterion
-
-
-for _criterion in (
-    Criterion("random", random_scores, description="baseline: uniform random scores"),
-    Criterion("magnitude", magnitude_scores, defaults={"p": 1}, checks={"p": _check_p},
-              description="baseline: |w|^p (Diff-Pruning's magnitude baseline: p=1)"),
-    Criterion("taylor", taylor_scores, loss="denoising", default_schedule="threshold",
-              default_calibration_batches=1, default_calibration_batch_size=4,
-              description="Diff-Pruning: |w * g|, denoising loss, threshold schedule"),
-    Criterion("nici", nici_scores, loss="clean-image", default_schedule="interval", zero_grad_per_batch=True,
-              default_calibration_batches=1, default_calibration_batch_size=4,
-              description="NiCI-Pruning: clean-image loss, interval schedule, |w * g| summed over batches"),
-    Criterion("l1", l1_scores, loss="denoising", default_schedule="uniform",
-              default_calibration_batches=1, default_calibration_batch_size=8,
-              defaults={"alpha": 1.0, "beta": 1.0},
-              checks={"alpha": _check_nonnegative("alpha"), "beta": _check_nonnegative("beta")},
-              check_all=_check_l1_not_all_zero,
-              description="Towards Tiny Diffusion: alpha|w| + beta|dL/dw|, per-layer normalised"),
-):
-    register_criterion(_criterion)
-
-# Criteria that prune by reconstruction (obs, gradflow) live in their own modules and register
-# themselves when imported (core/spec.py imports them); this module imports neither.
+from .base import ALL_GRANULARITIES, Criterion, register_criterion  # noqa: E402,F401
+from . import random, magnitude, taylor, nici, l1  # noqa: E402,F401,I001 - registration order = menu order
 
 
 def compute_scores(criterion: Criterion, unet: nn.Module, stats: CalibrationStats | None, params: dict, seed: int,

@@ -1,0 +1,94 @@
+"""What every granularity shares: the ``Granularity`` record, its outcome, parsing of names and
+N:M patterns, and the adapter look-ups (attention modules, fix-ups, plain configs, example inputs).
+One file per granularity in this package registers itself in ``core.registry.GRANULARITIES``."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..criteria import _rules
+from ..registry import GRANULARITIES
+
+NM_CHOICES = ("2:4", "4:8")
+_NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
+SPARSITY_TOLERANCE = 0.02  # channel/head: reached parameter sparsity within 2 percentage points
+
+
+def parse_granularity(text) -> tuple[str, tuple[int, int] | None]:
+    """``"channel"`` -> ("channel", None); ``"2:4"`` -> ("N:M", (2, 4)). Raises ValueError."""
+    allowed = f"{sorted(n for n in GRANULARITIES if n != 'N:M')} or an N:M pattern such as {list(NM_CHOICES)}"
+    if not isinstance(text, str):
+        raise ValueError(f"granularity must be one of {allowed}, got {text!r}")
+    match = _NM_PATTERN.match(text)
+    if match:
+        n, m = int(match.group(1)), int(match.group(2))
+        if not 0 < n < m:
+            raise ValueError(f"granularity {text!r}: N:M needs 0 < N < M (for example {list(NM_CHOICES)}), got N={n}, M={m}")
+        return "N:M", (n, m)
+    if text in GRANULARITIES and text != "N:M":
+        return text, None
+    raise ValueError(f"granularity must be one of {allowed}, got {text!r}")
+
+
+def attention_modules(unet: nn.Module) -> dict:
+    """Name -> attention module of ``unet`` (the adapter's definition)."""
+    adapter, component = _rules(unet)
+    return adapter.attention_modules(component, unet)
+
+
+def sync_diffusers_attributes(unet: nn.Module, adapter=None, component: str | None = None) -> None:
+    """After a structural cut: the family's fix-ups (cached sizes made consistent with the weights)."""
+    adapter, component = _rules(unet, adapter, component)
+    adapter.fix_up(component, unet)
+
+
+def plain_diffusers_config(unet: nn.Module, base_config: dict, adapter=None, component: str | None = None) -> dict | None:
+    """The diffusers config that rebuilds exactly these shapes, or None when none exists."""
+    adapter, component = _rules(unet, adapter, component)
+    return adapter.plain_config(component, unet, base_config)
+
+
+# ----------------------------------------------------------------------------------------------
+# Outcomes and the registry
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class GranularityOutcome:
+    """What a granularity did: the (pruned) UNet and what the report needs."""
+
+    unet: nn.Module
+    importance: dict = field(default_factory=dict)  # layer -> np.ndarray (per channel / head / weight block)
+    structural_ratio: float | None = None
+    units_before: dict = field(default_factory=dict)  # layer -> number of units (channels, heads)
+    units_after: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Granularity:
+    """A registered granularity. ``apply(unet, scores, spec, progress) -> GranularityOutcome``;
+    ``check(unet, spec)`` raises ValueError before any calibration when the model cannot take it."""
+
+    name: str
+    apply: Callable
+    check: Callable
+    structural: bool
+    description: str = ""
+
+
+def _block_importance(score: torch.Tensor) -> np.ndarray:
+    """Per weight-block importance for heatmaps: output x input channel (kernel summed)."""
+    return score.reshape(score.shape[0], score.shape[1], -1).sum(-1).float().cpu().numpy()
+
+
+def _no_check(unet, spec):
+    return None
+
+
+def register_granularity(granularity: Granularity) -> Granularity:
+    GRANULARITIES[granularity.name] = granularity
+    return granularity

@@ -1,0 +1,88 @@
+"""``head``: whole heads of every multi-head attention module (the adapter's ``head_groups``: producing
+rows and reading columns); a head's score is the sum of its weights' scores; the adapter's one head
+cut updates the head counts."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..criteria import _rules, prunable_parameter_count
+from .base import SPARSITY_TOLERANCE, Granularity, GranularityOutcome, register_granularity, sync_diffusers_attributes
+
+
+def _head_groups(unet) -> dict:
+    adapter, component = _rules(unet)
+    return adapter.head_groups(component, unet)
+
+
+def _multihead(unet) -> dict:
+    return {name: g for name, g in _head_groups(unet).items() if g.heads >= 2 and g.has_key}
+
+
+def check_head(unet, spec):
+    if not _multihead(unet):
+        found = {name: g.heads for name, g in _head_groups(unet).items()}
+        raise ValueError(
+            "granularity 'head' needs a model with multi-head attention (Attention.heads >= 2); "
+            f"this model's attention layers have heads {found or 'none'}; allowed granularities: "
+            "['unstructured', 'N:M', 'channel']"
+        )
+
+
+def _head_scores(group, scores) -> torch.Tensor:
+    """A head's score: the sum of its weights' scores over every producing row and reading column."""
+    total = torch.zeros(group.heads, dtype=torch.float64)
+    for layer in group.rows:
+        total += scores[layer].double().cpu().reshape(group.heads, group.head_dim, -1).sum((1, 2))
+    for layer in group.columns:
+        score = scores[layer].double().cpu()
+        total += score.reshape(score.shape[0], group.heads, group.head_dim).sum((0, 2))
+    return total
+
+
+def _heads_removed(heads: int, ratio: float) -> int:
+    return min(heads - 1, int(math.floor(ratio * heads + 1e-9)))
+
+
+def apply_head(unet, scores, spec, progress=None):
+    check_head(unet, spec)
+    adapter, component = _rules(unet)
+    before = prunable_parameter_count(unet)
+    groups = _multihead(unet)
+    head_scores = {name: _head_scores(group, scores) for name, group in groups.items()}
+
+    def sparsity_at(ratio: float) -> float:
+        removed = sum(_heads_removed(g.heads, ratio) * g.weights_per_head for g in groups.values())
+        return removed / before
+
+    if spec.channel_ratio is not None:
+        ratio = spec.channel_ratio
+    else:
+        # the reachable sparsities are discrete: try every distinct per-layer head count
+        candidates = sorted({0.0} | {k / g.heads for g in groups.values() for k in range(1, g.heads)})
+        ratio = min(candidates, key=lambda r: (abs(sparsity_at(r) - spec.sparsity), r))
+        if abs(sparsity_at(ratio) - spec.sparsity) > SPARSITY_TOLERANCE:
+            maximum = sparsity_at(max(candidates))
+            raise ValueError(
+                f"sparsity {spec.sparsity:g} cannot be reached with granularity 'head' on this model: removing whole "
+                f"attention heads reaches at most {maximum:.3f} of the prunable parameters (closest {sparsity_at(ratio):.3f}); "
+                f"allowed: sparsity in [0, {maximum + SPARSITY_TOLERANCE:.3f}] or granularity 'channel'"
+            )
+    outcome = GranularityOutcome(unet=unet, structural_ratio=ratio)
+    for name, group in groups.items():
+        outcome.importance[name] = head_scores[name].float().numpy()
+        outcome.units_before[name] = group.heads
+        removed = _heads_removed(group.heads, ratio)
+        if removed:
+            order = torch.argsort(head_scores[name], stable=True)
+            drop = set(order[:removed].tolist())
+            adapter.cut_heads(component, unet, name, [h for h in range(group.heads) if h not in drop])
+        outcome.units_after[name] = int(group.module.heads)
+    sync_diffusers_attributes(unet)
+    return outcome
+
+
+
+
+register_granularity(Granularity("head", apply_head, check_head, True, "whole attention heads"))

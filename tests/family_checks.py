@@ -2,9 +2,9 @@
 matrix through the ``prune`` facade, save/load, the caller's pipeline untouched, the pipeline's own
 ``__call__`` with the pruned denoiser.
 
-``wired_granularities(monkeypatch)`` puts the ``ffn`` and ``block`` granularities of
-``core/granularity_transformer.py`` into the engine's registry for one test, the way the engine
-will once its granularity registry lists them.
+``wired_granularities(monkeypatch)`` puts the ``ffn`` and ``block`` granularities
+(``core/granularities/ffn.py``, ``block.py``) into the engine's registry and every criterion's
+allowed list for one test, the way the engine will once ``core.granularities`` imports them.
 """
 from __future__ import annotations
 
@@ -26,16 +26,21 @@ CALIBRATED = {
 
 
 def wired_granularities(monkeypatch) -> None:
-    import core.granularity as granularity
-    import core.granularity_transformer as transformer
-    from core.criteria import ALL_GRANULARITIES, CRITERIA
+    import importlib
 
-    for entry in transformer.ENTRIES:
-        monkeypatch.setitem(granularity.GRANULARITIES, entry.name, entry)
+    from core.criteria import ALL_GRANULARITIES, CRITERIA
+    from core.registry import GRANULARITIES
+
+    listed = set(GRANULARITIES)
+    entries = [importlib.import_module(f"core.granularities.{name}").ENTRY for name in ("ffn", "block")]
+    for entry in entries:
+        if entry.name not in listed:  # registered by its import, not by the engine: undone after the test
+            GRANULARITIES.pop(entry.name, None)
+        monkeypatch.setitem(GRANULARITIES, entry.name, entry)
     for name, criterion in list(CRITERIA.items()):
         if tuple(criterion.granularities) == tuple(ALL_GRANULARITIES):
             monkeypatch.setitem(CRITERIA, name, dataclasses.replace(
-                criterion, granularities=tuple(criterion.granularities) + tuple(e.name for e in transformer.ENTRIES)))
+                criterion, granularities=tuple(criterion.granularities) + tuple(e.name for e in entries)))
 
 
 def spec_for(criterion: str, granularity: str, sparsity=None, channel_ratio=None, **extra):

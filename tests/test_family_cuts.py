@@ -158,11 +158,14 @@ def test_bad_indices_are_refused():
         remove_ffn_neurons(model.transformer_blocks[0].ff, [10 ** 6])
 
 
-def test_block_granularity_records_the_renumbering():
+def test_block_granularity_records_the_renumbering(monkeypatch):
     from types import SimpleNamespace
 
+    import family_checks
     from core.criteria import prunable_layers
-    from core.granularity_transformer import apply_block
+
+    family_checks.wired_granularities(monkeypatch)  # imports core.granularities.block without registering it for good
+    from core.granularities.block import apply_block
 
     model = copy.deepcopy(_denoiser(tiny_families.build("dit")))
     dense = {name: module.weight.clone() for name, module in prunable_layers(model).items()}

@@ -93,7 +93,7 @@ def test_classes_come_from_the_pipelines_labels():
 
 @pytest.mark.xfail(strict=True, reason="engine.prune computes the protected layers on the pruned copy, after the kept "
                                        "blocks were renumbered: the removed blocks' adaLN/embedder layers then count "
-                                       "as prunable (granularity_transformer records notes['renamed_layers'])")
+                                       "as prunable (the block cut records notes['renamed_layers'])")
 def test_block_sparsity_in_the_report_counts_prunable_parameters_only(dit, monkeypatch):
     from core.criteria import prunable_layers
 

@@ -1,122 +1,31 @@
-"""Granularities for transformer blocks and UNet depth: ``ffn`` and ``block``, turning per-weight
-scores (``core.criteria``) into structural cuts (``head`` is ``core.granularity``'s, through the
-adapters' ``head_groups``/``cut_heads`` and ``transformer_cuts.remove_heads``).
+"""``block``: whole blocks, scored by the chosen criterion (mean score of a block's prunable weights:
+blocks differ in size).
 
-* ``ffn``   -- hidden neurons of every ``FeedForward`` (``ff`` and, in SD3's joint blocks,
-  ``ff_context``; the GEGLU FFNs of Stable Diffusion's transformer blocks). A neuron's score is
-  the sum of its weights' scores (its up-projection row(s) and down-projection column); every FFN
-  loses the same fraction of its neurons (local, as Diff-Pruning's channel ratio), the lowest
-  scored first, at least one neuron kept.
-* ``block`` -- whole blocks. Transformers: ``transformer_blocks`` (TinyFusion's depth pruning;
-  SD3's ``context_pre_only`` last block is kept). Stable Diffusion's UNet: the mid block and
-  resnet(+attention) layers of a down stage removed with their mirrored up layer, as BK-SDM does,
-  where the remaining shapes are those of a config with fewer ``layers_per_block``. A block's
-  score is the mean score of its prunable weights (blocks differ in size); the lowest blocks go
-  first, and the number removed is the one whose sparsity is closest to the target (within half
-  the smallest block's share: blocks are coarse units; the report gives the sparsity reached). The result reloads with plain diffusers ``from_pretrained``
-  (``num_layers``, ``layers_per_block``, ``mid_block_type`` in the config).
+* Transformers (DiT, PixArt, SD3): ``transformer_blocks`` (TinyFusion's depth pruning); SD3's
+  ``context_pre_only`` last block is kept. The config's ``num_layers`` (and SD3.5's
+  ``dual_attention_layers``) follow, so plain diffusers ``from_pretrained`` reloads the result.
+* Stable Diffusion's UNet: the mid block (``mid_block_type=None``) and resnet(+attention) layers of a
+  down stage removed with their mirrored up layer (the one that reads its skip connection), as
+  BK-SDM does, where a config with one layer fewer in that stage (``layers_per_block`` per stage)
+  has exactly the remaining shapes.
 
-Sparsity keeps the one meaning: the fraction of prunable parameters (the weights of the prunable
-conv/linear layers) removed. Structural units are discrete, so a target is met within
-``SPARSITY_TOLERANCE`` or refused with the reachable range.
+The set removed is the least important one (sum of its blocks' scores) whose sparsity is within
+half the smallest block's share of the prunable parameters (or ``SPARSITY_TOLERANCE``) of the
+target: blocks are coarse units, the report gives the sparsity reached; otherwise a ValueError lists
+the reachable sparsities. The kept blocks are renumbered; ``notes["renamed_layers"]`` maps every
+new layer name to its name in the dense model.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
 from torch import nn
 
-from .criteria import prunable_layers
-from .granularity import SPARSITY_TOLERANCE, Granularity, GranularityOutcome, register_granularity
-from .models.transformer_cuts import ffn_layers, remove_blocks, remove_ffn_neurons, removable_blocks
+from ..criteria import prunable_layers
+from ..models.transformer_cuts import remove_blocks, removable_blocks
+from .base import SPARSITY_TOLERANCE, Granularity, GranularityOutcome, register_granularity
 
 
-def _feed_forwards(model: nn.Module) -> dict:
-    from diffusers.models.attention import FeedForward
-
-    return {name: module for name, module in model.named_modules() if isinstance(module, FeedForward)}
-
-
-def _prunable_total(model: nn.Module) -> int:
-    return sum(m.weight.numel() for m in prunable_layers(model).values())
-
-
-def _fraction_removed(width: int, ratio: float) -> int:
-    """Units removed from ``width`` at ``ratio``; at least one unit is always kept."""
-    return min(width - 1, int(math.floor(ratio * width + 1e-9)))
-
-
-def _choose_ratio(widths: dict, weight_per_unit: dict, total: int, spec, granularity: str) -> float:
-    """The local ratio whose removed weights come closest to ``spec.sparsity`` (explicit
-    ``spec.channel_ratio`` wins); ValueError naming the reachable range when none is close enough."""
-    if spec.channel_ratio is not None:
-        return float(spec.channel_ratio)
-
-    def sparsity_at(ratio):
-        return sum(_fraction_removed(widths[n], ratio) * weight_per_unit[n] for n in widths) / total
-
-    candidates = sorted({0.0} | {k / w for w in widths.values() for k in range(1, w)})
-    ratio = min(candidates, key=lambda r: (abs(sparsity_at(r) - spec.sparsity), r))
-    if abs(sparsity_at(ratio) - spec.sparsity) > SPARSITY_TOLERANCE:
-        maximum = sparsity_at(max(candidates))
-        raise ValueError(
-            f"sparsity {spec.sparsity:g} cannot be reached with granularity {granularity!r} on this model: it removes at "
-            f"most {maximum:.3f} of the prunable parameters (closest {sparsity_at(ratio):.3f}); allowed: sparsity in "
-            f"[0, {maximum + SPARSITY_TOLERANCE:.3f}] or granularity 'unstructured'"
-        )
-    return ratio
-
-
-# ------------------------------------------------------------------------------------------ ffn
-def _prunable_ffns(model: nn.Module) -> dict:
-    layers = {id(m) for m in prunable_layers(model).values()}
-    out = {}
-    for name, ff in _feed_forwards(model).items():
-        up, down, _ = ffn_layers(ff)
-        if id(up) in layers and id(down) in layers and down.in_features >= 2:
-            out[name] = ff
-    return out
-
-
-def check_ffn(model, spec):
-    if not _prunable_ffns(model):
-        raise ValueError(f"granularity 'ffn' needs feed-forward blocks (diffusers FeedForward); this {type(model).__name__} "
-                         "has none with prunable layers; allowed: 'unstructured', N:M, 'channel' or 'head'")
-
-
-def _ffn_scores(model, name, ff, scores) -> torch.Tensor:
-    names = {id(m): n for n, m in model.named_modules()}
-    up, down, gated = ffn_layers(ff)
-    width = down.in_features
-    up_score = scores[names[id(up)]].double().cpu().reshape(up.out_features, -1).sum(1)
-    neuron = up_score[:width] + up_score[width:] if gated else up_score
-    return neuron + scores[names[id(down)]].double().cpu().sum(0)
-
-
-def apply_ffn(model, scores, spec, progress=None):
-    check_ffn(model, spec)
-    total = _prunable_total(model)
-    ffs = _prunable_ffns(model)
-    widths = {n: ffn_layers(ff)[1].in_features for n, ff in ffs.items()}
-    per_neuron = {n: (lambda up, down, gated: up.in_features * (2 if gated else 1) + down.out_features)(*ffn_layers(ff))
-                  for n, ff in ffs.items()}
-    ratio = _choose_ratio(widths, per_neuron, total, spec, "ffn")
-    outcome = GranularityOutcome(unet=model, structural_ratio=ratio)
-    for name, ff in ffs.items():
-        neuron_scores = _ffn_scores(model, name, ff, scores)
-        outcome.importance[name] = neuron_scores.float().numpy()
-        outcome.units_before[name] = widths[name]
-        removed = _fraction_removed(widths[name], ratio)
-        if removed:
-            drop = set(torch.argsort(neuron_scores, stable=True)[:removed].tolist())
-            remove_ffn_neurons(ff, [i for i in range(widths[name]) if i not in drop])
-        outcome.units_after[name] = ffn_layers(ff)[1].in_features
-    return outcome
-
-
-# ---------------------------------------------------------------------------------------- block
 def _unet_block_units(model) -> list[dict]:
     """Removable depth units of a ``UNet2DConditionModel``: the mid block, and (down stage i,
     layer j) with its mirrored up layer ``L_i - 1 - j`` (the one that reads its skip connection)
@@ -313,13 +222,7 @@ def _remove_unet_units(model, units) -> None:
 
 # Registry entries. They are registered where the engine assembles its granularity registry (the
 # spec, the criteria's allowed lists and the UI choices read it).
-ENTRIES = (
-    Granularity("ffn", apply_ffn, check_ffn, True, "hidden neurons of the feed-forward blocks (ff, ff_context)"),
-    Granularity("block", apply_block, check_block, True, "whole blocks (transformer blocks; UNet layers with their mirror)"),
-)
 
 
-def register() -> None:
-    """Add ``ffn`` and ``block`` to ``core.granularity.GRANULARITIES`` (idempotent)."""
-    for entry in ENTRIES:
-        register_granularity(entry)
+ENTRY = Granularity("block", apply_block, check_block, True, "whole blocks (transformer blocks; UNet layers with their mirror)")
+register_granularity(ENTRY)

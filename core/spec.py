@@ -62,7 +62,9 @@ class PruneSpec:
     for every granularity. For ``channel``/``head`` the engine searches the structural ratio that
     reaches it; ``channel_ratio`` instead passes that ratio directly (the papers' knob:
     Diff-Pruning's 0.3), and then ``sparsity`` must be left None. For an ``N:M`` granularity such
-    as ``"2:4"`` the sparsity is ``1 - N/M`` and may be left None.
+    as ``"2:4"`` the sparsity is ``1 - N/M`` and may be left None. ``components`` names the
+    pipeline networks to prune by attribute (default None: the denoiser); each reaches the
+    sparsity on its own, e.g. ``("unet", "vqvae")`` prunes an LDM's autoencoder too.
     """
 
     criterion: str = "magnitude"  # a name in CRITERIA

@@ -10,7 +10,7 @@ from core.spec import PRESETS, PruneSpec
 
 def test_registries_list_the_methods():
     assert {"random", "magnitude", "taylor", "nici", "l1"} <= set(CRITERIA)
-    assert set(GRANULARITIES) == {"unstructured", "N:M", "channel", "head"}
+    assert set(GRANULARITIES) == {"unstructured", "N:M", "channel", "head", "ffn", "block"}
     assert CRITERIA["taylor"].default_schedule == "threshold"
     assert CRITERIA["nici"].default_schedule == "interval"
 
@@ -43,7 +43,7 @@ def test_nm_implies_sparsity():
     (dict(sparsity=-0.1), "sparsity"),
     (dict(sparsity=float("nan")), "sparsity"),
     (dict(criterion="obs2"), "criterion"),
-    (dict(granularity="block"), "granularity"),
+    (dict(granularity="blocks"), "granularity"),
     (dict(granularity="4:4", sparsity=None), "N:M"),
     (dict(granularity="N:M", sparsity=None), "granularity"),
     (dict(granularity="2:4", sparsity=0.3), "sparsity"),

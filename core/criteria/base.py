@@ -10,7 +10,7 @@ from typing import Callable
 
 from ..registry import CRITERIA
 
-ALL_GRANULARITIES = ("unstructured", "N:M", "channel", "head")
+ALL_GRANULARITIES = ("unstructured", "N:M", "channel", "head", "ffn", "block")
 
 
 @dataclass(frozen=True)

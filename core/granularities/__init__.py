@@ -21,7 +21,7 @@ from __future__ import annotations
 from ..registry import GRANULARITIES
 from .base import (NM_CHOICES, SPARSITY_TOLERANCE, Granularity, GranularityOutcome, attention_modules,
                    parse_granularity, plain_diffusers_config, register_granularity, sync_diffusers_attributes)
-from . import unstructured, nm, channel, head  # noqa: E402,F401,I001 - registration order = menu order
+from . import unstructured, nm, channel, head, ffn, block  # noqa: E402,F401,I001 - registration order = menu order
 from .channel import (ChannelPlanner, ConsumerScores, WeightScoreImportance, apply_channel, example_inputs,
                       max_channel_ratio)
 from .head import apply_head, check_head
@@ -29,7 +29,7 @@ from .nm import apply_nm, check_nm, nm_keep_mask
 from .unstructured import apply_unstructured
 
 # Choice list for the UI: N:M expanded to its supported patterns.
-GRANULARITY_CHOICES = ("unstructured", *NM_CHOICES, "channel", "head")
+GRANULARITY_CHOICES = ("unstructured", *NM_CHOICES, "channel", "head", "ffn", "block")
 
 __all__ = [
     "GRANULARITIES", "GRANULARITY_CHOICES", "NM_CHOICES", "SPARSITY_TOLERANCE", "ChannelPlanner", "ConsumerScores",

@@ -257,10 +257,12 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
     for name in names:
         layers_before, macs_before, params_before = before[name]
         layers_after, macs_after, params_after = after[name]
-        protected = set(adapter.protected_layers(name, copies[name]))
-        prunable = [layer for layer in layers_before if layer not in protected]
-        weights_before = sum(layers_before[n]["weights"] for n in prunable)
-        weights_after = sum(layers_after[n][kept_key] for n in prunable if n in layers_after)
+        # Protected layers by each model's own names: a block cut renumbers the kept blocks, so the
+        # dense model's names describe the dense layers and the pruned copy's its own.
+        protected_before = set(adapter.protected_layers(name, getattr(pipeline, name)))
+        protected_after = set(adapter.protected_layers(name, copies[name]))
+        weights_before = sum(layers_before[n]["weights"] for n in layers_before if n not in protected_before)
+        weights_after = sum(layers_after[n][kept_key] for n in layers_after if n not in protected_after)
         effective = sum(layers_after[n]["macs"] * (layers_after[n]["nonzero"] / max(1, layers_after[n]["weights"]))
                         for n in layers_after)
         per_component[name] = dict(

@@ -91,9 +91,6 @@ def test_classes_come_from_the_pipelines_labels():
     assert adapter.num_classes(ten.transformer) == 1000  # a bare network: every row of its label table
 
 
-@pytest.mark.xfail(strict=True, reason="engine.prune computes the protected layers on the pruned copy, after the kept "
-                                       "blocks were renumbered: the removed blocks' adaLN/embedder layers then count "
-                                       "as prunable (the block cut records notes['renamed_layers'])")
 def test_block_sparsity_in_the_report_counts_prunable_parameters_only(dit, monkeypatch):
     from core.criteria import prunable_layers
 

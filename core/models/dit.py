@@ -64,6 +64,10 @@ class DiTAdapter(GuidedAdapter):
             generator = generator if generator is not None else torch.Generator().manual_seed(0)
             labels = torch.randint(classes, (batch_size,), generator=generator)
         null = torch.full((batch_size,), self.null_class(pipeline_or_denoiser), dtype=torch.long)
+        if guidance_scale is None:
+            # A model may state the guidance scale it was evaluated at (config key ``_guidance_scale``;
+            # the embedded Fashion-MNIST DiT: 1.5, its best FID in assets/dit_model_quality.json).
+            guidance_scale = self._as_denoiser(pipeline_or_denoiser).config.get("_guidance_scale")
         return self._with_guidance({"class_labels": labels, UNCOND + "class_labels": null}, batch_size, guidance_scale)
 
     def denoiser_example_inputs(self, module):

@@ -104,6 +104,8 @@ def rebuild_unet(unet_directory, structure: dict):
     if not weights_path.exists():
         raise ValueError(f"{str(unet_directory)!r} holds no diffusion_pytorch_model.safetensors")
     config = UNet2DModel.load_config(str(unet_directory))
+    # A config rewritten by core.export_config describes the real shapes and keeps the dense one.
+    config = config.get("dense_config", config)
     unet = UNet2DModel.from_config(config)
     state = load_file(str(weights_path))
     modules = dict(unet.named_modules())

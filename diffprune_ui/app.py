@@ -29,6 +29,7 @@ SWEEP_COLUMNS = ["criterion", "granularity", "sparsity", "FID", "KID", "speed-up
 
 def preset_values(name: str) -> dict:
     """The control values that make ``spec_from_controls`` return exactly ``PRESETS[name]``."""
+    handlers.load_engine()
     from core.criteria import CRITERIA
     from core.schedules import SCHEDULES
     from core.spec import PRESETS
@@ -77,10 +78,16 @@ def preset_updates(name: str):
 
 
 def build_demo() -> gr.Blocks:
-    from core.criteria import CRITERIA
-    from core.schedules import SCHEDULES
-    from core.spec import PRESETS
+    """The page. Built from the registries' catalog (``diffprune_ui.catalog``) so that serving it
+    does not wait for torch and diffusers; the handlers import the engine when first called."""
+    from types import SimpleNamespace
 
+    from .catalog import catalog
+
+    registry = catalog()
+    CRITERIA = {name: SimpleNamespace(name=name, **entry) for name, entry in registry["criteria"].items()}
+    SCHEDULES = {name: SimpleNamespace(**entry) for name, entry in registry["schedules"].items()}
+    PRESETS = set(registry["presets"])
     criteria = list(CRITERIA)
     first = CRITERIA["taylor"] if "taylor" in CRITERIA else CRITERIA[criteria[0]]
     ramp_defaults = SCHEDULES["log-decrease"].defaults

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -63,6 +65,26 @@ _RUNNING: set = set()
 # One folder per process for exports; inside it, each session keeps only its latest export.
 _EXPORT_ROOT = Path(tempfile.mkdtemp(prefix="diffprune-exports-"))
 _LATEST_EXPORT: dict = {}
+
+
+_ENGINE_LOCK = threading.Lock()
+
+
+def load_engine() -> None:
+    """Import the engine (torch, diffusers, ``core``) once, from whichever thread asks first.
+
+    The page is served before this (``app.py`` warms it up in the background); serialising the
+    first import avoids two threads importing ``core``'s modules at once. Applies
+    ``DIFFPRUNE_THREADS`` (torch intra-op threads) when set."""
+    if "core.spec" in sys.modules and "core.engine" in sys.modules:
+        return
+    with _ENGINE_LOCK:
+        import torch
+
+        if os.environ.get("DIFFPRUNE_THREADS"):
+            torch.set_num_threads(int(os.environ["DIFFPRUNE_THREADS"]))
+        import core  # noqa: F401 - the facade imports every engine module
+        import core.engine  # noqa: F401
 
 
 class RunCancelled(Exception):
@@ -141,6 +163,7 @@ def source_error(text: str) -> ValueError:
 def cached_pipeline(source):
     """The dense pipeline of ``source``, loaded once per process; runs prune a copy, never this one."""
     key = normalise_source(source)
+    load_engine()
     with _PIPELINE_LOCK:
         if key not in _PIPELINES:
             from core import load_pipeline
@@ -155,6 +178,7 @@ def cached_pipeline(source):
 
 
 def get_store():
+    load_engine()
     from core.store import ResultStore
 
     return ResultStore()
@@ -196,6 +220,7 @@ def schedule_params_from_controls(schedule: str, threshold, interval_weights, nu
                                   num_timesteps, custom_text) -> dict:
     """Only the parameters the chosen schedule takes (the UI shows only those), without the ones
     equal to the schedule's defaults, so a preset's spec and the controls it fills compare equal."""
+    load_engine()
     from core.schedules import SCHEDULES
 
     if schedule == "threshold":
@@ -229,6 +254,7 @@ def _same(value, default) -> bool:
 
 def spec_from_controls(criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps, w_min,
                        w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, seed):
+    load_engine()
     from core.criteria import CRITERIA
     from core.spec import MAX_SPARSITY, PruneSpec
 
@@ -275,6 +301,7 @@ def criterion_changed(criterion, granularity=None):
     """Granularities the criterion supports (the current one kept when it is among them), its
     default schedule, and whether it calibrates. Wired to the user's own change of the dropdown
     only (``.input``), so a preset's settings are never overwritten by it."""
+    load_engine()
     from core.criteria import CRITERIA
 
     entry = CRITERIA[criterion]
@@ -292,6 +319,7 @@ def calibration_estimate(source, criterion, granularity, sparsity, schedule, thr
     """Before a run: how long the calibration will take here (passes x a per-pass time measured
     once per model and batch size, then cached). Invalid settings show why instead (the run
     button raises the same error as gr.Error)."""
+    load_engine()
     from core.criteria import CRITERIA
 
     if criterion in CRITERIA and not CRITERIA[criterion].needs_calibration:
@@ -870,6 +898,7 @@ def dense_frontier(source, num_samples, steps, seed, quality, progress=gr.Progre
 
 def first_screen(source, seed, steps, *schedule_controls):
     """What the page shows before any run: dense samples, the schedule curve, the stored charts."""
+    load_engine()
     grid, card = dense_preview(source, seed, steps)
     pareto_figure, sparsity_figure = results_charts()
     return grid, card, preview_schedule(*schedule_controls), pareto_figure, sparsity_figure

@@ -207,7 +207,8 @@ def test_run_prune_returns_every_view(tiny_model):
 
 @pytest.mark.parametrize("granularity", ["unstructured", "2:4", "4:8", "channel", "head"])
 def test_run_prune_every_granularity_completes(tiny_model, granularity):
-    out = run(tiny_model, granularity=granularity, sparsity=0.5)
+    # whole heads are about 9 % of the tiny model's prunable weights
+    out = run(tiny_model, granularity=granularity, sparsity=0.05 if granularity == "head" else 0.5)
     assert out["status"].startswith("**Done**"), out["status"]
     assert out["importance"].data and out["importance"].data[0].type == "heatmap"
     assert not any(is_note(out[name]) for name in ("importance", "timestep_heatmap", "layers", "used", "pareto"))
@@ -498,3 +499,14 @@ def test_build_demo_wires_every_registry_choice():
     ]
     assert any(set(CRITERIA) <= set(choices) for choices in dropdown_choices)
     assert any(set(SCHEDULES) <= set(choices) for choices in dropdown_choices)
+
+
+def test_page_catalog_equals_the_registries():
+    """The page is built from diffprune_ui/catalog.json (no torch import before serving); it must
+    say exactly what the registries say (regenerate: python -m diffprune_ui.catalog)."""
+    import json
+
+    from diffprune_ui.catalog import CATALOG_FILE, build_catalog
+
+    shipped, live = json.loads(CATALOG_FILE.read_text()), build_catalog()
+    assert shipped == live and list(shipped["criteria"]) == list(live["criteria"])

@@ -78,7 +78,8 @@ def preset_updates(name: str):
 
 
 def build_demo() -> gr.Blocks:
-    """The page. Built from the registries' catalog (``diffprune_ui.catalog``) so that serving it
+    """The page. Whole-number fields use ``precision=None`` so that the handlers see what was sent
+    and refuse ``1.5`` instead of gradio rounding it. Built from the registries' catalog (``diffprune_ui.catalog``) so that serving it
     does not wait for torch and diffusers; the handlers import the engine when first called."""
     from types import SimpleNamespace
 
@@ -120,23 +121,23 @@ def build_demo() -> gr.Blocks:
                         interval_weights = gr.Textbox(value="1,1,1,1", label="interval weights per quarter of T",
                                                       visible=False)
                         with gr.Row(visible=False) as ramp_row:
-                            num_steps = gr.Number(value=ramp_defaults["num_steps"], precision=0, label="K steps")
+                            num_steps = gr.Number(value=ramp_defaults["num_steps"], precision=None, step=1, label="K steps")
                             w_min = gr.Number(value=ramp_defaults["w_min"], label="w_min")
                             w_max = gr.Number(value=ramp_defaults["w_max"], label="w_max")
-                        num_timesteps = gr.Number(value=SCHEDULES["uniform"].defaults["num_timesteps"], precision=0,
+                        num_timesteps = gr.Number(value=SCHEDULES["uniform"].defaults["num_timesteps"], precision=None, step=1,
                                                   label="number of timesteps", visible=False)
                         custom_text = gr.Textbox(value="0:1, 100:0.8, 300:0.5, 700:0.2", label="custom (t:weight, ...)",
                                                  visible=False)
                         with gr.Row():
-                            calibration_batch_size = gr.Number(value=first.default_calibration_batch_size, precision=0,
+                            calibration_batch_size = gr.Number(value=first.default_calibration_batch_size, precision=None, step=1,
                                                                label="calibration batch size")
-                            calibration_batches = gr.Number(value=first.default_calibration_batches, precision=0,
+                            calibration_batches = gr.Number(value=first.default_calibration_batches, precision=None, step=1,
                                                             label="calibration batches")
                     cost_note = gr.Markdown("*estimating the calibration time...*", elem_id="cost-note")
                     with gr.Row():
-                        num_samples = gr.Number(value=16, precision=0, label=f"eval samples (2-{handlers.MAX_SAMPLES})")
-                        steps = gr.Number(value=25, precision=0, label="sampling steps")
-                        seed = gr.Number(value=0, precision=0, label="seed")
+                        num_samples = gr.Number(value=16, precision=None, step=1, label=f"eval samples (2-{handlers.MAX_SAMPLES})")
+                        steps = gr.Number(value=25, precision=None, step=1, label="sampling steps")
+                        seed = gr.Number(value=0, precision=None, step=1, label="seed")
                     quality = gr.Radio(list(handlers.QUALITY_METRICS), value="KID", label="Quality metric")
                     with gr.Row():
                         run_button = gr.Button("Prune & evaluate", variant="primary")
@@ -177,8 +178,8 @@ def build_demo() -> gr.Blocks:
                                                   label="Granularity")
                 compare_sparsities = gr.Textbox(value="0.3, 0.5", label="Sparsities (comma-separated, 0-0.95; N:M ignores them)")
             with gr.Row():
-                compare_samples = gr.Number(value=16, precision=0, label="eval samples")
-                compare_steps = gr.Number(value=25, precision=0, label="sampling steps")
+                compare_samples = gr.Number(value=16, precision=None, step=1, label="eval samples")
+                compare_steps = gr.Number(value=25, precision=None, step=1, label="sampling steps")
                 compare_quality = gr.Radio(list(handlers.QUALITY_METRICS), value="KID", label="Quality metric")
                 compare_latency = gr.Checkbox(value=False, label="time latency (slower: each model timed vs dense)")
                 compare_button = gr.Button("Run sweep", variant="primary")

@@ -350,14 +350,46 @@ def granularity_choices(granularities) -> list[str]:
     return choices
 
 
-def dense_preview(source, seed=0, steps=25):
+_DENSE_SAMPLES: dict = {}
+
+
+def dense_samples(source, steps: int, seed: int):
+    """The dense model's ``GRID_IMAGES`` samples at (steps, seed), sampled once per process: the
+    first screen and every run's dense grid show the same images, so they are not sampled again."""
+    from core import sample_images
+
+    key = (normalise_source(source), steps, seed)
+    if key not in _DENSE_SAMPLES:
+        while len(_DENSE_SAMPLES) >= 8:
+            _DENSE_SAMPLES.pop(next(iter(_DENSE_SAMPLES)))
+        _DENSE_SAMPLES[key] = sample_images(cached_pipeline(source), GRID_IMAGES, steps, seed)
+    return _DENSE_SAMPLES[key]
+
+
+def sample_grids(source, pruned_pipeline, steps: int, seed: int, progress=None):
+    """Dense and pruned samples from the same initial noise and sampler (as ``core.compare_grid``),
+    the dense half taken from :func:`dense_samples`."""
+    from types import SimpleNamespace
+
     from core import make_grid, sample_images
+    from core.pipeline import initial_noise
+
+    dense_images = dense_samples(source, steps, seed)
+    noise = initial_noise(cached_pipeline(source), GRID_IMAGES, seed)
+    pruned_images = sample_images(pruned_pipeline, GRID_IMAGES, steps, seed, noise=noise, progress=progress)
+    return SimpleNamespace(dense_images=dense_images, pruned_images=pruned_images,
+                           dense_grid=make_grid(dense_images, columns=4, scale=4),
+                           pruned_grid=make_grid(pruned_images, columns=4, scale=4))
+
+
+def dense_preview(source, seed=0, steps=25):
+    from core import make_grid
 
     try:
         seed = whole_number("seed", seed, 0, MAX_SEED)
         steps = whole_number("sampling steps", steps, 1, MAX_STEPS)
         pipeline = cached_pipeline(source)
-        images = sample_images(pipeline, GRID_IMAGES, steps, seed)
+        images = dense_samples(source, steps, seed)
     except ValueError as error:
         raise _user_error(error) from error
     return make_grid(images, columns=4, scale=4), model_card(source, pipeline)
@@ -585,7 +617,8 @@ def summary_table(result, dense_row: dict, pruned_row: dict, timing: dict | None
 
 
 def speedup_text(timing: dict) -> str:
-    text = f"{timing['speedup']:.2f}x (range {timing['speedup_low']:.2f}-{timing['speedup_high']:.2f}x over {timing['rounds']} paired rounds)"
+    text = (f"{timing['speedup']:.2f}x (range {timing['speedup_low']:.2f}-{timing['speedup_high']:.2f}x over "
+            f"{timing['rounds']} paired rounds, timed in {timing['seconds']:.1f} s)")
     return text + (": within timing noise" if timing["within_noise"] else "")
 
 
@@ -713,7 +746,6 @@ def run_prune(source, criterion, granularity, sparsity, schedule, threshold, int
     """Prune a copy of the cached dense model, evaluate both, time them paired, build every view."""
     from core.engine import prune
     from core.evaluate import evaluate
-    from core.metrics import compare_grid
     from core.store import key_for, model_hash
     from core.timing import paired_step_latency
 
@@ -734,7 +766,7 @@ def run_prune(source, criterion, granularity, sparsity, schedule, threshold, int
         dense_row = evaluate(dense, **evaluation, progress=_progress_callback(progress, session, 0.55, 0.12))
         pruned_row = evaluate(result.pipeline, **evaluation, prune_spec=spec,
                               progress=_progress_callback(progress, session, 0.67, 0.15))
-        comparison = compare_grid(dense, result.pipeline, GRID_IMAGES, steps, spec.seed, columns=4, scale=4,
+        comparison = sample_grids(source, result.pipeline, steps, spec.seed,
                                   progress=_progress_callback(progress, session, 0.82, 0.08))
         _progress_callback(progress, session, 0.9, 0.04)(0.0, "timing dense and pruned (paired)")
         timing = paired_step_latency(dense, result.pipeline, num_inference_steps=steps)

@@ -170,7 +170,7 @@ def test_run_prune_returns_every_view(tiny_model):
     assert isinstance(out["summary"], pd.DataFrame)
     row = dict(zip(out["summary"][""], zip(out["summary"]["dense"], out["summary"]["pruned"])))
     assert int(row["parameters"][1].replace(",", "")) < int(row["parameters"][0].replace(",", ""))
-    assert row["speed-up (paired: dense / pruned)"][1].endswith(("paired rounds)", "within timing noise"))
+    assert "paired rounds, timed in" in row["speed-up (paired: dense / pruned)"][1]
     assert "±" in row["KID (± std)"][1]
     assert out["dense_grid"].size == out["pruned_grid"].size
     assert len(out["pairs"]) == handlers.GRID_IMAGES and out["pair_update"]["maximum"] == handlers.GRID_IMAGES - 1

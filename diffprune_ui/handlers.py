@@ -16,6 +16,7 @@ Handlers are plain functions, tested without a browser (``tests/test_app_handler
 """
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -64,6 +65,7 @@ _WAITING: list = []  # sessions whose compute job was announced and has not star
 _RUNNING: set = set()
 # One folder per process for exports; inside it, each session keeps only its latest export.
 _EXPORT_ROOT = Path(tempfile.mkdtemp(prefix="diffprune-exports-"))
+atexit.register(shutil.rmtree, _EXPORT_ROOT, True)  # nothing of this process's exports outlives it
 _LATEST_EXPORT: dict = {}
 
 
@@ -908,9 +910,9 @@ def dense_frontier(source, num_samples, steps, seed, quality, progress=gr.Progre
                                 relative_latency=count / steps))
         dense_key = key_for(dense_hash, {"frontier": 1, "model": model, "samples": num_samples, "steps": steps,
                                          "base_steps": steps, "reference": reference, "metrics": list(metrics)})
-        if store.get(dense_key) is None:
-            row = evaluate(dense, num_samples=num_samples, num_inference_steps=steps, seed=seed, metrics=metrics,
-                           reference=reference, dense_pipeline=dense, store=store)
+        if store.get(dense_key) is None:  # the run's own dense evaluation (same arguments: answered from the store)
+            row = evaluate(dense, num_samples=num_samples, num_inference_steps=steps, seed=seed,
+                           metrics=metrics + ("macs",), reference=reference, dense_pipeline=dense, store=store)
             store.put(dense_key, dict(frontier_of=model, num_samples=num_samples, num_inference_steps=steps,
                                       base_steps=steps, reference=reference, fid=row.get("fid"), kid=row.get("kid"),
                                       kid_std=row.get("kid_std"), relative_latency=1.0))

@@ -510,3 +510,27 @@ def test_page_catalog_equals_the_registries():
 
     shipped, live = json.loads(CATALOG_FILE.read_text()), build_catalog()
     assert shipped == live and list(shipped["criteria"]) == list(live["criteria"])
+
+
+def test_dense_model_at_fewer_steps_is_the_baseline_frontier(tiny_model):
+    out = run(tiny_model, steps=5)
+    figure = handlers.dense_frontier(tiny_model, 4, 5, 0, "KID", progress=RecordingProgress())
+    frontier = next(trace for trace in figure.data if trace.name == "dense, fewer steps (baseline)")
+    assert sorted(int(k) for k in frontier.text) == [1, 2, 3, 4, 5]
+    assert list(frontier.x) == sorted(frontier.x) and frontier.x[-1] == pytest.approx(1.0)
+    this_run = next(trace for trace in figure.data if trace.name == "this run")
+    assert "magnitude" in this_run.hovertext[0] and "4 samples, 5 steps" in this_run.hovertext[0]
+    assert "4 samples, 5 sampling steps" in figure.layout.title.text  # the settings drawn, others hidden
+    assert out["status"].startswith("**Done**")
+
+
+def test_shipped_charts_label_points_and_draw_the_frontier():
+    pareto, by_sparsity = handlers.results_charts()
+    names = [trace.name for trace in pareto.data]
+    assert names[0] == "dense, fewer steps (baseline)" and len(pareto.data[0].x) >= 5
+    hover = " ".join(" ".join(trace.text) for trace in pareto.data[1:] if trace.text is not None)
+    for part in ("channel", "sparsity", "48 samples, 10 steps", "fine-tuned 40 steps"):
+        assert part in hover
+    symbols = {trace.marker.symbol for trace in pareto.data[1:]}
+    assert {"circle", "square", "diamond"} <= {s.replace("-open", "") for s in symbols}
+    assert any("(fixed 1-N/M)" in (trace.name or "") for trace in by_sparsity.data)

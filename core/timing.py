@@ -32,13 +32,13 @@ def _step_time(unet, sample: torch.Tensor, timestep: torch.Tensor) -> float:
 
 
 def paired_step_latency(dense_pipeline, pruned_pipeline, num_inference_steps: int, batch_size: int = 8,
-                        rounds: int = 9, warmup: int = 2, budget_s: float = 4.0, min_rounds: int = 5,
+                        rounds: int = 9, warmup: int = 1, budget_s: float = 3.5, min_rounds: int = 4,
                         seed: int = 0) -> dict:
     """Time one denoising step of both pipelines' UNets, interleaved, and summarise.
 
     - ``num_inference_steps``: the sampling steps the per-image latency is reported for.
-    - ``rounds``: timed rounds (each one dense and one pruned forward); fewer when ``budget_s``
-      seconds of timing are spent, but never fewer than ``min_rounds``.
+    - ``rounds``: timed rounds (each one dense and one pruned forward); fewer once ``budget_s``
+      seconds (warm-up included) are spent, but never fewer than ``min_rounds``.
     - ``warmup``: untimed rounds first (allocator, kernels, caches).
 
     Returns ``dense_step_s`` / ``pruned_step_s`` (medians), their ``*_min``/``*_max``,
@@ -63,12 +63,11 @@ def paired_step_latency(dense_pipeline, pruned_pipeline, num_inference_steps: in
         for _ in range(warmup):
             _step_time(dense, sample, timestep)
             _step_time(pruned, sample, timestep)
-        timing_started = time.perf_counter()
         for index in range(rounds):
             order = (("dense", dense), ("pruned", pruned)) if index % 2 == 0 else (("pruned", pruned), ("dense", dense))
             for name, unet in order:
                 times[name].append(_step_time(unet, sample, timestep))
-            if index + 1 >= min_rounds and time.perf_counter() - timing_started > budget_s:
+            if index + 1 >= min_rounds and time.perf_counter() - started > budget_s:
                 break
     ratios = [d / p for d, p in zip(times["dense"], times["pruned"])]
     dense_step, pruned_step = statistics.median(times["dense"]), statistics.median(times["pruned"])

@@ -487,10 +487,13 @@ def safe_view(builder, *args, **kwargs):
 # ------------------------------------------------------------------------------ queue and cancel
 def cancel_run(request: gr.Request = None):
     session = getattr(request, "session_hash", None) or "local"
-    _CANCELLED.add(session)
     with _QUEUE_LOCK:
+        active = session in _RUNNING or session in _WAITING
         if session in _WAITING:
             _WAITING.remove(session)
+    if not active:  # nothing to cancel: a stale mark would stop this user's next run
+        return "No run of yours is waiting or running."
+    _CANCELLED.add(session)
     return "Cancelling: the run stops at its next stage; the previous results stay."
 
 

@@ -427,6 +427,8 @@ def test_announce_run_says_the_queue_position_in_a_sentence():
 
 def test_cancel_keeps_the_previous_results(tiny_model):
     request = FakeRequest()
+    assert handlers.cancel_run(request).startswith("No run of yours")  # nothing running: no stale mark
+    assert request.session_hash not in handlers._CANCELLED
     progress = RecordingProgress(on_call=lambda n: handlers.cancel_run(request) if n == 2 else None)
     outputs = handlers.run_prune(*run_args(tiny_model), request=request, progress=progress)
     assert outputs[0].startswith("Run cancelled") and all(o == gr.skip() for o in outputs[1:])

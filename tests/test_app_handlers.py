@@ -536,3 +536,14 @@ def test_shipped_charts_label_points_and_draw_the_frontier():
     symbols = {trace.marker.symbol for trace in pareto.data[1:]}
     assert {"circle", "square", "diamond"} <= {s.replace("-open", "") for s in symbols}
     assert any("(fixed 1-N/M)" in (trace.name or "") for trace in by_sparsity.data)
+
+
+def test_layer_timestep_heatmap_normalises_a_short_last_group():
+    """The last group of a threshold walk may hold one timestep: drawn as a mean per timestep it is
+    not black when each timestep contributes alike."""
+    from diffprune_ui import figures
+
+    table = pd.DataFrame({0: [4.0, 8.0], 4: [4.0, 8.0], 8: [1.0, 2.0]}, index=["a", "b"])
+    figure = figures.layer_timestep_heatmap(table, {0: 4, 4: 4, 8: 1})
+    assert np.allclose(np.asarray(figure.data[0].z, dtype=float), 1.0)
+    assert list(figure.data[0].x) == ["t=0 (+3)", "t=4 (+3)", "t=8"]

@@ -657,7 +657,7 @@ def recovery_note(result) -> str:
     shipped results (``benchmarks/results/obs.json``, the README's fine-tuning comparison)."""
     from core.granularity import GRANULARITIES
 
-    if not GRANULARITIES[result.spec.granularity_name].structural or result.report.totals.get("sparsity", 0) < 0.05:
+    if not GRANULARITIES[result.spec.granularity_name].structural or result.report.totals.get("sparsity", 0) <= 0.001:
         return ""
     text = (f"**One-shot structured pruning ({result.spec.granularity}, no fine-tuning).** Removing whole "
             "channels or heads without retraining usually damages samples badly; such models need recovery "

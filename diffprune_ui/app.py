@@ -2,107 +2,153 @@
 
 Choice lists come from the engine's registries (``CRITERIA``, ``SCHEDULES``, ``PRESETS``), so a
 newly registered method appears here without UI changes.
+
+Every user action is one named API endpoint (``run_prune``, ``run_compare``, ``dense_preview``,
+``cancel_run``, ``calibration_estimate``, ``preview_schedule``, ``first_screen``); the events that
+only keep the page consistent (visibility, presets filling controls, validation steps) are hidden
+from the API. A run is three steps: validation (no outputs: an error changes nothing on screen),
+a sentence with the queue position, then the compute.
 """
 from __future__ import annotations
 
 import gradio as gr
 
-from core.criteria import CRITERIA
-from core.schedules import SCHEDULES
-from core.spec import PRESETS
-
-from . import figures, handlers
+from . import handlers
 
 PRESET_LABELS = {
     "diffpruning": "Diff-Pruning", "nici": "NiCI-Pruning", "tiny-l1": "Tiny-Diffusion L1",
     "obs-diff": "OBS-Diff", "gradflow": "Gradient flow",
 }
-SCHEDULE_PARAMETER_DEFAULTS = SCHEDULES["log-decrease"].defaults
 INTRO = """# ✂️ DiffPrune Studio
 Prune a diffusion model with any criterion, sparsity, granularity and timestep schedule, then see what
 pruning did: importance heatmaps, timestep weights, dense vs pruned samples from the **same noise**, and
 **measured** FID/KID and latency. Sparsity always means the fraction of prunable parameters removed."""
+SWEEP_COLUMNS = ["criterion", "granularity", "sparsity", "FID", "KID", "speed-up", "parameters", "MACs",
+                 "non-zero weights", "stored"]
 
 
-def _preset_buttons():
-    """One button per paper preset the engine provides (the non-"-paper" variants: CPU-sized)."""
-    buttons = {}
-    for name, label in PRESET_LABELS.items():
-        if name in PRESETS and label not in {b.value for b in buttons.values()}:
-            buttons[name] = gr.Button(label, size="sm")
-    return buttons
+def preset_values(name: str) -> dict:
+    """The control values that make ``spec_from_controls`` return exactly ``PRESETS[name]``."""
+    handlers.load_engine()
+    from core.criteria import CRITERIA
+    from core.schedules import SCHEDULES
+    from core.spec import PRESETS
 
-
-def preset_values(name: str):
     spec = PRESETS[name]
     criterion = CRITERIA[spec.criterion]
-    choices = handlers.granularity_choices(criterion.granularities)
-    params = dict(spec.schedule_params or {})
     schedule = spec.schedule or criterion.default_schedule or "uniform"
-    return (
-        gr.update(value=spec.criterion),
-        gr.update(choices=choices, value=spec.granularity),
-        gr.update(value=spec.sparsity if spec.sparsity is not None else 0.5),
-        gr.update(value=schedule, interactive=criterion.needs_calibration),
-        gr.update(value=params.get("threshold", SCHEDULES["threshold"].defaults["threshold"])),
-        gr.update(value=spec.calibration_batch_size or criterion.default_calibration_batch_size or 16),
-        gr.update(value=spec.calibration_batches or criterion.default_calibration_batches or 1),
+    params = {**SCHEDULES[schedule].defaults, **dict(spec.schedule_params or {})}
+    ramp = SCHEDULES["log-decrease"].defaults
+    custom = params.get("timesteps") or ()
+    return dict(
+        criterion=spec.criterion,
+        granularity=spec.granularity,
+        sparsity=spec.sparsity if spec.sparsity is not None else 0.5,
+        schedule=schedule,
+        threshold=params.get("threshold", SCHEDULES["threshold"].defaults["threshold"]),
+        interval_weights=",".join(f"{w:g}" for w in params.get("interval_weights", SCHEDULES["interval"].defaults["interval_weights"])),
+        num_steps=params.get("num_steps", ramp["num_steps"]),
+        w_min=params.get("w_min", ramp["w_min"]),
+        w_max=params.get("w_max", ramp["w_max"]),
+        num_timesteps=params.get("num_timesteps", SCHEDULES["uniform"].defaults["num_timesteps"]),
+        custom_text=", ".join(f"{t}:{w:g}" for t, w in custom) if custom else "0:1, 100:0.8, 300:0.5, 700:0.2",
+        calibration_batch_size=spec.calibration_batch_size or criterion.default_calibration_batch_size or 4,
+        calibration_batches=spec.calibration_batches or criterion.default_calibration_batches or 1,
     )
 
 
+PRESET_FIELDS = ("criterion", "granularity", "sparsity", "schedule", "threshold", "interval_weights", "num_steps",
+                 "w_min", "w_max", "num_timesteps", "custom_text", "calibration_batch_size", "calibration_batches")
+
+
+def preset_updates(name: str):
+    """``preset_values`` as component updates (granularity with its criterion's choices), plus the
+    calibration group's visibility and the criterion's note."""
+    from core.criteria import CRITERIA
+
+    values = preset_values(name)
+    criterion = CRITERIA[values["criterion"]]
+    updates = []
+    for field in PRESET_FIELDS:
+        if field == "granularity":
+            updates.append(gr.update(choices=handlers.granularity_choices(criterion.granularities), value=values[field]))
+        else:
+            updates.append(gr.update(value=values[field]))
+    return (*updates, gr.update(visible=criterion.needs_calibration), f"*{criterion.description}*")
+
+
 def build_demo() -> gr.Blocks:
+    """The page. Whole-number fields use ``precision=None`` so that the handlers see what was sent
+    and refuse ``1.5`` instead of gradio rounding it. Built from the registries' catalog (``diffprune_ui.catalog``) so that serving it
+    does not wait for torch and diffusers; the handlers import the engine when first called."""
+    from types import SimpleNamespace
+
+    from .catalog import catalog
+
+    registry = catalog()
+    CRITERIA = {name: SimpleNamespace(name=name, **entry) for name, entry in registry["criteria"].items()}
+    SCHEDULES = {name: SimpleNamespace(**entry) for name, entry in registry["schedules"].items()}
+    PRESETS = set(registry["presets"])
     criteria = list(CRITERIA)
     first = CRITERIA["taylor"] if "taylor" in CRITERIA else CRITERIA[criteria[0]]
-    with gr.Blocks(title="DiffPrune Studio") as demo:
+    ramp_defaults = SCHEDULES["log-decrease"].defaults
+    # Exported files served by gradio are copied to its cache: drop those older than an hour, hourly.
+    with gr.Blocks(title="DiffPrune Studio", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(INTRO)
         pairs_state = gr.State([])
         with gr.Tab("Prune"):
             with gr.Row():
                 with gr.Column(scale=1, min_width=320):
-                    source = gr.Textbox(label="Model source", value="",
+                    source = gr.Textbox(label="Model source", value="", max_lines=1,
                                         placeholder="empty = embedded DDPM (Fashion-MNIST); or a hub id / local path")
                     model_info = gr.Markdown()
                     load_button = gr.Button("Load model & show dense samples", size="sm")
                     gr.Markdown("**Paper presets** (one click)")
                     with gr.Row():
-                        preset_buttons = _preset_buttons()
+                        preset_buttons = {name: gr.Button(label, size="sm") for name, label in PRESET_LABELS.items()
+                                          if name in PRESETS}
                     criterion = gr.Dropdown(criteria, value=first.name, label="Criterion")
                     criterion_note = gr.Markdown(f"*{first.description}*")
                     granularity = gr.Dropdown(handlers.granularity_choices(first.granularities), value="channel",
                                               label="Granularity")
-                    sparsity = gr.Slider(0.0, 0.95, value=0.3, step=0.01, label="Sparsity (fraction of prunable parameters removed)")
+                    sparsity = gr.Slider(0.0, 0.95, value=0.3, step=0.01,
+                                         label="Sparsity (fraction of prunable parameters removed)")
                     with gr.Group(visible=first.needs_calibration) as calibration_group:
                         schedule = gr.Dropdown(list(SCHEDULES), value=first.default_schedule, label="Timestep schedule")
-                        threshold = gr.Number(value=SCHEDULES["threshold"].defaults["threshold"], label="threshold (stop when L_t < thr * L_max)",
+                        threshold = gr.Number(value=SCHEDULES["threshold"].defaults["threshold"],
+                                              label="threshold (stop when L_t < thr * L_max)",
                                               visible=first.default_schedule == "threshold")
-                        interval_weights = gr.Textbox(value="1,1,1,1", label="interval weights per quarter of T", visible=False)
+                        interval_weights = gr.Textbox(value="1,1,1,1", label="interval weights per quarter of T",
+                                                      visible=False)
                         with gr.Row(visible=False) as ramp_row:
-                            num_steps = gr.Number(value=SCHEDULE_PARAMETER_DEFAULTS["num_steps"], precision=0, label="K steps")
-                            w_min = gr.Number(value=SCHEDULE_PARAMETER_DEFAULTS["w_min"], label="w_min")
-                            w_max = gr.Number(value=SCHEDULE_PARAMETER_DEFAULTS["w_max"], label="w_max")
-                        num_timesteps = gr.Number(value=SCHEDULES["uniform"].defaults["num_timesteps"], precision=0,
+                            num_steps = gr.Number(value=ramp_defaults["num_steps"], precision=None, step=1, label="K steps")
+                            w_min = gr.Number(value=ramp_defaults["w_min"], label="w_min")
+                            w_max = gr.Number(value=ramp_defaults["w_max"], label="w_max")
+                        num_timesteps = gr.Number(value=SCHEDULES["uniform"].defaults["num_timesteps"], precision=None, step=1,
                                                   label="number of timesteps", visible=False)
                         custom_text = gr.Textbox(value="0:1, 100:0.8, 300:0.5, 700:0.2", label="custom (t:weight, ...)",
                                                  visible=False)
                         with gr.Row():
-                            calibration_batch_size = gr.Number(value=first.default_calibration_batch_size, precision=0,
+                            calibration_batch_size = gr.Number(value=first.default_calibration_batch_size, precision=None, step=1,
                                                                label="calibration batch size")
-                            calibration_batches = gr.Number(value=first.default_calibration_batches, precision=0,
+                            calibration_batches = gr.Number(value=first.default_calibration_batches, precision=None, step=1,
                                                             label="calibration batches")
-                        cost_note = gr.Markdown(elem_id="cost-note")
+                    cost_note = gr.Markdown("*estimating the calibration time...*", elem_id="cost-note")
                     with gr.Row():
-                        num_samples = gr.Number(value=16, precision=0, label=f"eval samples (2-{handlers.MAX_SAMPLES})")
-                        steps = gr.Number(value=25, precision=0, label="sampling steps")
-                        seed = gr.Number(value=0, precision=0, label="seed")
+                        num_samples = gr.Number(value=16, precision=None, step=1, label=f"eval samples (2-{handlers.MAX_SAMPLES})")
+                        steps = gr.Number(value=25, precision=None, step=1, label="sampling steps")
+                        seed = gr.Number(value=0, precision=None, step=1, label="seed")
                     quality = gr.Radio(list(handlers.QUALITY_METRICS), value="KID", label="Quality metric")
                     with gr.Row():
                         run_button = gr.Button("Prune & evaluate", variant="primary")
                         cancel_button = gr.Button("Cancel", variant="stop")
                 with gr.Column(scale=2):
-                    schedule_plot = gr.Plot(label="Timestep weight curve (live preview)", elem_id="schedule-plot")
-                    status = gr.Markdown("Choose a method and press **Prune & evaluate**.")
+                    schedule_plot = gr.Plot(label="Timestep weight curve", elem_id="schedule-plot")
+                    queue_note = gr.Markdown(elem_id="queue-note")
+                    status = gr.Markdown("Choose a method and press **Prune & evaluate**.", elem_id="status")
                     with gr.Tabs():
                         with gr.Tab("Samples"):
+                            recovery = gr.Markdown(elem_id="recovery-note")
                             with gr.Row():
                                 dense_grid = gr.Image(label="Dense", type="pil", elem_id="dense-grid")
                                 pruned_grid = gr.Image(label="Pruned (same noise)", type="pil", elem_id="pruned-grid")
@@ -110,7 +156,7 @@ def build_demo() -> gr.Blocks:
                             slider = gr.ImageSlider(label="Dense | pruned", type="pil", height=360)
                         with gr.Tab("Summary"):
                             summary = gr.Dataframe(label="Summary", elem_id="summary-table", wrap=True)
-                            export_file = gr.File(label="Export: pruned checkpoint (zip)")
+                            export_file = gr.File(label="Export: pruned checkpoint (zip)", elem_id="export-file")
                         with gr.Tab("Importance"):
                             importance_plot = gr.Plot(label="Per-layer importance", elem_id="importance-plot")
                             timestep_heatmap = gr.Plot(label="Layer x timestep contribution")
@@ -119,53 +165,86 @@ def build_demo() -> gr.Blocks:
                         with gr.Tab("Timesteps"):
                             used_plot = gr.Plot(label="Timesteps used and calibration loss")
                         with gr.Tab("Quality vs speed"):
-                            pareto_plot = gr.Plot(label="Quality vs measured latency")
-                            sparsity_plot = gr.Plot(label="Quality vs sparsity")
+                            pareto_plot = gr.Plot(label="Quality vs latency, with the dense model at fewer steps",
+                                                  elem_id="pareto-plot")
+                            sparsity_plot = gr.Plot(label="Quality vs sparsity", elem_id="sparsity-plot")
 
         with gr.Tab("Compare"):
             gr.Markdown("Run several criteria and sparsities as one sweep. Stored results return instantly.")
             with gr.Row():
                 compare_criteria = gr.CheckboxGroup(criteria, value=[c for c in ("random", "magnitude", "taylor") if c in CRITERIA],
                                                     label="Criteria")
-                compare_granularity = gr.Dropdown(["unstructured", "channel", "2:4"], value="unstructured", label="Granularity")
-                compare_sparsities = gr.CheckboxGroup(["0.3", "0.5", "0.7"], value=["0.3", "0.5"], label="Sparsities")
+                compare_granularity = gr.Dropdown(["unstructured", "channel", "2:4", "4:8", "head"], value="unstructured",
+                                                  label="Granularity")
+                compare_sparsities = gr.Textbox(value="0.3, 0.5", label="Sparsities (comma-separated, 0-0.95; N:M ignores them)")
             with gr.Row():
-                compare_samples = gr.Number(value=16, precision=0, label="eval samples")
-                compare_steps = gr.Number(value=25, precision=0, label="sampling steps")
+                compare_samples = gr.Number(value=16, precision=None, step=1, label="eval samples")
+                compare_steps = gr.Number(value=25, precision=None, step=1, label="sampling steps")
+                compare_quality = gr.Radio(list(handlers.QUALITY_METRICS), value="KID", label="Quality metric")
+                compare_latency = gr.Checkbox(value=False, label="time latency (slower: each model timed vs dense)")
                 compare_button = gr.Button("Run sweep", variant="primary")
-            compare_table = gr.Dataframe(label="Sweep results", elem_id="compare-table")
+            compare_queue_note = gr.Markdown()
+            compare_table = gr.Dataframe(value=None, headers=SWEEP_COLUMNS, label="Sweep results", elem_id="compare-table")
             with gr.Row():
                 compare_pareto = gr.Plot(label="Quality vs latency")
                 compare_sparsity = gr.Plot(label="Quality vs sparsity")
 
         # ------------------------------------------------------------------ events
         schedule_inputs = [schedule, threshold, interval_weights, num_steps, w_min, w_max, num_timesteps, custom_text]
-        for control in schedule_inputs:
-            control.change(handlers.preview_schedule, schedule_inputs, schedule_plot, show_progress="hidden")
-        schedule.change(handlers.schedule_visibility, schedule, [threshold, interval_weights, ramp_row, num_timesteps, custom_text])
-        criterion.change(handlers.criterion_changed, criterion, [granularity, schedule, calibration_group, criterion_note])
-        preset_outputs = [criterion, granularity, sparsity, schedule, threshold, calibration_batch_size, calibration_batches]
+        gr.on([c.change for c in schedule_inputs], handlers.preview_schedule, schedule_inputs, schedule_plot,
+              show_progress="hidden", api_name="preview_schedule", queue=False, trigger_mode="always_last")
+        schedule.change(handlers.schedule_visibility, schedule, [threshold, interval_weights, ramp_row, num_timesteps,
+                                                                  custom_text], api_visibility="private", queue=False)
+        # .input: only the user's own choice; a preset's programmatic change must not reset its granularity.
+        criterion.input(handlers.criterion_changed, [criterion, granularity],
+                        [granularity, schedule, calibration_group, criterion_note], api_visibility="private", queue=False)
+        preset_outputs = [criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps, w_min,
+                          w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches,
+                          calibration_group, criterion_note]
         for name, button in preset_buttons.items():
-            button.click(lambda n=name: preset_values(n), None, preset_outputs)
-        load_button.click(handlers.dense_preview, [source, seed, steps], [dense_grid, model_info])
+            button.click(lambda n=name: preset_updates(n), None, preset_outputs, api_visibility="private", queue=False)
+
         estimate_inputs = [source, criterion, granularity, sparsity, *schedule_inputs, calibration_batch_size,
                            calibration_batches, seed]
-        for control in (criterion, granularity, schedule, threshold, interval_weights, num_timesteps, custom_text,
-                        calibration_batch_size, calibration_batches):
-            control.change(handlers.calibration_estimate, estimate_inputs, cost_note, show_progress="hidden")
+        estimate_triggers = [c.change for c in (criterion, granularity, schedule, threshold, interval_weights, num_steps,
+                                                num_timesteps, custom_text, calibration_batch_size, calibration_batches)]
+        # Its own queue: an estimate never waits behind a prune (the per-pass rate is cached).
+        gr.on([demo.load, *estimate_triggers], handlers.calibration_estimate, estimate_inputs, cost_note,
+              show_progress="hidden", api_name="calibration_estimate", concurrency_id="estimate",
+              concurrency_limit=1, trigger_mode="always_last")
+
+        load_check = load_button.click(handlers.check_source, [source, seed, steps], None, api_visibility="private",
+                                       concurrency_id="check", concurrency_limit=4)
+        load_check.success(handlers.dense_preview, [source, seed, steps], [dense_grid, model_info],
+                           api_name="dense_preview", concurrency_id="compute", concurrency_limit=1)
+
         run_inputs = [source, criterion, granularity, sparsity, *schedule_inputs, calibration_batch_size,
                       calibration_batches, num_samples, steps, seed, quality]
         run_outputs = [status, summary, dense_grid, pruned_grid, slider, pair_index, pairs_state, importance_plot,
-                       timestep_heatmap, layers_plot, used_plot, pareto_plot, sparsity_plot, export_file]
-        run_event = run_button.click(handlers.run_prune, run_inputs, run_outputs, concurrency_limit=1,
-                                     concurrency_id="compute")
-        cancel_button.click(handlers.cancel_run, None, status, cancels=[run_event])
-        pair_index.change(handlers.select_pair, [pair_index, pairs_state], slider, show_progress="hidden")
-        compare_button.click(handlers.run_compare, [source, compare_criteria, compare_granularity, compare_sparsities,
-                                                    compare_samples, compare_steps, seed],
-                             [compare_table, compare_pareto, compare_sparsity], concurrency_limit=1,
-                             concurrency_id="compute")
-        # First screen: the default model's dense samples, the schedule curve and the stored/shipped charts.
+                       timestep_heatmap, layers_plot, used_plot, pareto_plot, sparsity_plot, export_file, recovery,
+                       schedule_plot]
+        run_check = run_button.click(handlers.check_run, run_inputs, None, api_visibility="private", concurrency_id="check",
+                                     concurrency_limit=4)
+        announced = run_check.success(handlers.announce_run, None, queue_note, api_visibility="private", queue=False)
+        run_event = announced.then(handlers.run_prune, run_inputs, run_outputs, api_name="run_prune",
+                                   concurrency_limit=1, concurrency_id="compute", show_progress_on=[status])
+        run_event.then(lambda: "", None, queue_note, api_visibility="private", queue=False).then(
+            handlers.dense_frontier, [source, num_samples, steps, seed, quality], pareto_plot, api_visibility="private",
+            concurrency_limit=1, concurrency_id="compute", show_progress="minimal")
+        cancel_button.click(handlers.cancel_run, None, queue_note, api_name="cancel_run", queue=False)
+        pair_index.change(handlers.select_pair, [pair_index, pairs_state], slider, show_progress="hidden",
+                          api_visibility="private", queue=False)
+
+        compare_inputs = [source, compare_criteria, compare_granularity, compare_sparsities, compare_samples,
+                          compare_steps, seed, compare_quality, compare_latency]
+        compare_check = compare_button.click(handlers.check_compare, compare_inputs, None, api_visibility="private",
+                                             concurrency_id="check", concurrency_limit=4)
+        compare_event = compare_check.success(handlers.announce_run, None, compare_queue_note, api_visibility="private",
+                                              queue=False).then(
+            handlers.run_compare, compare_inputs, [compare_table, compare_pareto, compare_sparsity],
+            api_name="run_compare", concurrency_limit=1, concurrency_id="compute", show_progress_on=[compare_table])
+        compare_event.then(lambda: "", None, compare_queue_note, api_visibility="private", queue=False)
+        # First screen: the schedule curve and the stored/shipped charts, then the model's dense samples.
         demo.load(handlers.first_screen, [source, seed, steps, *schedule_inputs],
-                  [dense_grid, model_info, schedule_plot, pareto_plot, sparsity_plot])
+                  [dense_grid, model_info, schedule_plot, pareto_plot, sparsity_plot], api_name="first_screen")
     return demo

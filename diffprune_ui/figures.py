@@ -1,26 +1,36 @@
 """Plotly figures built from what ``core`` returns (schedules, reports, result tables).
 
-Nothing here computes a metric: every number plotted comes from ``core``.
+Nothing here computes a metric: every number plotted comes from ``core`` or from a stored or
+shipped result table. Each builder is wrapped by :func:`safe_figure` in the handlers, so a view
+that cannot be drawn becomes a one-line note instead of taking the rest of a run with it.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from core.schedules import SCHEDULES
-
 _LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=45), height=340)
-# A fixed colour per criterion so that every chart of a run speaks the same language.
+# A fixed colour per criterion and a fixed marker per granularity, so that every chart of a run
+# speaks the same language.
 CRITERION_COLOURS = {
     "random": "#9e9e9e", "magnitude": "#1f77b4", "taylor": "#d62728", "nici": "#2ca02c",
     "l1": "#ff7f0e", "obs": "#9467bd", "gradflow": "#8c564b", "dense": "#000000",
 }
+GRANULARITY_MARKERS = {"channel": "circle", "unstructured": "square", "2:4": "diamond", "4:8": "triangle-up",
+                       "head": "x", "": "star"}
+# The settings a quality figure depends on: results that differ in any of them are not comparable.
+SETTINGS = ("model", "num_samples", "num_inference_steps", "reference")
 
 
 def _colour(name: str) -> str:
     return CRITERION_COLOURS.get(str(name), "#17becf")
+
+
+def _marker(granularity) -> str:
+    return GRANULARITY_MARKERS.get(str(granularity), "circle")
 
 
 def empty_figure(message: str) -> go.Figure:
@@ -31,11 +41,19 @@ def empty_figure(message: str) -> go.Figure:
     return figure
 
 
+def _sampling_axis(num_train_timesteps: int) -> dict:
+    """t decreasing from left to right: the order in which the sampler visits the timesteps, so a
+    schedule named "decrease" reads as decreasing."""
+    return dict(range=[num_train_timesteps + 10, -10], title=f"timestep t, in sampling order: noisy (t = {num_train_timesteps - 1}) → clean (t = 0)")
+
+
 def schedule_preview(name: str, params: dict, num_train_timesteps: int = 1000, compare: bool = True) -> go.Figure:
     """Timestep weight curve of the chosen schedule, other schedules as faint comparison lines.
 
-    ``threshold`` is decided during calibration (it depends on the model), so it is drawn after a run.
-    """
+    ``threshold`` is decided during calibration (it depends on the model), so it is drawn after a run
+    (:func:`threshold_walk`)."""
+    from core.schedules import SCHEDULES
+
     figure = go.Figure()
     if compare:
         for other, schedule in SCHEDULES.items():
@@ -54,8 +72,25 @@ def schedule_preview(name: str, params: dict, num_train_timesteps: int = 1000, c
         figure.add_trace(go.Scatter(
             x=[t for t, _ in points], y=[w for _, w in points], name=f"{name} ({len(points)} t)",
             mode="lines+markers", line=dict(width=3, color="#d62728"), marker=dict(size=5)))
-    figure.update_layout(**_LAYOUT, title=title, xaxis_title="timestep t (0 = clean)", yaxis_title="weight",
-                         xaxis=dict(range=[-10, num_train_timesteps + 10]), legend=dict(font=dict(size=10)))
+    figure.update_layout(**_LAYOUT, title=title, xaxis=_sampling_axis(num_train_timesteps), yaxis_title="weight",
+                         legend=dict(font=dict(size=10)))
+    return figure
+
+
+def threshold_walk(weights: pd.DataFrame, stopped_at, threshold, num_train_timesteps: int = 1000) -> go.Figure:
+    """Where Diff-Pruning's threshold walk went and where it stopped (after a run)."""
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(x=weights["t"], y=weights["weight"], mode="lines+markers", name="timesteps used",
+                                line=dict(width=3, color="#d62728"), marker=dict(size=4)))
+    if "loss" in weights and weights["loss"].notna().any():
+        figure.add_trace(go.Scatter(x=weights["t"], y=weights["loss"], name="calibration loss", yaxis="y2",
+                                    mode="lines", line=dict(color="#1f77b4", dash="dot")))
+    if stopped_at is not None:
+        figure.add_vline(x=int(stopped_at), line=dict(color="black", dash="dash"),
+                         annotation_text=f"stopped at t = {int(stopped_at)}", annotation_position="top")
+    figure.update_layout(**_LAYOUT, title=f"Timestep weights: threshold {threshold} (walk from t = 0; stopped at t = {stopped_at})",
+                         xaxis=_sampling_axis(num_train_timesteps), yaxis=dict(title="weight"),
+                         yaxis2=dict(title="loss", overlaying="y", side="right"), legend=dict(font=dict(size=10)))
     return figure
 
 
@@ -72,66 +107,86 @@ def timesteps_used(weights: pd.DataFrame, title: str = "Timesteps used in calibr
     if "loss" in weights and weights["loss"].notna().any():
         figure.add_trace(go.Scatter(x=weights["t"], y=weights["loss"], name="calibration loss", yaxis="y2",
                                     mode="lines", line=dict(color="#1f77b4", dash="dot")))
-    figure.update_layout(**_LAYOUT, title=title, xaxis_title="timestep t",
+    figure.update_layout(**_LAYOUT, title=title, xaxis=_sampling_axis(1000),
                          yaxis=dict(title="weight"), yaxis2=dict(title="loss", overlaying="y", side="right"))
     return figure
 
 
-def importance_heatmap(vectors: dict, bins: int = 32, title: str = "Per-layer importance") -> go.Figure:
-    """Layers x bins heatmap of importance vectors (per channel / head / weight block).
+def _as_vector(values) -> np.ndarray:
+    """Per-unit importance as a 1-D vector: 2-D (output x input block, unstructured / N:M) and
+    higher arrays are summed over everything but their first axis (one value per output unit)."""
+    array = np.asarray(values.detach().cpu().float() if hasattr(values, "detach") else values, dtype=float)
+    if array.ndim == 0:
+        return array.reshape(1)
+    if array.ndim > 1:
+        array = array.reshape(array.shape[0], -1).sum(axis=1)
+    return array
 
-    Each layer's vector is resampled to ``bins`` columns (sorted order kept) and normalised by its
-    maximum, so layers of different widths share one picture.
-    """
+
+def importance_heatmap(vectors: dict, bins: int = 32, title: str = "Per-layer importance") -> go.Figure:
+    """Layers x bins heatmap of importance (per channel / head, or per output unit of a weight
+    matrix for unstructured and N:M). Each layer's vector is resampled to ``bins`` columns (order
+    kept) and normalised by its maximum, so layers of different widths share one picture."""
     if not vectors:
         return empty_figure("no importance vectors in this report")
     names, rows = [], []
-    for name, vector in vectors.items():
-        values = [float(v) for v in vector]
-        if not values:
+    for name, values in vectors.items():
+        vector = _as_vector(values)
+        if vector.size == 0:
             continue
-        width = len(values)
-        resampled = []
-        for b in range(min(bins, width) if width < bins else bins):
-            lo = (b * width) // min(bins, width)
-            hi = max(lo + 1, ((b + 1) * width) // min(bins, width))
-            chunk = values[lo:hi]
-            resampled.append(sum(chunk) / len(chunk))
+        columns = min(bins, vector.size)
+        edges = np.linspace(0, vector.size, columns + 1).astype(int)
+        resampled = [float(vector[lo:max(hi, lo + 1)].mean()) for lo, hi in zip(edges[:-1], edges[1:])]
         peak = max(abs(v) for v in resampled) or 1.0
-        resampled = [v / peak for v in resampled] + [math.nan] * (bins - len(resampled))
         names.append(name)
-        rows.append(resampled)
+        rows.append([v / peak for v in resampled] + [math.nan] * (bins - columns))
     figure = go.Figure(go.Heatmap(z=rows, y=names, x=list(range(bins)), colorscale="Viridis",
-                                  colorbar=dict(title="rel. importance")))
+                                  colorbar=dict(title="rel. importance"),
+                                  hovertemplate="%{y}<br>bin %{x}: %{z:.3f}<extra></extra>"))
     figure.update_layout(**{**_LAYOUT, "height": max(340, 16 * len(names) + 120)}, title=title,
-                         xaxis_title="unit bin (channel / head / weight block)", yaxis=dict(autorange="reversed"))
+                         xaxis_title="unit bin (output channel / head / output row, in order)",
+                         yaxis=dict(autorange="reversed", tickfont=dict(size=9)))
     return figure
 
 
-def layer_timestep_heatmap(table: pd.DataFrame, title: str = "Which timesteps drive which layers") -> go.Figure:
-    """Layer x timestep contribution table (rows layers, columns timesteps) as a heatmap, rows normalised."""
+def layer_timestep_heatmap(table: pd.DataFrame, group_sizes: dict | None = None,
+                           title: str = "Which timesteps drive which layers") -> go.Figure:
+    """Layer x timestep-group contribution (rows layers, columns groups keyed by their first t).
+
+    Each column is divided by the number of timesteps in its group (``group_sizes``), so a last
+    group of one timestep is not drawn as if it contributed nothing; rows are then normalised."""
     if table is None or len(table) == 0:
         return empty_figure("this criterion has no per-timestep contributions")
+    table = table.astype(float)
+    if group_sizes:
+        sizes = pd.Series({column: max(1, int(group_sizes.get(column, 1))) for column in table.columns})
+        table = table.div(sizes, axis=1)
     normalised = table.div(table.abs().max(axis=1).replace(0, 1), axis=0)
-    figure = go.Figure(go.Heatmap(z=normalised.values, x=[str(c) for c in normalised.columns],
-                                  y=list(normalised.index), colorscale="Magma", colorbar=dict(title="share")))
-    figure.update_layout(**{**_LAYOUT, "height": max(340, 16 * len(normalised) + 120)}, title=title,
-                         xaxis_title="timestep t", yaxis=dict(autorange="reversed"))
+    labels = [f"t={c}" + (f" (+{int(group_sizes.get(c, 1)) - 1})" if group_sizes and group_sizes.get(c, 1) > 1 else "")
+              for c in normalised.columns]
+    figure = go.Figure(go.Heatmap(z=normalised.values, x=labels, y=list(normalised.index), colorscale="Magma",
+                                  colorbar=dict(title="share"),
+                                  hovertemplate="%{y}<br>%{x}: %{z:.3f}<extra></extra>"))
+    figure.update_layout(**{**_LAYOUT, "height": max(340, 16 * len(normalised) + 120)},
+                         title=title + " (mean per timestep of each group)", xaxis_title="timestep group (first t)",
+                         yaxis=dict(autorange="reversed", tickfont=dict(size=9)))
     return figure
 
 
 def layer_sparsity_bars(layers: pd.DataFrame) -> go.Figure:
-    """Per-layer fraction of parameters kept (and sparsity) as bars."""
+    """Per-layer fraction of parameters kept, horizontal so that every layer name reads."""
     if layers is None or len(layers) == 0:
         return empty_figure("no per-layer table")
     kept = 1.0 - layers["sparsity"].astype(float)
-    figure = go.Figure(go.Bar(x=layers["name"], y=kept, marker_color="#2ca02c", name="kept",
-                              hovertemplate="%{x}<br>kept %{y:.1%}<extra></extra>"))
-    figure.update_layout(**{**_LAYOUT, "height": 380}, title="Parameters kept per layer", yaxis=dict(range=[0, 1.02], tickformat=".0%"),
-                         xaxis=dict(tickangle=-60, tickfont=dict(size=8)))
+    figure = go.Figure(go.Bar(y=layers["name"], x=kept, orientation="h", marker_color="#2ca02c", name="kept",
+                              hovertemplate="%{y}<br>kept %{x:.1%}<extra></extra>"))
+    figure.update_layout(**{**_LAYOUT, "height": max(380, 14 * len(layers) + 100), "margin": dict(l=260, r=20, t=50, b=45)},
+                         title="Parameters kept per layer", xaxis=dict(range=[0, 1.02], tickformat=".0%", title="kept"),
+                         yaxis=dict(autorange="reversed", tickfont=dict(size=9)))
     return figure
 
 
+# ------------------------------------------------------------------------------ results charts
 def _quality_column(results: pd.DataFrame, quality: str) -> str:
     if quality in results and results[quality].notna().any():
         return quality
@@ -141,46 +196,129 @@ def _quality_column(results: pd.DataFrame, quality: str) -> str:
     return quality
 
 
-def pareto(results: pd.DataFrame, current: dict | None = None, quality: str = "kid") -> go.Figure:
-    """Quality vs measured latency of every stored result, one colour per criterion, current run starred."""
-    needed = {"latency_median_s_per_image"}
-    if results is None or len(results) == 0 or not needed <= set(results.columns):
-        return empty_figure("no stored results with latency yet: run a prune or a sweep")
-    quality = _quality_column(results, quality)
+def settings_of(row) -> tuple:
+    return tuple(None if pd.isna(row.get(k)) else (int(row[k]) if k in ("num_samples", "num_inference_steps") else row[k])
+                 for k in SETTINGS)
+
+
+def settings_text(settings: tuple) -> str:
+    model, samples, steps, reference = settings
+    return f"{model} model, {samples} samples, {steps} sampling steps, vs {reference}"
+
+
+def comparable(results: pd.DataFrame, settings: tuple) -> tuple[pd.DataFrame, int]:
+    """The rows measured under ``settings`` (model, samples, steps, reference) and how many others were hidden."""
+    if results is None or len(results) == 0:
+        return pd.DataFrame(), 0
+    mask = pd.Series(True, index=results.index)
+    for key, value in zip(SETTINGS, settings):
+        if key not in results:
+            return results.iloc[0:0], len(results)
+        column = results[key]
+        mask &= (column.astype("float") == float(value)) if key in ("num_samples", "num_inference_steps") else (column == value)
+    return results[mask], int((~mask).sum())
+
+
+def _hover(rows: pd.DataFrame, quality: str) -> list[str]:
+    texts = []
+    for _, r in rows.iterrows():
+        tuned = int(r.get("finetune_steps") or 0) if not pd.isna(r.get("finetune_steps")) else 0
+        texts.append(
+            f"<b>{r.get('criterion')}</b> · {r.get('granularity') or 'dense'} · sparsity {float(r.get('sparsity') or 0):.0%}"
+            + (f" · fine-tuned {tuned} steps" if tuned else " · no fine-tuning")
+            + f"<br>{int(r['num_samples'])} samples, {int(r['num_inference_steps'])} steps ({r.get('source', '')})"
+            + f"<br>{quality.upper()} {float(r[quality]):.4g}"
+            + (f" ± {float(r['kid_std']):.3g}" if quality == "kid" and not pd.isna(r.get("kid_std")) else ""))
+    return texts
+
+
+def pareto(results: pd.DataFrame, settings: tuple | None, current: dict | None = None, quality: str = "kid",
+           frontier: pd.DataFrame | None = None) -> go.Figure:
+    """Quality vs latency relative to the dense model at the same settings (``1 / speed-up``,
+    measured paired), with the dense model at fewer sampling steps as the baseline frontier.
+
+    Only results measured under ``settings`` are drawn; a point beats the baseline only if it lies
+    below the frontier at its latency."""
+    if settings is None:
+        return empty_figure("no results yet: run a prune or a sweep")
+    rows, hidden = comparable(results, settings)
+    quality = _quality_column(rows if len(rows) else results, quality)
     figure = go.Figure()
-    data = results.dropna(subset=["latency_median_s_per_image", quality]) if quality in results else results.iloc[0:0]
-    for criterion, rows in data.groupby(data.get("criterion", pd.Series(["?"] * len(data), index=data.index)).fillna("dense")):
-        label = rows.apply(lambda r: f"{r.get('criterion', '')} {r.get('granularity', '')} {r.get('sparsity', '')} "
-                                     f"(n={r.get('num_samples', '')}, {r.get('source', 'stored')})", axis=1)
-        figure.add_trace(go.Scatter(x=rows["latency_median_s_per_image"] * 1000, y=rows[quality], mode="markers",
-                                    name=str(criterion), text=label, marker=dict(size=9, color=_colour(criterion)),
-                                    hovertemplate="%{text}<br>%{x:.1f} ms/img, " + quality + " %{y:.4g}<extra></extra>"))
-    if current and current.get(quality) is not None and current.get("latency_median_s_per_image"):
-        figure.add_trace(go.Scatter(x=[current["latency_median_s_per_image"] * 1000], y=[current[quality]],
-                                    mode="markers", name="this run",
-                                    marker=dict(symbol="star", size=18, color="#ffbf00", line=dict(width=1, color="black"))))
-    figure.update_layout(**_LAYOUT, title=f"{quality.upper()} vs measured latency (lower-left is better)",
-                         xaxis_title="latency per image (ms, median)", yaxis_title=quality.upper())
+    if frontier is not None and len(frontier) and quality in frontier:
+        line = frontier.dropna(subset=[quality, "relative_latency"]).sort_values("relative_latency")
+        figure.add_trace(go.Scatter(
+            x=line["relative_latency"], y=line[quality], mode="lines+markers+text", name="dense, fewer steps (baseline)",
+            text=[f"{int(k)}" for k in line["num_inference_steps"]], textposition="top right",
+            line=dict(color="black", dash="dash"), marker=dict(color="black", size=6),
+            hovertemplate="dense at %{text} steps<br>relative latency %{x:.2f}<br>" + quality.upper() + " %{y:.4g}<extra></extra>"))
+    points = rows.dropna(subset=["speedup", quality]) if {"speedup", quality} <= set(rows.columns) else rows.iloc[0:0]
+    points = points[points.get("criterion", pd.Series(index=points.index, dtype=object)) != "dense"]
+    for (criterion, granularity), group in points.groupby(["criterion", points["granularity"].fillna("")]):
+        tuned = group.get("finetune_steps", pd.Series(0, index=group.index)).fillna(0).astype(float) > 0
+        for is_tuned, part in group.groupby(tuned):
+            figure.add_trace(go.Scatter(
+                x=1.0 / part["speedup"].astype(float), y=part[quality], mode="markers",
+                name=f"{criterion} · {granularity}" + (" · fine-tuned" if is_tuned else ""),
+                legendgroup=str(criterion), text=_hover(part, quality),
+                marker=dict(size=10, color=_colour(criterion), symbol=_marker(granularity) + ("-open" if is_tuned else ""),
+                            line=dict(width=1, color="white")),
+                hovertemplate="%{text}<br>relative latency %{x:.2f}<extra></extra>"))
+    if current and current.get(quality) is not None and current.get("speedup"):
+        figure.add_trace(go.Scatter(
+            x=[1.0 / current["speedup"]], y=[current[quality]], mode="markers+text", name="this run",
+            text=["this run"], textposition="bottom center", hovertext=_hover(pd.DataFrame([current]), quality),
+            hovertemplate="%{hovertext}<br>relative latency %{x:.2f}<extra>this run</extra>",
+            marker=dict(symbol=_marker(current.get("granularity")), size=18, color=_colour(current.get("criterion")),
+                        line=dict(width=3, color="#ffbf00"))))
+    if not figure.data:
+        return empty_figure(f"no results with latency at these settings ({settings_text(settings)})")
+    note = f"{settings_text(settings)}" + (f"; {hidden} results at other settings hidden" if hidden else "")
+    figure.update_layout(**{**_LAYOUT, "height": 420}, title=dict(text=f"{quality.upper()} vs latency<br><sup>{note}</sup>"),
+                         xaxis_title="latency relative to the dense model at these steps (1 / measured speed-up)",
+                         yaxis_title=f"{quality.upper()} (lower is better)", legend=dict(font=dict(size=10)))
     return figure
 
 
-def quality_vs_sparsity(results: pd.DataFrame, quality: str = "kid") -> go.Figure:
-    """One line per criterion x granularity: quality against sparsity."""
-    if results is None or len(results) == 0 or "sparsity" not in results:
-        return empty_figure("no stored pruning results yet")
-    quality = _quality_column(results, quality)
-    if quality not in results:
-        return empty_figure(f"no {quality} in the stored results")
-    data = results.dropna(subset=["sparsity", quality])
+def quality_vs_sparsity(results: pd.DataFrame, settings: tuple | None, current: dict | None = None,
+                        quality: str = "kid") -> go.Figure:
+    """Quality against measured sparsity, one line per criterion x granularity (colour: criterion,
+    marker: granularity), no fine-tuned rows; N:M patterns sit at their fixed sparsity and say so."""
+    if settings is None:
+        return empty_figure("no results yet: run a prune or a sweep")
+    rows, hidden = comparable(results, settings)
+    quality = _quality_column(rows if len(rows) else results, quality)
     figure = go.Figure()
-    keys = [c for c in ("criterion", "granularity") if c in data]
-    for key, rows in (data.groupby(keys) if keys else [("all", data)]):
-        key = key if isinstance(key, tuple) else (key,)
-        rows = rows.sort_values("sparsity")
-        error = rows["kid_std"] if quality == "kid" and "kid_std" in rows else None
-        figure.add_trace(go.Scatter(x=rows["sparsity"], y=rows[quality], mode="lines+markers",
-                                    name=" / ".join(map(str, key)), line=dict(color=_colour(key[0])),
-                                    error_y=dict(type="data", array=error, visible=error is not None)))
-    figure.update_layout(**_LAYOUT, title=f"{quality.upper()} vs sparsity", xaxis_title="sparsity (fraction of prunable params removed)",
-                         yaxis_title=quality.upper(), xaxis=dict(tickformat=".0%"))
+    if quality in rows and len(rows):
+        dense = rows[rows["criterion"] == "dense"].dropna(subset=[quality])
+        if len(dense):
+            figure.add_hline(y=float(dense[quality].iloc[0]), line=dict(color="black", dash="dash"),
+                             annotation_text="dense", annotation_position="top left")
+        data = rows[(rows["criterion"] != "dense")].dropna(subset=[quality])
+        if "finetune_steps" in data:
+            data = data[data["finetune_steps"].fillna(0).astype(float) == 0]
+        x_column = "measured_sparsity" if "measured_sparsity" in data and data["measured_sparsity"].notna().all() else "sparsity"
+        for (criterion, granularity), group in data.groupby(["criterion", data["granularity"].fillna("")]):
+            group = group.sort_values(x_column)
+            error = group["kid_std"] if quality == "kid" and "kid_std" in group else None
+            label = f"{criterion} · {granularity}" + (" (fixed 1-N/M)" if ":" in str(granularity) else "")
+            figure.add_trace(go.Scatter(
+                x=group[x_column], y=group[quality], mode="lines+markers", name=label, legendgroup=str(criterion),
+                text=_hover(group, quality), hovertemplate="%{text}<extra></extra>",
+                line=dict(color=_colour(criterion), dash="solid" if granularity == "channel" else "dot"),
+                marker=dict(symbol=_marker(granularity), size=9, color=_colour(criterion)),
+                error_y=dict(type="data", array=error, visible=error is not None, thickness=1)))
+    if current and current.get(quality) is not None:
+        figure.add_trace(go.Scatter(
+            x=[current.get("sparsity")], y=[current[quality]], mode="markers+text", name="this run",
+            text=["this run"], textposition="bottom center", hovertext=_hover(pd.DataFrame([current]), quality),
+            hovertemplate="%{hovertext}<extra>this run</extra>",
+            marker=dict(symbol=_marker(current.get("granularity")), size=18, color=_colour(current.get("criterion")),
+                        line=dict(width=3, color="#ffbf00"))))
+    if not figure.data:
+        return empty_figure(f"no results at these settings ({settings_text(settings)})")
+    note = settings_text(settings) + "; no fine-tuning" + (f"; {hidden} results at other settings hidden" if hidden else "")
+    figure.update_layout(**{**_LAYOUT, "height": 420}, title=dict(text=f"{quality.upper()} vs sparsity<br><sup>{note}</sup>"),
+                         xaxis_title="sparsity (fraction of prunable parameters removed, measured)",
+                         yaxis_title=f"{quality.upper()} (lower is better)", xaxis=dict(tickformat=".0%"),
+                         legend=dict(font=dict(size=10)))
     return figure

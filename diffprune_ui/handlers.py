@@ -1,31 +1,53 @@
 """Event handlers of the Gradio app: read controls, call the ``core`` facade, return figures.
 
-Every handler turns a core ``ValueError`` into a short ``gr.Error`` so the server keeps running
-and the previous results stay on screen. Handlers are plain functions, tested without a browser.
+Three rules hold for every handler a user can trigger:
+
+* **Validate first.** ``validate_run`` / ``validate_compare`` check every field (and load the
+  model) before anything on screen changes; a bad field is one short ``gr.Error`` naming the
+  field and what is allowed. The page runs them as a separate step with no outputs, so an error
+  leaves every pane as it was; the API endpoints run them too.
+* **A finished run is never lost.** Once the compute is done, every view is built by
+  :func:`safe_view`: a view that cannot be drawn becomes a one-line note in its place. A failure
+  after validation keeps every pane (``gr.skip()``) and says what happened in the status line.
+* **Every figure is measured.** Latency comes from one paired, interleaved timing
+  (``core.timing``), quality from ``core.evaluate``; nothing shown is a cached guess.
+
+Handlers are plain functions, tested without a browser (``tests/test_app_handlers.py``).
 """
 from __future__ import annotations
 
+import atexit
 import json
+import math
+import os
+import re
 import shutil
+import sys
 import tempfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 
 import gradio as gr
-import pandas as pd
-
-from core.default_model import DEFAULT_MODEL_DIR
-from core.schedules import SCHEDULES
-from core.spec import PruneSpec
 
 from . import figures
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS_DIR = ROOT / "assets"
+DEFAULT_MODEL_DIR = ASSETS_DIR / "ddpm-fashion-mnist"
 SHIPPED_RESULTS = ASSETS_DIR / "results" / "benchmarks.csv"
+SHIPPED_DENSE_STEPS = ASSETS_DIR / "results" / "dense_steps.csv"
+SHIPPED_RECOVERY = ROOT / "benchmarks" / "results" / "obs.json"
 MAX_SAMPLES = 256  # per run in the app; larger evaluations belong to the CLI / benchmarks
 MAX_STEPS = 200
+MAX_SEED = 2**31 - 1
+MAX_CALIBRATION_BATCH_SIZE = 256
+MAX_CALIBRATION_BATCHES = 64
+MAX_SOURCE_LENGTH = 200
 GRID_IMAGES = 16
+# The dense model at these fractions of the run's sampling steps: the baseline frontier.
+FRONTIER_FRACTIONS = (0.2, 0.4, 0.6, 0.8)
 
 try:  # Hugging Face ZeroGPU Spaces: run the compute handlers on a GPU lease; a no-op elsewhere.
     import spaces
@@ -38,6 +60,33 @@ except ImportError:  # local machines and CPU Spaces
 _PIPELINES: dict = {}
 _PIPELINE_LOCK = threading.Lock()
 _CANCELLED: set = set()
+_QUEUE_LOCK = threading.Lock()
+_WAITING: list = []  # sessions whose compute job was announced and has not started
+_RUNNING: set = set()
+# One folder per process for exports; inside it, each session keeps only its latest export.
+_EXPORT_ROOT = Path(tempfile.mkdtemp(prefix="diffprune-exports-"))
+atexit.register(shutil.rmtree, _EXPORT_ROOT, True)  # nothing of this process's exports outlives it
+_LATEST_EXPORT: dict = {}
+
+
+_ENGINE_LOCK = threading.Lock()
+
+
+def load_engine() -> None:
+    """Import the engine (torch, diffusers, ``core``) once, from whichever thread asks first.
+
+    The page is served before this (``app.py`` warms it up in the background); serialising the
+    first import avoids two threads importing ``core``'s modules at once. Applies
+    ``DIFFPRUNE_THREADS`` (torch intra-op threads) when set."""
+    if "core.spec" in sys.modules and "core.engine" in sys.modules:
+        return
+    with _ENGINE_LOCK:
+        import torch
+
+        if os.environ.get("DIFFPRUNE_THREADS"):
+            torch.set_num_threads(int(os.environ["DIFFPRUNE_THREADS"]))
+        import core  # noqa: F401 - the facade imports every engine module
+        import core.engine  # noqa: F401
 
 
 class RunCancelled(Exception):
@@ -45,26 +94,93 @@ class RunCancelled(Exception):
 
 
 def _user_error(error: Exception) -> gr.Error:
-    return gr.Error(str(error).splitlines()[0][:400])
+    return gr.Error(str(error).splitlines()[0][:300], print_exception=False)
 
 
-def normalise_source(source: str | None) -> str | None:
-    text = (source or "").strip()
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ------------------------------------------------------------------------------ field checks
+def whole_number(field: str, value, low: int, high: int) -> int:
+    """An integer field: ``1.5``, ``None``, ``'abc'``, ``True`` are refused (never truncated)."""
+    allowed = f"{field} must be a whole number from {low:,} to {high:,}"
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"{allowed}, got {_short(value)}")
+    try:
+        number = float(value.strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{allowed}, got {_short(value)}") from None
+    if not math.isfinite(number) or number != int(number) or not low <= number <= high:
+        raise ValueError(f"{allowed}, got {_short(value)}")
+    return int(number)
+
+
+def real_number(field: str, value, low: float, high: float) -> float:
+    allowed = f"{field} must be a number from {low:g} to {high:g}"
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"{allowed}, got {_short(value)}")
+    try:
+        number = float(value.strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{allowed}, got {_short(value)}") from None
+    if not math.isfinite(number) or not low <= number <= high:
+        raise ValueError(f"{allowed}, got {_short(value)}")
+    return number
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
+
+
+def normalise_source(source) -> str | None:
+    """``None`` for the embedded default model, else the stripped text; refuses what is neither a
+    hub id nor a path (type, length, control characters)."""
+    if source is None:
+        return None
+    if not isinstance(source, str):
+        raise ValueError(f"model source must be text: empty, a hub id or a local folder, got {type(source).__name__}")
+    text = source.strip()
+    if len(text) > MAX_SOURCE_LENGTH or any(ord(c) < 32 for c in text):
+        raise ValueError(f"model source must be empty, a hub id (owner/name) or a local diffusers folder, "
+                         f"at most {MAX_SOURCE_LENGTH} characters on one line")
     return None if text in ("", "default", str(DEFAULT_MODEL_DIR)) else text
 
 
-def cached_pipeline(source: str | None):
-    """The dense pipeline of ``source``, loaded once per process; runs prune a copy, never this one."""
-    from core import load_pipeline
+def _looks_local(text: str) -> bool:
+    return text.startswith((".", "/", "~", "\\")) or not _HUB_ID.match(text)
 
+
+def source_error(text: str) -> ValueError:
+    """One message per kind of source, whatever the cause: a path that does not exist, cannot be
+    read or is not a pipeline all read the same, so the message reveals nothing about the server."""
+    if _looks_local(text):
+        return ValueError(f"model source {_short(text, 60)}: no supported diffusers pipeline can be loaded from this "
+                          "path (allowed: empty, a hub id, or a readable local folder with model_index.json and a "
+                          "UNet2DModel)")
+    return ValueError(f"model source {_short(text, 60)}: could not load it from the Hugging Face hub (unknown or "
+                      "private id, no network, or not a pixel-space UNet2DModel pipeline)")
+
+
+def cached_pipeline(source):
+    """The dense pipeline of ``source``, loaded once per process; runs prune a copy, never this one."""
     key = normalise_source(source)
+    load_engine()
     with _PIPELINE_LOCK:
         if key not in _PIPELINES:
-            _PIPELINES[key] = load_pipeline(key)
+            from core import load_pipeline
+
+            try:
+                _PIPELINES[key] = load_pipeline(key)
+            except Exception as error:  # noqa: BLE001 - any loading failure: one message, no internals
+                if key is None:
+                    raise ValueError(f"the embedded default model could not be loaded: {str(error)[:120]}") from error
+                raise source_error(key) from None
         return _PIPELINES[key]
 
 
 def get_store():
+    load_engine()
     from core.store import ResultStore
 
     return ResultStore()
@@ -73,9 +189,11 @@ def get_store():
 # ------------------------------------------------------------------------------ controls -> spec
 def parse_custom_schedule(text: str) -> list:
     """``"0:1, 50:0.5"`` or JSON ``[[0, 1], [50, 0.5]]`` -> list of (t, weight)."""
-    text = (text or "").strip()
+    text = (text or "").strip() if isinstance(text, str) else ""
     if not text:
         raise ValueError("custom schedule is empty: give pairs like '0:1, 100:0.5, 500:0.2' (t:weight)")
+    if len(text) > 20_000:
+        raise ValueError("custom schedule must be at most 20,000 characters of t:weight pairs")
     if text.startswith("["):
         try:
             pairs = json.loads(text)
@@ -88,81 +206,111 @@ def parse_custom_schedule(text: str) -> list:
             if not item:
                 continue
             if ":" not in item:
-                raise ValueError(f"custom schedule entry {item!r} must look like t:weight, e.g. '10:0.5'")
+                raise ValueError(f"custom schedule entry {_short(item)} must look like t:weight, e.g. '10:0.5'")
             t_text, weight_text = item.split(":", 1)
             try:
                 pairs.append((int(t_text), float(weight_text)))
             except ValueError as error:
-                raise ValueError(f"custom schedule entry {item!r}: t must be an integer and weight a number") from error
+                raise ValueError(f"custom schedule entry {_short(item)}: t must be an integer and weight a number") from error
     return [tuple(p) if isinstance(p, list) else p for p in pairs]
+
+
+RAMP_SCHEDULES = ("log-decrease", "linear-decrease", "log-increase", "linear-increase")
 
 
 def schedule_params_from_controls(schedule: str, threshold, interval_weights, num_steps, w_min, w_max,
                                   num_timesteps, custom_text) -> dict:
-    """Only the parameters the chosen schedule takes (the UI shows only those)."""
+    """Only the parameters the chosen schedule takes (the UI shows only those), without the ones
+    equal to the schedule's defaults, so a preset's spec and the controls it fills compare equal."""
+    load_engine()
+    from core.schedules import SCHEDULES
+
     if schedule == "threshold":
-        return {"threshold": float(threshold)}
-    if schedule == "interval":
+        params = {"threshold": real_number("threshold", threshold, 0.0, 1.0)}
+    elif schedule == "interval":
         try:
             weights = tuple(float(w) for w in str(interval_weights).replace(" ", "").split(",") if w)
         except ValueError as error:
             raise ValueError("interval weights must be 4 comma-separated numbers, e.g. '1,1,1,1'") from error
-        return {"interval_weights": weights}
-    if schedule in ("log-decrease", "linear-decrease", "log-increase", "linear-increase"):
-        return {"num_steps": int(num_steps), "w_min": float(w_min), "w_max": float(w_max)}
-    if schedule == "uniform":
-        return {"num_timesteps": int(num_timesteps)}
-    if schedule == "custom":
+        params = {"interval_weights": weights}
+    elif schedule in RAMP_SCHEDULES:
+        params = {"num_steps": whole_number("K steps", num_steps, 1, 1000), "w_min": real_number("w_min", w_min, 0, 100),
+                  "w_max": real_number("w_max", w_max, 0, 100)}
+    elif schedule == "uniform":
+        params = {"num_timesteps": whole_number("number of timesteps", num_timesteps, 1, 1000)}
+    elif schedule == "custom":
         return {"timesteps": parse_custom_schedule(custom_text)}
-    raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
+    else:
+        raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {_short(schedule)}")
+    defaults = SCHEDULES[schedule].defaults
+    return {key: value for key, value in params.items()
+            if not (key in defaults and _same(value, defaults[key]))}
+
+
+def _same(value, default) -> bool:
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list)) and len(value) == len(default) and all(
+            float(a) == float(b) for a, b in zip(value, default))
+    return default is not None and not isinstance(default, str) and float(value) == float(default)
 
 
 def spec_from_controls(criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps, w_min,
-                       w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, seed) -> PruneSpec:
+                       w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, seed):
+    load_engine()
     from core.criteria import CRITERIA
+    from core.spec import MAX_SPARSITY, PruneSpec
 
     if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
-    kwargs = dict(criterion=criterion, granularity=granularity, seed=int(seed or 0))
-    if ":" in str(granularity):
+        raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {_short(criterion)}")
+    if not isinstance(granularity, str):
+        raise ValueError(f"granularity must be one of {granularity_choices(CRITERIA[criterion].granularities)}, "
+                         f"got {_short(granularity)}")
+    kwargs = dict(criterion=criterion, granularity=granularity, seed=whole_number("seed", seed, 0, MAX_SEED))
+    if ":" in granularity:
         kwargs["sparsity"] = None  # N:M implies it
     else:
-        kwargs["sparsity"] = float(sparsity)
+        kwargs["sparsity"] = real_number("sparsity", sparsity, 0.0, MAX_SPARSITY)
     if CRITERIA[criterion].needs_calibration:
         kwargs["schedule"] = schedule
         kwargs["schedule_params"] = schedule_params_from_controls(
             schedule, threshold, interval_weights, num_steps, w_min, w_max, num_timesteps, custom_text)
-        kwargs["calibration_batch_size"] = int(calibration_batch_size)
-        kwargs["calibration_batches"] = int(calibration_batches)
+        kwargs["calibration_batch_size"] = whole_number("calibration batch size", calibration_batch_size, 1,
+                                                        MAX_CALIBRATION_BATCH_SIZE)
+        kwargs["calibration_batches"] = whole_number("calibration batches", calibration_batches, 1,
+                                                     MAX_CALIBRATION_BATCHES)
     return PruneSpec(**kwargs)
 
 
-# ------------------------------------------------------------------------------ handlers
+# ------------------------------------------------------------------------------ controls
 def preview_schedule(schedule, threshold, interval_weights, num_steps, w_min, w_max, num_timesteps, custom_text):
     """Live timestep weight curve; invalid parameters show a message in the plot, not an error."""
     try:
         params = schedule_params_from_controls(schedule, threshold, interval_weights, num_steps, w_min, w_max,
                                                num_timesteps, custom_text)
         return figures.schedule_preview(schedule, params)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, KeyError) as error:
         return figures.empty_figure(f"invalid schedule: {str(error)[:120]}")
 
 
 def schedule_visibility(schedule):
     """Show only the parameters of the chosen schedule."""
-    ramp = schedule in ("log-decrease", "linear-decrease", "log-increase", "linear-increase")
     return (gr.update(visible=schedule == "threshold"), gr.update(visible=schedule == "interval"),
-            gr.update(visible=ramp), gr.update(visible=schedule == "uniform"), gr.update(visible=schedule == "custom"))
+            gr.update(visible=schedule in RAMP_SCHEDULES), gr.update(visible=schedule == "uniform"),
+            gr.update(visible=schedule == "custom"))
 
 
-def criterion_changed(criterion):
-    """Granularities the criterion supports, its default schedule, and whether it calibrates."""
+def criterion_changed(criterion, granularity=None):
+    """Granularities the criterion supports (the current one kept when it is among them), its
+    default schedule, and whether it calibrates. Wired to the user's own change of the dropdown
+    only (``.input``), so a preset's settings are never overwritten by it."""
+    load_engine()
     from core.criteria import CRITERIA
 
     entry = CRITERIA[criterion]
     choices = granularity_choices(entry.granularities)
+    keep = granularity if granularity in choices else (choices[0] if choices else None)
     schedule = entry.default_schedule or "uniform"
-    return (gr.update(choices=choices, value=choices[0] if choices else None),
+    return (gr.update(choices=choices, value=keep),
             gr.update(value=schedule, interactive=entry.needs_calibration),
             gr.update(visible=entry.needs_calibration), f"*{entry.description}*")
 
@@ -170,8 +318,14 @@ def criterion_changed(criterion):
 def calibration_estimate(source, criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps,
                          w_min, w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches,
                          seed) -> str:
-    """Before a run: how long the calibration will take here (passes x a measured per-pass time).
-    Invalid settings show why instead (the run button raises the same error as gr.Error)."""
+    """Before a run: how long the calibration will take here (passes x a per-pass time measured
+    once per model and batch size, then cached). Invalid settings show why instead (the run
+    button raises the same error as gr.Error)."""
+    load_engine()
+    from core.criteria import CRITERIA
+
+    if criterion in CRITERIA and not CRITERIA[criterion].needs_calibration:
+        return f"*{criterion} needs no calibration: pruning takes seconds.*"
     from core.cost import describe_estimate, estimate_cost
 
     try:
@@ -181,7 +335,10 @@ def calibration_estimate(source, criterion, granularity, sparsity, schedule, thr
         text = describe_estimate(estimate_cost(cached_pipeline(source), spec))
     except (ValueError, TypeError) as error:
         return f"*cannot estimate: {str(error)[:160]}*"
-    return f"*{text}*" if text else ""
+    if not text:
+        return (f"*{criterion} calibrates with its own trajectories: its cost is measured by "
+                "`benchmarks/bench_prune.py --parts cost` (OBS-Diff 16-23 s on the default model).*")
+    return f"*{text}*"
 
 
 def granularity_choices(granularities) -> list[str]:
@@ -195,12 +352,46 @@ def granularity_choices(granularities) -> list[str]:
     return choices
 
 
-def dense_preview(source, seed=0, steps=25):
+_DENSE_SAMPLES: dict = {}
+
+
+def dense_samples(source, steps: int, seed: int):
+    """The dense model's ``GRID_IMAGES`` samples at (steps, seed), sampled once per process: the
+    first screen and every run's dense grid show the same images, so they are not sampled again."""
+    from core import sample_images
+
+    key = (normalise_source(source), steps, seed)
+    if key not in _DENSE_SAMPLES:
+        while len(_DENSE_SAMPLES) >= 8:
+            _DENSE_SAMPLES.pop(next(iter(_DENSE_SAMPLES)))
+        _DENSE_SAMPLES[key] = sample_images(cached_pipeline(source), GRID_IMAGES, steps, seed)
+    return _DENSE_SAMPLES[key]
+
+
+def sample_grids(source, pruned_pipeline, steps: int, seed: int, progress=None):
+    """Dense and pruned samples from the same initial noise and sampler (as ``core.compare_grid``),
+    the dense half taken from :func:`dense_samples`."""
+    from types import SimpleNamespace
+
     from core import make_grid, sample_images
+    from core.pipeline import initial_noise
+
+    dense_images = dense_samples(source, steps, seed)
+    noise = initial_noise(cached_pipeline(source), GRID_IMAGES, seed)
+    pruned_images = sample_images(pruned_pipeline, GRID_IMAGES, steps, seed, noise=noise, progress=progress)
+    return SimpleNamespace(dense_images=dense_images, pruned_images=pruned_images,
+                           dense_grid=make_grid(dense_images, columns=4, scale=4),
+                           pruned_grid=make_grid(pruned_images, columns=4, scale=4))
+
+
+def dense_preview(source, seed=0, steps=25):
+    from core import make_grid
 
     try:
+        seed = whole_number("seed", seed, 0, MAX_SEED)
+        steps = whole_number("sampling steps", steps, 1, MAX_STEPS)
         pipeline = cached_pipeline(source)
-        images = sample_images(pipeline, GRID_IMAGES, int(steps), int(seed or 0))
+        images = dense_samples(source, steps, seed)
     except ValueError as error:
         raise _user_error(error) from error
     return make_grid(images, columns=4, scale=4), model_card(source, pipeline)
@@ -214,29 +405,123 @@ def model_card(source, pipeline) -> str:
             f"channels {tuple(config.block_out_channels)}")
 
 
-def results_table() -> pd.DataFrame:
-    """Stored results of this machine's runs plus the shipped benchmark table."""
+# ------------------------------------------------------------------------------ results tables
+def model_label(source) -> str:
+    key = normalise_source(source)
+    return "default" if key is None else key
+
+
+def results_table():
+    """The app's stored runs and sweeps on this machine plus the shipped benchmark table, with the
+    settings columns (model, samples, steps, reference) the charts facet by."""
+    import pandas as pd
+
     frames = []
     try:
         stored = get_store().to_dataframe()
-        if len(stored):
-            frames.append(stored.assign(source="stored"))
+        if len(stored) and "criterion" in stored and "model" in stored:
+            frames.append(stored[stored["criterion"].notna() & stored["model"].notna()].assign(source="this machine"))
     except ValueError:
         pass
     if SHIPPED_RESULTS.exists():
-        frames.append(pd.read_csv(SHIPPED_RESULTS).assign(source="shipped"))
+        frames.append(pd.read_csv(SHIPPED_RESULTS).assign(source="shipped benchmark", model="default"))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def results_charts(current: dict | None = None, quality: str = "kid"):
+def shipped_settings() -> tuple | None:
+    """The shipped benchmark's settings (the charts' first facet before any run)."""
+    import pandas as pd
+
+    if not SHIPPED_RESULTS.exists():
+        return None
+    dense = pd.read_csv(SHIPPED_RESULTS).iloc[0]
+    return ("default", int(dense["num_samples"]), int(dense["num_inference_steps"]), dense["reference"])
+
+
+def frontier_table(settings: tuple | None):
+    """The dense model at fewer sampling steps under ``settings``: the shipped measurement
+    (``benchmarks/dense_frontier.py``) or the rows this app measured (``dense_frontier``)."""
+    import pandas as pd
+
+    if settings is None:
+        return None
+    model, samples, steps, reference = settings
+    frames = []
+    if model == "default" and SHIPPED_DENSE_STEPS.exists():
+        shipped = pd.read_csv(SHIPPED_DENSE_STEPS)
+        shipped = shipped[(shipped["num_samples"] == samples) & (shipped["base_steps"] == steps)
+                          & (shipped["reference"] == reference)]
+        frames.append(shipped)
+    try:
+        stored = get_store().to_dataframe()
+        if len(stored) and "frontier_of" in stored:
+            rows = stored[(stored["frontier_of"] == model) & (stored["num_samples"] == samples)
+                          & (stored["base_steps"] == steps) & (stored["reference"] == reference)]
+            frames.append(rows)
+    except ValueError:
+        pass
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return None
+    table = pd.concat(frames, ignore_index=True).drop_duplicates(subset=["num_inference_steps"], keep="last")
+    return table.sort_values("num_inference_steps")
+
+
+def results_charts(settings=None, current: dict | None = None, quality: str = "kid"):
     table = results_table()
-    return figures.pareto(table, current, quality), figures.quality_vs_sparsity(table, quality)
+    settings = settings or shipped_settings()
+    frontier = frontier_table(settings)
+    return (safe_view(figures.pareto, table, settings, current, quality, frontier),
+            safe_view(figures.quality_vs_sparsity, table, settings, current, quality))
 
 
+def safe_view(builder, *args, **kwargs):
+    """``builder(*args)``, or a one-line note in its place when it cannot be drawn."""
+    try:
+        return builder(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 - one broken view must not take the run with it
+        name = getattr(builder, "__name__", "view").replace("_", " ")
+        return figures.empty_figure(f"{name} could not be drawn: {type(error).__name__}: {str(error)[:80]}")
+
+
+# ------------------------------------------------------------------------------ queue and cancel
 def cancel_run(request: gr.Request = None):
-    if request is not None:
-        _CANCELLED.add(request.session_hash)
-    return "Cancelling..."
+    session = getattr(request, "session_hash", None) or "local"
+    with _QUEUE_LOCK:
+        active = session in _RUNNING or session in _WAITING
+        if session in _WAITING:
+            _WAITING.remove(session)
+    if not active:  # nothing to cancel: a stale mark would stop this user's next run
+        return "No run of yours is waiting or running."
+    _CANCELLED.add(session)
+    return "Cancelling: the run stops at its next stage; the previous results stay."
+
+
+def announce_run(request: gr.Request = None) -> str:
+    """A plain sentence for the status line while the run waits for the one compute slot."""
+    session = getattr(request, "session_hash", None) or "local"
+    with _QUEUE_LOCK:
+        ahead = len(_RUNNING) + len([s for s in _WAITING if s != session])
+        if session not in _WAITING:
+            _WAITING.append(session)
+    if ahead == 0:
+        return "Starting your run now."
+    runs = "run is" if ahead == 1 else "runs are"
+    return (f"Your run is waiting: you are number {ahead + 1} in line ({ahead} {runs} ahead of yours; this machine "
+            "computes one run at a time). It starts by itself; the progress bar appears here when it does.")
+
+
+def _start_compute(session: str) -> None:
+    with _QUEUE_LOCK:
+        if session in _WAITING:
+            _WAITING.remove(session)
+        _RUNNING.add(session)
+
+
+def _end_compute(session: str) -> None:
+    with _QUEUE_LOCK:
+        _RUNNING.discard(session)
+    _CANCELLED.discard(session)
 
 
 def _progress_callback(progress, session, stage_offset: float, stage_span: float):
@@ -252,14 +537,16 @@ def _progress_callback(progress, session, stage_offset: float, stage_span: float
 QUALITY_METRICS = {"KID": ("kid",), "FID + KID": ("fid", "kid"), "none": ()}
 
 
-def _check_counts(num_samples, steps):
-    num_samples, steps = int(num_samples), int(steps)
-    if not 2 <= num_samples <= MAX_SAMPLES:
-        raise ValueError(f"number of samples must be between 2 and {MAX_SAMPLES} in the app "
-                         f"(use `diffprune eval` for more), got {num_samples}")
-    if not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"sampling steps must be between 1 and {MAX_STEPS}, got {steps}")
+def check_counts(num_samples, steps):
+    num_samples = whole_number("number of samples", num_samples, 2, MAX_SAMPLES)
+    steps = whole_number("sampling steps", steps, 1, MAX_STEPS)
     return num_samples, steps
+
+
+def check_quality(quality) -> tuple:
+    if not isinstance(quality, str) or quality not in QUALITY_METRICS:
+        raise ValueError(f"quality metric must be one of {list(QUALITY_METRICS)}, got {_short(quality)}")
+    return QUALITY_METRICS[quality]
 
 
 def evaluation_reference(source) -> str:
@@ -268,11 +555,41 @@ def evaluation_reference(source) -> str:
     return "fashion-mnist-test" if normalise_source(source) is None else "dense"
 
 
-def summary_table(result, dense_row: dict, pruned_row: dict) -> pd.DataFrame:
+def validate_run(source, criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps, w_min,
+                 w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, num_samples, steps,
+                 seed, quality) -> dict:
+    """Every field of a run, checked before anything changes on screen (the model is loaded: a
+    source that cannot be loaded and a granularity the model cannot take are field errors too).
+    Raises ``gr.Error`` naming the field and what is allowed."""
+    from core.granularity import GRANULARITIES
+
+    try:
+        normalise_source(source)
+        num_samples, steps = check_counts(num_samples, steps)
+        metrics = check_quality(quality)
+        spec = spec_from_controls(criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps,
+                                  w_min, w_max, num_timesteps, custom_text, calibration_batch_size,
+                                  calibration_batches, seed)
+        dense = cached_pipeline(source)
+        GRANULARITIES[spec.granularity_name].check(dense.unet, spec)
+    except ValueError as error:
+        raise _user_error(error) from error
+    return dict(spec=spec, num_samples=num_samples, steps=steps, metrics=metrics, dense=dense)
+
+
+def check_run(*controls) -> None:
+    """The page's validation step (no outputs): raises the field's ``gr.Error`` or returns."""
+    validate_run(*controls)
+
+
+def summary_table(result, dense_row: dict, pruned_row: dict, timing: dict | None):
+    import pandas as pd
+
     totals = result.report.totals
+
     def fmt(value, pattern="{:,.0f}"):
         return "" if value is None else pattern.format(value)
-    speedup = pruned_row.get("speedup")
+
     rows = [
         ("spec", "dense", result.spec.label),
         ("parameters", fmt(totals["params_before"]), fmt(totals["params_after"])),
@@ -280,26 +597,53 @@ def summary_table(result, dense_row: dict, pruned_row: dict) -> pd.DataFrame:
         ("non-zero weights", fmt(dense_row.get("nonzero_params")), fmt(pruned_row.get("nonzero_params"))),
         ("sparsity of prunable weights", "0%", fmt(totals["sparsity"], "{:.1%}")),
         ("structural ratio", "", fmt(totals.get("structural_ratio"), "{:.3f}")),
-        ("latency / image (median, measured)", fmt(dense_row.get("latency_median_s_per_image"), "{:.4f} s"),
-         fmt(pruned_row.get("latency_median_s_per_image"), "{:.4f} s")),
-        ("speed-up (dense median / pruned median)", "1.00x", fmt(speedup, "{:.2f}x")),
+    ]
+    if timing:
+        steps = timing["num_inference_steps"]
+        rows += [
+            (f"latency / image at {steps} steps (median; range)",
+             f"{timing['dense_s_per_image']:.4f} s ({timing['dense_step_min_s'] * steps / timing['batch_size']:.4f}-"
+             f"{timing['dense_step_max_s'] * steps / timing['batch_size']:.4f})",
+             f"{timing['pruned_s_per_image']:.4f} s ({timing['pruned_step_min_s'] * steps / timing['batch_size']:.4f}-"
+             f"{timing['pruned_step_max_s'] * steps / timing['batch_size']:.4f})"),
+            ("speed-up (paired: dense / pruned)", "1.00x", speedup_text(timing)),
+        ]
+    else:
+        rows.append(("latency", "not timed", "not timed"))
+    rows += [
         ("FID", fmt(dense_row.get("fid"), "{:.2f}"), fmt(pruned_row.get("fid"), "{:.2f}")),
-        ("KID (± std)", _kid_text(dense_row), _kid_text(pruned_row)),
+        ("KID (± std)", kid_text(dense_row), kid_text(pruned_row)),
         ("samples / reference", f"{dense_row.get('num_samples')} / {dense_row.get('reference')}",
          f"{pruned_row.get('num_samples')} / {pruned_row.get('reference')}"),
         ("pruning wall time", "", fmt(totals.get("wall_time_s"), "{:.1f} s")),
-        ("timesteps used", "", _timesteps_text(result)),
+        ("timesteps used", "", timesteps_text(result)),
     ]
     return pd.DataFrame(rows, columns=["", "dense", "pruned"])
 
 
-def _kid_text(row: dict) -> str:
+def speedup_text(timing: dict) -> str:
+    text = (f"{timing['speedup']:.2f}x (range {timing['speedup_low']:.2f}-{timing['speedup_high']:.2f}x over "
+            f"{timing['rounds']} paired rounds, timed in {timing['seconds']:.1f} s)")
+    return text + (": within timing noise" if timing["within_noise"] else "")
+
+
+def latency_sentence(timing: dict | None) -> str:
+    if not timing:
+        return "latency not timed"
+    text = (f"measured speed-up {timing['speedup']:.2f}x (range {timing['speedup_low']:.2f}-{timing['speedup_high']:.2f}x "
+            f"over {timing['rounds']} interleaved rounds of one denoising step at batch {timing['batch_size']})")
+    if timing["within_noise"]:
+        text += ", **within timing noise**: no measurable speed-up"
+    return text
+
+
+def kid_text(row: dict) -> str:
     if row.get("kid") is None:
         return ""
     return f"{row['kid']:.4f} ± {row.get('kid_std') or 0:.4f}"
 
 
-def _timesteps_text(result) -> str:
+def timesteps_text(result) -> str:
     weights = result.report.timestep_weights
     if weights is None or len(weights) == 0:
         return "none"
@@ -308,98 +652,207 @@ def _timesteps_text(result) -> str:
     return text + (f", threshold stopped at t = {stopped}" if stopped is not None else "")
 
 
-def export_zip(result, usage_source: str) -> str:
-    """Save the checkpoint with ``PruneResult.save`` and zip it with the report CSVs and a usage note."""
-    work = Path(tempfile.mkdtemp(prefix="diffprune-export-"))
-    checkpoint = result.save(work / "pruned-model")
-    report = result.report
-    report.layers.to_csv(checkpoint / "report_layers.csv", index=False)
-    if len(report.timestep_contributions):
-        report.timestep_contributions.to_csv(checkpoint / "report_timestep_contributions.csv")
-    report.timestep_weights.merge(report.calibration_loss, on="t", how="left").to_csv(
-        checkpoint / "report_timesteps.csv", index=False)
-    pd.DataFrame([report.totals]).to_csv(checkpoint / "report_totals.csv", index=False)
-    plain = report.totals.get("plain_diffusers_loadable")
-    (checkpoint / "USAGE.md").write_text(
-        "# Pruned model exported by DiffPrune Studio\n\n"
-        f"Spec: `{result.spec.to_json()}`\nDense model: {usage_source}\n\n"
-        "```python\nfrom core import load_pipeline, sample_images\n"
-        "pipe = load_pipeline('pruned-model')\nimages = sample_images(pipe, 16, num_inference_steps=25, seed=0)\n```\n\n"
-        + ("Also loads with plain diffusers:\n\n```python\nfrom diffusers import DDPMPipeline\n"
-           "pipe = DDPMPipeline.from_pretrained('pruned-model')\n```\n" if plain else
-           "Its pruned shapes are not expressible as a plain diffusers config: load it with `core.load_pipeline`.\n"))
-    archive = work / f"pruned-{result.spec.criterion}-{result.spec.granularity.replace(':', 'of')}.zip"
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
-        for file in sorted(checkpoint.rglob("*")):
-            if file.is_file():
-                handle.write(file, Path("pruned-model") / file.relative_to(checkpoint))
-    shutil.rmtree(checkpoint)
+def recovery_note(result) -> str:
+    """Next to the grids: what a one-shot structured result is, and what recovery did for the
+    shipped results (``benchmarks/results/obs.json``, the README's fine-tuning comparison)."""
+    from core.granularity import GRANULARITIES
+
+    if not GRANULARITIES[result.spec.granularity_name].structural or result.report.totals.get("sparsity", 0) <= 0.001:
+        return ""
+    text = (f"**One-shot structured pruning ({result.spec.granularity}, no fine-tuning).** Removing whole "
+            "channels or heads without retraining usually damages samples badly; such models need recovery "
+            "fine-tuning before they are judged.")
+    try:
+        shipped = json.loads(SHIPPED_RECOVERY.read_text())["finetune"]
+        results, settings = shipped["results"], shipped["settings"]
+        parts = []
+        for key, label in (("taylor/channel", "taylor"), ("nici/channel", "nici + distillation"), ("obs/channel", "obs")):
+            row = results[key]
+            parts.append(f"{label} {row['before_finetune']['fid']:.1f} → {row['after_finetune']['fid']:.1f}")
+        sparsity = results["taylor/channel"]["sparsity"]
+        text += (f" Shipped results on the default model ({sparsity:.0%} channel sparsity, {settings['steps']:,} "
+                 f"fine-tuning steps, FID of {settings['num_samples']} samples): " + "; ".join(parts)
+                 + f"; dense {results['dense']['fid']:.1f} (README, *OBS-Diff, gradient flow and fine-tuning*).")
+    except (OSError, KeyError, ValueError):
+        pass
+    return text
+
+
+def export_zip(result, usage_source: str, session: str = "local") -> str:
+    """Save the checkpoint with ``PruneResult.save`` and zip it with the report CSVs and a usage
+    note. The zip name carries criterion, granularity and sparsity; the session's previous export
+    is deleted (each user keeps only the latest)."""
+    import pandas as pd
+
+    from core.export_config import write_shape_config
+
+    work = Path(tempfile.mkdtemp(prefix="export-", dir=_EXPORT_ROOT))
+    try:
+        checkpoint = result.save(work / "pruned-model")
+        write_shape_config(checkpoint)
+        report = result.report
+        report.layers.to_csv(checkpoint / "report_layers.csv", index=False)
+        if len(report.timestep_contributions):
+            report.timestep_contributions.to_csv(checkpoint / "report_timestep_contributions.csv")
+        report.timestep_weights.merge(report.calibration_loss, on="t", how="left").to_csv(
+            checkpoint / "report_timesteps.csv", index=False)
+        pd.DataFrame([report.totals]).to_csv(checkpoint / "report_totals.csv", index=False)
+        plain = report.totals.get("plain_diffusers_loadable")
+        (checkpoint / "USAGE.md").write_text(
+            "# Pruned model exported by DiffPrune Studio\n\n"
+            f"Spec: `{result.spec.to_json()}`\nDense model: {usage_source}\n\n"
+            "```python\nfrom core import load_pipeline, sample_images\n"
+            "pipe = load_pipeline('pruned-model')\nimages = sample_images(pipe, 16, num_inference_steps=25, seed=0)\n```\n\n"
+            + ("Also loads with plain diffusers:\n\n```python\nfrom diffusers import DDPMPipeline\n"
+               "pipe = DDPMPipeline.from_pretrained('pruned-model')\n```\n" if plain else
+               "Its pruned shapes are not expressible as a plain diffusers config: `unet/config.json` describes the "
+               "real shapes (`layer_shapes`) and is marked `DiffPrunePrunedUNet2DModel`, so plain diffusers refuses "
+               "it instead of building the dense shapes; load it with `core.load_pipeline`.\n"))
+        sparsity = round(100 * float(result.report.totals["sparsity"]))
+        name = f"pruned-{result.spec.criterion}-{result.spec.granularity.replace(':', 'of')}-{sparsity}pct.zip"
+        archive = work / name
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
+            for file in sorted(checkpoint.rglob("*")):
+                if file.is_file():
+                    handle.write(file, Path("pruned-model") / file.relative_to(checkpoint))
+        shutil.rmtree(checkpoint)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    previous = _LATEST_EXPORT.get(session)
+    _LATEST_EXPORT[session] = work
+    if previous is not None and previous != work:
+        shutil.rmtree(previous, ignore_errors=True)
     return str(archive)
+
+
+def export_folders() -> list[Path]:
+    """The export folders that exist now (one per session at most)."""
+    return sorted(p for p in _EXPORT_ROOT.iterdir() if p.is_dir()) if _EXPORT_ROOT.exists() else []
+
+
+def app_row(spec, settings: tuple, pruned_row: dict, timing: dict | None, totals: dict) -> dict:
+    """The row this run adds to the results charts (stored in the results store)."""
+    model, samples, steps, reference = settings
+    return dict(
+        kind="app-run", criterion=spec.criterion, granularity=spec.granularity, sparsity=spec.sparsity,
+        measured_sparsity=totals["sparsity"], finetune_steps=0, model=model, num_samples=samples,
+        num_inference_steps=steps, reference=reference, fid=pruned_row.get("fid"), kid=pruned_row.get("kid"),
+        kid_std=pruned_row.get("kid_std"), speedup=timing["speedup"] if timing else None,
+        speedup_low=timing["speedup_low"] if timing else None, speedup_high=timing["speedup_high"] if timing else None,
+        params=totals["params_after"], macs=totals["macs_after"], spec_json=spec.to_json(),
+    )
 
 
 @gpu_task
 def run_prune(source, criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps, w_min,
               w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, num_samples, steps,
               seed, quality, request: gr.Request = None, progress=gr.Progress()):
-    """Prune a copy of the cached dense model, evaluate both, and build every result view."""
+    """Prune a copy of the cached dense model, evaluate both, time them paired, build every view."""
     from core.engine import prune
     from core.evaluate import evaluate
-    from core.metrics import compare_grid
+    from core.store import key_for, model_hash
+    from core.timing import paired_step_latency
 
+    controls = (source, criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps, w_min,
+                w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, num_samples, steps,
+                seed, quality)
+    checked = validate_run(*controls)  # raises gr.Error before anything changes
+    spec, num_samples, steps, metrics, dense = (checked[k] for k in ("spec", "num_samples", "steps", "metrics", "dense"))
     session = getattr(request, "session_hash", None) or "local"
-    _CANCELLED.discard(session)
+    _start_compute(session)
+    started = time.perf_counter()
     try:
-        num_samples, steps = _check_counts(num_samples, steps)
-        if quality not in QUALITY_METRICS:
-            raise ValueError(f"quality metric must be one of {list(QUALITY_METRICS)}, got {quality!r}")
-        spec = spec_from_controls(criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps,
-                                  w_min, w_max, num_timesteps, custom_text, calibration_batch_size,
-                                  calibration_batches, seed)
-        dense = cached_pipeline(source)
-        result = prune(dense, spec, progress=_progress_callback(progress, session, 0.0, 0.5))
-        metrics = QUALITY_METRICS[quality] + ("latency", "macs")
+        result = prune(dense, spec, progress=_progress_callback(progress, session, 0.0, 0.55))
         reference = evaluation_reference(source)
         store = get_store()
-        common = dict(num_samples=num_samples, num_inference_steps=steps, seed=spec.seed, metrics=metrics,
-                      reference=reference, dense_pipeline=dense, store=store)
-        dense_row = evaluate(dense, **common, progress=_progress_callback(progress, session, 0.5, 0.15))
-        pruned_row = evaluate(result.pipeline, **common, prune_spec=spec,
-                              progress=_progress_callback(progress, session, 0.65, 0.2))
-        comparison = compare_grid(dense, result.pipeline, GRID_IMAGES, steps, spec.seed, columns=4, scale=4,
-                                  progress=_progress_callback(progress, session, 0.85, 0.1))
-        progress(0.96, desc="exporting")
-        archive = export_zip(result, normalise_source(source) or "embedded default model")
+        evaluation = dict(num_samples=num_samples, num_inference_steps=steps, seed=spec.seed,
+                          metrics=metrics + ("macs",), reference=reference, dense_pipeline=dense, store=store)
+        dense_row = evaluate(dense, **evaluation, progress=_progress_callback(progress, session, 0.55, 0.12))
+        pruned_row = evaluate(result.pipeline, **evaluation, prune_spec=spec,
+                              progress=_progress_callback(progress, session, 0.67, 0.15))
+        comparison = sample_grids(source, result.pipeline, steps, spec.seed,
+                                  progress=_progress_callback(progress, session, 0.82, 0.08))
+        _progress_callback(progress, session, 0.9, 0.04)(0.0, "timing dense and pruned (paired)")
+        timing = paired_step_latency(dense, result.pipeline, num_inference_steps=steps)
+        _progress_callback(progress, session, 0.94, 0.05)(0.0, "exporting")
+        archive = export_zip(result, normalise_source(source) or "embedded default model", session)
     except RunCancelled:
-        raise gr.Error("Run cancelled; the previous results are kept.") from None
-    except ValueError as error:
-        raise _user_error(error) from error
+        return _kept("Run cancelled; the previous results are kept.")
+    except ValueError as error:  # a model-dependent refusal the checks could not foresee
+        return _kept(f"**Failed:** {str(error).splitlines()[0][:300]} The previous results are kept.")
+    except Exception as error:  # noqa: BLE001 - keep the server and the screen
+        return _kept(f"**Failed** ({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}). "
+                     "The previous results are kept.")
     finally:
-        _CANCELLED.discard(session)
-    report = result.report
+        _end_compute(session)
+    return build_outputs(source, result, dense_row, pruned_row, comparison, timing, archive, metrics,
+                         time.perf_counter() - started, model_hash(dense.unet), store, key_for)
+
+
+RUN_OUTPUTS = 16
+
+
+def _kept(message: str):
+    """Every output left as it is, the status line saying why."""
+    return (message,) + tuple(gr.skip() for _ in range(RUN_OUTPUTS - 1))
+
+
+def build_outputs(source, result, dense_row, pruned_row, comparison, timing, archive, metrics, seconds, dense_hash,
+                  store, key_for):
+    """The run's views; each one that cannot be drawn becomes a note, the others and the export stay."""
+    spec, report = result.spec, result.report
+    settings = (model_label(source), pruned_row["num_samples"], pruned_row["num_inference_steps"], pruned_row["reference"])
+    row = app_row(spec, settings, pruned_row, timing, report.totals)
+    try:
+        store.put(key_for(dense_hash, {"app_run": 1, "settings": list(settings), "metrics": list(metrics)}, spec), row)
+    except (OSError, ValueError):
+        pass  # the charts then lack this run's stored copy; "this run" is still drawn
     pairs = [(d, p) for d, p in zip(_to_pil(comparison.dense_images), _to_pil(comparison.pruned_images))]
-    current = dict(pruned_row, criterion=spec.criterion, granularity=spec.granularity, sparsity=report.totals["sparsity"])
     quality_key = "kid" if "kid" in metrics else ("fid" if "fid" in metrics else "kid")
-    pareto_figure, sparsity_figure = results_charts(current, quality_key)
+    pareto_figure, sparsity_figure = results_charts(settings, dict(row, sparsity=report.totals["sparsity"]), quality_key)
     timesteps = report.timestep_weights.merge(report.calibration_loss, on="t", how="left")
-    status = (f"**Done** in {report.totals['wall_time_s']:.1f} s pruning: {spec.label}. "
+    group_sizes = _group_sizes(report)
+    status = (f"**Done** in {seconds:.1f} s ({report.totals['wall_time_s']:.1f} s pruning): {spec.label}. "
               f"Kept {report.totals['params_ratio']:.1%} of the parameters and {report.totals['macs_ratio']:.1%} of the MACs; "
-              f"measured speed-up {pruned_row.get('speedup') or float('nan'):.2f}x.")
+              f"{latency_sentence(timing)}.")
+    if spec.schedule == "threshold":
+        schedule_figure = safe_view(figures.threshold_walk, timesteps, report.totals.get("schedule_stopped_at"),
+                                    spec.schedule_params.get("threshold", 0.05))
+    else:
+        schedule_figure = gr.skip()
     return (
         status,
-        summary_table(result, dense_row, pruned_row),
+        safe_view(summary_table, result, dense_row, pruned_row, timing),
         comparison.dense_grid,
         comparison.pruned_grid,
-        pairs[0],
-        gr.update(maximum=len(pairs) - 1, value=0),
+        pairs[0] if pairs else None,
+        gr.update(maximum=max(1, len(pairs) - 1), value=0),
         pairs,
-        figures.importance_heatmap(report.importance),
-        figures.layer_timestep_heatmap(report.timestep_contributions),
-        figures.layer_sparsity_bars(report.layers[report.layers["prunable"]]),
-        figures.timesteps_used(timesteps, title=_timesteps_title(report)),
+        safe_view(figures.importance_heatmap, report.importance),
+        safe_view(figures.layer_timestep_heatmap, report.timestep_contributions, group_sizes),
+        safe_view(figures.layer_sparsity_bars, report.layers[report.layers["prunable"]]),
+        safe_view(figures.timesteps_used, timesteps, title=_timesteps_title(report)),
         pareto_figure,
         sparsity_figure,
         archive,
+        recovery_note(result),
+        schedule_figure,
     )
+
+
+def _group_sizes(report) -> dict:
+    """Timesteps in each column group of ``timestep_contributions`` (the last may be smaller)."""
+    table, weights = report.timestep_contributions, report.timestep_weights
+    if table is None or len(table) == 0 or weights is None or len(weights) == 0:
+        return {}
+    starts = sorted(int(c) for c in table.columns)
+    visited = sorted(int(t) for t in weights["t"])
+    sizes = {}
+    for index, start in enumerate(starts):
+        end = starts[index + 1] if index + 1 < len(starts) else math.inf
+        sizes[start] = max(1, sum(1 for t in visited if start <= t < end))
+    return {column: sizes[int(column)] for column in table.columns}
 
 
 def _timesteps_title(report) -> str:
@@ -417,42 +870,188 @@ def _to_pil(images):
 def select_pair(index, pairs):
     if not pairs:
         raise gr.Error("run a prune first: the slider compares one dense/pruned pair of the last run")
-    index = int(index)
-    if not 0 <= index < len(pairs):
-        raise gr.Error(f"pair index must be between 0 and {len(pairs) - 1}, got {index}")
+    try:
+        index = whole_number("pair index", index, 0, len(pairs) - 1)
+    except ValueError as error:
+        raise _user_error(error) from error
     return pairs[index]
+
+
+@gpu_task
+def dense_frontier(source, num_samples, steps, seed, quality, progress=gr.Progress()):
+    """After a run: the dense model at fewer sampling steps under the run's settings (stored, so
+    measured once per model and settings), then the quality-vs-latency chart redrawn with it."""
+    from core.evaluate import evaluate
+
+    try:
+        num_samples, steps = check_counts(num_samples, steps)
+        seed = whole_number("seed", seed, 0, MAX_SEED)
+        metrics = check_quality(quality)
+        dense = cached_pipeline(source)
+    except ValueError:
+        return gr.skip()
+    if not metrics:
+        return gr.skip()
+    model, reference = model_label(source), evaluation_reference(source)
+    store = get_store()
+    counts = sorted({max(1, round(steps * f)) for f in FRONTIER_FRACTIONS} - {steps})
+    try:
+        from core.store import key_for, model_hash
+
+        dense_hash = model_hash(dense.unet)
+        for index, count in enumerate(counts):
+            key = key_for(dense_hash, {"frontier": 1, "model": model, "samples": num_samples, "steps": count,
+                                       "base_steps": steps, "reference": reference, "metrics": list(metrics)})
+            if store.get(key) is not None:
+                continue
+            progress(index / max(1, len(counts)), desc=f"dense at {count} steps (baseline frontier)")
+            row = evaluate(dense, num_samples=num_samples, num_inference_steps=count, seed=seed, metrics=metrics,
+                           reference=reference, dense_pipeline=dense, store=store)
+            # Latency of the sampler is one UNet forward per step: count / steps of the dense latency.
+            store.put(key, dict(frontier_of=model, num_samples=num_samples, num_inference_steps=count, base_steps=steps,
+                                reference=reference, fid=row.get("fid"), kid=row.get("kid"), kid_std=row.get("kid_std"),
+                                relative_latency=count / steps))
+        dense_key = key_for(dense_hash, {"frontier": 1, "model": model, "samples": num_samples, "steps": steps,
+                                         "base_steps": steps, "reference": reference, "metrics": list(metrics)})
+        if store.get(dense_key) is None:  # the run's own dense evaluation (same arguments: answered from the store)
+            row = evaluate(dense, num_samples=num_samples, num_inference_steps=steps, seed=seed,
+                           metrics=metrics + ("macs",), reference=reference, dense_pipeline=dense, store=store)
+            store.put(dense_key, dict(frontier_of=model, num_samples=num_samples, num_inference_steps=steps,
+                                      base_steps=steps, reference=reference, fid=row.get("fid"), kid=row.get("kid"),
+                                      kid_std=row.get("kid_std"), relative_latency=1.0))
+    except Exception:  # noqa: BLE001 - the frontier is an extra; the run's chart stays as it is
+        return gr.skip()
+    settings = (model, num_samples, steps, reference)
+    quality_key = "kid" if "kid" in metrics else "fid"
+    table = results_table()
+    rows, _ = figures.comparable(table, settings)
+    current = None
+    if len(rows) and "kind" in rows:
+        mine = rows[rows["kind"] == "app-run"]
+        if len(mine):
+            current = mine.iloc[-1].to_dict()
+    return safe_view(figures.pareto, table, settings, current, quality_key, frontier_table(settings))
 
 
 def first_screen(source, seed, steps, *schedule_controls):
     """What the page shows before any run: dense samples, the schedule curve, the stored charts."""
+    load_engine()
     grid, card = dense_preview(source, seed, steps)
     pareto_figure, sparsity_figure = results_charts()
     return grid, card, preview_schedule(*schedule_controls), pareto_figure, sparsity_figure
 
 
-@gpu_task
-def run_compare(source, criteria, granularity, sparsities, num_samples, steps, seed, progress=gr.Progress()):
-    """A sweep over criteria x sparsities through the results store (stored rows return instantly)."""
-    from core.sweep import sweep
+# ------------------------------------------------------------------------------ compare
+def parse_sparsities(text) -> list[float]:
+    from core.spec import MAX_SPARSITY
+
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"sparsities must be a comma-separated list of numbers from 0 to {MAX_SPARSITY}, e.g. '0.3, 0.5'")
+    values = []
+    for item in text.replace(";", ",").split(","):
+        if item.strip():
+            values.append(real_number("each sparsity", item, 0.0, MAX_SPARSITY))
+    if not values or len(values) > 12:
+        raise ValueError("sparsities must list 1 to 12 numbers, e.g. '0.3, 0.5, 0.7'")
+    return sorted(set(values))
+
+
+def validate_compare(source, criteria, granularity, sparsities, num_samples, steps, seed, quality, time_latency):
+    from core.criteria import CRITERIA
+    from core.spec import PruneSpec
 
     try:
-        num_samples, steps = _check_counts(num_samples, steps)
-        if not criteria:
-            raise ValueError("pick at least one criterion to compare")
-        levels = [None] if ":" in str(granularity) else [float(s) for s in (sparsities or [])]
-        if not levels:
-            raise ValueError("pick at least one sparsity to compare")
-        specs = []
-        for criterion in criteria:
-            for level in levels:
-                specs.append(PruneSpec(criterion=criterion, granularity=granularity, sparsity=level, seed=int(seed or 0)))
+        normalise_source(source)
+        num_samples, steps = check_counts(num_samples, steps)
+        seed = whole_number("seed", seed, 0, MAX_SEED)
+        metrics = check_quality(quality)
+        if not criteria or not isinstance(criteria, (list, tuple)):
+            raise ValueError(f"pick at least one criterion to compare (allowed: {sorted(CRITERIA)})")
+        levels = [None] if ":" in str(granularity) else parse_sparsities(sparsities)
+        specs = [PruneSpec(criterion=c, granularity=granularity, sparsity=level, seed=seed)
+                 for c in criteria for level in levels]
+        if len(specs) > 24:
+            raise ValueError(f"a sweep may hold at most 24 runs (criteria x sparsities), got {len(specs)}")
         dense = cached_pipeline(source)
-        eval_settings = dict(num_samples=num_samples, num_inference_steps=steps, seed=int(seed or 0),
-                             metrics=("kid", "latency", "macs"), reference=evaluation_reference(source))
-        table = sweep(dense, specs, eval_settings, store=get_store(),
-                      progress=lambda f, m: progress(f, desc=m))
     except ValueError as error:
         raise _user_error(error) from error
-    shown = [c for c in ("criterion", "granularity", "sparsity", "kid", "kid_std", "fid", "speedup",
-                         "latency_median_s_per_image", "params", "macs", "nonzero_params", "cached") if c in table]
-    return table[shown], figures.pareto(table, None, "kid"), figures.quality_vs_sparsity(table, "kid")
+    return dict(specs=specs, num_samples=num_samples, steps=steps, seed=seed, metrics=metrics, dense=dense,
+                time_latency=bool(time_latency))
+
+
+def check_compare(*controls) -> None:
+    validate_compare(*controls)
+
+
+def format_sweep(table, dense_row: dict | None):
+    """The sweep as people read it: rounded, with units, the dense model as the first row."""
+    import pandas as pd
+
+    def number(value, pattern):
+        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else pattern.format(value)
+
+    rows = []
+    if dense_row is not None:
+        rows.append(dict(criterion="dense", granularity="", sparsity="0%", FID=number(dense_row.get("fid"), "{:.1f}"),
+                         KID=kid_text(dense_row), **{"speed-up": "1.00x"},
+                         parameters=number(dense_row.get("params"), "{:,.0f}"), MACs=number(dense_row.get("macs"), "{:,.0f}"),
+                         **{"non-zero weights": number(dense_row.get("nonzero_params"), "{:,.0f}"), "stored": ""}))
+    for _, r in table.iterrows():
+        measured = r.get("prune_sparsity")
+        rows.append(dict(
+            criterion=r["criterion"], granularity=r["granularity"],
+            sparsity=number(measured if measured is not None else r.get("sparsity"), "{:.1%}"),
+            FID=number(r.get("fid"), "{:.1f}"), KID=kid_text(r.to_dict()),
+            **{"speed-up": number(r.get("speedup"), "{:.2f}x") or "not timed"},
+            parameters=number(r.get("params"), "{:,.0f}"), MACs=number(r.get("macs"), "{:,.0f}"),
+            **{"non-zero weights": number(r.get("nonzero_params"), "{:,.0f}"), "stored": "yes" if r.get("cached") else ""}))
+    return pd.DataFrame(rows)
+
+
+@gpu_task
+def run_compare(source, criteria, granularity, sparsities, num_samples, steps, seed, quality="KID", time_latency=False,
+                request: gr.Request = None, progress=gr.Progress()):
+    """A sweep over criteria x sparsities through the results store (stored rows return instantly)."""
+    from core.evaluate import evaluate
+    from core.sweep import sweep
+
+    checked = validate_compare(source, criteria, granularity, sparsities, num_samples, steps, seed, quality, time_latency)
+    session = getattr(request, "session_hash", None) or "local"
+    _start_compute(session)
+    metrics = checked["metrics"] + (("latency",) if checked["time_latency"] else ()) + ("macs",)
+    settings = dict(num_samples=checked["num_samples"], num_inference_steps=checked["steps"], seed=checked["seed"],
+                    metrics=metrics, reference=evaluation_reference(source))
+    try:
+        dense_metrics = tuple(m for m in metrics if m != "latency")
+        dense_row = evaluate(checked["dense"], **{**settings, "metrics": dense_metrics}, store=get_store(),
+                             dense_pipeline=checked["dense"])
+        table = sweep(checked["dense"], checked["specs"], settings, store=get_store(),
+                      progress=lambda f, m: progress(f, desc=m))
+    except Exception as error:  # noqa: BLE001 - keep the previous sweep on screen
+        message = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        gr.Warning(f"The sweep failed: {message}")
+        return gr.skip(), gr.skip(), gr.skip()
+    finally:
+        _end_compute(session)
+    model = model_label(source)
+    chart_rows = table.assign(model=model, kid=table.get("kid"), measured_sparsity=table.get("prune_sparsity"),
+                              source="this sweep")
+    chart_rows = chart_rows.assign(num_samples=checked["num_samples"], num_inference_steps=checked["steps"],
+                                   reference=settings["reference"])
+    view_settings = (model, checked["num_samples"], checked["steps"], settings["reference"])
+    quality_key = "kid" if "kid" in metrics else "fid"
+    frontier = frontier_table(view_settings)
+    return (format_sweep(table, dense_row),
+            safe_view(figures.pareto, chart_rows, view_settings, None, quality_key, frontier),
+            safe_view(figures.quality_vs_sparsity, chart_rows, view_settings, None, quality_key))
+
+
+def check_source(source, seed=0, steps=25) -> None:
+    """The load button's validation step (no outputs)."""
+    try:
+        normalise_source(source)
+        whole_number("seed", seed, 0, MAX_SEED)
+        whole_number("sampling steps", steps, 1, MAX_STEPS)
+        cached_pipeline(source)
+    except ValueError as error:
+        raise _user_error(error) from error

@@ -22,16 +22,38 @@ def test_quick_prune_returns_a_measured_summary(client):
     rows = {row[0]: row[1:] for row in summary["data"]}
     dense_params, pruned_params = (int(v.replace(",", "")) for v in rows["parameters"])
     assert pruned_params < 0.9 * dense_params
-    assert rows["speed-up (dense median / pruned median)"][1].endswith("x")
+    assert "paired rounds" in rows["speed-up (paired: dense / pruned)"][1]
     assert "±" in rows["KID (± std)"][0] and "±" in rows["KID (± std)"][1]
     assert rows["samples / reference"][1] == "4 / fashion-mnist-test"
-    export = outputs[-1]
-    assert str(export).endswith(".zip")
+    exports = [o for o in outputs if str(o).endswith(".zip")]
+    assert len(exports) == 1 and str(exports[0]).endswith("pct.zip")
 
 
-def test_bad_input_is_an_error_and_the_server_keeps_serving(client):
-    bad = dict(QUICK_RUN, num_samples=100000)
-    with pytest.raises(Exception, match="number of samples"):
-        client.predict(*bad.values(), api_name="/run_prune")
+@pytest.mark.parametrize("change, message", [
+    (dict(num_samples=100000), "number of samples must be a whole number from 2 to 256"),
+    (dict(num_samples=None), "number of samples must be a whole number"),
+    (dict(seed=1.5), "seed must be a whole number"),
+    (dict(source="x" * 5000), "model source must be empty, a hub id"),
+    (dict(source="no-such-user/no-such-model"), "could not load it from the Hugging Face hub"),
+])
+def test_bad_fields_are_short_errors_through_the_api(client, change, message):
+    with pytest.raises(Exception, match=message) as caught:
+        client.predict(*dict(QUICK_RUN, **change).values(), api_name="/run_prune")
+    assert len(str(caught.value)) < 400
+
+
+def test_server_paths_all_read_the_same(client):
+    messages = set()
+    for path in ("/etc/shadow", "/root", "/nonexistent/x"):
+        with pytest.raises(Exception) as caught:
+            client.predict(*dict(QUICK_RUN, source=path).values(), api_name="/run_prune")
+        messages.add(str(caught.value).replace(repr(path), "PATH"))
+    assert len(messages) == 1, messages
+
+
+def test_the_api_lists_each_action_once_and_keeps_serving(client):
+    named = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert named == {"/run_prune", "/run_compare", "/dense_preview", "/cancel_run", "/calibration_estimate",
+                     "/preview_schedule", "/first_screen"}
     curve = client.predict("log-decrease", 0.05, "1,1,1,1", 25, 0.8, 1.2, 10, "0:1", api_name="/preview_schedule")
     assert curve is not None

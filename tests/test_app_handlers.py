@@ -4,7 +4,9 @@ The browser and ``gradio_client`` tests (test_app_e2e.py, test_app_browser.py) c
 these cover what each handler returns and how it fails: a ``gr.Error`` naming the field, never a
 crash, and the dense cached model untouched.
 """
+import re
 import zipfile
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -98,16 +100,6 @@ def test_criterion_changed_offers_its_granularities(criterion):
     assert entry.description in note
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_presets_fill_the_controls(name):
-    criterion, granularity, sparsity, schedule, threshold, batch_size, batches = ui_app.preset_values(name)
-    spec = PRESETS[name]
-    assert criterion["value"] == spec.criterion
-    assert granularity["value"] == spec.granularity and spec.granularity in granularity["choices"]
-    assert schedule["value"] in SCHEDULES
-    assert batch_size["value"] >= 1 and batches["value"] >= 1
-
-
 def test_spec_from_controls_names_the_bad_field():
     with pytest.raises(ValueError, match="criterion must be one of"):
         handlers.spec_from_controls("nope", "channel", 0.3, *SCHEDULE_DEFAULTS, 2, 1, 0)
@@ -124,9 +116,10 @@ def test_calibration_estimate_before_a_run(tiny_model):
     assert "6 images x 235 timesteps = 1,410 passes" in text and "measured" in text
     threshold = handlers.calibration_estimate(tiny_model, "taylor", "channel", 0.3, *SCHEDULE_DEFAULTS, 2, 1, 0)
     assert "up to" in threshold and "1000 timesteps" in threshold
-    assert handlers.calibration_estimate(tiny_model, "magnitude", "channel", 0.3, *SCHEDULE_DEFAULTS, 2, 1, 0) == ""
+    no_calibration = handlers.calibration_estimate(tiny_model, "magnitude", "channel", 0.3, *SCHEDULE_DEFAULTS, 2, 1, 0)
+    assert "needs no calibration" in no_calibration
     bad = handlers.calibration_estimate(tiny_model, "nici", "channel", 0.3, *interval, 0, 1, 0)
-    assert bad.startswith("*cannot estimate") and "calibration_batch_size" in bad
+    assert bad.startswith("*cannot estimate") and "calibration batch size" in bad
 
 
 def test_dense_preview_and_model_card(tiny_model):
@@ -137,14 +130,12 @@ def test_dense_preview_and_model_card(tiny_model):
     assert np.array_equal(np.asarray(grid), np.asarray(again))  # same seed, same samples
 
 
-@pytest.mark.parametrize("source, message", [
-    ("/nonexistent/model-dir", "nonexistent"),
-    ("no-such-user/no-such-model", "no-such-user/no-such-model"),
-])
-def test_bad_model_source_is_a_short_error(source, message):
+def test_bad_hub_id_is_a_short_error_without_hub_internals():
     with pytest.raises(gr.Error) as caught:
-        handlers.dense_preview(source, 0, 2)
-    assert message in str(caught.value) and "\n" not in str(caught.value)
+        handlers.dense_preview("no-such-user/no-such-model", 0, 2)
+    message = str(caught.value)
+    assert "'no-such-user/no-such-model'" in message and "Hugging Face hub" in message
+    assert "\n" not in message and len(message) < 260 and "http" not in message
 
 
 def test_first_screen_shows_samples_curve_and_charts(tiny_model):
@@ -155,28 +146,51 @@ def test_first_screen_shows_samples_curve_and_charts(tiny_model):
 
 
 # ------------------------------------------------------------------------------ run
+RUN_FIELDS = ("status", "summary", "dense_grid", "pruned_grid", "slider_pair", "pair_update", "pairs", "importance",
+              "timestep_heatmap", "layers", "used", "pareto", "by_sparsity", "archive", "recovery", "schedule_plot")
+
+
+def run(source, progress=None, request=None, **change) -> dict:
+    outputs = handlers.run_prune(*run_args(source, **change), request=request or FakeRequest(),
+                                 progress=progress or RecordingProgress())
+    assert len(outputs) == len(RUN_FIELDS) == handlers.RUN_OUTPUTS
+    return dict(zip(RUN_FIELDS, outputs))
+
+
+def is_note(figure) -> bool:
+    """A view replaced by its one-line note (safe_view) has no traces, only an annotation."""
+    return isinstance(figure, go.Figure) and not figure.data and "could not be drawn" in (
+        figure.layout.annotations[0].text if figure.layout.annotations else "")
+
+
 def test_run_prune_returns_every_view(tiny_model):
     progress = RecordingProgress()
-    outputs = handlers.run_prune(*run_args(tiny_model), request=FakeRequest(), progress=progress)
-    (status, summary, dense_grid, pruned_grid, slider_pair, pair_update, pairs, importance, timestep_heatmap,
-     layers, used, pareto, by_sparsity, archive) = outputs
-    assert status.startswith("**Done**")
-    assert isinstance(summary, pd.DataFrame)
-    row = dict(zip(summary[""], zip(summary["dense"], summary["pruned"])))
+    out = run(tiny_model, progress=progress)
+    assert out["status"].startswith("**Done**")
+    assert isinstance(out["summary"], pd.DataFrame)
+    row = dict(zip(out["summary"][""], zip(out["summary"]["dense"], out["summary"]["pruned"])))
     assert int(row["parameters"][1].replace(",", "")) < int(row["parameters"][0].replace(",", ""))
-    assert row["speed-up (dense median / pruned median)"][1].endswith("x")
+    assert "paired rounds, timed in" in row["speed-up (paired: dense / pruned)"][1]
     assert "±" in row["KID (± std)"][1]
-    assert dense_grid.size == pruned_grid.size
-    assert len(pairs) == handlers.GRID_IMAGES and pair_update["maximum"] == handlers.GRID_IMAGES - 1
-    assert slider_pair == pairs[0]
-    assert all(isinstance(f, go.Figure) for f in (importance, timestep_heatmap, layers, used, pareto, by_sparsity))
-    assert len(importance.data) == 1 and importance.data[0].type == "heatmap"
+    assert out["dense_grid"].size == out["pruned_grid"].size
+    assert len(out["pairs"]) == handlers.GRID_IMAGES and out["pair_update"]["maximum"] == handlers.GRID_IMAGES - 1
+    assert out["slider_pair"] == out["pairs"][0]
+    for name in ("importance", "timestep_heatmap", "layers", "used", "pareto", "by_sparsity"):
+        assert isinstance(out[name], go.Figure) and not is_note(out[name]), name
+    assert out["importance"].data[0].type == "heatmap"
     descriptions = " ".join(desc or "" for _, desc in progress.calls)
-    for stage in ("scoring", "sampling", "exporting"):
+    for stage in ("scoring", "sampling", "timing dense and pruned", "exporting"):
         assert stage in descriptions, descriptions
     fractions = [f for f, _ in progress.calls]
     assert 0 <= min(fractions) and max(fractions) <= 1
+    # One-shot channel pruning says it needs recovery and cites the shipped fine-tuning results.
+    assert "needs recovery" in out["recovery"] or "need recovery" in out["recovery"]
+    assert "249.7" in out["recovery"] and "74.3" in out["recovery"] and "58.0" in out["recovery"]
     # The export is the checkpoint PruneResult.save writes, plus report CSVs and a usage note.
+    archive = out["archive"]
+    measured = float(row["sparsity of prunable weights"][1].rstrip("%"))
+    named = re.fullmatch(r"pruned-magnitude-channel-(\d+)pct\.zip", Path(archive).name)
+    assert named and abs(int(named.group(1)) - measured) <= 0.5  # the measured sparsity
     with zipfile.ZipFile(archive) as handle:
         names = handle.namelist()
         assert "pruned-model/USAGE.md" in names and "pruned-model/report_layers.csv" in names
@@ -186,42 +200,250 @@ def test_run_prune_returns_every_view(tiny_model):
     # The cached dense model is untouched by the run.
     dense = handlers.cached_pipeline(tiny_model)
     assert sum(p.numel() for p in dense.unet.parameters()) == int(row["parameters"][0].replace(",", ""))
-    # The run is stored: the results charts now have the point.
-    assert len(handlers.results_table()) >= 2
+    # The run is stored: the results charts of its settings now have it.
+    table = handlers.results_table()
+    assert (table["kind"] == "app-run").sum() >= 1
+
+
+@pytest.mark.parametrize("granularity", ["unstructured", "2:4", "4:8", "channel", "head"])
+def test_run_prune_every_granularity_completes(tiny_model, granularity):
+    # whole heads are about 9 % of the tiny model's prunable weights
+    out = run(tiny_model, granularity=granularity, sparsity=0.05 if granularity == "head" else 0.5)
+    assert out["status"].startswith("**Done**"), out["status"]
+    assert out["importance"].data and out["importance"].data[0].type == "heatmap"
+    assert not any(is_note(out[name]) for name in ("importance", "timestep_heatmap", "layers", "used", "pareto"))
+    assert Path(out["archive"]).exists() and "pct.zip" in out["archive"]
+    assert bool(out["recovery"]) == (granularity in ("channel", "head"))
+
+
+def test_importance_heatmap_takes_one_and_two_dimensional_vectors():
+    import numpy as np
+    from diffprune_ui import figures
+
+    figure = figures.importance_heatmap({"a": np.arange(10.0), "b": np.ones((8, 36)), "c": np.array(3.0)})
+    assert figure.data[0].type == "heatmap" and list(figure.data[0].y) == ["a", "b", "c"]
+
+
+PRESET_NAMES = sorted(name for name in PRESETS if not name.endswith("-paper"))
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_run_prune_every_preset_completes(tiny_model, name):
+    values = ui_app.preset_values(name)
+    args = [tiny_model] + [values[f] for f in ui_app.PRESET_FIELDS[:11]] + [
+        values["calibration_batch_size"], values["calibration_batches"], 4, 2, 0, "KID"]
+    outputs = handlers.run_prune(*args, request=FakeRequest(), progress=RecordingProgress())
+    assert outputs[0].startswith("**Done**"), outputs[0]
+    assert PRESETS[name].label in outputs[0]  # the run used exactly the preset's spec
+    assert Path(outputs[13]).exists()
+
+
+def _controls_after(clicks) -> dict:
+    """The controls after clicking presets in this order (criterion.input does not fire on a preset)."""
+    state = dict(criterion="taylor", granularity="channel", sparsity=0.3)
+    for name in clicks:
+        state.update(ui_app.preset_values(name))
+    return state
+
+
+@pytest.mark.parametrize("first", sorted(PRESETS))
+def test_presets_set_exactly_their_spec_in_any_order(first):
+    for second in sorted(PRESETS):
+        state = _controls_after([first, second])
+        spec = handlers.spec_from_controls(*(state[f] for f in ui_app.PRESET_FIELDS), seed=0)
+        assert spec == PRESETS[second], (first, second, spec.to_json(), PRESETS[second].to_json())
+        updates = ui_app.preset_updates(second)
+        assert updates[1]["value"] == PRESETS[second].granularity and PRESETS[second].granularity in updates[1]["choices"]
+
+
+def test_criterion_change_keeps_a_supported_granularity():
+    granularity, *_ = handlers.criterion_changed("nici", "channel")
+    assert granularity["value"] == "channel"
+    granularity, *_ = handlers.criterion_changed("taylor", "2:4")
+    assert granularity["value"] == "2:4"
+
+
+def test_threshold_run_shows_where_it_stopped(tiny_model):
+    out = run(tiny_model, criterion="taylor", schedule="threshold")
+    stopped = out["summary"].set_index("").loc["timesteps used", "pruned"]
+    assert "threshold stopped at t =" in stopped
+    figure = out["schedule_plot"]
+    assert "stopped at t =" in figure.layout.title.text and figure.data[0].x is not None
 
 
 def test_run_prune_calibrated_criterion_reports_timesteps(tiny_model):
-    outputs = handlers.run_prune(*run_args(tiny_model, criterion="taylor", schedule="custom", custom="3:1, 200:0.5"),
-                                 request=FakeRequest(), progress=RecordingProgress())
-    summary, used, heatmap = outputs[1], outputs[10], outputs[8]
-    assert "2 (t = 3 .. 200)" in summary.set_index("").loc["timesteps used", "pruned"]
-    assert any(trace.type == "bar" or trace.type == "scatter" for trace in used.data)
-    assert heatmap.data and heatmap.data[0].type == "heatmap"
+    out = run(tiny_model, criterion="taylor", schedule="custom", custom="3:1, 200:0.5")
+    assert "2 (t = 3 .. 200)" in out["summary"].set_index("").loc["timesteps used", "pruned"]
+    assert any(trace.type in ("bar", "scatter") for trace in out["used"].data)
+    assert out["timestep_heatmap"].data and out["timestep_heatmap"].data[0].type == "heatmap"
 
 
 @pytest.mark.parametrize("change, field", [
     (dict(num_samples=100000), "number of samples"),
+    (dict(num_samples=None), "number of samples"),
+    (dict(num_samples="abc"), "number of samples"),
     (dict(steps=0), "sampling steps"),
+    (dict(steps=2.5), "sampling steps"),
+    (dict(sparsity="abc"), "sparsity"),
+    (dict(sparsity=None), "sparsity"),
     (dict(schedule="custom", custom="0:x", criterion="taylor"), "custom schedule"),
     (dict(criterion="magnitude", granularity="head-of-lettuce"), "granularity"),
     (dict(criterion="random", granularity="channel", sparsity=3.0), "sparsity"),
     (dict(quality="PSNR"), "quality metric"),
 ])
-def test_run_prune_bad_input_is_a_short_error_and_next_run_works(tiny_model, change, field):
+def test_run_prune_bad_field_is_one_short_error(tiny_model, change, field):
     with pytest.raises(gr.Error) as caught:
-        handlers.run_prune(*run_args(tiny_model, **change), request=FakeRequest(), progress=RecordingProgress())
-    assert field in str(caught.value)
-    assert len(str(caught.value)) < 400
+        run(tiny_model, **change)
+    message = str(caught.value)
+    assert message.startswith(field) or field in message[:60], message
+    assert len(message) < 300 and "\n" not in message
 
 
-def test_cancel_stops_the_run_and_keeps_nothing_half_done(tiny_model):
+def test_seed_must_be_whole_not_truncated(tiny_model):
+    args = run_args(tiny_model)
+    args[16] = 1.5
+    with pytest.raises(gr.Error, match=r"seed must be a whole number from 0 to 2,147,483,647, got 1.5"):
+        handlers.run_prune(*args, request=FakeRequest(), progress=RecordingProgress())
+    with pytest.raises(gr.Error, match="model source must be empty, a hub id"):
+        run("x" * 5000)
+
+
+def test_unusable_paths_give_one_and_the_same_message(tmp_path):
+    (tmp_path / "file.txt").write_text("not a model")
+    (tmp_path / "folder").mkdir()
+    unreadable = tmp_path / "locked"
+    unreadable.mkdir()
+    (unreadable / "model_index.json").write_text("{}")
+    unreadable.chmod(0)
+    messages = set()
+    try:
+        for path in ("/etc/shadow", "/root", "/nonexistent/x", str(tmp_path / "file.txt"), str(tmp_path / "folder"),
+                     str(unreadable)):
+            with pytest.raises(gr.Error) as caught:
+                handlers.check_source(path)
+            message = str(caught.value)
+            assert path[:20] in message  # names the user's own input, nothing else
+            messages.add(message.split(": ", 1)[1])
+    finally:
+        unreadable.chmod(0o755)
+    assert len(messages) == 1, messages
+    assert "no supported diffusers pipeline can be loaded from this path" in messages.pop()
+
+
+def test_failure_after_validation_keeps_every_output(tiny_model, monkeypatch):
+    first = run(tiny_model)
+    assert first["status"].startswith("**Done**")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr("core.engine.prune", broken)
+    outputs = handlers.run_prune(*run_args(tiny_model), request=FakeRequest(), progress=RecordingProgress())
+    assert outputs[0].startswith("**Failed**") and "previous results are kept" in outputs[0]
+    assert all(isinstance(o, type(gr.skip())) and o == gr.skip() for o in outputs[1:])
+    assert Path(first["archive"]).exists()  # the last export stays downloadable
+
+
+def test_error_after_success_changes_no_output(tiny_model):
+    """The page runs check_run (no outputs) before the run: a bad field after a success raises
+    there, so grids, summary and export keep their values."""
+    first = run(tiny_model)
+    with pytest.raises(gr.Error):
+        handlers.check_run(*run_args("no-such-user/no-such-model"))
+    with pytest.raises(gr.Error):
+        handlers.check_run(*run_args(tiny_model, num_samples=None))
+    assert Path(first["archive"]).exists()
+
+
+def test_only_each_sessions_latest_export_is_kept(tiny_model):
+    class Other:
+        session_hash = "another-user"
+
+    mine = run(tiny_model, sparsity=0.3)["archive"]
+    theirs = run(tiny_model, sparsity=0.3, request=Other())["archive"]
+    newer = run(tiny_model, sparsity=0.5)["archive"]
+    assert re.fullmatch(r"pruned-magnitude-channel-(49|50|51)pct\.zip", Path(newer).name) and Path(newer).name != Path(mine).name
+    assert not Path(mine).exists() and Path(newer).exists() and Path(theirs).exists()
+    folders = handlers.export_folders()
+    assert Path(newer).parent in folders and Path(theirs).parent in folders and Path(mine).parent not in folders
+
+
+def test_structured_export_has_a_config_of_its_real_shapes(tiny_model, tmp_path):
+    import json
+
+    from diffusers import DiffusionPipeline
+
+    archive = run(tiny_model, granularity="channel", sparsity=0.5)["archive"]
+    with zipfile.ZipFile(archive) as handle:
+        handle.extractall(tmp_path)
+    folder = tmp_path / "pruned-model"
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    pruned = load_pipeline(str(folder), device="cpu")
+    real = [block.resnets[0].out_channels for block in pruned.unet.down_blocks]
+    dense_widths = config["dense_config"]["block_out_channels"]
+    if config.get("_class_name") == "DiffPrunePrunedUNet2DModel":
+        assert config["block_out_channels"] == real != dense_widths
+        assert config["layer_shapes"]["conv_in.weight"] == list(pruned.unet.conv_in.weight.shape)
+        with pytest.raises(Exception):  # plain diffusers refuses instead of building dense shapes
+            DiffusionPipeline.from_pretrained(str(folder))
+    else:  # expressible: the plain config is the real one
+        assert config["block_out_channels"] == real
+
+
+def test_paired_latency_of_the_same_model_is_within_noise(tiny_model):
+    from core.engine import prune
+    from core.spec import PruneSpec
+    from core.timing import paired_step_latency
+
+    dense = handlers.cached_pipeline(tiny_model)
+    same = prune(dense, PruneSpec(criterion="magnitude", granularity="unstructured", sparsity=0.0))
+    timing = paired_step_latency(dense, same.pipeline, num_inference_steps=25, batch_size=4, rounds=9)
+    assert timing["rounds"] >= 4 and timing["speedup_low"] <= timing["speedup"] <= timing["speedup_high"]
+    assert timing["within_noise"], timing
+    assert timing["dense_s_per_image"] == pytest.approx(timing["dense_step_s"] * 25 / 4)
+    assert "within timing noise" in handlers.latency_sentence(timing)
+
+
+def test_announce_run_says_the_queue_position_in_a_sentence():
+    class A:
+        session_hash = "a"
+
+    class B:
+        session_hash = "b"
+
+    handlers._start_compute("running-user")
+    try:
+        first = handlers.announce_run(A())
+        second = handlers.announce_run(B())
+    finally:
+        handlers._end_compute("running-user")
+        handlers.cancel_run(A())
+        handlers.cancel_run(B())
+    assert "number 2 in line" in first and "1 run is ahead" in first
+    assert "number 3 in line" in second and "2 runs are ahead" in second
+    assert handlers.announce_run(A()).startswith("Starting your run now")
+    handlers.cancel_run(A())
+
+
+def test_cancel_keeps_the_previous_results(tiny_model):
     request = FakeRequest()
-    progress = RecordingProgress(on_call=lambda n: handlers.cancel_run(request) if n == 2 else None)
-    with pytest.raises(gr.Error, match="cancelled"):
-        handlers.run_prune(*run_args(tiny_model), request=request, progress=progress)
+    assert handlers.cancel_run(request).startswith("No run of yours")  # nothing running: no stale mark
     assert request.session_hash not in handlers._CANCELLED
-    outputs = handlers.run_prune(*run_args(tiny_model), request=request, progress=RecordingProgress())
-    assert outputs[0].startswith("**Done**")
+    progress = RecordingProgress(on_call=lambda n: handlers.cancel_run(request) if n == 2 else None)
+    outputs = handlers.run_prune(*run_args(tiny_model), request=request, progress=progress)
+    assert outputs[0].startswith("Run cancelled") and all(o == gr.skip() for o in outputs[1:])
+    assert request.session_hash not in handlers._CANCELLED
+    assert run(tiny_model, request=request)["status"].startswith("**Done**")
+
+
+def test_schedule_curve_reads_like_its_name():
+    figure = handlers.preview_schedule("log-decrease", *SCHEDULE_DEFAULTS[1:])
+    axis = figure.layout.xaxis
+    assert axis.range[0] > axis.range[1]  # t runs from noisy (left) to clean (right): the sampling order
+    assert "noisy" in axis.title.text and "clean" in axis.title.text
+    chosen = next(trace for trace in figure.data if "log-decrease" in (trace.name or ""))
+    ordered = [w for _, w in sorted(zip(chosen.x, chosen.y), reverse=True)]  # in sampling order
+    assert ordered[0] > ordered[-1]  # decreasing as drawn, left to right
 
 
 def test_select_pair():
@@ -229,26 +451,45 @@ def test_select_pair():
     assert handlers.select_pair(1, pairs) == ("c", "d")
     with pytest.raises(gr.Error, match="pair index"):
         handlers.select_pair(5, pairs)
+    with pytest.raises(gr.Error, match="pair index"):
+        handlers.select_pair(0.5, pairs)
     with pytest.raises(gr.Error, match="run a prune first"):
         handlers.select_pair(0, [])
 
 
-def test_run_compare_sweeps_and_reuses_stored_rows(tiny_model):
-    args = (tiny_model, ["random", "magnitude"], "unstructured", ["0.5"], 4, 2, 0)
-    table, pareto, by_sparsity = handlers.run_compare(*args, progress=RecordingProgress())
-    assert list(table["criterion"]) == ["random", "magnitude"]
-    assert not table["cached"].any() and table["kid"].notna().all()
-    again, _, _ = handlers.run_compare(*args, progress=RecordingProgress())
-    assert again["cached"].all()
-    assert again["kid"].tolist() == table["kid"].tolist()
+def test_run_compare_formats_numbers_has_dense_row_and_reuses_stored_rows(tiny_model):
+    args = (tiny_model, ["random", "magnitude"], "unstructured", "0.25, 0.5", 4, 2, 0, "FID + KID", False)
+    table, pareto, by_sparsity = handlers.run_compare(*args, request=FakeRequest(), progress=RecordingProgress())
+    assert list(table["criterion"]) == ["dense", "random", "random", "magnitude", "magnitude"]
+    assert list(table["sparsity"][1:3]) == ["25.0%", "50.0%"]
+    assert all(text and "." in text and len(text) < 10 for text in table["FID"])  # filled, rounded
+    assert all("±" in text for text in table["KID"])
+    assert set(table["speed-up"][1:]) == {"not timed"}
+    again, _, _ = handlers.run_compare(*args, request=FakeRequest(), progress=RecordingProgress())
+    assert set(again["stored"][1:]) == {"yes"} and again["KID"].tolist() == table["KID"].tolist()
     assert isinstance(pareto, go.Figure) and len(by_sparsity.data) >= 1
+
+
+def test_run_compare_times_latency_when_asked(tiny_model):
+    table, _, _ = handlers.run_compare(tiny_model, ["magnitude"], "2:4", "", 4, 2, 0, "KID", True,
+                                       request=FakeRequest(), progress=RecordingProgress())
+    assert table["speed-up"].iloc[1].endswith("x")
 
 
 def test_run_compare_bad_input(tiny_model):
     with pytest.raises(gr.Error, match="at least one criterion"):
-        handlers.run_compare(tiny_model, [], "unstructured", ["0.5"], 4, 2, 0, progress=RecordingProgress())
-    with pytest.raises(gr.Error, match="at least one sparsity"):
-        handlers.run_compare(tiny_model, ["random"], "channel", [], 4, 2, 0, progress=RecordingProgress())
+        handlers.run_compare(tiny_model, [], "unstructured", "0.5", 4, 2, 0, progress=RecordingProgress())
+    with pytest.raises(gr.Error, match="sparsities must"):
+        handlers.run_compare(tiny_model, ["random"], "channel", "", 4, 2, 0, progress=RecordingProgress())
+    with pytest.raises(gr.Error, match="each sparsity must be a number from 0 to 0.95"):
+        handlers.run_compare(tiny_model, ["random"], "channel", "0.3, abc", 4, 2, 0, progress=RecordingProgress())
+
+
+def test_every_user_action_is_one_named_endpoint():
+    demo = ui_app.build_demo()
+    named = set(demo.get_api_info()["named_endpoints"])
+    assert named == {"/run_prune", "/run_compare", "/dense_preview", "/cancel_run", "/calibration_estimate",
+                     "/preview_schedule", "/first_screen"}
 
 
 def test_build_demo_wires_every_registry_choice():
@@ -260,3 +501,49 @@ def test_build_demo_wires_every_registry_choice():
     ]
     assert any(set(CRITERIA) <= set(choices) for choices in dropdown_choices)
     assert any(set(SCHEDULES) <= set(choices) for choices in dropdown_choices)
+
+
+def test_page_catalog_equals_the_registries():
+    """The page is built from diffprune_ui/catalog.json (no torch import before serving); it must
+    say exactly what the registries say (regenerate: python -m diffprune_ui.catalog)."""
+    import json
+
+    from diffprune_ui.catalog import CATALOG_FILE, build_catalog
+
+    shipped, live = json.loads(CATALOG_FILE.read_text()), build_catalog()
+    assert shipped == live and list(shipped["criteria"]) == list(live["criteria"])
+
+
+def test_dense_model_at_fewer_steps_is_the_baseline_frontier(tiny_model):
+    out = run(tiny_model, steps=5)
+    figure = handlers.dense_frontier(tiny_model, 4, 5, 0, "KID", progress=RecordingProgress())
+    frontier = next(trace for trace in figure.data if trace.name == "dense, fewer steps (baseline)")
+    assert sorted(int(k) for k in frontier.text) == [1, 2, 3, 4, 5]
+    assert list(frontier.x) == sorted(frontier.x) and frontier.x[-1] == pytest.approx(1.0)
+    this_run = next(trace for trace in figure.data if trace.name == "this run")
+    assert "magnitude" in this_run.hovertext[0] and "4 samples, 5 steps" in this_run.hovertext[0]
+    assert "4 samples, 5 sampling steps" in figure.layout.title.text  # the settings drawn, others hidden
+    assert out["status"].startswith("**Done**")
+
+
+def test_shipped_charts_label_points_and_draw_the_frontier():
+    pareto, by_sparsity = handlers.results_charts()
+    names = [trace.name for trace in pareto.data]
+    assert names[0] == "dense, fewer steps (baseline)" and len(pareto.data[0].x) >= 5
+    hover = " ".join(" ".join(trace.text) for trace in pareto.data[1:] if trace.text is not None)
+    for part in ("channel", "sparsity", "48 samples, 10 steps", "fine-tuned 40 steps"):
+        assert part in hover
+    symbols = {trace.marker.symbol for trace in pareto.data[1:]}
+    assert {"circle", "square", "diamond"} <= {s.replace("-open", "") for s in symbols}
+    assert any("(fixed 1-N/M)" in (trace.name or "") for trace in by_sparsity.data)
+
+
+def test_layer_timestep_heatmap_normalises_a_short_last_group():
+    """The last group of a threshold walk may hold one timestep: drawn as a mean per timestep it is
+    not black when each timestep contributes alike."""
+    from diffprune_ui import figures
+
+    table = pd.DataFrame({0: [4.0, 8.0], 4: [4.0, 8.0], 8: [1.0, 2.0]}, index=["a", "b"])
+    figure = figures.layer_timestep_heatmap(table, {0: 4, 4: 4, 8: 1})
+    assert np.allclose(np.asarray(figure.data[0].z, dtype=float), 1.0)
+    assert list(figure.data[0].x) == ["t=0 (+3)", "t=4 (+3)", "t=8"]

@@ -534,6 +534,8 @@ def rebuild_from_safetensors(directory, structure: dict, fix_up) -> nn.Module:
         raise ValueError(f"pruned checkpoint {str(directory)!r}: unreadable config.json ({error})") from error
     import diffusers
 
+    # A config rewritten by core.export_config describes the real shapes and keeps the dense one.
+    config = config.get("dense_config", config)
     cls = getattr(diffusers, str(config.get("_class_name")), None)
     if cls is None:
         raise ValueError(f"pruned checkpoint {str(directory)!r}: unknown model class {config.get('_class_name')!r}")
@@ -541,7 +543,7 @@ def rebuild_from_safetensors(directory, structure: dict, fix_up) -> nn.Module:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise ValueError(f"pruned checkpoint {str(directory)!r}: unreadable safetensors file ({str(error)[:120]})") from error
-    module = cls.from_config(cls.load_config(str(directory)))
+    module = cls.from_config(config)
     modules = dict(module.named_modules())
     for key, tensor in state.items():
         module_name, _, attribute = key.rpartition(".")

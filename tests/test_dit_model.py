@@ -68,6 +68,19 @@ def test_prunes_with_every_supported_granularity(dit, granularity, sparsity):
     assert all(torch.equal(before[name], after[name]) for name in before)  # the caller's model untouched
 
 
+def test_pruned_and_reloaded_pipelines_keep_the_ten_trained_classes(dit, tmp_path):
+    from core.models import adapter_for
+
+    adapter = adapter_for(dit)
+    assert adapter.num_classes(dit) == adapter.num_classes(dit.transformer) == 10
+    result = prune(dit, PruneSpec(criterion="magnitude", granularity="unstructured", sparsity=0.3))
+    assert adapter.num_classes(result.pipeline) == 10  # not the 1000 rows of the label table
+    reloaded = load_pipeline(str(result.save(tmp_path / "pruned")), device="cpu")
+    assert adapter.num_classes(reloaded) == 10 and reloaded.labels["Trouser"] == 1
+    conditioning = adapter.sample_conditioning(result.pipeline.transformer, 256, torch.Generator().manual_seed(0))
+    assert int(conditioning["class_labels"].max()) < 10
+
+
 def test_channel_is_refused_with_its_reason(dit):
     with pytest.raises(ValueError, match="residual"):
         prune(dit, PruneSpec(criterion="magnitude", granularity="channel", sparsity=0.3))

@@ -41,11 +41,28 @@ class DiTAdapter(GuidedAdapter):
     def num_classes(self, pipeline_or_denoiser):
         """The classes the model was trained on: those the pipeline names (``id2label``: the
         embedded Fashion-MNIST DiT has 10 in a table of 1000), else every row of the label table."""
-        table = int(self._as_denoiser(pipeline_or_denoiser).config.num_embeds_ada_norm)
+        config = self._as_denoiser(pipeline_or_denoiser).config
+        table = int(config.num_embeds_ada_norm)
         labels = getattr(pipeline_or_denoiser, "labels", None) if not isinstance(pipeline_or_denoiser, nn.Module) else None
         if labels:
             return min(table, max(int(i) for i in labels.values()) + 1)
-        return table
+        # The transformer's own record (config key ``_num_classes``; kept through copies, cuts and
+        # saves, so a bare denoiser in calibration draws only the trained classes too).
+        trained = config.get("_num_classes")
+        return min(table, int(trained)) if trained else table
+
+    def replace_components(self, pipeline, replacements):
+        """Also carries the class names (``DiTPipeline.labels``, not part of its components) to the
+        new pipeline and into its config, so a saved pruned pipeline keeps ``id2label``."""
+        rebuilt = super().replace_components(pipeline, replacements)
+        labels = getattr(pipeline, "labels", None)
+        if labels:
+            names = {}
+            for name, index in labels.items():
+                names.setdefault(str(index), []).append(name)
+            rebuilt.labels = dict(labels)
+            rebuilt.register_to_config(id2label={index: ", ".join(n) for index, n in names.items()})
+        return rebuilt
 
     def null_class(self, pipeline_or_denoiser) -> int:
         """The extra row of the label table that classifier-free guidance uses (the pipeline: 1000)."""

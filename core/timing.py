@@ -18,14 +18,14 @@ import time
 
 import torch
 
-from .pipeline import unet_noise
+from .models import adapter_for
 
 
-def _step_time(unet, sample: torch.Tensor, timestep: torch.Tensor) -> float:
+def _step_time(step, sample: torch.Tensor, timestep: torch.Tensor) -> float:
     if sample.device.type == "cuda":
         torch.cuda.synchronize(sample.device)
     started = time.perf_counter()
-    unet(sample, timestep)
+    step(sample, timestep)
     if sample.device.type == "cuda":
         torch.cuda.synchronize(sample.device)
     return time.perf_counter() - started
@@ -34,7 +34,7 @@ def _step_time(unet, sample: torch.Tensor, timestep: torch.Tensor) -> float:
 def paired_step_latency(dense_pipeline, pruned_pipeline, num_inference_steps: int, batch_size: int = 8,
                         rounds: int = 9, warmup: int = 1, budget_s: float = 3.5, min_rounds: int = 4,
                         seed: int = 0) -> dict:
-    """Time one denoising step of both pipelines' UNets, interleaved, and summarise.
+    """Time one denoising step of both pipelines' denoisers (through the family adapter), interleaved.
 
     - ``num_inference_steps``: the sampling steps the per-image latency is reported for.
     - ``rounds``: timed rounds (each one dense and one pruned forward); fewer once ``budget_s``
@@ -52,9 +52,18 @@ def paired_step_latency(dense_pipeline, pruned_pipeline, num_inference_steps: in
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     started = time.perf_counter()
-    dense, pruned = dense_pipeline.unet, pruned_pipeline.unet
-    device = dense.device
-    sample = unet_noise(dense, batch_size, seed).to(device)
+    adapter = adapter_for(dense_pipeline)
+    dense_net, pruned_net = adapter.denoiser(dense_pipeline), adapter.denoiser(pruned_pipeline)
+    device = next(dense_net.parameters()).device
+    sample = adapter.noise(dense_pipeline, batch_size, seed).to(device)
+    # One sampling step as the sampler runs it: the family's guided prediction with its conditioning
+    # (classifier-free guidance doubles the batch where the family uses it).
+    conditioning = adapter.sample_conditioning(dense_pipeline, batch_size, torch.Generator().manual_seed(seed))
+
+    def stepper(net):
+        return lambda x, t: adapter.guided_prediction(net, x, t, conditioning)
+
+    dense, pruned = stepper(dense_net), stepper(pruned_net)
     # A timestep from the middle of the range: the cost of a UNet forward does not depend on t.
     timestep = torch.full((batch_size,), int(dense_pipeline.scheduler.config.num_train_timesteps) // 2,
                           device=device, dtype=torch.long)

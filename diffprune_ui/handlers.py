@@ -156,10 +156,16 @@ def source_error(text: str) -> ValueError:
     read or is not a pipeline all read the same, so the message reveals nothing about the server."""
     if _looks_local(text):
         return ValueError(f"model source {_short(text, 60)}: no supported diffusers pipeline can be loaded from this "
-                          "path (allowed: empty, a hub id, or a readable local folder with model_index.json and a "
-                          "UNet2DModel)")
+                          "path (allowed: empty, an embedded model name, a hub id, or a readable local folder with "
+                          "model_index.json of a supported family)")
     return ValueError(f"model source {_short(text, 60)}: could not load it from the Hugging Face hub (unknown or "
-                      "private id, no network, or not a pixel-space UNet2DModel pipeline)")
+                      "private id, no network, or not a supported model family)")
+
+
+def _denoiser(pipeline):
+    from core.models import adapter_for
+
+    return adapter_for(pipeline).denoiser(pipeline)
 
 
 def cached_pipeline(source):
@@ -398,11 +404,16 @@ def dense_preview(source, seed=0, steps=25):
 
 
 def model_card(source, pipeline) -> str:
-    config = pipeline.unet.config
-    params = sum(p.numel() for p in pipeline.unet.parameters())
+    from core.models import adapter_for
+
+    adapter = adapter_for(pipeline)
+    denoiser = adapter.denoiser(pipeline)
+    params = sum(p.numel() for p in denoiser.parameters())
+    channels, height, width = adapter.image_shape(pipeline)
     name = normalise_source(source) or "embedded default (DDPM, Fashion-MNIST)"
-    return (f"**Model:** {name}  \n{params / 1e6:.2f} M parameters, {config.sample_size}px x {config.in_channels} ch, "
-            f"channels {tuple(config.block_out_channels)}")
+    classes = adapter.num_classes(pipeline)
+    return (f"**Model:** {name} ({adapter.name}: {type(denoiser).__name__})  \n{params / 1e6:.2f} M denoiser parameters, "
+            f"images {height}x{width} x {channels} ch" + (f", {classes} classes (uniform in samples)" if classes else ""))
 
 
 # ------------------------------------------------------------------------------ results tables
@@ -571,7 +582,7 @@ def validate_run(source, criterion, granularity, sparsity, schedule, threshold, 
                                   w_min, w_max, num_timesteps, custom_text, calibration_batch_size,
                                   calibration_batches, seed)
         dense = cached_pipeline(source)
-        GRANULARITIES[spec.granularity_name].check(dense.unet, spec)
+        GRANULARITIES[spec.granularity_name].check(_denoiser(dense), spec)
     except ValueError as error:
         raise _user_error(error) from error
     return dict(spec=spec, num_samples=num_samples, steps=steps, metrics=metrics, dense=dense)
@@ -787,7 +798,7 @@ def run_prune(source, criterion, granularity, sparsity, schedule, threshold, int
     finally:
         _end_compute(session)
     return build_outputs(source, result, dense_row, pruned_row, comparison, timing, archive, metrics,
-                         time.perf_counter() - started, model_hash(dense.unet), store, key_for)
+                         time.perf_counter() - started, model_hash(_denoiser(dense)), store, key_for)
 
 
 RUN_OUTPUTS = 16
@@ -898,7 +909,7 @@ def dense_frontier(source, num_samples, steps, seed, quality, progress=gr.Progre
     try:
         from core.store import key_for, model_hash
 
-        dense_hash = model_hash(dense.unet)
+        dense_hash = model_hash(_denoiser(dense))
         for index, count in enumerate(counts):
             key = key_for(dense_hash, {"frontier": 1, "model": model, "samples": num_samples, "steps": count,
                                        "base_steps": steps, "reference": reference, "metrics": list(metrics)})

@@ -216,6 +216,20 @@ def test_run_prune_every_granularity_completes(tiny_model, granularity):
     assert bool(out["recovery"]) == (granularity in ("channel", "head"))
 
 
+@pytest.mark.parametrize("granularity, sparsity", [("head", 0.25), ("ffn", 0.3), ("block", 0.3), ("2:4", 0.5)])
+def test_run_prune_on_the_embedded_dit_completes(granularity, sparsity):
+    # The second embedded model by name in the source box: a class-conditional latent transformer.
+    out = run("dit-fashion-mnist", granularity=granularity, sparsity=sparsity, num_samples=4, steps=2)
+    assert out["status"].startswith("**Done**"), out["status"]
+    assert out["dense_grid"].size == out["pruned_grid"].size
+    row = dict(zip(out["summary"][""], zip(out["summary"]["dense"], out["summary"]["pruned"])))
+    if granularity != "2:4":
+        assert int(row["parameters"][1].replace(",", "")) < int(row["parameters"][0].replace(",", ""))
+    assert "paired rounds, timed in" in row["speed-up (paired: dense / pruned)"][1]
+    assert Path(out["archive"]).exists()
+    assert "dit" in handlers.model_card("dit-fashion-mnist", handlers.cached_pipeline("dit-fashion-mnist"))
+
+
 def test_importance_heatmap_takes_one_and_two_dimensional_vectors():
     import numpy as np
     from diffprune_ui import figures

@@ -127,6 +127,27 @@ def run(args) -> None:
                 sparsity=0.3)
 
 
+def table() -> str:
+    """The measured rows as a markdown table (for the README and BENCHMARKS.md)."""
+    rows = list(_done().values())
+    dense = next((r for r in rows if r["part"] == "dense"), None)
+    lines = ["| part | criterion | granularity | sparsity | FID | KID | params | MACs (transformer) | speed-up (paired) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "refused" in r:
+            lines.append(f"| {r['part']} | {r['criterion']} | {r['granularity']} | {r.get('sparsity')} | refused: "
+                         f"{r['refused'][:90]} | | | | |")
+            continue
+        speed = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
+        lines.append(f"| {r['part']} | {r['criterion']} | {r['granularity']} | {r.get('sparsity')} | {r['fid']:.1f} | "
+                     f"{r['kid']:.4f} ± {r['kid_std']:.4f} | {r['params'] / 1e6:.2f} M | {r['macs'] / 1e6:.1f} M | {speed} |")
+    if dense:
+        lines.append(f"\n{dense['num_samples']} class-uniform samples per row, DDIM {dense['steps']} steps, seed 0, "
+                     "guidance 1.5, FID/KID against the 1,000 test images (FID is biased high at this n: compare rows, "
+                     "not with the 1,000-sample figures).")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", default="granularities,obs-structured,vae")
@@ -138,7 +159,11 @@ def main(argv=None) -> int:
     parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--latency-repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--table", action="store_true", help="print the measured rows as markdown and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(table())
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     run(args)

@@ -345,7 +345,17 @@ def write_markdown(table: pd.DataFrame, args, plots) -> None:
                                  "KID ± std | FID | prune s | peak MiB |"), f"- {args.merge_note}\n")
     folder = Path(args.markdown).resolve().parent
     lines += ["", *[f"![{p.stem}]({os.path.relpath(p.resolve(), folder)})" for p in plots], ""]
+    lines += dit_section()
     Path(args.markdown).write_text("\n".join(lines))
+
+
+def dit_section() -> list:
+    """The embedded DiT's rows (``benchmarks/bench_dit.py``, measured separately), kept in the table."""
+    from benchmarks import bench_dit
+
+    if not bench_dit.RESULTS.exists():
+        return []
+    return ["## Embedded latent DiT (`benchmarks/bench_dit.py`, one-shot)", "", bench_dit.table(), ""]
 
 
 def main(argv=None) -> int:

@@ -345,7 +345,8 @@ def write_markdown(table: pd.DataFrame, args, plots) -> None:
                                  "KID ± std | FID | prune s | peak MiB |"), f"- {args.merge_note}\n")
     folder = Path(args.markdown).resolve().parent
     lines += ["", *[f"![{p.stem}]({os.path.relpath(p.resolve(), folder)})" for p in plots], ""]
-    lines += dit_section()
+    if Path(args.markdown).resolve() == (ROOT / "BENCHMARKS.md").resolve():  # the project's published table only
+        lines += dit_section()
     Path(args.markdown).write_text("\n".join(lines))
 
 

@@ -240,7 +240,7 @@ def test_sweep_nm_granularity_ignores_sparsities_and_bad_pairs_fail_fast(tiny_mo
     table = pd.read_csv(tmp_path / "nm.csv")
     assert len(table) == 1 and table.loc[0, "sparsity"] == 0.5
     # an unknown granularity is refused before any model is loaded
-    code, _, err = run(["sweep", "--model", tmp_path / "missing", "--criteria", "obs", "--granularities", "block",
+    code, _, err = run(["sweep", "--model", tmp_path / "missing", "--criteria", "obs", "--granularities", "blocks",
                         *CHEAP_EVAL], capsys)
     assert code == 2 and "granularity must be one of" in err and len(err.strip().splitlines()) == 1
 

@@ -31,8 +31,9 @@ FORMAT = "diffprune-checkpoint"
 VERSION = 1
 
 
-def save_pruned_pipeline(pipeline, directory, spec=None, report=None) -> Path:
+def save_pruned_pipeline(pipeline, directory, spec=None, report=None, recovery: dict | None = None) -> Path:
     """Write ``pipeline`` (pruned or not) and its metadata to ``directory``; returns the path.
+    ``recovery``: the recovery fine-tuning settings and outcome (kept in the marker's ``recovery``).
 
     Refuses (ValueError, before writing anything) a ``directory`` that is an existing file or a
     location that cannot be written."""
@@ -64,6 +65,7 @@ def save_pruned_pipeline(pipeline, directory, spec=None, report=None) -> Path:
         "totals": _jsonable(report.totals) if report is not None else None,
         "structure": components[adapter.denoiser_name]["structure"],
         "components": components,
+        "recovery": _jsonable(recovery) if recovery is not None else None,
     }
     (directory / PRUNED_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))
     if report is not None:

@@ -86,12 +86,13 @@ class PruneResult:
     report: PruneReport
     spec: PruneSpec
 
-    def save(self, directory) -> Path:
+    def save(self, directory, recovery: dict | None = None) -> Path:
         """Write a checkpoint (safetensors, config, spec and report; no pickles) that
-        ``core.pipeline.load_pipeline(directory)`` restores."""
+        ``core.pipeline.load_pipeline(directory)`` restores; ``recovery`` (settings and outcome of
+        a recovery fine-tuning of this result) goes into its metadata."""
         from .checkpoint import save_pruned_pipeline
 
-        return save_pruned_pipeline(self.pipeline, directory, spec=self.spec, report=self.report)
+        return save_pruned_pipeline(self.pipeline, directory, spec=self.spec, report=self.report, recovery=recovery)
 
 
 # ----------------------------------------------------------------------------------------------

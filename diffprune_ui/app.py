@@ -23,7 +23,7 @@ INTRO = """# ✂️ DiffPrune Studio
 Prune a diffusion model with any criterion, sparsity, granularity and timestep schedule, then see what
 pruning did: importance heatmaps, timestep weights, dense vs pruned samples from the **same noise**, and
 **measured** FID/KID and latency. Sparsity always means the fraction of prunable parameters removed."""
-SWEEP_COLUMNS = ["criterion", "granularity", "sparsity", "FID", "KID", "speed-up", "parameters", "MACs",
+SWEEP_COLUMNS = ["criterion", "granularity", "sparsity", "recovery", "FID", "KID", "speed-up", "parameters", "MACs",
                  "non-zero weights", "stored"]
 
 
@@ -54,11 +54,12 @@ def preset_values(name: str) -> dict:
         custom_text=", ".join(f"{t}:{w:g}" for t, w in custom) if custom else "0:1, 100:0.8, 300:0.5, 700:0.2",
         calibration_batch_size=spec.calibration_batch_size or criterion.default_calibration_batch_size or 4,
         calibration_batches=spec.calibration_batches or criterion.default_calibration_batches or 1,
+        distill=handlers.distill_default(spec.criterion),
     )
 
 
 PRESET_FIELDS = ("criterion", "granularity", "sparsity", "schedule", "threshold", "interval_weights", "num_steps",
-                 "w_min", "w_max", "num_timesteps", "custom_text", "calibration_batch_size", "calibration_batches")
+                 "w_min", "w_max", "num_timesteps", "custom_text", "calibration_batch_size", "calibration_batches", "distill")
 
 
 def preset_updates(name: str):
@@ -92,6 +93,7 @@ def build_demo() -> gr.Blocks:
     criteria = list(CRITERIA)
     first = CRITERIA["taylor"] if "taylor" in CRITERIA else CRITERIA[criteria[0]]
     ramp_defaults = SCHEDULES["log-decrease"].defaults
+    recovery_defaults = registry["recovery_defaults"]
     # Exported files served by gradio are copied to its cache: drop those older than an hour, hourly.
     with gr.Blocks(title="DiffPrune Studio", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(INTRO)
@@ -134,6 +136,21 @@ def build_demo() -> gr.Blocks:
                             calibration_batches = gr.Number(value=first.default_calibration_batches, precision=None, step=1,
                                                             label="calibration batches")
                     cost_note = gr.Markdown("*estimating the calibration time...*", elem_id="cost-note")
+                    with gr.Accordion("Recovery: fine-tune after pruning", open=True):
+                        with gr.Row():
+                            recovery_steps = gr.Number(value=recovery_defaults["steps"], precision=None, step=1,
+                                                       label="recovery steps (0 = off)", elem_id="recovery-steps")
+                            recovery_lr = gr.Number(value=recovery_defaults["lr"], label="learning rate")
+                            recovery_batch = gr.Number(value=recovery_defaults["batch_size"], precision=None, step=1,
+                                                       label="batch size")
+                        distill = gr.Checkbox(value=handlers.distill_default(first.name),
+                                              label="distill from the dense model (NiCI-Pruning's recovery)")
+                        recovery_data = gr.Radio(list(handlers.RECOVERY_DATA), value="shipped training images",
+                                                 label="recovery data")
+                        recovery_files = gr.File(file_count="multiple", file_types=["image"], label="your images",
+                                                 visible=False)
+                        export_oneshot = gr.Checkbox(value=False, label="export the one-shot model too")
+                    recovery_cost = gr.Markdown("*estimating the recovery time...*", elem_id="recovery-cost")
                     with gr.Row():
                         num_samples = gr.Number(value=16, precision=None, step=1, label=f"eval samples (2-{handlers.MAX_SAMPLES})")
                         steps = gr.Number(value=25, precision=None, step=1, label="sampling steps")
@@ -151,12 +168,24 @@ def build_demo() -> gr.Blocks:
                             recovery = gr.Markdown(elem_id="recovery-note")
                             with gr.Row():
                                 dense_grid = gr.Image(label="Dense", type="pil", elem_id="dense-grid")
-                                pruned_grid = gr.Image(label="Pruned (same noise)", type="pil", elem_id="pruned-grid")
-                            pair_index = gr.Slider(0, handlers.GRID_IMAGES - 1, value=0, step=1, label="pair to compare")
-                            slider = gr.ImageSlider(label="Dense | pruned", type="pil", height=360)
+                                pruned_grid = gr.Image(label="One-shot pruned (same noise)", type="pil",
+                                                       elem_id="pruned-grid")
+                                recovered_grid = gr.Image(label="Recovered (same noise)", type="pil",
+                                                          elem_id="recovered-grid")
+                            with gr.Row():
+                                pair_kind = gr.Radio(list(handlers.PAIR_KINDS[:1]), value=handlers.PAIR_KINDS[0],
+                                                     label="compare", elem_id="pair-kind")
+                                pair_index = gr.Slider(0, handlers.GRID_IMAGES - 1, value=0, step=1,
+                                                       label="image to compare")
+                            slider = gr.ImageSlider(label="left | right of the chosen pair", type="pil", height=360)
                         with gr.Tab("Summary"):
-                            summary = gr.Dataframe(label="Summary", elem_id="summary-table", wrap=True)
-                            export_file = gr.File(label="Export: pruned checkpoint (zip)", elem_id="export-file")
+                            summary = gr.Dataframe(label="Summary: one column per stage", elem_id="summary-table",
+                                                   wrap=True)
+                            export_file = gr.File(label="Export: pruned (recovered, when recovery ran) checkpoint (zip)",
+                                                  elem_id="export-file")
+                        with gr.Tab("Recovery"):
+                            loss_plot = gr.Plot(label="Recovery loss", elem_id="recovery-loss")
+                            recovery_chart = gr.Plot(label="One-shot vs recovered", elem_id="recovery-chart")
                         with gr.Tab("Importance"):
                             importance_plot = gr.Plot(label="Per-layer importance", elem_id="importance-plot")
                             timestep_heatmap = gr.Plot(label="Layer x timestep contribution")
@@ -182,6 +211,9 @@ def build_demo() -> gr.Blocks:
                 compare_steps = gr.Number(value=25, precision=None, step=1, label="sampling steps")
                 compare_quality = gr.Radio(list(handlers.QUALITY_METRICS), value="KID", label="Quality metric")
                 compare_latency = gr.Checkbox(value=False, label="time latency (slower: each model timed vs dense)")
+                compare_recovery = gr.Number(value=0, precision=None, step=1, elem_id="compare-recovery",
+                                             label="recovery steps for every row (0 = one-shot; the recovery settings "
+                                                   "of the Prune tab)")
                 compare_button = gr.Button("Run sweep", variant="primary")
             compare_queue_note = gr.Markdown()
             compare_table = gr.Dataframe(value=None, headers=SWEEP_COLUMNS, label="Sweep results", elem_id="compare-table")
@@ -197,9 +229,12 @@ def build_demo() -> gr.Blocks:
                                                                   custom_text], api_visibility="private", queue=False)
         # .input: only the user's own choice; a preset's programmatic change must not reset its granularity.
         criterion.input(handlers.criterion_changed, [criterion, granularity],
-                        [granularity, schedule, calibration_group, criterion_note], api_visibility="private", queue=False)
+                        [granularity, schedule, calibration_group, criterion_note, distill], api_visibility="private",
+                        queue=False)
+        recovery_data.change(lambda choice: gr.update(visible=handlers.RECOVERY_DATA.get(choice, "") is None),
+                             recovery_data, recovery_files, api_visibility="private", queue=False)
         preset_outputs = [criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps, w_min,
-                          w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches,
+                          w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, distill,
                           calibration_group, criterion_note]
         for name, button in preset_buttons.items():
             button.click(lambda n=name: preset_updates(n), None, preset_outputs, api_visibility="private", queue=False)
@@ -212,17 +247,22 @@ def build_demo() -> gr.Blocks:
         gr.on([demo.load, *estimate_triggers], handlers.calibration_estimate, estimate_inputs, cost_note,
               show_progress="hidden", api_name="calibration_estimate", concurrency_id="estimate",
               concurrency_limit=1, trigger_mode="always_last")
+        recovery_inputs = [source, recovery_steps, recovery_batch, distill]
+        gr.on([demo.load, *(c.change for c in recovery_inputs[1:])], handlers.recovery_estimate, recovery_inputs,
+              recovery_cost, show_progress="hidden", api_name="recovery_estimate", concurrency_id="estimate",
+              concurrency_limit=1, trigger_mode="always_last")
 
         load_check = load_button.click(handlers.check_source, [source, seed, steps], None, api_visibility="private",
                                        concurrency_id="check", concurrency_limit=4)
         load_check.success(handlers.dense_preview, [source, seed, steps], [dense_grid, model_info],
                            api_name="dense_preview", concurrency_id="compute", concurrency_limit=1)
 
+        recovery_controls = [recovery_steps, recovery_lr, recovery_batch, distill, recovery_data, recovery_files]
         run_inputs = [source, criterion, granularity, sparsity, *schedule_inputs, calibration_batch_size,
-                      calibration_batches, num_samples, steps, seed, quality]
+                      calibration_batches, num_samples, steps, seed, quality, *recovery_controls, export_oneshot]
         run_outputs = [status, summary, dense_grid, pruned_grid, slider, pair_index, pairs_state, importance_plot,
                        timestep_heatmap, layers_plot, used_plot, pareto_plot, sparsity_plot, export_file, recovery,
-                       schedule_plot]
+                       schedule_plot, recovered_grid, loss_plot, pair_kind, recovery_chart]
         run_check = run_button.click(handlers.check_run, run_inputs, None, api_visibility="private", concurrency_id="check",
                                      concurrency_limit=4)
         announced = run_check.success(handlers.announce_run, None, queue_note, api_visibility="private", queue=False)
@@ -232,11 +272,11 @@ def build_demo() -> gr.Blocks:
             handlers.dense_frontier, [source, num_samples, steps, seed, quality], pareto_plot, api_visibility="private",
             concurrency_limit=1, concurrency_id="compute", show_progress="minimal")
         cancel_button.click(handlers.cancel_run, None, queue_note, api_name="cancel_run", queue=False)
-        pair_index.change(handlers.select_pair, [pair_index, pairs_state], slider, show_progress="hidden",
-                          api_visibility="private", queue=False)
+        gr.on([pair_index.change, pair_kind.change], handlers.select_pair, [pair_index, pair_kind, pairs_state], slider,
+              show_progress="hidden", api_visibility="private", queue=False)
 
         compare_inputs = [source, compare_criteria, compare_granularity, compare_sparsities, compare_samples,
-                          compare_steps, seed, compare_quality, compare_latency]
+                          compare_steps, seed, compare_quality, compare_latency, compare_recovery, *recovery_controls[1:]]
         compare_check = compare_button.click(handlers.check_compare, compare_inputs, None, api_visibility="private",
                                              concurrency_id="check", concurrency_limit=4)
         compare_event = compare_check.success(handlers.announce_run, None, compare_queue_note, api_visibility="private",
@@ -246,5 +286,6 @@ def build_demo() -> gr.Blocks:
         compare_event.then(lambda: "", None, compare_queue_note, api_visibility="private", queue=False)
         # First screen: the schedule curve and the stored/shipped charts, then the model's dense samples.
         demo.load(handlers.first_screen, [source, seed, steps, *schedule_inputs],
-                  [dense_grid, model_info, schedule_plot, pareto_plot, sparsity_plot], api_name="first_screen")
+                  [dense_grid, model_info, schedule_plot, pareto_plot, sparsity_plot, recovery_chart],
+                  api_name="first_screen")
     return demo

@@ -1,6 +1,7 @@
 """What the interface needs from the engine's registries to draw its controls, without importing the engine.
 
-Building the page needs the names and defaults of ``CRITERIA``, ``SCHEDULES`` and ``PRESETS``;
+Building the page needs the names and defaults of ``CRITERIA``, ``SCHEDULES``, ``PRESETS`` and the
+recovery defaults (``core.recovery.RECOVERY_DEFAULTS``);
 importing ``core`` pulls in torch and diffusers (several seconds), which would delay the page.
 So the page is built from ``catalog.json``, a JSON copy of exactly those fields, and the engine is
 imported in the background while the page loads. The copy cannot drift: ``tests/test_app_handlers.py``
@@ -20,6 +21,7 @@ CATALOG_FILE = Path(__file__).with_name("catalog.json")
 def build_catalog() -> dict:
     """The registry fields the page uses, read from the live registries (imports ``core``)."""
     from core.criteria import CRITERIA
+    from core.recovery import RECOVERY_DEFAULTS
     from core.schedules import SCHEDULES
     from core.spec import PRESETS
 
@@ -31,6 +33,7 @@ def build_catalog() -> dict:
                      for name, c in CRITERIA.items()},
         "schedules": {name: dict(defaults=dict(s.defaults), adaptive=s.adaptive) for name, s in SCHEDULES.items()},
         "presets": sorted(PRESETS),
+        "recovery_defaults": dict(RECOVERY_DEFAULTS),
     }))
 
 

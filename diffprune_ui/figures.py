@@ -263,13 +263,16 @@ def pareto(results: pd.DataFrame, settings: tuple | None, current: dict | None =
                 marker=dict(size=10, color=_colour(criterion), symbol=_marker(granularity) + ("-open" if is_tuned else ""),
                             line=dict(width=1, color="white")),
                 hovertemplate="%{text}<br>relative latency %{x:.2f}<extra></extra>"))
-    if current and current.get(quality) is not None and current.get("speedup"):
+    for point in _current_points(current):
+        if point.get(quality) is None or not point.get("speedup"):
+            continue
+        name = _run_label(point)
         figure.add_trace(go.Scatter(
-            x=[1.0 / current["speedup"]], y=[current[quality]], mode="markers+text", name="this run",
-            text=["this run"], textposition="bottom center", hovertext=_hover(pd.DataFrame([current]), quality),
+            x=[1.0 / point["speedup"]], y=[point[quality]], mode="markers+text", name=name,
+            text=[name], textposition="bottom center", hovertext=_hover(pd.DataFrame([point]), quality),
             hovertemplate="%{hovertext}<br>relative latency %{x:.2f}<extra>this run</extra>",
-            marker=dict(symbol=_marker(current.get("granularity")), size=18, color=_colour(current.get("criterion")),
-                        line=dict(width=3, color="#ffbf00"))))
+            marker=dict(symbol=_marker(point.get("granularity")) + ("-open" if _tuned(point) else ""), size=18,
+                        color=_colour(point.get("criterion")), line=dict(width=3, color="#ffbf00"))))
     if not figure.data:
         return empty_figure(f"no results with latency at these settings ({settings_text(settings)})")
     note = f"{settings_text(settings)}" + (f"; {hidden} results at other settings hidden" if hidden else "")
@@ -282,7 +285,8 @@ def pareto(results: pd.DataFrame, settings: tuple | None, current: dict | None =
 def quality_vs_sparsity(results: pd.DataFrame, settings: tuple | None, current: dict | None = None,
                         quality: str = "kid") -> go.Figure:
     """Quality against measured sparsity, one line per criterion x granularity (colour: criterion,
-    marker: granularity), no fine-tuned rows; N:M patterns sit at their fixed sparsity and say so."""
+    marker: granularity), one-shot and recovered rows apart (open markers: recovered, with the
+    budget in the legend); N:M patterns sit at their fixed sparsity and say so."""
     if settings is None:
         return empty_figure("no results yet: run a prune or a sweep")
     rows, hidden = comparable(results, settings)
@@ -294,31 +298,117 @@ def quality_vs_sparsity(results: pd.DataFrame, settings: tuple | None, current: 
             figure.add_hline(y=float(dense[quality].iloc[0]), line=dict(color="black", dash="dash"),
                              annotation_text="dense", annotation_position="top left")
         data = rows[(rows["criterion"] != "dense")].dropna(subset=[quality])
-        if "finetune_steps" in data:
-            data = data[data["finetune_steps"].fillna(0).astype(float) == 0]
+        tuned_steps = (data["finetune_steps"].fillna(0).astype(float).astype(int) if "finetune_steps" in data
+                       else pd.Series(0, index=data.index))
         x_column = "measured_sparsity" if "measured_sparsity" in data and data["measured_sparsity"].notna().all() else "sparsity"
-        for (criterion, granularity), group in data.groupby(["criterion", data["granularity"].fillna("")]):
+        for (criterion, granularity, tuned), group in data.groupby([data["criterion"], data["granularity"].fillna(""),
+                                                                     tuned_steps]):
             group = group.sort_values(x_column)
             error = group["kid_std"] if quality == "kid" and "kid_std" in group else None
-            label = f"{criterion} · {granularity}" + (" (fixed 1-N/M)" if ":" in str(granularity) else "")
+            label = (f"{criterion} · {granularity}" + (" (fixed 1-N/M)" if ":" in str(granularity) else "")
+                     + (f" · recovered {tuned:,} steps" if tuned else " · one-shot"))
             figure.add_trace(go.Scatter(
                 x=group[x_column], y=group[quality], mode="lines+markers", name=label, legendgroup=str(criterion),
                 text=_hover(group, quality), hovertemplate="%{text}<extra></extra>",
-                line=dict(color=_colour(criterion), dash="solid" if granularity == "channel" else "dot"),
-                marker=dict(symbol=_marker(granularity), size=9, color=_colour(criterion)),
+                line=dict(color=_colour(criterion), dash="solid" if granularity == "channel" else "dot",
+                          width=1 if tuned else 2),
+                marker=dict(symbol=_marker(granularity) + ("-open" if tuned else ""), size=9, color=_colour(criterion)),
                 error_y=dict(type="data", array=error, visible=error is not None, thickness=1)))
-    if current and current.get(quality) is not None:
+    for point in _current_points(current):
+        if point.get(quality) is None:
+            continue
+        name = _run_label(point)
         figure.add_trace(go.Scatter(
-            x=[current.get("sparsity")], y=[current[quality]], mode="markers+text", name="this run",
-            text=["this run"], textposition="bottom center", hovertext=_hover(pd.DataFrame([current]), quality),
+            x=[point.get("sparsity")], y=[point[quality]], mode="markers+text", name=name,
+            text=[name], textposition="bottom center", hovertext=_hover(pd.DataFrame([point]), quality),
             hovertemplate="%{hovertext}<extra>this run</extra>",
-            marker=dict(symbol=_marker(current.get("granularity")), size=18, color=_colour(current.get("criterion")),
-                        line=dict(width=3, color="#ffbf00"))))
+            marker=dict(symbol=_marker(point.get("granularity")) + ("-open" if _tuned(point) else ""), size=18,
+                        color=_colour(point.get("criterion")), line=dict(width=3, color="#ffbf00"))))
     if not figure.data:
         return empty_figure(f"no results at these settings ({settings_text(settings)})")
-    note = settings_text(settings) + "; no fine-tuning" + (f"; {hidden} results at other settings hidden" if hidden else "")
+    note = settings_text(settings) + "; open markers: recovered (fine-tuned)" + (f"; {hidden} results at other settings hidden" if hidden else "")
     figure.update_layout(**{**_LAYOUT, "height": 420}, title=dict(text=f"{quality.upper()} vs sparsity<br><sup>{note}</sup>"),
                          xaxis_title="sparsity (fraction of prunable parameters removed, measured)",
                          yaxis_title=f"{quality.upper()} (lower is better)", xaxis=dict(tickformat=".0%"),
                          legend=dict(font=dict(size=10)))
+    return figure
+
+
+def _current_points(current) -> list[dict]:
+    """This run's points: none, one (one-shot) or two (one-shot and recovered)."""
+    if not current:
+        return []
+    return [current] if isinstance(current, dict) else [p for p in current if p]
+
+
+def _tuned(point: dict) -> int:
+    value = point.get("finetune_steps") or 0
+    return 0 if isinstance(value, float) and math.isnan(value) else int(value)
+
+
+def _run_label(point: dict) -> str:
+    steps = _tuned(point)
+    return f"this run, recovered {steps:,} steps" if steps else "this run, one-shot"
+
+
+def recovery_losses(losses: pd.DataFrame, recovery: dict | None = None) -> go.Figure:
+    """The recovery loss per step (raw and a moving average), with its parts when distilled."""
+    if losses is None or len(losses) == 0:
+        return empty_figure("no recovery steps ran")
+    window = max(1, len(losses) // 20)
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(x=losses["step"], y=losses["loss"], mode="lines", name="loss (each step)",
+                                line=dict(color="#bbbbbb", width=1)))
+    figure.add_trace(go.Scatter(x=losses["step"], y=losses["loss"].rolling(window, min_periods=1).mean(), mode="lines",
+                                name=f"loss ({window}-step mean)", line=dict(color="#d62728", width=2)))
+    if "distillation" in losses and float(losses["distillation"].abs().sum()) > 0:
+        for part, colour in (("denoising", "#1f77b4"), ("distillation", "#2ca02c")):
+            figure.add_trace(go.Scatter(x=losses["step"], y=losses[part].rolling(window, min_periods=1).mean(),
+                                        mode="lines", name=f"{part} ({window}-step mean)",
+                                        line=dict(color=colour, width=1, dash="dot")))
+    title = "Recovery loss"
+    if recovery:
+        title += (f"<br><sup>{recovery['steps']:,} steps, lr {recovery['lr']:g}, batch {recovery['batch_size']}"
+                  + (", distilled from the dense model" if recovery.get("distill") else "") + "</sup>")
+    figure.update_layout(**_LAYOUT, title=dict(text=title), xaxis_title="recovery step", yaxis_title="training loss",
+                         legend=dict(font=dict(size=10)))
+    return figure
+
+
+def recovery_comparison(shipped: list[dict], run: dict | None = None) -> go.Figure:
+    """One-shot → recovered quality per method: the shipped 2,000-step comparison (FID) and, after
+    a run with recovery, this run's own pair (its metric and sample count), each panel with the
+    dense model's value as a dashed line."""
+    from plotly.subplots import make_subplots
+
+    panels = [("shipped", shipped)] if shipped else []
+    if run:
+        panels.append(("run", [run]))
+    if not panels:
+        return empty_figure("no recovery results yet: set recovery steps above 0 and run")
+    titles = []
+    for kind, entries in panels:
+        first = entries[0]
+        if kind == "shipped":
+            titles.append(f"shipped: {first['sparsity']:.0%} channel sparsity, {first['steps']:,} steps, "
+                          f"FID of {first['samples']} samples")
+        else:
+            titles.append(f"this run: {first['steps']:,} steps, {first['quality'].upper()} of {first['samples']} samples")
+    figure = make_subplots(rows=1, cols=len(panels), subplot_titles=titles)
+    for column, (kind, entries) in enumerate(panels, start=1):
+        labels = [e["label"] for e in entries]
+        figure.add_trace(go.Bar(x=labels, y=[e["before"] for e in entries], name="one-shot", marker_color="#bbbbbb",
+                                showlegend=column == 1, legendgroup="one-shot",
+                                hovertemplate="%{x}<br>one-shot %{y:.4g}<extra></extra>"), row=1, col=column)
+        figure.add_trace(go.Bar(x=labels, y=[e["after"] for e in entries], name="recovered", marker_color="#2ca02c",
+                                showlegend=column == 1, legendgroup="recovered",
+                                hovertemplate="%{x}<br>recovered %{y:.4g}<extra></extra>"), row=1, col=column)
+        dense = entries[0].get("dense")
+        if dense is not None:
+            figure.add_hline(y=dense, line=dict(color="black", dash="dash"), annotation_text="dense",
+                             annotation_position="top left", row=1, col=column)
+        figure.update_yaxes(title_text=f"{entries[0]['quality'].upper()} (lower is better)", row=1, col=column)
+    figure.update_layout(**{**_LAYOUT, "height": 380}, barmode="group",
+                         title=dict(text="What recovery fine-tuning buys: one-shot → recovered"))
+    figure.update_annotations(font_size=11)
     return figure

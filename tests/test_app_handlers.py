@@ -52,10 +52,13 @@ SCHEDULE_DEFAULTS = ("threshold", 0.05, "1,1,1,1", 25, 0.8, 1.2, 10, "0:1, 100:0
 
 
 def run_args(source, criterion="magnitude", granularity="channel", sparsity=0.3, schedule="custom",
-             custom="5:1, 300:0.5", num_samples=4, steps=3, quality="KID"):
+             custom="5:1, 300:0.5", num_samples=4, steps=3, quality="KID", recovery_steps=0, recovery_lr=1e-3,
+             recovery_batch=4, distill=False, recovery_data="shipped training images", recovery_files=None,
+             export_oneshot=False):
     _, threshold, interval, k, w_min, w_max, uniform_count, _ = SCHEDULE_DEFAULTS
     return [source, criterion, granularity, sparsity, schedule, threshold, interval, k, w_min, w_max, uniform_count,
-            custom, 2, 1, num_samples, steps, 0, quality]
+            custom, 2, 1, num_samples, steps, 0, quality, recovery_steps, recovery_lr, recovery_batch, distill,
+            recovery_data, recovery_files, export_oneshot]
 
 
 # ------------------------------------------------------------------------------ controls
@@ -92,8 +95,9 @@ def test_schedule_visibility_shows_only_relevant_parameters():
 
 @pytest.mark.parametrize("criterion", sorted(CRITERIA))
 def test_criterion_changed_offers_its_granularities(criterion):
-    granularity, schedule, group, note = handlers.criterion_changed(criterion)
+    granularity, schedule, group, note, distill = handlers.criterion_changed(criterion)
     entry = CRITERIA[criterion]
+    assert distill["value"] == (criterion == "nici")  # NiCI-Pruning recovers with distillation
     assert granularity["choices"] and granularity["value"] == granularity["choices"][0]
     assert group["visible"] == entry.needs_calibration
     assert schedule["value"] in SCHEDULES
@@ -139,15 +143,20 @@ def test_bad_hub_id_is_a_short_error_without_hub_internals():
 
 
 def test_first_screen_shows_samples_curve_and_charts(tiny_model):
-    grid, card, curve, pareto, by_sparsity = handlers.first_screen(tiny_model, 0, 2, *SCHEDULE_DEFAULTS)
+    grid, card, curve, pareto, by_sparsity, recovery = handlers.first_screen(tiny_model, 0, 2, *SCHEDULE_DEFAULTS)
     assert isinstance(grid, Image.Image)
-    assert all(isinstance(f, go.Figure) for f in (curve, pareto, by_sparsity))
+    assert all(isinstance(f, go.Figure) for f in (curve, pareto, by_sparsity, recovery))
+    # The shipped 2,000-step recovery comparison is on the first screen: one-shot and recovered FID per method.
+    bars = {trace.name: list(trace.y) for trace in recovery.data if trace.type == "bar"}
+    assert set(bars) == {"one-shot", "recovered"} and len(bars["one-shot"]) == 3
+    assert [round(v, 1) for v in bars["recovered"]] == [98.7, 85.5, 74.3]
     assert len(curve.data) >= 1
 
 
 # ------------------------------------------------------------------------------ run
 RUN_FIELDS = ("status", "summary", "dense_grid", "pruned_grid", "slider_pair", "pair_update", "pairs", "importance",
-              "timestep_heatmap", "layers", "used", "pareto", "by_sparsity", "archive", "recovery", "schedule_plot")
+              "timestep_heatmap", "layers", "used", "pareto", "by_sparsity", "archive", "recovery", "schedule_plot",
+              "recovered_grid", "loss_plot", "pair_kind", "recovery_chart")
 
 
 def run(source, progress=None, request=None, **change) -> dict:
@@ -168,13 +177,16 @@ def test_run_prune_returns_every_view(tiny_model):
     out = run(tiny_model, progress=progress)
     assert out["status"].startswith("**Done**")
     assert isinstance(out["summary"], pd.DataFrame)
-    row = dict(zip(out["summary"][""], zip(out["summary"]["dense"], out["summary"]["pruned"])))
+    row = dict(zip(out["summary"][""], zip(out["summary"]["dense"], out["summary"]["one-shot"])))
     assert int(row["parameters"][1].replace(",", "")) < int(row["parameters"][0].replace(",", ""))
     assert "paired rounds, timed in" in row["speed-up (paired: dense / pruned)"][1]
     assert "±" in row["KID (± std)"][1]
     assert out["dense_grid"].size == out["pruned_grid"].size
-    assert len(out["pairs"]) == handlers.GRID_IMAGES and out["pair_update"]["maximum"] == handlers.GRID_IMAGES - 1
-    assert out["slider_pair"] == out["pairs"][0]
+    images = out["pairs"]["images"]
+    assert set(images) == {"dense", "one-shot"} and out["recovered_grid"] is None
+    assert len(images["dense"]) == handlers.GRID_IMAGES and out["pair_update"]["maximum"] == handlers.GRID_IMAGES - 1
+    assert out["slider_pair"] == (images["dense"][0], images["one-shot"][0])
+    assert out["pair_kind"]["choices"] == ["dense | one-shot"]
     for name in ("importance", "timestep_heatmap", "layers", "used", "pareto", "by_sparsity"):
         assert isinstance(out[name], go.Figure) and not is_note(out[name]), name
     assert out["importance"].data[0].type == "heatmap"
@@ -222,7 +234,7 @@ def test_run_prune_on_the_embedded_dit_completes(granularity, sparsity):
     out = run("dit-fashion-mnist", granularity=granularity, sparsity=sparsity, num_samples=4, steps=2)
     assert out["status"].startswith("**Done**"), out["status"]
     assert out["dense_grid"].size == out["pruned_grid"].size
-    row = dict(zip(out["summary"][""], zip(out["summary"]["dense"], out["summary"]["pruned"])))
+    row = dict(zip(out["summary"][""], zip(out["summary"]["dense"], out["summary"]["one-shot"])))
     if granularity != "2:4":
         assert int(row["parameters"][1].replace(",", "")) < int(row["parameters"][0].replace(",", ""))
     assert "paired rounds, timed in" in row["speed-up (paired: dense / pruned)"][1]
@@ -245,7 +257,7 @@ PRESET_NAMES = sorted(name for name in PRESETS if not name.endswith("-paper"))
 def test_run_prune_every_preset_completes(tiny_model, name):
     values = ui_app.preset_values(name)
     args = [tiny_model] + [values[f] for f in ui_app.PRESET_FIELDS[:11]] + [
-        values["calibration_batch_size"], values["calibration_batches"], 4, 2, 0, "KID"]
+        values["calibration_batch_size"], values["calibration_batches"], 4, 2, 0, "KID", 0, 1e-3, 4, values["distill"]]
     outputs = handlers.run_prune(*args, request=FakeRequest(), progress=RecordingProgress())
     assert outputs[0].startswith("**Done**"), outputs[0]
     assert PRESETS[name].label in outputs[0]  # the run used exactly the preset's spec
@@ -461,8 +473,10 @@ def test_schedule_curve_reads_like_its_name():
 
 
 def test_select_pair():
-    pairs = [("a", "b"), ("c", "d")]
-    assert handlers.select_pair(1, pairs) == ("c", "d")
+    pairs = {"images": {"dense": ["a", "c"], "one-shot": ["b", "d"]}, "kind": "dense | one-shot"}
+    assert handlers.select_pair(1, "dense | one-shot", pairs) == ("c", "d")
+    with pytest.raises(gr.Error, match="pair to compare must be one of"):
+        handlers.select_pair(1, "dense | recovered", pairs)  # no recovered stage in this run
     with pytest.raises(gr.Error, match="pair index"):
         handlers.select_pair(5, pairs)
     with pytest.raises(gr.Error, match="pair index"):
@@ -561,3 +575,153 @@ def test_layer_timestep_heatmap_normalises_a_short_last_group():
     figure = figures.layer_timestep_heatmap(table, {0: 4, 4: 4, 8: 1})
     assert np.allclose(np.asarray(figure.data[0].z, dtype=float), 1.0)
     assert list(figure.data[0].x) == ["t=0 (+3)", "t=4 (+3)", "t=8"]
+
+
+# ------------------------------------------------------------------------------ recovery (issue 13)
+def _marker(folder) -> dict:
+    import json
+
+    return json.loads((Path(folder) / "diffprune_checkpoint.json").read_text())
+
+
+def test_run_prune_with_recovery_shows_every_stage_and_exports_the_recovered_model(tiny_model):
+    progress = RecordingProgress()
+    out = run(tiny_model, progress=progress, recovery_steps=3, recovery_data="generated by the dense model",
+              export_oneshot=True)
+    assert out["status"].startswith("**Done**") and "Recovered with 3 steps" in out["status"], out["status"]
+    # dense | one-shot | recovered grids from the same noise, and the slider on any pair of them
+    assert isinstance(out["recovered_grid"], Image.Image) and out["recovered_grid"].size == out["pruned_grid"].size
+    assert not np.array_equal(np.asarray(out["recovered_grid"]), np.asarray(out["pruned_grid"]))
+    assert out["pair_kind"]["choices"] == list(handlers.PAIR_KINDS) and out["pair_kind"]["value"] == "one-shot | recovered"
+    images = out["pairs"]["images"]
+    assert out["slider_pair"] == (images["one-shot"][0], images["recovered"][0])
+    assert handlers.select_pair(3, "dense | recovered", out["pairs"]) == (images["dense"][3], images["recovered"][3])
+    # named progress: step, loss and time left
+    descriptions = [desc or "" for _, desc in progress.calls]
+    assert any(re.search(r"recovery step \d+/3, loss [0-9.]+, about \d+ s left", d) for d in descriptions), descriptions
+    # the summary has one column per stage
+    summary = out["summary"].set_index("")
+    assert list(summary.columns) == ["dense", "one-shot", "recovered"]
+    assert summary.loc["parameters", "recovered"] == summary.loc["parameters", "one-shot"]
+    assert "±" in summary.loc["KID (± std)", "recovered"] and "3 steps" in summary.loc["recovery", "recovered"]
+    # loss curve and the recovery chart with this run's pair next to the shipped comparison
+    assert out["loss_plot"].data and len(out["loss_plot"].data[0].x) == 3
+    assert not is_note(out["recovery_chart"]) and len(out["recovery_chart"].data) == 4  # 2 panels x 2 stages
+    # both stages go into the results charts, the recovered one marked as such
+    names = [trace.name for trace in out["by_sparsity"].data]
+    assert "this run, one-shot" in names and "this run, recovered 3 steps" in names
+    # export: the recovered model (settings in its metadata) and, on request, the one-shot model
+    archive = out["archive"]
+    assert Path(archive).name.endswith("-recovered3.zip")
+    with zipfile.ZipFile(archive) as handle:
+        handle.extractall(archive + ".d")
+    recovered, oneshot = Path(archive + ".d/pruned-model"), Path(archive + ".d/one-shot-model")
+    marker = _marker(recovered)
+    assert marker["recovery"]["steps"] == 3 and marker["recovery"]["distill_from_dense"] is False
+    assert marker["recovery"]["data"].startswith("generated") and _marker(oneshot)["recovery"] is None
+    assert (recovered / "recovery_losses.csv").exists()
+    tuned, plain = load_pipeline(str(recovered), device="cpu"), load_pipeline(str(oneshot), device="cpu")
+    pairs = list(zip(tuned.unet.parameters(), plain.unet.parameters()))
+    assert all(a.shape == b.shape for a, b in pairs)
+    assert any(not torch_equal(a, b) for a, b in pairs)  # recovery changed the weights
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_recovery_keeps_the_zeros_of_an_unstructured_result(tiny_model):
+    out = run(tiny_model, granularity="unstructured", sparsity=0.5, recovery_steps=3, distill=True,
+              recovery_data="generated by the dense model", export_oneshot=True)
+    assert out["status"].startswith("**Done**"), out["status"]
+    with zipfile.ZipFile(out["archive"]) as handle:
+        handle.extractall(out["archive"] + ".d")
+    tuned = load_pipeline(out["archive"] + ".d/pruned-model", device="cpu")
+    plain = load_pipeline(out["archive"] + ".d/one-shot-model", device="cpu")
+    assert _marker(out["archive"] + ".d/pruned-model")["recovery"]["distill_from_dense"] is True
+    checked = changed = 0
+    for (name, a), (_, b) in zip(tuned.unet.named_parameters(), plain.unet.named_parameters()):
+        zeros = b == 0
+        if name.endswith("weight") and a.dim() > 1 and bool(zeros.any()):
+            assert bool((a[zeros] == 0).all()), name  # every pruned weight stays pruned
+            checked += 1
+            changed += int(not torch_equal(a[~zeros], b[~zeros]))
+    assert checked > 0 and changed > 0
+
+
+def test_cancel_during_recovery_keeps_the_one_shot_result(tiny_model):
+    request = FakeRequest()
+
+    def cancel_in_recovery(n):
+        if any("recovery step 2/" in (desc or "") for _, desc in progress.calls[-1:]):
+            handlers.cancel_run(request)
+
+    progress = RecordingProgress(on_call=cancel_in_recovery)
+    out = run(tiny_model, progress=progress, request=request, recovery_steps=50,
+              recovery_data="generated by the dense model")
+    # pressed after step 2 was reported: the recovery stops when step 3 reports (the next progress call)
+    assert out["status"].startswith("**Done**") and "Recovery cancelled at step 3 of 50" in out["status"], out["status"]
+    assert out["recovered_grid"] is None and isinstance(out["pruned_grid"], Image.Image)
+    assert list(out["summary"].columns) == ["", "dense", "one-shot"]
+    assert set(out["pairs"]["images"]) == {"dense", "one-shot"}
+    with zipfile.ZipFile(out["archive"]) as handle:
+        assert not any(name.startswith("one-shot-model/") for name in handle.namelist())
+        handle.extractall(out["archive"] + ".d")
+    assert _marker(out["archive"] + ".d/pruned-model")["recovery"] is None  # the one-shot model is exported
+    assert request.session_hash not in handlers._CANCELLED
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(recovery_steps=-1), "recovery steps"), (dict(recovery_steps=2.5), "recovery steps"),
+    (dict(recovery_steps=5, recovery_lr=0), "recovery learning rate"),
+    (dict(recovery_steps=5, recovery_batch=0), "recovery batch size"),
+    (dict(recovery_steps=5, recovery_data="my images (upload)"), "recovery images: upload at least one image"),
+    (dict(recovery_steps=5, recovery_data="the internet"), "recovery data must be one of"),
+    (dict(recovery_steps=5), "recovery data 'fashion-mnist-train' holds"),  # 28x28 images, an 8x8 model
+    (dict(recovery_steps=5, distill="yes"), "distill from the dense model"),
+])
+def test_bad_recovery_fields_are_refused_before_any_work(tiny_model, change, field):
+    with pytest.raises(gr.Error, match=re.escape(field)):
+        handlers.run_prune(*run_args(tiny_model, **change), request=FakeRequest(), progress=RecordingProgress())
+    with pytest.raises(gr.Error, match=re.escape(field)):
+        handlers.check_run(*run_args(tiny_model, **change))
+
+
+def test_recovery_on_uploaded_images(tiny_model, tmp_path):
+    files = []
+    for index in range(3):
+        path = tmp_path / f"upload-{index}.png"
+        Image.fromarray(np.full((12, 12), 40 * index, dtype=np.uint8)).save(path)
+        files.append(str(path))
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(gr.Error, match="not a readable image"):
+        handlers.check_run(*run_args(tiny_model, recovery_steps=2, recovery_data="my images (upload)",
+                                     recovery_files=files + [str(tmp_path / "broken.png")]))
+    out = run(tiny_model, recovery_steps=2, recovery_data="my images (upload)", recovery_files=files)
+    assert out["status"].startswith("**Done**"), out["status"]
+    assert "image folder (3 images)" in out["summary"].set_index("").loc["recovery data", "recovered"]
+
+
+def test_recovery_estimate_is_measured_and_scales_with_the_budget(tiny_model):
+    assert "recovery off" in handlers.recovery_estimate(tiny_model, 0, 4, False)
+    small = handlers.recovery_estimate(tiny_model, 100, 4, False)
+    large = handlers.recovery_estimate(tiny_model, 1000, 4, False)
+    assert "100 steps x" in small and "1,000 steps x" in large and "measured now" in small
+    rate = re.search(r"x ([0-9.]+) s", small).group(1)
+    assert rate == re.search(r"x ([0-9.]+) s", large).group(1) and float(rate) > 0
+    assert "cannot estimate the recovery" in handlers.recovery_estimate(tiny_model, -1, 4, False)
+
+
+def test_compare_with_a_recovery_budget_is_stored_apart(tiny_model):
+    base = (tiny_model, ["magnitude"], "channel", "0.3", 4, 2, 0, "KID", False)
+    recovered, _, _ = handlers.run_compare(*base, 2, 1e-3, 4, False, "generated by the dense model",
+                                           request=FakeRequest(), progress=RecordingProgress())
+    assert list(recovered["recovery"]) == ["", "2 steps"]
+    oneshot, _, _ = handlers.run_compare(*base, request=FakeRequest(), progress=RecordingProgress())
+    assert list(oneshot["recovery"]) == ["", "one-shot"] and oneshot["stored"].iloc[1] == ""  # not the recovered row
+    again, _, _ = handlers.run_compare(*base, 2, 1e-3, 4, False, "generated by the dense model",
+                                       request=FakeRequest(), progress=RecordingProgress())
+    assert again["stored"].iloc[1] == "yes" and again["KID"].iloc[1] == recovered["KID"].iloc[1]
+    assert recovered["KID"].iloc[1] != oneshot["KID"].iloc[1]

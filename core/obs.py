@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -429,7 +428,7 @@ def _keep_index(size: int, removed_rows: Iterable[int]) -> list:
 
 
 def prune_attention_heads(attn: nn.Module, hessian: torch.Tensor, num_remove: int, shrink: bool = True,
-                          **options) -> ColumnGroupResult:
+                          context_hessian: torch.Tensor | None = None, **options) -> ColumnGroupResult:
     """Remove ``num_remove`` heads of a diffusers ``Attention`` with OBS compensation, in place.
 
     ``hessian`` is that of ``attn.to_out[0]``'s input (``inner_dim`` columns, head ``h`` owning
@@ -438,21 +437,37 @@ def prune_attention_heads(attn: nn.Module, hessian: torch.Tensor, num_remove: in
     ``core.models.transformer_cuts.remove_heads``), and ``heads``, ``inner_dim`` are updated. ``shrink=False`` only
     writes the compensated ``to_out[0]`` (removed head columns zero) and leaves the cut to the
     caller (the engine's ``head`` granularity).
+
+    Joint attention (SD3's MMDiT: the context stream's ``to_add_out`` reads the same heads):
+    with ``context_hessian`` (that of ``to_add_out``'s input) a head's error is the sum of its OBS
+    errors in both output projections, and both are compensated. This is the exact block OBS of
+    the block-diagonal pair ``diag(W_out, W_add)``, ``diag(H, H_context)`` (the two projections
+    read different tokens), where OBS-Diff's code fuses the two rankings by reciprocal rank.
     """
     heads = int(attn.heads)
     out_proj = attn.to_out[0]
     inner = out_proj.in_features
     if inner % heads:
         raise ValueError(f"attention inner dim {inner} is not divisible by its {heads} heads")
-    if getattr(attn, "inner_kv_dim", inner) != inner or getattr(attn, "add_k_proj", None) is not None:
-        raise ValueError("head pruning supports self-attention with equal q/k/v widths only")
+    if getattr(attn, "inner_kv_dim", inner) != inner:
+        raise ValueError("head pruning supports attention with equal q/k/v widths only")
     head_dim = inner // heads
     groups = [list(range(h * head_dim, (h + 1) * head_dim)) for h in range(heads)]
-    result = obs_remove_column_groups(out_proj.weight.detach(), hessian, groups, num_remove, **options)
+    context_proj = getattr(attn, "to_add_out", None) if context_hessian is not None else None
+    if context_proj is None:
+        result = obs_remove_column_groups(out_proj.weight.detach(), hessian, groups, num_remove, **options)
+    else:
+        weight = torch.block_diag(out_proj.weight.detach(), context_proj.weight.detach().to(out_proj.weight.dtype))
+        joint_hessian = torch.block_diag(hessian.to(torch.float64), context_hessian.to(torch.float64))
+        joint_groups = [columns + [inner + c for c in columns] for columns in groups]
+        result = obs_remove_column_groups(weight, joint_hessian, joint_groups, num_remove, **options)
     if not result.removed:
         return result
     with torch.no_grad():
-        out_proj.weight.copy_(result.weight.to(out_proj.weight.dtype))
+        rows = out_proj.out_features
+        out_proj.weight.copy_(result.weight[:rows, :inner].to(out_proj.weight.dtype))
+        if context_proj is not None:
+            context_proj.weight.copy_(result.weight[rows:, inner:].to(context_proj.weight.dtype))
     if not shrink:
         return result
     from .models.transformer_cuts import remove_heads  # the one head cut of the engine
@@ -531,15 +546,16 @@ def resolve_timestep_weights(schedule: str, schedule_params: dict | None, num_tr
 @torch.no_grad()
 def sampling_trajectory(unet: nn.Module, noise_scheduler, timestep_weights: list, noise: torch.Tensor,
                         before_step: Callable[[float], None] | None = None) -> list:
-    """Deterministic DDIM (eta = 0) sampling of ``unet`` through the given timesteps (noisiest
-    first); returns ``[(x_t, t, weight)]``, the model inputs at each step (OBS-Diff calibrates on
-    the dense model's own sampling trajectory). ``before_step(weight)`` is called before each
-    model call (to weight the Hessians of layers hooked during sampling)."""
+    """Deterministic sampling of ``unet`` through the given training timesteps (noisiest first)
+    with its family's sampler step (``ModelAdapter.sampler_step``: DDIM with eta = 0, or flow Euler
+    for SD3); returns ``[(x_t, t, weight)]``, the model inputs at each step (OBS-Diff calibrates on
+    the dense model's own sampling trajectory). The network is called through the adapter
+    (``predict`` at ``model_timesteps(t)``), so any prediction type and timestep convention works.
+    ``before_step(weight)`` is called before each model call (to weight the Hessians of layers
+    hooked during sampling)."""
     from .models import adapter_for_module
 
     adapter = adapter_for_module(unet)[0]
-    alphas = noise_scheduler.alphas_cumprod.to(torch.float64)
-    clip = bool(getattr(noise_scheduler.config, "clip_sample", False))
     device, dtype = unet.device, unet.dtype
     sample = noise.to(device=device, dtype=dtype)
     steps = []
@@ -547,27 +563,34 @@ def sampling_trajectory(unet: nn.Module, noise_scheduler, timestep_weights: list
         steps.append((sample.clone(), int(t), float(weight)))
         if before_step is not None:
             before_step(float(weight))
-        timesteps = torch.full((sample.shape[0],), int(t), device=device, dtype=torch.long)
-        # through the family's adapter: keyword call, any prediction type turned into epsilon
-        epsilon = adapter.epsilon_from_prediction(noise_scheduler, adapter.predict(unet, sample, timesteps), sample, int(t))
-        alpha = float(alphas[int(t)])
-        previous = float(alphas[int(timestep_weights[index + 1][0])]) if index + 1 < len(timestep_weights) else 1.0
-        clean = (sample - math.sqrt(1 - alpha) * epsilon) / math.sqrt(alpha)
-        if clip:
-            clean = clean.clamp(-1, 1)
-            epsilon = (sample - math.sqrt(alpha) * clean) / math.sqrt(1 - alpha)
-        sample = math.sqrt(previous) * clean + math.sqrt(1 - previous) * epsilon
+        prediction = adapter.predict(unet, sample, _model_timesteps(adapter, noise_scheduler, sample, int(t)))
+        next_t = int(timestep_weights[index + 1][0]) if index + 1 < len(timestep_weights) else None
+        sample = adapter.sampler_step(noise_scheduler, prediction, sample, int(t), next_t)
     return steps
 
 
-def forward_order(unet: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor, t: int) -> list:
-    """Layer names in the order the forward pass first calls them."""
+def _model_timesteps(adapter, noise_scheduler, sample: torch.Tensor, t: int) -> torch.Tensor:
+    """Training timestep ``t`` for every sample of the batch, as the denoiser receives it
+    (DDPM families: ``t`` itself; flow matching: ``s * 1000``)."""
+    timesteps = torch.full((sample.shape[0],), int(t), device=sample.device, dtype=torch.long)
+    return adapter.model_timesteps(noise_scheduler, timesteps)
+
+
+def forward_order(unet: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor, t: int,
+                  noise_scheduler=None) -> list:
+    """Layer names in the order the forward pass first calls them (``t`` a training timestep,
+    given to the network as its family's model timestep when ``noise_scheduler`` is given)."""
     order: list = []
+    timesteps = torch.tensor([t], device=example.device)
+    if noise_scheduler is not None:
+        from .models import adapter_for_module
+
+        timesteps = _model_timesteps(adapter_for_module(unet)[0], noise_scheduler, example[:1], t)
     handles = [module.register_forward_hook(lambda mod, a, o, name=name: order.append(name) if name not in order else None)
                for name, module in layers.items()]
     try:
         with torch.no_grad():
-            unet(example[:1], torch.tensor([t], device=example.device))
+            unet(example[:1], timesteps)
     finally:
         for handle in handles:
             handle.remove()
@@ -645,12 +668,16 @@ def obs_prune_unet(
             raise ValueError("granularity 'head' needs a model with multi-head attention or FFN blocks")
         consumer = {name: (module.to_out[0] if kind == "attention" else _feedforward_layers(module)[1])
                     for name, (kind, module) in targets.items()}
-        order = forward_order(unet, consumer, first_input, first_t)
+        # joint attention (SD3): the context stream's output projection reads the same heads
+        context_consumer = {name: module.to_add_out for name, (kind, module) in targets.items()
+                            if kind == "attention" and isinstance(getattr(module, "to_add_out", None), nn.Linear)}
+        order = forward_order(unet, consumer, first_input, first_t, noise_scheduler)
         hook_layers = consumer
     else:
+        context_consumer = {}
         hook_layers = layers if layers is not None else _default_layers(unet)
         hook_layers = {name: module for name, module in hook_layers.items() if supported_layer(module)}
-        order = forward_order(unet, hook_layers, first_input, first_t)
+        order = forward_order(unet, hook_layers, first_input, first_t, noise_scheduler)
     report.groups = split_groups(order, num_groups)
     head_ratio = sparsity if head_ratio is None else head_ratio
     ffn_ratio = head_ratio if ffn_ratio is None else ffn_ratio
@@ -659,7 +686,9 @@ def obs_prune_unet(
     for group_index, group in enumerate(report.groups):
         base = group_index / len(report.groups)
         calibration_start = time.perf_counter()
-        with collect_hessians({name: hook_layers[name] for name in group}) as collector, torch.no_grad():
+        hooked = {name: hook_layers[name] for name in group}
+        hooked.update({_context_key(name): context_consumer[name] for name in group if name in context_consumer})
+        with collect_hessians(hooked) as collector, torch.no_grad():
             if trajectory is None:
                 # the first group sees the dense model: calibrate it while sampling the trajectory
                 tell(0.0, f"sampling the dense calibration trajectory, calibrating group 1/{len(report.groups)}")
@@ -667,14 +696,19 @@ def obs_prune_unet(
                                                  before_step=lambda weight: setattr(collector, "timestep_weight", weight))
             else:
                 tell(base, f"calibrating group {group_index + 1}/{len(report.groups)} ({len(group)} layers)")
-                last = hook_layers[group[-1]]
-                # stop each forward pass once the group's last layer has run (later layers are not needed)
+                # stop each forward pass once the group's last layer has run (later layers are not needed);
+                # for heads, once its whole attention / FeedForward module has (joint attention's two
+                # output projections run in either order)
+                last = targets[group[-1]][1] if granularity == "head" else hook_layers[group[-1]]
                 stopper = last.register_forward_hook(_stop_forward) if group_index < len(report.groups) - 1 else None
+                from .models import adapter_for_module
+
+                adapter = adapter_for_module(unet)[0]
                 try:
                     for sample, t, weight in trajectory:
                         collector.timestep_weight = weight
                         try:
-                            unet(sample, torch.full((sample.shape[0],), t, device=sample.device, dtype=torch.long))
+                            unet(sample, _model_timesteps(adapter, noise_scheduler, sample, t))
                         except _StopForward:
                             pass
                 finally:
@@ -690,7 +724,9 @@ def obs_prune_unet(
                     remove = min(int(module.heads) - 1, int(round(head_ratio * int(module.heads))))
                     if heads_to_remove is not None:
                         remove = int(heads_to_remove.get(name, 0))
-                    result = prune_attention_heads(module, hessian, remove, shrink=shrink, percdamp=percdamp)
+                    context = collector.hessian(_context_key(name)) if name in context_consumer else None
+                    result = prune_attention_heads(module, hessian, remove, shrink=shrink, percdamp=percdamp,
+                                                   context_hessian=context)
                     report.removed_heads[name] = sorted(result.removed)
                 else:
                     hidden = _feedforward_layers(module)[1].in_features
@@ -712,6 +748,11 @@ def obs_prune_unet(
     report.prune_seconds = time.perf_counter() - started
     tell(1.0, "obs done")
     return report
+
+
+def _context_key(name: str) -> str:
+    """Collector key of a joint attention's context output projection."""
+    return f"{name}.to_add_out"
 
 
 class _StopForward(Exception):
@@ -798,7 +839,7 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
             unet, scheduler, layers, schedule=spec.schedule, schedule_params=dict(spec.schedule_params),
             num_images=options["num_images"], seed=int(spec.seed), percdamp=params["percdamp"], progress=progress)
         stats = CalibrationStats(timestep_weights=list(timestep_weights), num_images=options["num_images"])
-        return scores, stats, f"generated ({len(timestep_weights)}-step DDIM trajectories of the dense model)"
+        return scores, stats, _trajectory_source(unet, len(timestep_weights))
     else:
         raise ValueError(f"criterion 'obs' supports granularities {list(OBS_GRANULARITIES)}, got {granularity!r}")
     scores = {}
@@ -820,8 +861,14 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
             for layer in group.columns:
                 scores[layer][:, rows] = 0.0
     stats = CalibrationStats(timestep_weights=list(report.timestep_weights), num_images=options["num_images"])
-    source = f"generated ({len(report.timestep_weights)}-step DDIM trajectories of the dense model)"
-    return scores, stats, source
+    return scores, stats, _trajectory_source(unet, len(report.timestep_weights))
+
+
+def _trajectory_source(unet: nn.Module, num_steps: int) -> str:
+    """The calibration source line: which sampler walked the dense model's trajectories."""
+    from .models import adapter_for_module
+
+    return f"generated ({num_steps}-step {adapter_for_module(unet)[0].sampler_label} trajectories of the dense model)"
 
 
 def obs_channel_scores(unet: nn.Module, noise_scheduler, layers: dict, *, schedule: str = "log-decrease",

@@ -101,3 +101,11 @@ def test_block_sparsity_in_the_report_counts_prunable_parameters_only(dit, monke
     expected = 1 - count(result.pipeline.transformer) / count(dit.transformer)
     assert abs(expected - 1 / 3) < 1e-9  # one of three equal blocks
     assert result.report.totals["sparsity"] == pytest.approx(expected)
+
+
+def test_unreachable_head_sparsity_suggests_only_granularities_dit_accepts(dit, monkeypatch):
+    """DiT refuses ``channel`` (its residual width is kept), so the head refusal must not offer it."""
+    checks.wired_granularities(monkeypatch)
+    outcome, message = checks.prune_or_refuse(dit, checks.spec_for("magnitude", "head", sparsity=0.9))
+    assert outcome == "refused" and "cannot be reached with granularity 'head'" in message
+    assert "['unstructured', 'N:M', 'ffn', 'block']" in message and "channel" not in message

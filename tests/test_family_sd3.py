@@ -14,9 +14,6 @@ GRANULARITIES = {  # granularity -> spec keywords reaching a sparsity these tiny
     "head": dict(sparsity=None, channel_ratio=0.25), "ffn": dict(sparsity=0.2), "block": dict(sparsity=0.35),
 }
 CRITERIA = ("random", "magnitude", "taylor", "nici", "l1", "gradflow", "obs")
-# issue 14's obs samples its calibration trajectory with DDIM in epsilon form (alphas_cumprod):
-# a flow-matching model has neither; tracked as a known gap rather than hidden.
-OBS_FLOW_GAP = "obs's calibration trajectory is DDPM-only (alphas_cumprod); SD3's flow scheduler has none"
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +92,7 @@ def test_every_criterion_and_granularity_runs_or_is_refused(sd3, criterion, gran
         assert criterion == "obs" and granularity in ("ffn", "block"), error
         assert "not supported by criterion 'obs'" in str(error)
         return
-    try:
-        outcome, value = checks.prune_or_refuse(sd3, spec)
-    except (AttributeError, TypeError) as error:
-        if criterion == "obs":  # runs (and then passes) as soon as obs samples through the adapter
-            pytest.xfail(f"{OBS_FLOW_GAP}: {type(error).__name__}: {error}")
-        raise
+    outcome, value = checks.prune_or_refuse(sd3, spec)
     if granularity == "channel":
         assert outcome == "refused" and "residual width" in value
         return
@@ -109,6 +101,62 @@ def test_every_criterion_and_granularity_runs_or_is_refused(sd3, criterion, gran
     if granularity == "head":
         heads = {a.heads for a in checks.denoiser_of(value.pipeline).modules() if hasattr(a, "add_q_proj") and a.to_q is not None}
         assert heads == {3}  # 4 heads, ratio 0.25
+
+
+def test_obs_calibrates_on_the_flow_euler_trajectory(sd3):
+    """OBS's trajectory walks the adapter's flow Euler step: the model sees ``x_s`` at ``s * 1000`` and
+    predicts ``v = eps - x0``; ``x_{s'} = x_s + (s' - s) v``, ending at the clean sample (s' = 0)."""
+    from core import obs
+
+    adapter = adapter_for(sd3)
+    assert adapter.sampler_label == "flow Euler"
+    weights = obs.resolve_timestep_weights("log-decrease", {"num_steps": 3}, 1000)
+    assert [t for t, _ in weights] == [999, 500, 0]
+    noise = obs.unet_noise(sd3.transformer, 2, 0)
+    conditioning = adapter.sample_conditioning(sd3, 2, torch.Generator().manual_seed(0))
+    seen = []
+    handle = sd3.transformer.register_forward_pre_hook(lambda m, a, k: seen.append(k["timestep"].clone()), with_kwargs=True)
+    try:
+        with adapter.conditioned(sd3.transformer, conditioning), torch.no_grad():
+            trajectory = obs.sampling_trajectory(sd3.transformer, sd3.scheduler, weights, noise)
+            velocities = [adapter.predict(sd3.transformer, x, torch.full((2,), float(t)), conditioning)
+                          for x, t, _ in trajectory]
+    finally:
+        handle.remove()
+    assert torch.equal(trajectory[0][0], noise) and [t for _, t, _ in trajectory] == [999, 500, 0]
+    assert [float(t[0]) for t in seen[:3]] == [999.0, 500.0, 0.0] and all(t.is_floating_point() for t in seen)
+    for (x, t, _), (x_next, t_next, _), velocity in zip(trajectory, trajectory[1:], velocities):
+        torch.testing.assert_close(x_next, x + (t_next - t) / 1000 * velocity)
+    last, t_last, _ = trajectory[-1]
+    torch.testing.assert_close(adapter.sampler_step(sd3.scheduler, velocities[-1], last, t_last, None),
+                               last - t_last / 1000 * velocities[-1])
+
+
+def test_obs_on_sd3_is_deterministic_compensates_and_leaves_the_caller_untouched(sd3, monkeypatch):
+    checks.wired_granularities(monkeypatch)
+    before = checks.fingerprint(sd3)
+    spec = checks.spec_for("obs", "unstructured", sparsity=0.3)
+    first, again = checks.prune_or_refuse(sd3, spec), checks.prune_or_refuse(sd3, spec)
+    assert first[0] == again[0] == "ran", first[1]
+    first, again = first[1], again[1]
+    assert first.report.totals["calibration_source"].endswith("flow Euler trajectories of the dense model)")
+    assert first.report.totals["sparsity"] == pytest.approx(0.3, abs=0.01)
+    pruned, repeated = first.pipeline.transformer.state_dict(), again.pipeline.transformer.state_dict()
+    assert all(torch.equal(pruned[key], repeated[key]) for key in pruned)  # same spec and seed, same weights
+    dense = sd3.transformer.state_dict()
+    layer = "transformer_blocks.0.attn.to_out.0.weight"
+    kept = pruned[layer] != 0
+    assert not torch.allclose(pruned[layer][kept], dense[layer][kept])  # OBS compensated, not only masked
+    heads = checks.prune_or_refuse(sd3, checks.spec_for("obs", "head", **GRANULARITIES["head"]))
+    assert heads[0] == "ran", heads[1]
+    block = heads[1].pipeline.transformer.transformer_blocks[0].attn
+    assert block.heads == 3 and block.to_add_out.in_features == 3 * 8
+    # the context stream's output projection is compensated too (joint attention): its kept head
+    # columns differ from every choice of 3 of the dense heads' columns
+    original = sd3.transformer.transformer_blocks[0].attn.to_add_out.weight.detach().view(-1, 4, 8)
+    cut = block.to_add_out.weight.detach().view(-1, 3, 8)
+    assert not any(torch.equal(cut, original[:, list(keep)]) for keep in ([0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]))
+    assert checks.fingerprint(sd3) == before
 
 
 @pytest.mark.parametrize("granularity", ["unstructured", "head", "ffn", "block"])

@@ -177,6 +177,62 @@ def test_attention_head_removal_compensates_and_shrinks():
     assert float((pruned_output - dense).pow(2).sum()) < float((dropped_output - dense).pow(2).sum())
 
 
+def test_joint_attention_heads_compensate_both_output_projections():
+    """SD3's joint attention: a head is read by ``to_out.0`` (image tokens) and ``to_add_out``
+    (context tokens); with both Hessians OBS ranks heads by their summed error and compensates both."""
+    from diffusers.models.attention_processor import Attention, JointAttnProcessor2_0
+
+    from core.models.transformer_cuts import remove_heads
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, added_kv_proj_dim=16, dim_head=4, heads=4, out_dim=16, context_pre_only=False,
+                     bias=True, processor=JointAttnProcessor2_0()).eval()
+    image, context = torch.randn(3, 10, 16), torch.randn(3, 6, 16)
+    layers = {"out": attn.to_out[0], "context": attn.to_add_out}
+    with obs.collect_hessians(layers) as collector, torch.no_grad():
+        dense = attn(hidden_states=image, encoder_hidden_states=context)
+    uncompensated = copy.deepcopy(attn)
+    result = obs.prune_attention_heads(attn, collector.hessian("out"), 2, context_hessian=collector.hessian("context"))
+    assert attn.heads == 2 and attn.to_add_out.in_features == 8 and attn.add_q_proj.out_features == 8
+    remove_heads(uncompensated, [h for h in range(4) if h not in result.removed])  # the same cut, no OBS update
+    with torch.no_grad():
+        pruned = attn(hidden_states=image, encoder_hidden_states=context)
+        dropped = uncompensated(hidden_states=image, encoder_hidden_states=context)
+    for stream in range(2):  # image and context outputs: each closer to the dense one than the plain cut
+        assert float((pruned[stream] - dense[stream]).pow(2).sum()) < float((dropped[stream] - dense[stream]).pow(2).sum())
+
+
+def test_trajectory_through_the_adapter_is_the_same_ddim_as_before():
+    """Exactness: ``sampling_trajectory`` (now ``adapter.sampler_step``) gives bit for bit the DDIM
+    (eta = 0) walk OBS wrote by hand before, for each prediction type and with ``clip_sample``."""
+    import math
+
+    from diffusers import DDPMScheduler
+
+    from core.models import adapter_for_module
+
+    weights = obs.resolve_timestep_weights("log-decrease", {"num_steps": 4}, 1000)
+    for options in (dict(), dict(prediction_type="v_prediction"), dict(prediction_type="sample", clip_sample=True),
+                    dict(clip_sample=True)):
+        scheduler = DDPMScheduler(num_train_timesteps=1000, **options)
+        unet = tiny_unet()
+        noise = obs.unet_noise(unet, 2, 0)
+        trajectory = obs.sampling_trajectory(unet, scheduler, weights, noise)
+        adapter, alphas = adapter_for_module(unet)[0], scheduler.alphas_cumprod.to(torch.float64)
+        sample = noise.clone()
+        for index, (t, weight) in enumerate(weights):  # the hand-written DDIM of issue 14, verbatim
+            assert torch.equal(trajectory[index][0], sample) and trajectory[index][1:] == (t, weight)
+            with torch.no_grad():
+                epsilon = adapter.epsilon_from_prediction(scheduler, unet(sample, torch.full((2,), t)).sample, sample, t)
+            alpha = float(alphas[t])
+            previous = float(alphas[weights[index + 1][0]]) if index + 1 < len(weights) else 1.0
+            clean = (sample - math.sqrt(1 - alpha) * epsilon) / math.sqrt(alpha)
+            if scheduler.config.clip_sample:
+                clean = clean.clamp(-1, 1)
+                epsilon = (sample - math.sqrt(alpha) * clean) / math.sqrt(1 - alpha)
+            sample = math.sqrt(previous) * clean + math.sqrt(1 - previous) * epsilon
+
+
 def test_feedforward_neurons_removed_with_gated_activation():
     from diffusers.models.attention import FeedForward
 

@@ -20,13 +20,34 @@ def _multihead(unet) -> dict:
     return {name: g for name, g in _head_groups(unet).items() if g.heads >= 2 and g.has_key}
 
 
+def _other_granularities(unet, spec) -> list:
+    """The registered granularities other than ``head`` that this model accepts (for refusals): its
+    family's ``check_cut`` (DiT, PixArt, SD3 refuse ``channel``) and each structural granularity's own
+    check (``ffn`` needs FeedForward blocks, ``block`` removable blocks)."""
+    from ..registry import GRANULARITIES
+
+    adapter, component = _rules(unet)
+    allowed = []
+    for name, entry in GRANULARITIES.items():
+        if name == "head":
+            continue
+        try:
+            adapter.check_cut(component, unet, name)
+            if entry.structural:
+                entry.check(unet, spec)
+        except ValueError:
+            continue
+        allowed.append(name)
+    return allowed
+
+
 def check_head(unet, spec):
     if not _multihead(unet):
         found = {name: g.heads for name, g in _head_groups(unet).items()}
         raise ValueError(
             "granularity 'head' needs a model with multi-head attention (Attention.heads >= 2); "
             f"this model's attention layers have heads {found or 'none'}; allowed granularities: "
-            "['unstructured', 'N:M', 'channel']"
+            f"{_other_granularities(unet, spec)}"
         )
 
 
@@ -67,7 +88,8 @@ def apply_head(unet, scores, spec, progress=None):
             raise ValueError(
                 f"sparsity {spec.sparsity:g} cannot be reached with granularity 'head' on this model: removing whole "
                 f"attention heads reaches at most {maximum:.3f} of the prunable parameters (closest {sparsity_at(ratio):.3f}); "
-                f"allowed: sparsity in [0, {maximum + SPARSITY_TOLERANCE:.3f}] or granularity 'channel'"
+                f"allowed: sparsity in [0, {maximum + SPARSITY_TOLERANCE:.3f}] or a granularity in "
+                f"{_other_granularities(unet, spec)}"
             )
     outcome = GranularityOutcome(unet=unet, structural_ratio=ratio)
     for name, group in groups.items():

@@ -43,7 +43,9 @@ imports every module of the package, so nothing else has to change). What to ove
 * Engine helpers built on the above (rarely overridden): ``denoising_loss`` (per-sample loss of
   the family's target), ``conditioned`` (a context manager whose forward pre-hook feeds the
   conditioning to code that calls the network positionally: OBS, gradflow), ``bind``,
-  ``epsilon_from_prediction`` (for samplers written in epsilon form), ``sampling_scheduler``,
+  ``epsilon_from_prediction`` (for samplers written in epsilon form), ``sampler_step`` (one
+  deterministic sampler step between training timesteps: DDIM, or flow Euler for SD3; OBS's
+  calibration trajectory), ``sampling_scheduler``,
   ``replace_components`` (a new pipeline with pruned networks swapped in). Latent families add
   ``autoencoder_loss`` (the autoencoder's reconstruction error, used when it is pruned too).
 
@@ -352,15 +354,38 @@ class ModelAdapter:
         """The noise estimate implied by a raw prediction at DDPM timestep ``timestep`` (for
         samplers written in epsilon form, such as OBS's trajectory)."""
         kind = self.prediction_type(scheduler)
+        if kind == "flow":
+            raise ValueError("epsilon_from_prediction needs a DDPM-family scheduler, not a flow-matching one")
         prediction = prediction[:, : sample.shape[1]] if prediction.shape[1] != sample.shape[1] else prediction
         if kind == "epsilon":
             return prediction
         abar = float(scheduler.alphas_cumprod[int(timestep)])
         if kind == "v_prediction":  # eps = sqrt(abar) v + sqrt(1 - abar) x_t
             return math.sqrt(abar) * prediction + math.sqrt(1 - abar) * sample
-        if kind == "sample":  # eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)
-            return (sample - math.sqrt(abar) * prediction) / math.sqrt(max(1 - abar, 1e-12))
-        raise ValueError("epsilon_from_prediction needs a DDPM-family scheduler, not a flow-matching one")
+        # sample: eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)
+        return (sample - math.sqrt(abar) * prediction) / math.sqrt(max(1 - abar, 1e-12))
+
+    # Name of :meth:`sampler_step`'s sampler, for messages ("generated (3-step DDIM trajectories ...)").
+    sampler_label: str = "DDIM"
+
+    def sampler_step(self, scheduler, prediction, sample, timestep: int, next_timestep: int | None) -> torch.Tensor:
+        """One deterministic sampler step from training timestep ``timestep`` to ``next_timestep``
+        (``None``: to the clean sample), given the denoiser's raw ``prediction`` at ``sample``.
+
+        DDIM with eta = 0 (Song et al. 2021, eq. 12) in epsilon form:
+        ``x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``, ``x_next = sqrt(abar_next) x0 +
+        sqrt(1 - abar_next) eps`` with ``abar`` = 1 at the end; a scheduler with ``clip_sample``
+        clamps ``x0`` to [-1, 1] and re-derives ``eps`` from it. Flow families override this.
+        """
+        epsilon = self.epsilon_from_prediction(scheduler, prediction, sample, int(timestep))
+        alphas = scheduler.alphas_cumprod.to(torch.float64)
+        alpha = float(alphas[int(timestep)])
+        previous = float(alphas[int(next_timestep)]) if next_timestep is not None else 1.0
+        clean = (sample - math.sqrt(1 - alpha) * epsilon) / math.sqrt(alpha)
+        if bool(getattr(scheduler.config, "clip_sample", False)):
+            clean = clean.clamp(-1, 1)
+            epsilon = (sample - math.sqrt(alpha) * clean) / math.sqrt(1 - alpha)
+        return math.sqrt(previous) * clean + math.sqrt(1 - previous) * epsilon
 
     def _flow_sigma(self, scheduler, timesteps, like):
         s = timesteps.to(like.device, torch.float32) / float(self.num_train_timesteps(scheduler))

@@ -47,6 +47,18 @@ class SD3Adapter(GuidedAdapter):
     def prediction_type(self, scheduler) -> str:
         return "flow"
 
+    sampler_label = "flow Euler"
+
+    def sampler_step(self, scheduler, prediction, sample, timestep, next_timestep):
+        """One flow Euler step (rectified flow, Esser et al. 2024): along ``x_s = (1 - s) x0 + s eps``
+        the model predicts the velocity ``v = dx/ds = eps - x0``, so ``x_{s'} = x_s + (s' - s) v``
+        with ``s = t / T`` as in :meth:`add_noise` and ``s' = 0`` (the clean sample) after the last step."""
+        total = float(self.num_train_timesteps(scheduler))
+        s = float(timestep) / total
+        s_next = float(next_timestep) / total if next_timestep is not None else 0.0
+        velocity = self.trim_prediction(prediction, sample)
+        return sample + (s_next - s) * velocity
+
     def encode_conditioning(self, pipeline, prompts, device):
         tokenizer = getattr(pipeline, "tokenizer_3", None)
         length = min(MAX_SEQUENCE_LENGTH, int(getattr(tokenizer, "model_max_length", MAX_SEQUENCE_LENGTH) or MAX_SEQUENCE_LENGTH))

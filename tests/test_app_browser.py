@@ -3,7 +3,8 @@
 Loads the page (dense samples, weight curve, cost estimate), clicks presets in an order that
 used to reset the granularity, runs a channel, an unstructured and an N:M (OBS-Diff 2:4) prune,
 checks every view renders, then sends a bad hub id and sees the error while the grids and the
-export stay. Saves a screenshot of the OBS-Diff 2:4 run (``DIFFPRUNE_SCREENSHOT=path`` keeps it,
+export stay, and last runs a prune with a small recovery budget and sees the three grids
+(dense | one-shot | recovered), the loss curve and the recovered export. Saves a screenshot of the OBS-Diff 2:4 run (``DIFFPRUNE_SCREENSHOT=path`` keeps it,
 e.g. for the README).
 """
 import os
@@ -83,6 +84,7 @@ def test_presets_keep_their_granularity_in_any_order(page):
 
 
 def test_channel_unstructured_and_nm_runs_render_every_view(page, tmp_path):
+    _set_number(page, "recovery steps (0 = off)", 0)  # one-shot runs here; the recovery run is the last test
     for criterion, granularity in (("magnitude", "channel"), ("magnitude", "unstructured")):
         _choose(page, "Criterion", criterion)
         _choose(page, "Granularity", granularity)
@@ -140,3 +142,26 @@ def test_an_error_after_a_success_keeps_grids_and_export(page):
     _no_error_in(page, "#summary-table")
     page.get_by_role("tab", name="Samples").click()
     source.fill("")
+
+
+def test_a_run_with_recovery_shows_dense_one_shot_and_recovered(page):
+    _choose(page, "Criterion", "magnitude")
+    _choose(page, "Granularity", "channel")
+    _set_number(page, "eval samples (2-256)", 4)
+    _set_number(page, "sampling steps", 5)
+    _set_number(page, "recovery steps (0 = off)", 5)
+    page.wait_for_selector("#recovery-cost >> text=5 steps x")  # the measured cost of the budget
+    page.get_by_role("button", name="Prune & evaluate").click()
+    status = _wait_done(page, "magnitude / channel @")
+    assert "Recovered with 5 steps" in status, status
+    for selector in ("#dense-grid img", "#pruned-grid img", "#recovered-grid img"):
+        page.wait_for_selector(selector)
+    assert page.locator("#pair-kind").get_by_text("one-shot | recovered").count() == 1
+    page.get_by_role("tab", name="Recovery").click()
+    _plot_rendered(page, "#recovery-loss")
+    _plot_rendered(page, "#recovery-chart")
+    page.get_by_role("tab", name="Summary").click()
+    page.locator("#summary-table").get_by_text("recovery wall time").first.wait_for(state="attached")
+    page.wait_for_function("() => /recovered5\\s*\\.zip/.test(document.querySelector('#export-file')?.innerText || '')",
+                           timeout=30_000)
+    page.get_by_role("tab", name="Samples").click()

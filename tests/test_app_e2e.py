@@ -7,7 +7,8 @@ pytestmark = pytest.mark.slow
 QUICK_RUN = dict(source="", criterion="magnitude", granularity="channel", sparsity=0.3, schedule="threshold",
                  threshold=0.05, interval_weights="1,1,1,1", num_steps=25, w_min=0.8, w_max=1.2, num_timesteps=10,
                  custom_text="0:1", calibration_batch_size=4, calibration_batches=1, num_samples=4, steps=5, seed=0,
-                 quality="KID")
+                 quality="KID", recovery_steps=0, recovery_lr=2e-4, recovery_batch=8, distill=False,
+                 recovery_data="shipped training images", recovery_files=None, export_oneshot=False)
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,6 @@ def test_server_paths_all_read_the_same(client):
 def test_the_api_lists_each_action_once_and_keeps_serving(client):
     named = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert named == {"/run_prune", "/run_compare", "/dense_preview", "/cancel_run", "/calibration_estimate",
-                     "/preview_schedule", "/first_screen"}
+                     "/preview_schedule", "/first_screen", "/recovery_estimate"}
     curve = client.predict("log-decrease", 0.05, "1,1,1,1", 25, 0.8, 1.2, 10, "0:1", api_name="/preview_schedule")
     assert curve is not None

@@ -1,0 +1,81 @@
+"""``core.recovery``: the data a recovery trains on, its checks, its measured cost, and the
+sweep's recovery budget (same recovery for every row, part of the row's key)."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.pipeline import load_pipeline
+from core.recovery import (GENERATED_RECOVERY_IMAGES, RECOVERY_DEFAULTS, check_recovery, describe_recovery,
+                           estimate_recovery, recovery_images)
+from core.spec import PruneSpec
+from core.store import ResultStore
+from core.sweep import sweep
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def dense(tiny_model):
+    return load_pipeline(tiny_model, device="cpu")
+
+
+@pytest.mark.parametrize("args, field", [
+    ((-1, 1e-4, 8, "generated"), "recovery steps"), ((1.5, 1e-4, 8, "generated"), "recovery steps"),
+    ((10, 0, 8, "generated"), "recovery learning rate"), ((10, 1.0, 8, "generated"), "recovery learning rate"),
+    ((10, 1e-4, 0, "generated"), "recovery batch size"), ((10, 1e-4, True, "generated"), "recovery batch size"),
+    ((10, 1e-4, 8, "nowhere"), "recovery data must be one of"), ((10, 1e-4, 8, ""), "recovery data must be one of"),
+])
+def test_check_recovery_names_the_field(args, field):
+    with pytest.raises(ValueError, match=field):
+        check_recovery(*args)
+
+
+def test_defaults_are_valid():
+    check_recovery(RECOVERY_DEFAULTS["steps"], RECOVERY_DEFAULTS["lr"], RECOVERY_DEFAULTS["batch_size"],
+                   "fashion-mnist-train")
+
+
+def test_recovery_images_from_every_source(dense, tmp_path):
+    generated, label = recovery_images(dense, "generated", seed=0)
+    assert generated.shape == (GENERATED_RECOVERY_IMAGES, 1, 8, 8) and label.startswith("generated")
+    assert float(generated.min()) >= -1 and float(generated.max()) <= 1
+    again, _ = recovery_images(dense, "generated", seed=0)
+    assert torch.equal(generated, again)  # same seed, same data
+    with pytest.raises(ValueError, match="recovery data 'fashion-mnist-train' holds"):
+        recovery_images(dense, "fashion-mnist-train")  # 28x28 shipped images, an 8x8 model
+    for index in range(2):
+        Image.fromarray(np.full((20, 20, 3), 100 * index, dtype=np.uint8)).save(tmp_path / f"{index}.png")
+    folder, label = recovery_images(dense, str(tmp_path))
+    assert folder.shape == (2, 1, 8, 8) and label == "image folder (2 images)"
+
+
+def test_shipped_training_images_fit_the_embedded_model():
+    images, label = recovery_images(load_pipeline(), "fashion-mnist-train")
+    assert images.shape[1:] == (1, 28, 28) and len(images) >= 1000 and "shipped" in label
+
+
+def test_estimate_is_a_measured_rate_times_the_steps(dense):
+    small = estimate_recovery(dense, 10, 4, distill=False)
+    large = estimate_recovery(dense, 1000, 4, distill=False)
+    assert small["seconds_per_step"] == large["seconds_per_step"] > 0  # measured once, cached
+    assert large["seconds"] == pytest.approx(100 * small["seconds"])
+    assert "1,000 steps" in describe_recovery(large) and "recovery off" in describe_recovery({})
+
+
+def test_sweep_applies_the_same_recovery_to_every_row_and_keys_it(dense, tmp_path):
+    store = ResultStore(tmp_path / "store")
+    specs = [PruneSpec(criterion=c, granularity="channel", sparsity=0.3) for c in ("magnitude", "random")]
+    settings = dict(num_samples=4, num_inference_steps=2, seed=0, metrics=("kid",), reference="dense")
+    recovery = dict(steps=2, batch_size=4, data="generated")
+    tuned = sweep(dense, specs, settings, store=store, recovery=recovery)
+    assert list(tuned["finetune_steps"]) == [2, 2] and not tuned["cached"].any()
+    assert (tuned["finetune_wall_time_s"] > 0).all()
+    oneshot = sweep(dense, specs, settings, store=store)
+    assert list(oneshot["finetune_steps"]) == [0, 0] and not oneshot["cached"].any()  # keyed apart
+    assert set(oneshot["key"]).isdisjoint(tuned["key"])
+    assert list(oneshot["kid"]) != list(tuned["kid"])
+    again = sweep(dense, specs, settings, store=store, recovery=recovery)
+    assert again["cached"].all() and list(again["kid"]) == list(tuned["kid"])
+    with pytest.raises(ValueError, match="recovery has unknown settings"):
+        sweep(dense, specs, settings, store=store, recovery=dict(steps=2, epochs=3))

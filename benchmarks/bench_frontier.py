@@ -1,0 +1,367 @@
+"""Issue 17: is pruning worth it? Pruned + recovered models against the dense model sampled with fewer steps.
+
+Every user already has one speed-up for free: fewer DDIM steps. A pruned model is worth shipping
+only if, at its best step count, it has a lower FID than the dense model *at equal measured
+latency*. This benchmark puts both on one quality-vs-latency plane:
+
+* **Dense frontier** -- the dense model at ``--dense-steps`` (4, 6, 8, 12, 25, 50) DDIM steps.
+* **Candidates** -- ``--candidates`` (``criterion:sparsity[:kd]``, comma-separated; default obs 20 %,
+  obs 30 %, nici 20 % with NiCI's distillation from the dense teacher, taylor 20 %, then nici 30 %,
+  taylor 30 % if the run gets that far): structured channel pruning through ``core.engine.prune``,
+  then ``--finetune-steps`` recovery steps with the app's defaults (``core.recovery.RECOVERY_DEFAULTS``:
+  lr 2e-4, batch 8) on the shipped Fashion-MNIST training images, evaluated at ``--pruned-steps``
+  (8, 12, 50).
+* Every row: FID and KID (with its std) of ``--num-samples`` samples (seed 0) against the 1,000
+  shipped test images, and the paired one-step speed-up against the dense model
+  (``core.timing.paired_step_latency``, dense and pruned interleaved, median and range of the
+  per-round ratios). The sampler's cost is one denoiser call per step, so the latency per image at
+  K steps is ``dense step latency x K / speed-up``; ``relative_latency = K / 50 / speedup`` puts every
+  point relative to the dense model at 50 steps, and the speed-up's range gives its spread.
+  Dense rows have speed-up 1 by definition; their ``dense_self_ratio_*`` fields (dense timed against
+  itself, interleaved) show the instrument's noise.
+* **Verdict** -- for every pruned point, the dense frontier's FID at the same relative latency
+  (linear interpolation between the dense points), the difference, and the best dense FID at
+  any latency no larger (the Pareto reading, harder to beat).
+
+Order of work (so that an interrupted run has the informative points first): dense rows at up to
+``--late-steps`` excluded, every candidate at its cheap step counts, then the ``--late-steps``
+(50: the slowest evaluations) rows. Rows go to ``benchmarks/results/frontier.jsonl`` as soon as they
+are measured, keyed by model and settings: a re-run skips what is there (recovery resumes from its
+checkpoints in ``runs/bench_frontier/``). ``assets/results/frontier.csv`` (read by the app) is
+rewritten after every row.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_frontier.py --threads 1            # the measurement (hours on 2 CPU cores)
+    .venv/bin/python benchmarks/bench_frontier.py --table                # markdown table + verdict
+    .venv/bin/python benchmarks/bench_frontier.py --quick --results /tmp/f.jsonl --csv /tmp/f.csv
+
+Every figure is measured by this script on this machine; nothing is copied from the papers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results" / "frontier.jsonl"
+CSV = ROOT / "assets" / "results" / "frontier.csv"
+RUNS = ROOT / "runs" / "bench_frontier"
+
+CSV_COLUMNS = ["label", "criterion", "granularity", "sparsity", "measured_sparsity", "finetune_steps", "distill",
+               "num_inference_steps", "num_samples", "fid", "kid", "kid_std", "speedup", "speedup_low", "speedup_high",
+               "relative_latency", "relative_latency_low", "relative_latency_high", "macs_ratio", "params_ratio"]
+VERDICT_COLUMNS = ["frontier_fid", "fid_minus_frontier", "frontier_best_fid"]
+DEFAULT_CANDIDATES = "obs:0.2,obs:0.3,nici:0.2:kd,taylor:0.2,nici:0.3:kd,taylor:0.3"
+REFERENCE = "fashion-mnist-test"
+BASE_STEPS = 50  # relative latency 1 = the dense model at the default 50 DDIM steps
+QUICK = dict(num_samples=4, dense_steps="1,2", pruned_steps="1,2", late_steps="", finetune_steps=2,
+             candidates="magnitude:0.2", latency_rounds=2, latency_budget_s=0.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Results file
+# ----------------------------------------------------------------------------------------------
+def read_rows(path: Path) -> dict:
+    rows = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[row["key"]] = row
+    return rows
+
+
+def _append(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(json.dumps(row, sort_keys=True) + "\n")
+    print(json.dumps({k: row[k] for k in ("label", "num_inference_steps", "fid", "kid", "speedup", "relative_latency")}),
+          flush=True)
+
+
+def parse_candidates(text: str) -> list[dict]:
+    candidates = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        criterion, sparsity, *rest = item.split(":")
+        if rest not in ([], ["kd"]):
+            raise SystemExit(f"--candidates: {item!r} must be criterion:sparsity with an optional :kd")
+        candidates.append(dict(criterion=criterion, sparsity=float(sparsity), distill=rest == ["kd"]))
+    return candidates
+
+
+def candidate_label(criterion: str, sparsity: float, finetune_steps: int, distill: bool) -> str:
+    return f"{criterion} channel {round(sparsity * 100)}% +{finetune_steps} steps{' KD' if distill else ''}"
+
+
+def _steps(text: str) -> list[int]:
+    return sorted({int(s) for s in text.split(",") if s.strip()})
+
+
+# ----------------------------------------------------------------------------------------------
+# Verdict
+# ----------------------------------------------------------------------------------------------
+def _interpolate(points: list[tuple[float, float]], x: float) -> float:
+    """Linear interpolation of sorted (x, y) points at x; NaN outside their range."""
+    if not points or not math.isfinite(x) or x < points[0][0] - 1e-12 or x > points[-1][0] + 1e-12:
+        return float("nan")
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[-1][1]
+
+
+def with_verdict(table):
+    """The rows (a DataFrame of CSV_COLUMNS) with the dense frontier's FID at each point's relative
+    latency (linear interpolation between the dense points), the difference (negative: the pruned
+    point beats the dense model at equal latency) and the best dense FID at any latency no larger."""
+    import pandas as pd
+
+    table = table.copy()
+    dense = table[table["criterion"] == "dense"].dropna(subset=["fid"]).sort_values("relative_latency")
+    points = list(zip(dense["relative_latency"].astype(float), dense["fid"].astype(float)))
+
+    def best_at_most(x):
+        fids = [fid for lat, fid in points if lat <= x + 1e-12]
+        return min(fids) if fids else float("nan")
+
+    frontier = [_interpolate(points, float(x)) for x in table["relative_latency"]]
+    table["frontier_fid"] = frontier
+    table["fid_minus_frontier"] = table["fid"].astype(float) - pd.Series(frontier, index=table.index)
+    table["frontier_best_fid"] = [best_at_most(float(x)) for x in table["relative_latency"]]
+    table.loc[table["criterion"] == "dense", VERDICT_COLUMNS] = float("nan")
+    return table
+
+
+def frame(rows: dict):
+    import pandas as pd
+
+    table = pd.DataFrame([{c: r.get(c) for c in CSV_COLUMNS} for r in rows.values()], columns=CSV_COLUMNS)
+    if not len(table):
+        return table.reindex(columns=CSV_COLUMNS + VERDICT_COLUMNS)
+    table["_dense"] = table["criterion"] != "dense"
+    table = table.sort_values(["_dense", "label", "num_inference_steps"]).drop(columns="_dense").reset_index(drop=True)
+    return with_verdict(table)
+
+
+def write_csv(rows: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame(rows).to_csv(path, index=False)
+
+
+def table_markdown(rows: dict) -> str:
+    table = frame(rows)
+    if not len(table):
+        return "(no rows measured yet)"
+    lines = ["| model | DDIM steps | FID | KID ± std | speed-up per step [range] | latency vs dense@50 [range] | "
+             "dense FID at equal latency | FID - dense | best dense FID at ≤ latency |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for _, r in table.iterrows():
+        dense = r["criterion"] == "dense"
+        speed = "1 (dense)" if dense else f"{r['speedup']:.2f}x [{r['speedup_low']:.2f}, {r['speedup_high']:.2f}]"
+        latency = (f"{r['relative_latency']:.3f}" if dense else
+                   f"{r['relative_latency']:.3f} [{r['relative_latency_low']:.3f}, {r['relative_latency_high']:.3f}]")
+        if dense:
+            verdict = "frontier | | "
+        elif math.isnan(r["frontier_fid"]):
+            verdict = f"outside the frontier's range | | {r['frontier_best_fid']:.1f}"
+        else:
+            verdict = f"{r['frontier_fid']:.1f} | **{r['fid_minus_frontier']:+.1f}** | {r['frontier_best_fid']:.1f}"
+        lines.append(f"| {r['label']} | {int(r['num_inference_steps'])} | {r['fid']:.1f} | {r['kid']:.4f} ± "
+                     f"{r['kid_std']:.4f} | {speed} | {latency} | {verdict} |")
+    pruned = table[(table["criterion"] != "dense") & table["fid_minus_frontier"].notna()]
+    if len(pruned):
+        best = pruned.loc[pruned["fid_minus_frontier"].idxmin()]
+        beats = pruned[pruned["fid_minus_frontier"] < 0]
+        lines.append("")
+        lines.append(f"Best pruned point against the frontier: **{best['label']} at {int(best['num_inference_steps'])} "
+                     f"steps**, FID {best['fid']:.1f} at {best['relative_latency']:.3f} of the dense 50-step latency "
+                     f"(speed-up {best['speedup']:.2f}x, MACs x{best['macs_ratio']:.2f}), against {best['frontier_fid']:.1f} "
+                     f"for the dense model at the same latency: {best['fid_minus_frontier']:+.1f} FID. "
+                     + (f"{len(beats)} of {len(pruned)} pruned points lie below the interpolated frontier."
+                        if len(beats) else f"None of the {len(pruned)} pruned points beats the frontier."))
+    dense = next((r for r in rows.values() if r["criterion"] == "dense"), None)
+    if dense:
+        lines.append("")
+        lines.append(f"{dense['num_samples']} DDIM samples per row (seed {dense['seed']}), FID/KID against the 1,000 "
+                     f"shipped Fashion-MNIST test images; dense one-step latency {dense['dense_step_s'] * 1000:.0f} ms "
+                     f"for a batch of {dense['latency_batch_size']} ({dense['threads']} torch thread, "
+                     f"{dense['processor']}).")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurement
+# ----------------------------------------------------------------------------------------------
+def _latency(dense, pipeline, steps: int, args) -> dict:
+    from core.timing import paired_step_latency
+
+    return paired_step_latency(dense, pipeline, num_inference_steps=steps, batch_size=args.latency_batch_size,
+                               rounds=args.latency_rounds, budget_s=args.latency_budget_s,
+                               min_rounds=min(4, args.latency_rounds), seed=args.seed)
+
+
+def _measure(pipeline, dense, steps: int, args, base: dict, is_dense: bool) -> dict:
+    import torch
+
+    from core.evaluate import evaluate
+
+    started = time.perf_counter()
+    metrics = evaluate(pipeline, num_samples=args.num_samples, num_inference_steps=steps, seed=args.seed,
+                       metrics=("fid", "kid"), reference=REFERENCE)
+    eval_s = time.perf_counter() - started
+    timing = _latency(dense, pipeline, steps, args)
+    row = dict(base, num_inference_steps=steps, num_samples=args.num_samples, seed=args.seed, reference=REFERENCE,
+               fid=float(metrics["fid"]), kid=float(metrics["kid"]), kid_std=float(metrics["kid_std"]),
+               dense_step_s=timing["dense_step_s"], latency_batch_size=timing["batch_size"],
+               latency_rounds=timing["rounds"], eval_s=round(eval_s, 1), threads=torch.get_num_threads(),
+               processor=platform.processor() or platform.machine(), load_average_1_min=round(os.getloadavg()[0], 2),
+               date=time.strftime("%Y-%m-%d %H:%M"), command=" ".join(["benchmarks/bench_frontier.py", *args.argv]))
+    if is_dense:
+        row.update(speedup=1.0, speedup_low=1.0, speedup_high=1.0, dense_self_ratio_low=timing["speedup_low"],
+                   dense_self_ratio_high=timing["speedup_high"], pruned_step_s=timing["dense_step_s"])
+    else:
+        row.update(speedup=timing["speedup"], speedup_low=timing["speedup_low"], speedup_high=timing["speedup_high"],
+                   pruned_step_s=timing["pruned_step_s"])
+    row["relative_latency"] = steps / BASE_STEPS / row["speedup"]
+    row["relative_latency_low"] = steps / BASE_STEPS / row["speedup_high"]
+    row["relative_latency_high"] = steps / BASE_STEPS / row["speedup_low"]
+    row["latency_s_per_image"] = row["dense_step_s"] * steps / row["latency_batch_size"] / row["speedup"]
+    return row
+
+
+def _key(label: str, steps: int, args) -> str:
+    return f"{label}|steps={steps}|n={args.num_samples}|seed={args.seed}|model={args.model or 'default'}"
+
+
+def run(args) -> None:
+    import torch
+
+    from core.engine import prune
+    from core.finetune import finetune
+    from core.pipeline import load_pipeline
+    from core.recovery import RECOVERY_DEFAULTS, recovery_images
+    from core.spec import PruneSpec
+
+    results, csv_path = Path(args.results), Path(args.csv)
+    done = read_rows(results)
+    dense = load_pipeline(args.model, device="cpu")
+    dense_base = dict(label="dense", criterion="dense", granularity="-", sparsity=0.0, measured_sparsity=0.0,
+                      finetune_steps=0, distill=False, macs_ratio=1.0, params_ratio=1.0)
+    late = set(_steps(args.late_steps))
+    candidates = parse_candidates(args.candidates)
+    recovered: dict = {}  # label -> (pipeline, base row), kept between the early and the late phase
+    images = None
+
+    def measure(label, pipeline, steps, base, is_dense):
+        key = _key(label, steps, args)
+        if key in done:
+            return
+        row = dict(_measure(pipeline, dense, steps, args, base, is_dense), key=key)
+        _append(results, row)
+        done[key] = row
+        write_csv(done, csv_path)
+
+    def candidate(spec: dict):
+        nonlocal images
+        label = candidate_label(spec["criterion"], spec["sparsity"], args.finetune_steps, spec["distill"])
+        if label in recovered:
+            return label, *recovered[label]
+        started = time.perf_counter()
+        result = prune(dense, PruneSpec(criterion=spec["criterion"], granularity="channel", sparsity=spec["sparsity"],
+                                        seed=args.seed))
+        prune_s = time.perf_counter() - started
+        totals = result.report.totals
+        if images is None:
+            images, _ = recovery_images(dense, args.data)
+        started = time.perf_counter()
+        tuned = finetune(result, args.finetune_steps, lr=RECOVERY_DEFAULTS["lr"], batch_size=RECOVERY_DEFAULTS["batch_size"],
+                         distill=spec["distill"], teacher=dense if spec["distill"] else None, images=images,
+                         seed=args.seed, output_dir=Path(args.runs_dir) / label.replace(" ", "_").replace("%", "pct")
+                         .replace("+", ""), checkpoint_every=max(1, args.finetune_steps // 4))
+        base = dict(label=label, criterion=spec["criterion"], granularity="channel", sparsity=spec["sparsity"],
+                    measured_sparsity=totals["sparsity"], finetune_steps=args.finetune_steps, distill=spec["distill"],
+                    macs_ratio=totals["macs_ratio"], params_ratio=totals["params_ratio"], prune_s=round(prune_s, 1),
+                    finetune_s=round(time.perf_counter() - started, 1), finetune_resumed_from=tuned.resumed_from,
+                    finetune_lr=RECOVERY_DEFAULTS["lr"], finetune_batch_size=RECOVERY_DEFAULTS["batch_size"],
+                    final_loss=float(tuned.losses["loss"].tail(100).mean()) if len(tuned.losses) else None,
+                    recovery_data=args.data)
+        recovered[label] = (tuned.pipeline, base)
+        print(f"{label}: pruned in {prune_s:.0f} s, recovered in {base['finetune_s']:.0f} s "
+              f"(MACs x{totals['macs_ratio']:.3f}, params x{totals['params_ratio']:.3f})", flush=True)
+        return label, tuned.pipeline, base
+
+    def pending(spec, steps):
+        label = candidate_label(spec["criterion"], spec["sparsity"], args.finetune_steps, spec["distill"])
+        return [k for k in steps if _key(label, k, args) not in done]
+
+    dense_steps, pruned_steps = _steps(args.dense_steps), _steps(args.pruned_steps)
+    for steps in [k for k in dense_steps if k not in late]:
+        measure("dense", dense, steps, dense_base, True)
+    for spec in candidates:
+        todo = pending(spec, [k for k in pruned_steps if k not in late])
+        if todo:
+            label, pipeline, base = candidate(spec)
+            for steps in todo:
+                measure(label, pipeline, steps, base, False)
+    for steps in [k for k in dense_steps if k in late]:
+        measure("dense", dense, steps, dense_base, True)
+    for spec in candidates:
+        todo = pending(spec, [k for k in pruned_steps if k in late])
+        if todo:
+            label, pipeline, base = candidate(spec)
+            for steps in todo:
+                measure(label, pipeline, steps, base, False)
+    write_csv(done, csv_path)
+    print(f"done: {len(done)} rows in {results}; {torch.get_num_threads()} thread(s)", flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="model to prune (default: the embedded default model)")
+    parser.add_argument("--candidates", default=DEFAULT_CANDIDATES,
+                        help="criterion:sparsity[:kd], comma-separated, measured in this order")
+    parser.add_argument("--dense-steps", default="4,6,8,12,25,50")
+    parser.add_argument("--pruned-steps", default="8,12,50")
+    parser.add_argument("--late-steps", default="50", help="step counts measured after every other row (slowest)")
+    parser.add_argument("--num-samples", type=int, default=256)
+    parser.add_argument("--finetune-steps", type=int, default=1000)
+    parser.add_argument("--data", default="fashion-mnist-train", help="recovery data (core.recovery.recovery_images)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latency-batch-size", type=int, default=8)
+    parser.add_argument("--latency-rounds", type=int, default=15)
+    parser.add_argument("--latency-budget-s", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--csv", default=str(CSV))
+    parser.add_argument("--runs-dir", default=str(RUNS))
+    parser.add_argument("--quick", action="store_true",
+                        help=f"tiny settings for the tests: {', '.join(f'{k}={v}' for k, v in QUICK.items())}")
+    parser.add_argument("--table", action="store_true", help="print the markdown table and verdict and exit")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if args.table:
+        print(table_markdown(read_rows(Path(args.results))))
+        return 0
+    if args.quick:
+        for name, value in QUICK.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    run(args)
+    print(table_markdown(read_rows(Path(args.results))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -57,3 +57,45 @@ def test_suite_rows_outputs_and_resume(tiny_model, tmp_path, monkeypatch):
     merged_markdown = (tmp_path / "BENCH.md").read_text()
     assert "Rows of random re-measured" in merged_markdown and "--merge" in merged_markdown
     assert merged_markdown.count("| magnitude |") == 8
+
+
+def test_bench_recovery_quick_rows_and_resume(tiny_model, tmp_path, capsys):
+    """benchmarks/bench_recovery.py --quick (issue 13): one row per method and recovery budget plus the
+    dense row, finite numbers, cumulative recovery time; a re-run skips the rows already written and
+    re-measures only a missing one, resuming its fine-tuning from the checkpoint."""
+    import math
+
+    from benchmarks import bench_recovery
+
+    results = tmp_path / "recovery.jsonl"
+    args = ["--quick", "--model", tiny_model, "--data", "generated", "--num-samples", "4", "--threads", "1",
+            "--results", str(results), "--runs-dir", str(tmp_path / "runs")]
+    assert bench_recovery.main(args) == 0
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted((r["method"], r["recovery_steps"]) for r in rows) == sorted(
+        [("dense", 0)] + [(m, s) for m in ("taylor", "nici", "obs") for s in (0, 2)])
+    assert len({r["key"] for r in rows}) == len(rows)
+    for r in rows:
+        assert math.isfinite(r["kid"]) and math.isfinite(r["kid_std"]) and r["eval_wall_s"] > 0
+        assert r["threads"] == 1 and r["num_samples"] == 4
+        if r["method"] != "dense":
+            assert 0.3 < r["params_ratio"] < 0.8 and 0.3 < r["macs_ratio"] < 0.8 and r["prune_wall_s"] > 0
+            assert r["distill"] == (r["method"] == "nici")
+            assert (r["recovery_wall_s"] > 0) == (r["recovery_steps"] > 0)
+    assert (tmp_path / "runs" / rows[0]["settings_id"] / "obs" / "checkpoint-2").is_dir()
+
+    # Nothing missing: nothing is recomputed.
+    assert bench_recovery.main(args) == 0
+    assert results.read_text().splitlines() == [json.dumps(r, sort_keys=True) for r in rows]
+    # One row lost: only it is measured again, from checkpoint-2 (no new steps, the same time and KID).
+    lost = next(r for r in rows if r["method"] == "obs" and r["recovery_steps"] == 2)
+    results.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows if r is not lost))
+    assert bench_recovery.main(args) == 0
+    again = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(again) == len(rows) and again[-1]["key"] == lost["key"]
+    assert again[-1]["resumed_from"] == 2 and again[-1]["recovery_wall_s"] == lost["recovery_wall_s"]
+    assert again[-1]["kid"] == pytest.approx(lost["kid"], rel=1e-4)
+    capsys.readouterr()
+    assert bench_recovery.main(args + ["--table"]) == 0
+    markdown = capsys.readouterr().out
+    assert markdown.count("| obs |") == 2 and markdown.count("| nici + KD |") == 2 and "| dense (unpruned) |" in markdown

@@ -59,6 +59,43 @@ def test_suite_rows_outputs_and_resume(tiny_model, tmp_path, monkeypatch):
     assert merged_markdown.count("| magnitude |") == 8
 
 
+def test_bench_frontier_quick_rows_verdict_and_resume(tiny_model, tmp_path):
+    """Issue 17: bench_frontier's --quick mode (dense at 1 and 2 steps, one pruned + 2-step recovered
+    candidate at 2 steps) writes one row per (model, steps), the app's CSV columns and the verdict."""
+    from benchmarks import bench_frontier
+
+    results, csv = tmp_path / "frontier.jsonl", tmp_path / "frontier.csv"
+    args = ["--quick", "--model", tiny_model, "--data", "generated", "--results", str(results), "--csv", str(csv),
+            "--runs-dir", str(tmp_path / "runs")]
+    assert bench_frontier.main(args) == 0
+    table = pd.read_csv(csv)
+    assert list(table.columns) == bench_frontier.CSV_COLUMNS + bench_frontier.VERDICT_COLUMNS
+    assert len(table) == 3 and sorted(table["num_inference_steps"]) == [1, 2, 2]
+    dense, pruned = table[table["criterion"] == "dense"], table[table["criterion"] != "dense"]
+    assert (dense["speedup"] == 1).all() and (dense["relative_latency"] == dense["num_inference_steps"] / 50).all()
+    assert len(pruned) == 1 and (pruned["finetune_steps"] == 2).all() and (pruned["macs_ratio"] < 1).all()
+    assert (pruned["speedup_low"] <= pruned["speedup"]).all() and (pruned["speedup"] <= pruned["speedup_high"]).all()
+    assert (pruned["relative_latency_low"] <= pruned["relative_latency"]).all()
+    assert pruned[["fid", "kid", "kid_std"]].notna().all().all() and dense[bench_frontier.VERDICT_COLUMNS].isna().all().all()
+    # Verdict: the dense FID interpolated at the pruned point's relative latency, where it lies inside the frontier.
+    dense_points = sorted(zip(dense["relative_latency"], dense["fid"]))
+    for _, row in pruned.iterrows():
+        inside = dense_points[0][0] <= row["relative_latency"] <= dense_points[-1][0]
+        assert inside == pd.notna(row["frontier_fid"])
+        if inside:
+            (x0, y0), (x1, y1) = dense_points
+            expected = y0 + (y1 - y0) * (row["relative_latency"] - x0) / (x1 - x0)
+            assert row["frontier_fid"] == pytest.approx(expected)
+            assert row["fid_minus_frontier"] == pytest.approx(row["fid"] - expected)
+    assert bench_frontier._interpolate([(0.1, 10.0), (0.2, 20.0)], 0.15) == pytest.approx(15.0)
+    # Resume: a second run measures nothing new; --table prints every row and the verdict.
+    lines = results.read_text().splitlines()
+    assert bench_frontier.main(args) == 0
+    assert results.read_text().splitlines() == lines
+    markdown = bench_frontier.table_markdown(bench_frontier.read_rows(results))
+    assert markdown.count("| dense |") == 2 and markdown.count("magnitude channel 20% +2 steps") >= 1
+
+
 def test_bench_recovery_quick_rows_and_resume(tiny_model, tmp_path, capsys):
     """benchmarks/bench_recovery.py --quick (issue 13): one row per method and recovery budget plus the
     dense row, finite numbers, cumulative recovery time; a re-run skips the rows already written and

@@ -630,7 +630,7 @@ def obs_prune_unet(
     layers: dict | None = None,  # name -> module to prune (default: the engine's prunable layers)
     blocksize: int = DEFAULT_BLOCKSIZE,
     percdamp: float = DEFAULT_PERCDAMP,
-    heads_to_remove: dict | None = None,  # "head": attention name -> number of heads (overrides head_ratio)
+    heads_to_remove: dict | None = None,  # "head": attention name -> number of heads (overrides head_ratio; no FFN cut)
     shrink: bool = True,  # "head": physically remove the heads (False: compensate and zero only)
     progress: ProgressFn | None = None,
 ) -> ObsReport:
@@ -661,9 +661,14 @@ def obs_prune_unet(
 
     if granularity == "head":
         targets = _structured_targets(unet)
-        if heads_to_remove is not None:  # only the attention modules that lose heads
+        if heads_to_remove is not None:
+            # the engine's head cut removes heads only: the attention modules that lose heads (FFN
+            # neurons are granularity 'ffn'; pruning them here removed more than the spec asked)
             targets = {name: target for name, target in targets.items()
-                       if target[0] != "attention" or heads_to_remove.get(name, 0) > 0}
+                       if target[0] == "attention" and heads_to_remove.get(name, 0) > 0}
+            if not targets:  # no head to remove: the model stays as it is
+                report.prune_seconds = time.perf_counter() - started
+                return report
         if not targets:
             raise ValueError("granularity 'head' needs a model with multi-head attention or FFN blocks")
         consumer = {name: (module.to_out[0] if kind == "attention" else _feedforward_layers(module)[1])

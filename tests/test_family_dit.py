@@ -109,3 +109,19 @@ def test_unreachable_head_sparsity_suggests_only_granularities_dit_accepts(dit, 
     outcome, message = checks.prune_or_refuse(dit, checks.spec_for("magnitude", "head", sparsity=0.9))
     assert outcome == "refused" and "cannot be reached with granularity 'head'" in message
     assert "['unstructured', 'N:M', 'ffn', 'block']" in message and "channel" not in message
+
+
+def test_obs_head_cut_removes_heads_only_as_other_criteria_do(dit, monkeypatch):
+    """``obs`` at granularity ``head`` removes the heads the spec asks for and no FFN neuron: the same
+    parameter count as magnitude's head cut (the README's open bug: obs once halved the FFNs too)."""
+    checks.wired_granularities(monkeypatch)
+    results = {}
+    for criterion in ("magnitude", "obs"):
+        outcome, results[criterion] = checks.prune_or_refuse(dit, checks.spec_for(criterion, "head", **GRANULARITIES["head"]))
+        assert outcome == "ran", results[criterion]
+    dense_widths = [block.ff.net[2].in_features for block in dit.transformer.transformer_blocks]
+    for result in results.values():
+        blocks = result.pipeline.transformer.transformer_blocks
+        assert [block.ff.net[2].in_features for block in blocks] == dense_widths
+        assert {block.attn1.heads for block in blocks} == {3}  # 4 heads, ratio 0.25
+    assert results["obs"].report.totals["params_after"] == results["magnitude"].report.totals["params_after"]

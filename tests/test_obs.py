@@ -379,3 +379,18 @@ def test_obs_channel_granularity_cuts_channels_and_compensates_readers():
         error_compensated = float((result.pipeline.unet(sample, t).sample - reference).pow(2).mean())
         error_plain = float((plain.pipeline.unet(sample, t).sample - reference).pow(2).mean())
     assert error_compensated < error_plain
+
+
+def test_obs_head_cut_with_no_head_to_remove_leaves_the_model_dense():
+    """A head ratio that removes no head (4 heads x 0.1): obs runs like the other criteria, nothing cut."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from core.engine import prune
+    from core.spec import PruneSpec
+
+    dense = DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=1000))
+    result = prune(dense, PruneSpec(criterion="obs", granularity="head", sparsity=None, channel_ratio=0.1,
+                                    schedule_params={"num_steps": 2}, calibration_batch_size=1))
+    assert result.report.totals["sparsity"] == 0.0
+    pruned, original = result.pipeline.unet.state_dict(), dense.unet.state_dict()
+    assert pruned.keys() == original.keys() and all(torch.equal(pruned[k], original[k]) for k in original)

@@ -39,7 +39,8 @@ QUICK_RUN = dict(source="", criterion="taylor", granularity="channel", sparsity=
                  threshold=0.05, interval_weights="1,1,1,1", num_steps=25, w_min=0.8, w_max=1.2, num_timesteps=10,
                  custom_text="0:1", calibration_batch_size=4, calibration_batches=1, num_samples=16, steps=25, seed=0,
                  quality="KID", recovery_steps=0, recovery_lr=2e-4, recovery_batch=8, distill=False,
-                 recovery_data="shipped training images", recovery_files=None, export_oneshot=False)
+                 recovery_data="shipped training images", recovery_files=None, export_oneshot=False,
+                 grid_class="all classes (uniform)")
 TARGETS = dict(page_over_gradio_floor_s=1.5, first_screen_s=5.0, quick_run_s=40.0, second_run_s=10.0, latency_s=5.0,
                recovered_quick_run_s=180.0)
 

@@ -101,9 +101,16 @@ def build_demo() -> gr.Blocks:
         with gr.Tab("Prune"):
             with gr.Row():
                 with gr.Column(scale=1, min_width=320):
+                    embedded = registry["embedded_models"]
+                    model_picker = gr.Dropdown([(f"{name}: {text}", name) for name, text in embedded.items()],
+                                               value=next(iter(embedded)), label="Embedded model",
+                                               elem_id="model-picker")
                     source = gr.Textbox(label="Model source", value="", max_lines=1,
                                         placeholder="empty = embedded DDPM (Fashion-MNIST); or a hub id / local path")
                     model_info = gr.Markdown()
+                    grid_class = gr.Dropdown([handlers.ALL_CLASSES], value=handlers.ALL_CLASSES, visible=False,
+                                             label="class shown in the sample grids (evaluation: all classes)",
+                                             elem_id="grid-class")
                     load_button = gr.Button("Load model & show dense samples", size="sm")
                     gr.Markdown("**Paper presets** (one click)")
                     with gr.Row():
@@ -254,12 +261,19 @@ def build_demo() -> gr.Blocks:
 
         load_check = load_button.click(handlers.check_source, [source, seed, steps], None, api_visibility="private",
                                        concurrency_id="check", concurrency_limit=4)
-        load_check.success(handlers.dense_preview, [source, seed, steps], [dense_grid, model_info],
+        load_check.success(handlers.dense_preview, [source, seed, steps, grid_class], [dense_grid, model_info, grid_class],
                            api_name="dense_preview", concurrency_id="compute", concurrency_limit=1)
+        # Picking an embedded model fills the source box and loads it (its first screen: samples, card, classes).
+        model_picker.input(handlers.pick_embedded, model_picker, source, api_visibility="private", queue=False).then(
+            handlers.dense_preview, [source, seed, steps, grid_class], [dense_grid, model_info, grid_class],
+            api_visibility="private", concurrency_id="compute", concurrency_limit=1)
+        grid_class.input(handlers.dense_preview, [source, seed, steps, grid_class], [dense_grid, model_info, grid_class],
+                         api_visibility="private", concurrency_id="compute", concurrency_limit=1)
 
         recovery_controls = [recovery_steps, recovery_lr, recovery_batch, distill, recovery_data, recovery_files]
         run_inputs = [source, criterion, granularity, sparsity, *schedule_inputs, calibration_batch_size,
-                      calibration_batches, num_samples, steps, seed, quality, *recovery_controls, export_oneshot]
+                      calibration_batches, num_samples, steps, seed, quality, *recovery_controls, export_oneshot,
+                      grid_class]
         run_outputs = [status, summary, dense_grid, pruned_grid, slider, pair_index, pairs_state, importance_plot,
                        timestep_heatmap, layers_plot, used_plot, pareto_plot, sparsity_plot, export_file, recovery,
                        schedule_plot, recovered_grid, loss_plot, pair_kind, recovery_chart]
@@ -286,6 +300,6 @@ def build_demo() -> gr.Blocks:
         compare_event.then(lambda: "", None, compare_queue_note, api_visibility="private", queue=False)
         # First screen: the schedule curve and the stored/shipped charts, then the model's dense samples.
         demo.load(handlers.first_screen, [source, seed, steps, *schedule_inputs],
-                  [dense_grid, model_info, schedule_plot, pareto_plot, sparsity_plot, recovery_chart],
+                  [dense_grid, model_info, schedule_plot, pareto_plot, sparsity_plot, recovery_chart, grid_class],
                   api_name="first_screen")
     return demo

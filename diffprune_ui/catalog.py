@@ -21,6 +21,7 @@ CATALOG_FILE = Path(__file__).with_name("catalog.json")
 def build_catalog() -> dict:
     """The registry fields the page uses, read from the live registries (imports ``core``)."""
     from core.criteria import CRITERIA
+    from core.default_model import EMBEDDED_MODELS
     from core.recovery import RECOVERY_DEFAULTS
     from core.schedules import SCHEDULES
     from core.spec import PRESETS
@@ -34,6 +35,7 @@ def build_catalog() -> dict:
         "schedules": {name: dict(defaults=dict(s.defaults), adaptive=s.adaptive) for name, s in SCHEDULES.items()},
         "presets": sorted(PRESETS),
         "recovery_defaults": dict(RECOVERY_DEFAULTS),
+        "embedded_models": {name: description for name, (_, description) in EMBEDDED_MODELS.items()},
     }))
 
 

@@ -402,20 +402,57 @@ def granularity_choices(granularities) -> list[str]:
 _DENSE_SAMPLES: dict = {}
 
 
-def dense_samples(source, steps: int, seed: int):
+ALL_CLASSES = "all classes (uniform)"
+
+
+def class_choices(pipeline) -> list[str]:
+    """The grid's class picker: all classes (uniform, as evaluation samples them) and, for a
+    class-conditional model, each class by index and name (``DiTPipeline.labels``)."""
+    from core.models import adapter_for
+
+    classes = adapter_for(pipeline).num_classes(pipeline)
+    if not classes:
+        return [ALL_CLASSES]
+    names = {}
+    for name, index in (getattr(pipeline, "labels", None) or {}).items():
+        names.setdefault(int(index), name)
+    return [ALL_CLASSES] + [f"{index}: {names.get(index, 'class ' + str(index))}" for index in range(int(classes))][:1000]
+
+
+def class_label_of(pipeline, choice, strict: bool = True) -> int | None:
+    """The class index the grids show (None: uniform). ``strict``: a choice the model does not
+    offer is a ValueError naming the field; else it falls back to uniform (the model changed)."""
+    choices = class_choices(pipeline)
+    if choice in (None, "", ALL_CLASSES):
+        return None
+    if not isinstance(choice, str) or choice not in choices:
+        if not strict:
+            return None
+        shown = choices if len(choices) <= 12 else choices[:11] + ["..."]
+        raise ValueError(f"class shown in the grids must be one of {shown} for this model, got {_short(choice)}")
+    return int(choice.split(":", 1)[0])
+
+
+def class_update(pipeline, choice):
+    """The class picker for ``pipeline``: its choices, the current class kept when the model offers it."""
+    choices = class_choices(pipeline)
+    return gr.update(choices=choices, value=choice if choice in choices else ALL_CLASSES, visible=len(choices) > 1)
+
+
+def dense_samples(source, steps: int, seed: int, class_label: int | None = None):
     """The dense model's ``GRID_IMAGES`` samples at (steps, seed), sampled once per process: the
     first screen and every run's dense grid show the same images, so they are not sampled again."""
     from core import sample_images
 
-    key = (normalise_source(source), steps, seed)
+    key = (normalise_source(source), steps, seed, class_label)
     if key not in _DENSE_SAMPLES:
         while len(_DENSE_SAMPLES) >= 8:
             _DENSE_SAMPLES.pop(next(iter(_DENSE_SAMPLES)))
-        _DENSE_SAMPLES[key] = sample_images(cached_pipeline(source), GRID_IMAGES, steps, seed)
+        _DENSE_SAMPLES[key] = sample_images(cached_pipeline(source), GRID_IMAGES, steps, seed, class_label=class_label)
     return _DENSE_SAMPLES[key]
 
 
-def sample_grids(source, pruned_pipeline, steps: int, seed: int, progress=None):
+def sample_grids(source, pruned_pipeline, steps: int, seed: int, progress=None, class_label: int | None = None):
     """Dense and pruned samples from the same initial noise and sampler (as ``core.compare_grid``),
     the dense half taken from :func:`dense_samples`."""
     from types import SimpleNamespace
@@ -423,25 +460,38 @@ def sample_grids(source, pruned_pipeline, steps: int, seed: int, progress=None):
     from core import make_grid, sample_images
     from core.pipeline import initial_noise
 
-    dense_images = dense_samples(source, steps, seed)
+    dense_images = dense_samples(source, steps, seed, class_label)
     noise = initial_noise(cached_pipeline(source), GRID_IMAGES, seed)
-    pruned_images = sample_images(pruned_pipeline, GRID_IMAGES, steps, seed, noise=noise, progress=progress)
+    pruned_images = sample_images(pruned_pipeline, GRID_IMAGES, steps, seed, noise=noise, progress=progress,
+                                  class_label=class_label)
     return SimpleNamespace(dense_images=dense_images, pruned_images=pruned_images,
                            dense_grid=make_grid(dense_images, columns=4, scale=4),
                            pruned_grid=make_grid(pruned_images, columns=4, scale=4))
 
 
-def dense_preview(source, seed=0, steps=25):
+def dense_preview(source, seed=0, steps=25, grid_class=ALL_CLASSES):
+    """The model's dense samples (of the chosen class, for a class-conditional model; a class the
+    newly loaded model does not offer falls back to uniform), its card and its class picker."""
     from core import make_grid
 
     try:
         seed = whole_number("seed", seed, 0, MAX_SEED)
         steps = whole_number("sampling steps", steps, 1, MAX_STEPS)
         pipeline = cached_pipeline(source)
-        images = dense_samples(source, steps, seed)
+        class_label = class_label_of(pipeline, grid_class, strict=False)
+        images = dense_samples(source, steps, seed, class_label)
     except ValueError as error:
         raise _user_error(error) from error
-    return make_grid(images, columns=4, scale=4), model_card(source, pipeline)
+    return make_grid(images, columns=4, scale=4), model_card(source, pipeline), class_update(pipeline, grid_class)
+
+
+def pick_embedded(name):
+    """The model picker: the source box's text for an embedded model (empty for the default)."""
+    from core.default_model import EMBEDDED_MODELS
+
+    if name not in EMBEDDED_MODELS:
+        raise gr.Error(f"embedded model must be one of {list(EMBEDDED_MODELS)}, got {_short(name)}")
+    return "" if name == next(iter(EMBEDDED_MODELS)) else name
 
 
 def model_card(source, pipeline) -> str:
@@ -654,7 +704,8 @@ def _uploaded_folder(files) -> str:
 def validate_run(source, criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps, w_min,
                  w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, num_samples, steps,
                  seed, quality, recovery_steps=0, recovery_lr=None, recovery_batch=None, distill=False,
-                 recovery_data="shipped training images", recovery_files=None, export_oneshot=False) -> dict:
+                 recovery_data="shipped training images", recovery_files=None, export_oneshot=False,
+                 grid_class=ALL_CLASSES) -> dict:
     """Every field of a run, checked before anything changes on screen (the model is loaded: a
     source that cannot be loaded, a granularity the model cannot take and recovery data that do
     not fit the model are field errors too). Raises ``gr.Error`` naming the field and what is allowed."""
@@ -676,12 +727,14 @@ def validate_run(source, criterion, granularity, sparsity, schedule, threshold, 
             raise ValueError(f"export the one-shot model too must be true or false, got {_short(export_oneshot)}")
         dense = cached_pipeline(source)
         GRANULARITIES[spec.granularity_name].check(_denoiser(dense), spec)
+        class_label = class_label_of(dense, grid_class)
         if recovery["steps"] and recovery["data"] != "generated":
             recovery_images(dense, recovery["data"])  # the data fit the model: checked before any work
     except ValueError as error:
         raise _user_error(error) from error
     return dict(spec=spec, num_samples=num_samples, steps=steps, metrics=metrics, dense=dense,
-                recovery=recovery if recovery["steps"] else None, export_oneshot=export_oneshot)
+                recovery=recovery if recovery["steps"] else None, export_oneshot=export_oneshot,
+                class_label=class_label)
 
 
 def check_run(*controls) -> None:
@@ -944,7 +997,7 @@ def run_prune(source, criterion, granularity, sparsity, schedule, threshold, int
               w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, num_samples, steps,
               seed, quality, recovery_steps=0, recovery_lr=None, recovery_batch=None, distill=False,
               recovery_data="shipped training images", recovery_files=None, export_oneshot=False,
-              request: gr.Request = None, progress=gr.Progress()):
+              grid_class=ALL_CLASSES, request: gr.Request = None, progress=gr.Progress()):
     """Prune a copy of the cached dense model, optionally recover it by fine-tuning, evaluate every
     stage, time dense and pruned paired, build every view."""
     from core import sample_images
@@ -957,7 +1010,7 @@ def run_prune(source, criterion, granularity, sparsity, schedule, threshold, int
     controls = (source, criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps, w_min,
                 w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, num_samples, steps,
                 seed, quality, recovery_steps, recovery_lr, recovery_batch, distill, recovery_data, recovery_files,
-                export_oneshot)
+                export_oneshot, grid_class)
     checked = validate_run(*controls)  # raises gr.Error before anything changes
     spec, num_samples, steps, metrics, dense = (checked[k] for k in ("spec", "num_samples", "steps", "metrics", "dense"))
     recovery = checked["recovery"]
@@ -989,12 +1042,14 @@ def run_prune(source, criterion, granularity, sparsity, schedule, threshold, int
                                      progress=_progress_callback(progress, session, at, plan["evaluate"]))
             at += plan["evaluate"]
         comparison = sample_grids(source, result.pipeline, steps, spec.seed,
-                                  progress=_progress_callback(progress, session, at, plan["grids"]))
+                                  progress=_progress_callback(progress, session, at, plan["grids"]),
+                                  class_label=checked["class_label"])
         at += plan["grids"]
         if tuned is not None:
             noise = initial_noise(dense, GRID_IMAGES, spec.seed)
             recovered_images = sample_images(tuned.pipeline, GRID_IMAGES, steps, spec.seed, noise=noise,
-                                             progress=_progress_callback(progress, session, at, plan["grids"]))
+                                             progress=_progress_callback(progress, session, at, plan["grids"]),
+                                             class_label=checked["class_label"])
             at += plan["grids"]
         _progress_callback(progress, session, at, 0.0)(0.0, "timing dense and pruned (paired)")
         timing = paired_step_latency(dense, (tuned or result).pipeline, num_inference_steps=steps)
@@ -1232,10 +1287,10 @@ def first_screen(source, seed, steps, *schedule_controls):
     """What the page shows before any run: dense samples, the schedule curve, the stored and
     shipped charts (one-shot and recovered rows) and the shipped recovery comparison."""
     load_engine()
-    grid, card = dense_preview(source, seed, steps)
+    grid, card, classes = dense_preview(source, seed, steps)
     pareto_figure, sparsity_figure = results_charts()
     return (grid, card, preview_schedule(*schedule_controls), pareto_figure, sparsity_figure,
-            safe_view(figures.recovery_comparison, shipped_recovery()))
+            safe_view(figures.recovery_comparison, shipped_recovery()), classes)
 
 
 # ------------------------------------------------------------------------------ compare

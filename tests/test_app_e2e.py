@@ -8,7 +8,8 @@ QUICK_RUN = dict(source="", criterion="magnitude", granularity="channel", sparsi
                  threshold=0.05, interval_weights="1,1,1,1", num_steps=25, w_min=0.8, w_max=1.2, num_timesteps=10,
                  custom_text="0:1", calibration_batch_size=4, calibration_batches=1, num_samples=4, steps=5, seed=0,
                  quality="KID", recovery_steps=0, recovery_lr=2e-4, recovery_batch=8, distill=False,
-                 recovery_data="shipped training images", recovery_files=None, export_oneshot=False)
+                 recovery_data="shipped training images", recovery_files=None, export_oneshot=False,
+                 grid_class="all classes (uniform)")
 
 
 @pytest.fixture(scope="module")

@@ -127,10 +127,11 @@ def test_calibration_estimate_before_a_run(tiny_model):
 
 
 def test_dense_preview_and_model_card(tiny_model):
-    grid, card = handlers.dense_preview(tiny_model, seed=1, steps=2)
+    grid, card, classes = handlers.dense_preview(tiny_model, seed=1, steps=2)
+    assert classes["visible"] is False  # an unconditional model has no class picker
     assert isinstance(grid, Image.Image) and grid.width >= 4 * 8 * 4  # 4 columns of 8 px, scaled 4x, plus padding
     assert "parameters" in card
-    again, _ = handlers.dense_preview(tiny_model, seed=1, steps=2)
+    again, _, _ = handlers.dense_preview(tiny_model, seed=1, steps=2)
     assert np.array_equal(np.asarray(grid), np.asarray(again))  # same seed, same samples
 
 
@@ -143,7 +144,8 @@ def test_bad_hub_id_is_a_short_error_without_hub_internals():
 
 
 def test_first_screen_shows_samples_curve_and_charts(tiny_model):
-    grid, card, curve, pareto, by_sparsity, recovery = handlers.first_screen(tiny_model, 0, 2, *SCHEDULE_DEFAULTS)
+    grid, card, curve, pareto, by_sparsity, recovery, classes = handlers.first_screen(tiny_model, 0, 2,
+                                                                                     *SCHEDULE_DEFAULTS)
     assert isinstance(grid, Image.Image)
     assert all(isinstance(f, go.Figure) for f in (curve, pareto, by_sparsity, recovery))
     # The shipped 2,000-step recovery comparison is on the first screen: one-shot and recovered FID per method.
@@ -276,8 +278,9 @@ def _controls_after(clicks) -> dict:
 def test_presets_set_exactly_their_spec_in_any_order(first):
     for second in sorted(PRESETS):
         state = _controls_after([first, second])
-        spec = handlers.spec_from_controls(*(state[f] for f in ui_app.PRESET_FIELDS), seed=0)
+        spec = handlers.spec_from_controls(*(state[f] for f in ui_app.PRESET_FIELDS if f != "distill"), seed=0)
         assert spec == PRESETS[second], (first, second, spec.to_json(), PRESETS[second].to_json())
+        assert state["distill"] == (PRESETS[second].criterion == "nici")  # NiCI-Pruning recovers with distillation
         updates = ui_app.preset_updates(second)
         assert updates[1]["value"] == PRESETS[second].granularity and PRESETS[second].granularity in updates[1]["choices"]
 
@@ -291,7 +294,7 @@ def test_criterion_change_keeps_a_supported_granularity():
 
 def test_threshold_run_shows_where_it_stopped(tiny_model):
     out = run(tiny_model, criterion="taylor", schedule="threshold")
-    stopped = out["summary"].set_index("").loc["timesteps used", "pruned"]
+    stopped = out["summary"].set_index("").loc["timesteps used", "one-shot"]
     assert "threshold stopped at t =" in stopped
     figure = out["schedule_plot"]
     assert "stopped at t =" in figure.layout.title.text and figure.data[0].x is not None
@@ -299,7 +302,7 @@ def test_threshold_run_shows_where_it_stopped(tiny_model):
 
 def test_run_prune_calibrated_criterion_reports_timesteps(tiny_model):
     out = run(tiny_model, criterion="taylor", schedule="custom", custom="3:1, 200:0.5")
-    assert "2 (t = 3 .. 200)" in out["summary"].set_index("").loc["timesteps used", "pruned"]
+    assert "2 (t = 3 .. 200)" in out["summary"].set_index("").loc["timesteps used", "one-shot"]
     assert any(trace.type in ("bar", "scatter") for trace in out["used"].data)
     assert out["timestep_heatmap"].data and out["timestep_heatmap"].data[0].type == "heatmap"
 
@@ -517,7 +520,7 @@ def test_every_user_action_is_one_named_endpoint():
     demo = ui_app.build_demo()
     named = set(demo.get_api_info()["named_endpoints"])
     assert named == {"/run_prune", "/run_compare", "/dense_preview", "/cancel_run", "/calibration_estimate",
-                     "/preview_schedule", "/first_screen"}
+                     "/preview_schedule", "/first_screen", "/recovery_estimate"}
 
 
 def test_build_demo_wires_every_registry_choice():
@@ -725,3 +728,32 @@ def test_compare_with_a_recovery_budget_is_stored_apart(tiny_model):
                                        request=FakeRequest(), progress=RecordingProgress())
     assert again["stored"].iloc[1] == "yes" and again["KID"].iloc[1] == recovered["KID"].iloc[1]
     assert recovered["KID"].iloc[1] != oneshot["KID"].iloc[1]
+
+
+def test_the_gpu_lease_is_sized_from_the_recovery_budget(tiny_model):
+    args = run_args(tiny_model)
+    assert handlers.run_gpu_duration(*args) == 300  # no recovery: prune + evaluation
+    assert handlers.run_gpu_duration(*run_args(tiny_model, recovery_steps=2000)) == 300 + 200
+    assert handlers.run_gpu_duration(*args[:18], recovery_steps=10**6) == 3600  # capped at one hour
+    assert handlers.run_gpu_duration(*run_args(tiny_model, recovery_steps="x")) == 300
+
+
+def test_model_picker_and_class_picker_on_the_embedded_dit():
+    assert handlers.pick_embedded("ddpm-fashion-mnist") == "" and handlers.pick_embedded("dit-fashion-mnist") == "dit-fashion-mnist"
+    with pytest.raises(gr.Error, match="embedded model must be one of"):
+        handlers.pick_embedded("nope")
+    uniform, card, classes = handlers.dense_preview("dit-fashion-mnist", 0, 2)
+    assert classes["visible"] and classes["choices"][0] == handlers.ALL_CLASSES and "1: Trouser" in classes["choices"]
+    assert "dit" in card
+    trousers, _, picked = handlers.dense_preview("dit-fashion-mnist", 0, 2, "1: Trouser")
+    assert picked["value"] == "1: Trouser" and not np.array_equal(np.asarray(trousers), np.asarray(uniform))
+    # the run's grids show the chosen class: the dense grid is exactly the preview's
+    out = run("dit-fashion-mnist", granularity="head", sparsity=0.25, num_samples=4, steps=2)
+    assert out["status"].startswith("**Done**"), out["status"]
+    args = run_args("dit-fashion-mnist", granularity="head", sparsity=0.25, num_samples=4, steps=2) + ["1: Trouser"]
+    chosen = dict(zip(RUN_FIELDS, handlers.run_prune(*args, request=FakeRequest(), progress=RecordingProgress())))
+    assert np.array_equal(np.asarray(chosen["dense_grid"]), np.asarray(trousers))
+    with pytest.raises(gr.Error, match="class shown in the grids must be one of"):
+        handlers.check_run(*run_args("dit-fashion-mnist", granularity="head", sparsity=0.25) + ["42: Spaceship"])
+    # a model without classes falls back to uniform in the preview, refuses a class in a run
+    assert handlers.dense_preview("", 0, 2, "1: Trouser")[2]["value"] == handlers.ALL_CLASSES

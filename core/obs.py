@@ -5,7 +5,8 @@ per-layer solver is SparseGPT's (Frantar & Alistarh, ICML 2023, ``sparsegpt.py::
 
 1. **Timestep-aware Hessian.** For every prunable layer, forward hooks collect
    ``H = (2 / sum_t w_t n_t) * sum_t w_t X_t X_t^T`` while the dense model samples
-   (``X_t`` the layer's inputs at sampling step ``t`` with tokens / pixels as columns, ``n_t``
+   (``X_t`` the layer's inputs at sampling step ``t`` with tokens / pixels as columns, the steps
+   walked by the family adapter's ``sampler_step``: DDIM, or flow Euler for SD3; ``n_t``
    their number, ``w_t`` from a timestep schedule, default ``log-decrease``: 1.2 at the noisiest
    step down to 0.8 at the last). ``nn.Conv2d`` inputs are unfolded (``F.unfold``) into columns of
    length ``in_channels * kh * kw``. Hooks are registered in a context manager and always removed.
@@ -636,7 +637,8 @@ def obs_prune_unet(
 ) -> ObsReport:
     """Prune ``unet`` in place with OBS-Diff; the caller passes a copy if it keeps the dense model.
 
-    Calibration: ``num_images`` trajectories sampled by the model itself with DDIM through the
+    Calibration: ``num_images`` trajectories sampled by the model itself with its family's
+    deterministic sampler step (DDIM; flow Euler on SD3: ``ModelAdapter.sampler_step``) through the
     schedule's timesteps (seeded noise), each step weighted by its schedule weight. The
     trajectory is recorded once from the dense model (the first group's Hessians are collected
     during that pass); then for each later layer group in forward order, Hessians are collected

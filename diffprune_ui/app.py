@@ -235,7 +235,7 @@ def build_demo() -> gr.Blocks:
         schedule.change(handlers.schedule_visibility, schedule, [threshold, interval_weights, ramp_row, num_timesteps,
                                                                   custom_text], api_visibility="private", queue=False)
         # .input: only the user's own choice; a preset's programmatic change must not reset its granularity.
-        criterion.input(handlers.criterion_changed, [criterion, granularity],
+        criterion.input(handlers.criterion_changed, [criterion, granularity, source],
                         [granularity, schedule, calibration_group, criterion_note, distill], api_visibility="private",
                         queue=False)
         recovery_data.change(lambda choice: gr.update(visible=handlers.RECOVERY_DATA.get(choice, "") is None),
@@ -262,11 +262,15 @@ def build_demo() -> gr.Blocks:
         load_check = load_button.click(handlers.check_source, [source, seed, steps], None, api_visibility="private",
                                        concurrency_id="check", concurrency_limit=4)
         load_check.success(handlers.dense_preview, [source, seed, steps, grid_class], [dense_grid, model_info, grid_class],
-                           api_name="dense_preview", concurrency_id="compute", concurrency_limit=1)
+                           api_name="dense_preview", concurrency_id="compute", concurrency_limit=1).then(
+            handlers.granularities_for_model, [source, criterion, granularity], granularity, api_visibility="private",
+            queue=False)
         # Picking an embedded model fills the source box and loads it (its first screen: samples, card, classes).
         model_picker.input(handlers.pick_embedded, model_picker, source, api_visibility="private", queue=False).then(
             handlers.dense_preview, [source, seed, steps, grid_class], [dense_grid, model_info, grid_class],
-            api_visibility="private", concurrency_id="compute", concurrency_limit=1)
+            api_visibility="private", concurrency_id="compute", concurrency_limit=1).then(
+            handlers.granularities_for_model, [source, criterion, granularity], granularity, api_visibility="private",
+            queue=False)
         grid_class.input(handlers.dense_preview, [source, seed, steps, grid_class], [dense_grid, model_info, grid_class],
                          api_visibility="private", concurrency_id="compute", concurrency_limit=1)
 

@@ -180,6 +180,12 @@ def source_error(text: str) -> ValueError:
                       "private id, no network, or not a supported model family)")
 
 
+def adapter_of_pipeline(pipeline):
+    from core.models import adapter_for
+
+    return adapter_for(pipeline)
+
+
 def _denoiser(pipeline):
     from core.models import adapter_for
 
@@ -323,7 +329,7 @@ def schedule_visibility(schedule):
             gr.update(visible=schedule == "custom"))
 
 
-def criterion_changed(criterion, granularity=None):
+def criterion_changed(criterion, granularity=None, source=None):
     """Granularities the criterion supports (the current one kept when it is among them), its
     default schedule, and whether it calibrates. Wired to the user's own change of the dropdown
     only (``.input``), so a preset's settings are never overwritten by it."""
@@ -332,6 +338,11 @@ def criterion_changed(criterion, granularity=None):
 
     entry = CRITERIA[criterion]
     choices = granularity_choices(entry.granularities)
+    if source is not None:  # only what the loaded model's family can cut
+        try:
+            choices = model_granularity_choices(cached_pipeline(source), entry.granularities) or choices
+        except ValueError:
+            pass
     keep = granularity if granularity in choices else (choices[0] if choices else None)
     schedule = entry.default_schedule or "uniform"
     return (gr.update(choices=choices, value=keep),
@@ -397,6 +408,42 @@ def granularity_choices(granularities) -> list[str]:
         else:
             choices.append(name)
     return choices
+
+
+def model_granularity_choices(pipeline, granularities) -> list[str]:
+    """``granularity_choices`` narrowed to those this model's family can cut (its adapter's
+    ``check_cut`` and the granularity's own check), e.g. no ``channel`` on a DiT."""
+    from core.granularity import GRANULARITIES
+    from core.models import adapter_for
+    from core.spec import PruneSpec
+
+    adapter = adapter_for(pipeline)
+    denoiser = adapter.denoiser(pipeline)
+    kept = []
+    for choice in granularity_choices(granularities):
+        try:
+            spec = PruneSpec(criterion="magnitude", granularity=choice, sparsity=None if ":" in choice else 0.3)
+            adapter.check_cut(adapter.denoiser_name, denoiser, spec.granularity_name)
+            GRANULARITIES[spec.granularity_name].check(denoiser, spec)
+        except ValueError:
+            continue
+        kept.append(choice)
+    return kept
+
+
+def granularities_for_model(source, criterion, granularity):
+    """After a model is loaded: the criterion's granularities this model accepts (the current one
+    kept when accepted)."""
+    load_engine()
+    from core.criteria import CRITERIA
+
+    try:
+        pipeline = cached_pipeline(source)
+        entry = CRITERIA.get_entry(criterion)
+    except ValueError:
+        return gr.skip()
+    choices = model_granularity_choices(pipeline, entry.granularities) or granularity_choices(entry.granularities)
+    return gr.update(choices=choices, value=granularity if granularity in choices else choices[0])
 
 
 _DENSE_SAMPLES: dict = {}
@@ -726,6 +773,8 @@ def validate_run(source, criterion, granularity, sparsity, schedule, threshold, 
         if not isinstance(export_oneshot, bool):
             raise ValueError(f"export the one-shot model too must be true or false, got {_short(export_oneshot)}")
         dense = cached_pipeline(source)
+        adapter = adapter_of_pipeline(dense)
+        adapter.check_cut(adapter.denoiser_name, _denoiser(dense), spec.granularity_name)
         GRANULARITIES[spec.granularity_name].check(_denoiser(dense), spec)
         class_label = class_label_of(dense, grid_class)
         if recovery["steps"] and recovery["data"] != "generated":

@@ -757,3 +757,16 @@ def test_model_picker_and_class_picker_on_the_embedded_dit():
         handlers.check_run(*run_args("dit-fashion-mnist", granularity="head", sparsity=0.25) + ["42: Spaceship"])
     # a model without classes falls back to uniform in the preview, refuses a class in a run
     assert handlers.dense_preview("", 0, 2, "1: Trouser")[2]["value"] == handlers.ALL_CLASSES
+
+
+def test_granularity_choices_follow_the_loaded_model_family():
+    dit = handlers.granularities_for_model("dit-fashion-mnist", "magnitude", "channel")
+    assert "channel" not in dit["choices"] and {"head", "ffn", "block", "unstructured", "2:4"} <= set(dit["choices"])
+    assert dit["value"] == dit["choices"][0]  # channel was chosen: replaced by one the DiT accepts
+    assert handlers.granularities_for_model("dit-fashion-mnist", "magnitude", "ffn")["value"] == "ffn"
+    pixel = handlers.granularities_for_model("", "magnitude", "channel")
+    assert "channel" in pixel["choices"] and "ffn" not in pixel["choices"] and pixel["value"] == "channel"
+    granularity, *_ = handlers.criterion_changed("taylor", "channel", "dit-fashion-mnist")
+    assert "channel" not in granularity["choices"]
+    with pytest.raises(gr.Error, match="residual width"):  # refused before any work, naming what is allowed
+        handlers.check_run(*run_args("dit-fashion-mnist", granularity="channel"))

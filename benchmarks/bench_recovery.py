@@ -12,14 +12,16 @@ lr, batch size; on the shipped training images), for
 
 and the dense model under the same evaluation.
 
-One trajectory per method: ``core.finetune.finetune`` to 50 steps, evaluate; ``finetune`` again
-to 200 steps in the same ``output_dir`` (it resumes from ``checkpoint-50``: the same weights as an
-uninterrupted run), evaluate; then 1,000. Checkpoints are written only at the measured points
+One trajectory per method: ``core.finetune.finetune`` to N steps, evaluate; ``finetune`` again to
+a larger N in the same ``output_dir`` (it resumes from the largest checkpoint not beyond N: the
+same weights as an uninterrupted run, ``core/finetune.py``), evaluate; and so on. Checkpoints are written only at the measured points
 (``checkpoint_every=0``), so the recovery wall time of a point is exactly the sum of the
 ``FinetuneResult.wall_time_s`` of the segments that reached it (kept per method in
 ``<runs-dir>/<settings>/<method>/wall_time.json``, so a restarted run keeps the time of the
-segments it does not redo). The points are measured step budget first, method second (every
-method's 0, then every method's 50, ...): the long 1,000-step segments come last.
+segments it does not redo). The points are measured step budget first, method second, in the
+order ``--steps`` gives (default ``0 200 50 1000``: every method's one-shot model, then the app's
+default budget, then 50 -- a fresh 50-step run, as no checkpoint <= 50 exists yet; same weights as
+a stop at 50 on the way -- and last the 1,000-step segments, resumed from ``checkpoint-200``).
 
 Rows go to ``benchmarks/results/recovery.jsonl`` (one JSON object per line) as soon as they are
 measured; a re-run skips rows already there (key: method + steps + settings) and resumes the
@@ -153,7 +155,7 @@ def run(args) -> int:
     results, runs = Path(args.results), Path(args.runs_dir)
     settings = _settings(args)
     settings_id = _settings_id(settings)
-    steps_list = sorted(set(int(s) for s in args.steps))
+    steps_list = list(dict.fromkeys(int(s) for s in args.steps))  # measured in the order given
     done = _done(results)
     todo = {m: [s for s in steps_list if _key(m, s, settings_id) not in done] for m in args.methods}
     dense_key = _key("dense", 0, settings_id)
@@ -275,7 +277,7 @@ def table(args) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--steps", nargs="+", type=int, default=None, help="recovery step budgets (default 0 50 200 1000)")
+    parser.add_argument("--steps", nargs="+", type=int, default=None, help="recovery step budgets, measured in this order (default 0 200 50 1000)")
     parser.add_argument("--num-samples", type=int, default=None, help="samples per evaluation (default 256)")
     parser.add_argument("--inference-steps", type=int, default=None, help="DDIM steps of the samples (default 25)")
     parser.add_argument("--metrics", nargs="+", default=None, choices=["fid", "kid"], help="default: fid kid")
@@ -294,7 +296,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     quick = dict(steps=[0, 2], num_samples=8, inference_steps=2, metrics=["kid"], batch_size=2,
                  calibration_batches=1, calibration_batch_size=2, results=QUICK_RESULTS, runs_dir=QUICK_RUNS)
-    full = dict(steps=[0, 50, 200, 1000], num_samples=256, inference_steps=25, metrics=["fid", "kid"],
+    full = dict(steps=[0, 200, 50, 1000], num_samples=256, inference_steps=25, metrics=["fid", "kid"],
                 results=RESULTS, runs_dir=RUNS)
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:

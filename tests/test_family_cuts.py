@@ -180,3 +180,20 @@ def test_block_granularity_records_the_renumbering(monkeypatch):
     for new, old in renamed.items():
         if new in prunable_layers(model):
             assert torch.equal(dict(model.named_modules())[new].weight, dense[old])
+
+
+def test_structural_refusals_suggest_only_what_the_model_accepts():
+    """``ffn`` on a UNet without FeedForward blocks names the granularities this UNet accepts
+    (its family's cuts and the structural checks), not a fixed list."""
+    from diffusers import UNet2DModel
+
+    from core.granularities import GRANULARITIES
+    from core.spec import PruneSpec
+
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 32),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4)
+    with pytest.raises(ValueError) as caught:
+        GRANULARITIES["ffn"].check(unet, PruneSpec(criterion="magnitude", granularity="ffn", sparsity=0.3))
+    message = str(caught.value)
+    assert "allowed: ['unstructured', 'N:M', 'channel'" in message and "'ffn'" not in message.split("allowed:")[1]

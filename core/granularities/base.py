@@ -85,6 +85,35 @@ def _block_importance(score: torch.Tensor) -> np.ndarray:
     return score.reshape(score.shape[0], score.shape[1], -1).sum(-1).float().cpu().numpy()
 
 
+def other_granularities(model: nn.Module, spec, excluded: str) -> list:
+    """The registered granularities other than ``excluded`` that this model accepts (for refusals):
+    its family's ``check_cut`` (DiT, PixArt, SD3 refuse ``channel``) and each structural
+    granularity's own check (``ffn`` needs FeedForward blocks, ``block`` removable blocks).
+    The checks it runs may refuse in turn: their own messages are then not needed (no recursion)."""
+    if _EXPLAINING:
+        return []
+    adapter, component = _rules(model)
+    allowed = []
+    _EXPLAINING.append(excluded)
+    try:
+        for name, entry in GRANULARITIES.items():
+            if name == excluded:
+                continue
+            try:
+                adapter.check_cut(component, model, name)
+                if entry.structural:
+                    entry.check(model, spec)
+            except ValueError:
+                continue
+            allowed.append(name)
+    finally:
+        _EXPLAINING.pop()
+    return allowed
+
+
+_EXPLAINING: list = []  # granularities whose refusal is being explained (other_granularities)
+
+
 def _no_check(unet, spec):
     return None
 

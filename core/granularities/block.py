@@ -23,7 +23,7 @@ from torch import nn
 
 from ..criteria import prunable_layers
 from ..models.transformer_cuts import remove_blocks, removable_blocks
-from .base import SPARSITY_TOLERANCE, Granularity, GranularityOutcome, register_granularity
+from .base import SPARSITY_TOLERANCE, Granularity, GranularityOutcome, other_granularities, register_granularity
 
 
 def _unet_block_units(model) -> list[dict]:
@@ -114,7 +114,7 @@ def check_block(model, spec):
     if len(units) < 1 or (hasattr(model, "transformer_blocks") and len(model.transformer_blocks) < 2):
         raise ValueError(f"granularity 'block' finds no removable block in this {type(model).__name__} (a transformer needs "
                          "two blocks or more; a UNet a mid block or a stage with two layers or more); allowed: "
-                         "'unstructured', N:M, 'channel' or 'head'")
+                         f"{other_granularities(model, spec, 'block')}")
 
 
 def _unit_weights(unit, prunable_ids) -> int:

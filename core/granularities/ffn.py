@@ -17,7 +17,7 @@ from torch import nn
 
 from ..criteria import prunable_layers
 from ..models.transformer_cuts import ffn_layers, remove_ffn_neurons
-from .base import SPARSITY_TOLERANCE, Granularity, GranularityOutcome, register_granularity
+from .base import SPARSITY_TOLERANCE, Granularity, GranularityOutcome, other_granularities, register_granularity
 
 
 def _feed_forwards(model: nn.Module) -> dict:
@@ -69,7 +69,7 @@ def _prunable_ffns(model: nn.Module) -> dict:
 def check_ffn(model, spec):
     if not _prunable_ffns(model):
         raise ValueError(f"granularity 'ffn' needs feed-forward blocks (diffusers FeedForward); this {type(model).__name__} "
-                         "has none with prunable layers; allowed: 'unstructured', N:M, 'channel' or 'head'")
+                         f"has none with prunable layers; allowed: {other_granularities(model, spec, 'ffn')}")
 
 
 def _ffn_scores(model, name, ff, scores) -> torch.Tensor:

@@ -8,7 +8,7 @@ import math
 import torch
 
 from ..criteria import _rules, prunable_parameter_count
-from .base import SPARSITY_TOLERANCE, Granularity, GranularityOutcome, register_granularity, sync_diffusers_attributes
+from .base import SPARSITY_TOLERANCE, Granularity, GranularityOutcome, other_granularities, register_granularity, sync_diffusers_attributes
 
 
 def _head_groups(unet) -> dict:
@@ -21,24 +21,7 @@ def _multihead(unet) -> dict:
 
 
 def _other_granularities(unet, spec) -> list:
-    """The registered granularities other than ``head`` that this model accepts (for refusals): its
-    family's ``check_cut`` (DiT, PixArt, SD3 refuse ``channel``) and each structural granularity's own
-    check (``ffn`` needs FeedForward blocks, ``block`` removable blocks)."""
-    from ..registry import GRANULARITIES
-
-    adapter, component = _rules(unet)
-    allowed = []
-    for name, entry in GRANULARITIES.items():
-        if name == "head":
-            continue
-        try:
-            adapter.check_cut(component, unet, name)
-            if entry.structural:
-                entry.check(unet, spec)
-        except ValueError:
-            continue
-        allowed.append(name)
-    return allowed
+    return other_granularities(unet, spec, "head")
 
 
 def check_head(unet, spec):

@@ -139,11 +139,30 @@ def initial_noise(pipeline, num_images: int, seed: int) -> torch.Tensor:
     return adapter_of(pipeline).noise(pipeline, num_images, seed)
 
 
-def sampling_conditioning(pipeline, num_images: int, seed: int, class_label: int | None = None) -> dict:
+def sampling_conditioning(pipeline, num_images: int, seed: int, class_label: int | None = None,
+                          prompt: str | None = None) -> dict:
     """The denoiser's conditioning for ``num_images`` samples: ``{}`` for unconditional models,
-    uniformly drawn classes (seeded) or ``class_label`` for class-conditional ones."""
+    uniformly drawn classes (seeded) or ``class_label`` for class-conditional ones, prompts drawn
+    from the shipped captions (seeded) or ``prompt`` for every sample of text-to-image ones."""
     generator = torch.Generator().manual_seed(int(seed) + 2)
+    if prompt is not None:
+        from .prompts import check_prompts
+
+        check_prompts(prompt, field="prompt")
+        if not takes_prompts(pipeline):
+            raise ValueError(f"prompt applies to text-to-image models; this {adapter_of(pipeline).name} model takes none")
+        return adapter_of(pipeline).sample_conditioning(pipeline, num_images, generator, class_label=class_label,
+                                                        prompts=[prompt] * num_images)
     return adapter_of(pipeline).sample_conditioning(pipeline, num_images, generator, class_label=class_label)
+
+
+def takes_prompts(pipeline) -> bool:
+    """Whether the family samples from text prompts (SD, PixArt, SD3): its adapter's conditioning
+    takes ``prompts`` and it is not the class-conditional DiT, which refuses them."""
+    import inspect
+
+    adapter = adapter_of(pipeline)
+    return "prompts" in inspect.signature(adapter.sample_conditioning).parameters and not adapter.num_classes(pipeline)
 
 
 def check_seed(seed, field: str = "seed") -> int:
@@ -164,13 +183,15 @@ def sample_images(
     scheduler: str = "ddim",
     noise: torch.Tensor | None = None,
     class_label: int | None = None,
+    prompt: str | None = None,
     decode: bool = True,
     progress: ProgressFn | None = None,
 ) -> torch.Tensor:
     """Sample ``num_images`` images; returns float N x C x H x W in [-1, 1] on the CPU.
 
     The loop runs the denoiser through the family's adapter (keyword call with its conditioning:
-    uniform classes for class-conditional models unless ``class_label`` is given) and a
+    uniform classes for class-conditional models unless ``class_label`` is given; shipped captions
+    for text-to-image models unless ``prompt`` is given, then every sample gets it) and a
     ``scheduler`` ("ddim" or "ddpm") built from the pipeline's own scheduler config; latent models'
     samples are decoded by their autoencoder (``decode=False`` returns the latents, unclamped).
     Deterministic for a given seed: the initial noise (and DDPM's per-step noise) comes from
@@ -194,7 +215,7 @@ def sample_images(
         noise = adapter.noise(pipeline, num_images, seed)
     elif noise.shape[0] != num_images:
         raise ValueError(f"noise holds {noise.shape[0]} images but num_images is {num_images}")
-    conditioning = sampling_conditioning(pipeline, num_images, seed, class_label)
+    conditioning = sampling_conditioning(pipeline, num_images, seed, class_label, prompt)
     sampler = _sampling_scheduler(pipeline, scheduler, adapter)
     sampler.set_timesteps(num_inference_steps)
     step_generator = torch.Generator().manual_seed(int(seed) + 1)

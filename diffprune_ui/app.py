@@ -111,6 +111,9 @@ def build_demo() -> gr.Blocks:
                     grid_class = gr.Dropdown([handlers.ALL_CLASSES], value=handlers.ALL_CLASSES, visible=False,
                                              label="class shown in the sample grids (evaluation: all classes)",
                                              elem_id="grid-class")
+                    grid_prompt = gr.Textbox(label="prompt for the sample grids (empty: the shipped captions; "
+                                                   "evaluation: the shipped captions)", value="", max_lines=1,
+                                             visible=False, elem_id="grid-prompt")
                     load_button = gr.Button("Load model & show dense samples", size="sm")
                     gr.Markdown("**Paper presets** (one click)")
                     with gr.Row():
@@ -259,25 +262,29 @@ def build_demo() -> gr.Blocks:
               recovery_cost, show_progress="hidden", api_name="recovery_estimate", concurrency_id="estimate",
               concurrency_limit=1, trigger_mode="always_last")
 
+        # The model's first screen: its dense samples (of the chosen class / prompt), card, class picker, prompt box.
+        preview_io = ([source, seed, steps, grid_class, grid_prompt], [dense_grid, model_info, grid_class, grid_prompt])
         load_check = load_button.click(handlers.check_source, [source, seed, steps], None, api_visibility="private",
                                        concurrency_id="check", concurrency_limit=4)
-        load_check.success(handlers.dense_preview, [source, seed, steps, grid_class], [dense_grid, model_info, grid_class],
+        load_check.success(handlers.dense_preview, *preview_io,
                            api_name="dense_preview", concurrency_id="compute", concurrency_limit=1).then(
             handlers.granularities_for_model, [source, criterion, granularity], granularity, api_visibility="private",
             queue=False)
         # Picking an embedded model fills the source box and loads it (its first screen: samples, card, classes).
         model_picker.input(handlers.pick_embedded, model_picker, source, api_visibility="private", queue=False).then(
-            handlers.dense_preview, [source, seed, steps, grid_class], [dense_grid, model_info, grid_class],
+            handlers.dense_preview, *preview_io,
             api_visibility="private", concurrency_id="compute", concurrency_limit=1).then(
             handlers.granularities_for_model, [source, criterion, granularity], granularity, api_visibility="private",
             queue=False)
-        grid_class.input(handlers.dense_preview, [source, seed, steps, grid_class], [dense_grid, model_info, grid_class],
+        grid_prompt.submit(handlers.dense_preview, *preview_io, api_visibility="private",
+                           concurrency_id="compute", concurrency_limit=1)
+        grid_class.input(handlers.dense_preview, *preview_io,
                          api_visibility="private", concurrency_id="compute", concurrency_limit=1)
 
         recovery_controls = [recovery_steps, recovery_lr, recovery_batch, distill, recovery_data, recovery_files]
         run_inputs = [source, criterion, granularity, sparsity, *schedule_inputs, calibration_batch_size,
                       calibration_batches, num_samples, steps, seed, quality, *recovery_controls, export_oneshot,
-                      grid_class]
+                      grid_class, grid_prompt]
         run_outputs = [status, summary, dense_grid, pruned_grid, slider, pair_index, pairs_state, importance_plot,
                        timestep_heatmap, layers_plot, used_plot, pareto_plot, sparsity_plot, export_file, recovery,
                        schedule_plot, recovered_grid, loss_plot, pair_kind, recovery_chart]
@@ -304,6 +311,7 @@ def build_demo() -> gr.Blocks:
         compare_event.then(lambda: "", None, compare_queue_note, api_visibility="private", queue=False)
         # First screen: the schedule curve and the stored/shipped charts, then the model's dense samples.
         demo.load(handlers.first_screen, [source, seed, steps, *schedule_inputs],
-                  [dense_grid, model_info, schedule_plot, pareto_plot, sparsity_plot, recovery_chart, grid_class],
+                  [dense_grid, model_info, schedule_plot, pareto_plot, sparsity_plot, recovery_chart, grid_class,
+                   grid_prompt],
                   api_name="first_screen")
     return demo

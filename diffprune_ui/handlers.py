@@ -486,20 +486,48 @@ def class_update(pipeline, choice):
     return gr.update(choices=choices, value=choice if choice in choices else ALL_CLASSES, visible=len(choices) > 1)
 
 
-def dense_samples(source, steps: int, seed: int, class_label: int | None = None):
+MAX_PROMPT_CHARS = 300
+
+
+def grid_prompt_of(pipeline, prompt) -> str | None:
+    """The prompt every grid image gets (None: the shipped captions, drawn per image). Only
+    text-to-image models take one; a ValueError names the field otherwise."""
+    from core.pipeline import takes_prompts
+
+    if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
+        return None
+    if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"prompt for the grids must be text of at most {MAX_PROMPT_CHARS} characters, got {_short(prompt)}")
+    if not takes_prompts(pipeline):
+        raise ValueError("prompt for the grids applies to text-to-image models (SD, PixArt, SD3); leave it empty for this model")
+    return prompt.strip()
+
+
+def prompt_update(pipeline, prompt):
+    """The prompt box: shown for text-to-image models (its text kept), hidden and emptied otherwise."""
+    from core.pipeline import takes_prompts
+
+    if takes_prompts(pipeline):
+        return gr.update(visible=True, value=prompt or "")
+    return gr.update(visible=False, value="")
+
+
+def dense_samples(source, steps: int, seed: int, class_label: int | None = None, prompt: str | None = None):
     """The dense model's ``GRID_IMAGES`` samples at (steps, seed), sampled once per process: the
     first screen and every run's dense grid show the same images, so they are not sampled again."""
     from core import sample_images
 
-    key = (normalise_source(source), steps, seed, class_label)
+    key = (normalise_source(source), steps, seed, class_label, prompt)
     if key not in _DENSE_SAMPLES:
         while len(_DENSE_SAMPLES) >= 8:
             _DENSE_SAMPLES.pop(next(iter(_DENSE_SAMPLES)))
-        _DENSE_SAMPLES[key] = sample_images(cached_pipeline(source), GRID_IMAGES, steps, seed, class_label=class_label)
+        _DENSE_SAMPLES[key] = sample_images(cached_pipeline(source), GRID_IMAGES, steps, seed, class_label=class_label,
+                                            prompt=prompt)
     return _DENSE_SAMPLES[key]
 
 
-def sample_grids(source, pruned_pipeline, steps: int, seed: int, progress=None, class_label: int | None = None):
+def sample_grids(source, pruned_pipeline, steps: int, seed: int, progress=None, class_label: int | None = None,
+                 prompt: str | None = None):
     """Dense and pruned samples from the same initial noise and sampler (as ``core.compare_grid``),
     the dense half taken from :func:`dense_samples`."""
     from types import SimpleNamespace
@@ -507,18 +535,19 @@ def sample_grids(source, pruned_pipeline, steps: int, seed: int, progress=None, 
     from core import make_grid, sample_images
     from core.pipeline import initial_noise
 
-    dense_images = dense_samples(source, steps, seed, class_label)
+    dense_images = dense_samples(source, steps, seed, class_label, prompt)
     noise = initial_noise(cached_pipeline(source), GRID_IMAGES, seed)
     pruned_images = sample_images(pruned_pipeline, GRID_IMAGES, steps, seed, noise=noise, progress=progress,
-                                  class_label=class_label)
+                                  class_label=class_label, prompt=prompt)
     return SimpleNamespace(dense_images=dense_images, pruned_images=pruned_images,
                            dense_grid=make_grid(dense_images, columns=4, scale=4),
                            pruned_grid=make_grid(pruned_images, columns=4, scale=4))
 
 
-def dense_preview(source, seed=0, steps=25, grid_class=ALL_CLASSES):
-    """The model's dense samples (of the chosen class, for a class-conditional model; a class the
-    newly loaded model does not offer falls back to uniform), its card and its class picker."""
+def dense_preview(source, seed=0, steps=25, grid_class=ALL_CLASSES, grid_prompt=""):
+    """The model's dense samples (of the chosen class, for a class-conditional model; of the
+    prompt, for a text-to-image one; a class or prompt the newly loaded model does not take falls
+    back to uniform classes / the shipped captions), its card, its class picker and prompt box."""
     from core import make_grid
 
     try:
@@ -526,10 +555,14 @@ def dense_preview(source, seed=0, steps=25, grid_class=ALL_CLASSES):
         steps = whole_number("sampling steps", steps, 1, MAX_STEPS)
         pipeline = cached_pipeline(source)
         class_label = class_label_of(pipeline, grid_class, strict=False)
-        images = dense_samples(source, steps, seed, class_label)
+        from core.pipeline import takes_prompts
+
+        prompt = grid_prompt_of(pipeline, grid_prompt) if takes_prompts(pipeline) else None
+        images = dense_samples(source, steps, seed, class_label, prompt)
     except ValueError as error:
         raise _user_error(error) from error
-    return make_grid(images, columns=4, scale=4), model_card(source, pipeline), class_update(pipeline, grid_class)
+    return (make_grid(images, columns=4, scale=4), model_card(source, pipeline), class_update(pipeline, grid_class),
+            prompt_update(pipeline, prompt))
 
 
 def pick_embedded(name):
@@ -752,7 +785,7 @@ def validate_run(source, criterion, granularity, sparsity, schedule, threshold, 
                  w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, num_samples, steps,
                  seed, quality, recovery_steps=0, recovery_lr=None, recovery_batch=None, distill=False,
                  recovery_data="shipped training images", recovery_files=None, export_oneshot=False,
-                 grid_class=ALL_CLASSES) -> dict:
+                 grid_class=ALL_CLASSES, grid_prompt="") -> dict:
     """Every field of a run, checked before anything changes on screen (the model is loaded: a
     source that cannot be loaded, a granularity the model cannot take and recovery data that do
     not fit the model are field errors too). Raises ``gr.Error`` naming the field and what is allowed."""
@@ -777,13 +810,14 @@ def validate_run(source, criterion, granularity, sparsity, schedule, threshold, 
         adapter.check_cut(adapter.denoiser_name, _denoiser(dense), spec.granularity_name)
         GRANULARITIES[spec.granularity_name].check(_denoiser(dense), spec)
         class_label = class_label_of(dense, grid_class)
+        prompt = grid_prompt_of(dense, grid_prompt)
         if recovery["steps"] and recovery["data"] != "generated":
             recovery_images(dense, recovery["data"])  # the data fit the model: checked before any work
     except ValueError as error:
         raise _user_error(error) from error
     return dict(spec=spec, num_samples=num_samples, steps=steps, metrics=metrics, dense=dense,
                 recovery=recovery if recovery["steps"] else None, export_oneshot=export_oneshot,
-                class_label=class_label)
+                class_label=class_label, prompt=prompt)
 
 
 def check_run(*controls) -> None:
@@ -1046,7 +1080,7 @@ def run_prune(source, criterion, granularity, sparsity, schedule, threshold, int
               w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, num_samples, steps,
               seed, quality, recovery_steps=0, recovery_lr=None, recovery_batch=None, distill=False,
               recovery_data="shipped training images", recovery_files=None, export_oneshot=False,
-              grid_class=ALL_CLASSES, request: gr.Request = None, progress=gr.Progress()):
+              grid_class=ALL_CLASSES, grid_prompt="", request: gr.Request = None, progress=gr.Progress()):
     """Prune a copy of the cached dense model, optionally recover it by fine-tuning, evaluate every
     stage, time dense and pruned paired, build every view."""
     from core import sample_images
@@ -1059,7 +1093,7 @@ def run_prune(source, criterion, granularity, sparsity, schedule, threshold, int
     controls = (source, criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps, w_min,
                 w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, num_samples, steps,
                 seed, quality, recovery_steps, recovery_lr, recovery_batch, distill, recovery_data, recovery_files,
-                export_oneshot, grid_class)
+                export_oneshot, grid_class, grid_prompt)
     checked = validate_run(*controls)  # raises gr.Error before anything changes
     spec, num_samples, steps, metrics, dense = (checked[k] for k in ("spec", "num_samples", "steps", "metrics", "dense"))
     recovery = checked["recovery"]
@@ -1092,13 +1126,13 @@ def run_prune(source, criterion, granularity, sparsity, schedule, threshold, int
             at += plan["evaluate"]
         comparison = sample_grids(source, result.pipeline, steps, spec.seed,
                                   progress=_progress_callback(progress, session, at, plan["grids"]),
-                                  class_label=checked["class_label"])
+                                  class_label=checked["class_label"], prompt=checked["prompt"])
         at += plan["grids"]
         if tuned is not None:
             noise = initial_noise(dense, GRID_IMAGES, spec.seed)
             recovered_images = sample_images(tuned.pipeline, GRID_IMAGES, steps, spec.seed, noise=noise,
                                              progress=_progress_callback(progress, session, at, plan["grids"]),
-                                             class_label=checked["class_label"])
+                                             class_label=checked["class_label"], prompt=checked["prompt"])
             at += plan["grids"]
         _progress_callback(progress, session, at, 0.0)(0.0, "timing dense and pruned (paired)")
         timing = paired_step_latency(dense, (tuned or result).pipeline, num_inference_steps=steps)
@@ -1336,10 +1370,10 @@ def first_screen(source, seed, steps, *schedule_controls):
     """What the page shows before any run: dense samples, the schedule curve, the stored and
     shipped charts (one-shot and recovered rows) and the shipped recovery comparison."""
     load_engine()
-    grid, card, classes = dense_preview(source, seed, steps)
+    grid, card, classes, prompt = dense_preview(source, seed, steps)
     pareto_figure, sparsity_figure = results_charts()
     return (grid, card, preview_schedule(*schedule_controls), pareto_figure, sparsity_figure,
-            safe_view(figures.recovery_comparison, shipped_recovery()), classes)
+            safe_view(figures.recovery_comparison, shipped_recovery()), classes, prompt)
 
 
 # ------------------------------------------------------------------------------ compare

@@ -127,11 +127,11 @@ def test_calibration_estimate_before_a_run(tiny_model):
 
 
 def test_dense_preview_and_model_card(tiny_model):
-    grid, card, classes = handlers.dense_preview(tiny_model, seed=1, steps=2)
-    assert classes["visible"] is False  # an unconditional model has no class picker
+    grid, card, classes, prompt = handlers.dense_preview(tiny_model, seed=1, steps=2)
+    assert classes["visible"] is False and prompt["visible"] is False  # unconditional: no class picker, no prompt
     assert isinstance(grid, Image.Image) and grid.width >= 4 * 8 * 4  # 4 columns of 8 px, scaled 4x, plus padding
     assert "parameters" in card
-    again, _, _ = handlers.dense_preview(tiny_model, seed=1, steps=2)
+    again, _, _, _ = handlers.dense_preview(tiny_model, seed=1, steps=2)
     assert np.array_equal(np.asarray(grid), np.asarray(again))  # same seed, same samples
 
 
@@ -144,8 +144,8 @@ def test_bad_hub_id_is_a_short_error_without_hub_internals():
 
 
 def test_first_screen_shows_samples_curve_and_charts(tiny_model):
-    grid, card, curve, pareto, by_sparsity, recovery, classes = handlers.first_screen(tiny_model, 0, 2,
-                                                                                     *SCHEDULE_DEFAULTS)
+    grid, card, curve, pareto, by_sparsity, recovery, classes, prompt = handlers.first_screen(
+        tiny_model, 0, 2, *SCHEDULE_DEFAULTS)
     assert isinstance(grid, Image.Image)
     assert all(isinstance(f, go.Figure) for f in (curve, pareto, by_sparsity, recovery))
     # The shipped 2,000-step recovery comparison is on the first screen: one-shot and recovered FID per method.
@@ -551,7 +551,7 @@ def test_dense_model_at_fewer_steps_is_the_baseline_frontier(tiny_model):
     frontier = next(trace for trace in figure.data if trace.name == "dense, fewer steps (baseline)")
     assert sorted(int(k) for k in frontier.text) == [1, 2, 3, 4, 5]
     assert list(frontier.x) == sorted(frontier.x) and frontier.x[-1] == pytest.approx(1.0)
-    this_run = next(trace for trace in figure.data if trace.name == "this run")
+    this_run = next(trace for trace in figure.data if trace.name == "this run, one-shot")
     assert "magnitude" in this_run.hovertext[0] and "4 samples, 5 steps" in this_run.hovertext[0]
     assert "4 samples, 5 sampling steps" in figure.layout.title.text  # the settings drawn, others hidden
     assert out["status"].startswith("**Done**")
@@ -742,10 +742,10 @@ def test_model_picker_and_class_picker_on_the_embedded_dit():
     assert handlers.pick_embedded("ddpm-fashion-mnist") == "" and handlers.pick_embedded("dit-fashion-mnist") == "dit-fashion-mnist"
     with pytest.raises(gr.Error, match="embedded model must be one of"):
         handlers.pick_embedded("nope")
-    uniform, card, classes = handlers.dense_preview("dit-fashion-mnist", 0, 2)
+    uniform, card, classes, _ = handlers.dense_preview("dit-fashion-mnist", 0, 2)
     assert classes["visible"] and classes["choices"][0] == handlers.ALL_CLASSES and "1: Trouser" in classes["choices"]
     assert "dit" in card
-    trousers, _, picked = handlers.dense_preview("dit-fashion-mnist", 0, 2, "1: Trouser")
+    trousers, _, picked, _ = handlers.dense_preview("dit-fashion-mnist", 0, 2, "1: Trouser")
     assert picked["value"] == "1: Trouser" and not np.array_equal(np.asarray(trousers), np.asarray(uniform))
     # the run's grids show the chosen class: the dense grid is exactly the preview's
     out = run("dit-fashion-mnist", granularity="head", sparsity=0.25, num_samples=4, steps=2)
@@ -770,3 +770,27 @@ def test_granularity_choices_follow_the_loaded_model_family():
     assert "channel" not in granularity["choices"]
     with pytest.raises(gr.Error, match="residual width"):  # refused before any work, naming what is allowed
         handlers.check_run(*run_args("dit-fashion-mnist", granularity="channel"))
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory) -> str:
+    import tiny_families
+
+    directory = tmp_path_factory.mktemp("tiny-sd") / "model"
+    tiny_families.build("sd").save_pretrained(directory)
+    return str(directory)
+
+
+def test_prompt_box_for_a_text_to_image_model(tiny_sd, tiny_model):
+    captions, card, classes, prompt = handlers.dense_preview(tiny_sd, 0, 2)
+    assert prompt["visible"] and prompt["value"] == "" and classes["visible"] is False
+    shoe, _, _, kept = handlers.dense_preview(tiny_sd, 0, 2, handlers.ALL_CLASSES, "a red shoe")
+    assert kept["value"] == "a red shoe" and not np.array_equal(np.asarray(shoe), np.asarray(captions))
+    args = run_args(tiny_sd, granularity="unstructured", sparsity=0.3, num_samples=2, steps=2, quality="none")
+    out = dict(zip(RUN_FIELDS, handlers.run_prune(*args, handlers.ALL_CLASSES, "a red shoe", request=FakeRequest(),
+                                                  progress=RecordingProgress())))
+    assert out["status"].startswith("**Done**"), out["status"]
+    assert np.array_equal(np.asarray(out["dense_grid"]), np.asarray(shoe))  # the grids show the prompt
+    with pytest.raises(gr.Error, match="prompt for the grids applies to text-to-image models"):
+        handlers.check_run(*run_args(tiny_model), handlers.ALL_CLASSES, "a red shoe")
+    assert handlers.dense_preview(tiny_model, 0, 2, handlers.ALL_CLASSES, "stale text")[3]["value"] == ""

@@ -118,3 +118,20 @@ def test_callers_pipeline_is_untouched(sd2, monkeypatch):
     for granularity in ("channel", "head", "ffn"):
         assert checks.prune_or_refuse(sd2, checks.spec_for("taylor", granularity, **GRANULARITIES[granularity]))[0] == "ran"
     assert checks.fingerprint(sd2) == before
+
+
+def test_sample_images_takes_one_prompt_for_every_image():
+    import tiny_families
+    from core.pipeline import sample_images, takes_prompts
+
+    pipeline = tiny_families.build("sd")
+    assert takes_prompts(pipeline)
+    shoe = sample_images(pipeline, 2, 2, 0, prompt="a red shoe")
+    assert torch.equal(shoe, sample_images(pipeline, 2, 2, 0, prompt="a red shoe"))  # same prompt and seed
+    assert not torch.equal(shoe, sample_images(pipeline, 2, 2, 0, prompt="a blue bag"))
+    with pytest.raises(ValueError, match="prompt must hold non-empty strings"):
+        sample_images(pipeline, 2, 2, 0, prompt="   ")
+    dit = tiny_families.build("dit")
+    assert not takes_prompts(dit)
+    with pytest.raises(ValueError, match="prompt applies to text-to-image models"):
+        sample_images(dit, 2, 2, 0, prompt="a red shoe")

@@ -302,6 +302,25 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_sample(args) -> int:
+    from .pipeline import make_grid, sample_images
+
+    device = _setup(args)
+    pipeline = _load(args.model, device)
+    with _ProgressBar("sampling", args.quiet) as bar:
+        images = sample_images(pipeline, args.num_images, args.steps, seed=args.seed or 0,
+                               class_label=args.class_label, prompt=args.prompt, progress=bar)
+    output = Path(args.output).expanduser()
+    if output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise ValueError(f"--output must end in .png, .jpg, .jpeg or .webp, got {str(output)!r}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    make_grid(images, columns=args.columns, scale=args.scale).save(output)
+    print(f"wrote {output} ({args.num_images} samples, {args.steps} steps, seed {args.seed or 0}"
+          + (f", class {args.class_label}" if args.class_label is not None else "")
+          + (f", prompt {args.prompt!r}" if args.prompt else "") + ")")
+    return 0
+
+
 def sweep_specs(args, device: str) -> list:
     """criteria x granularities x sparsities as PruneSpecs (an N:M granularity: one spec, its implied
     sparsity). Every spec is validated before anything runs, so an unsupported combination fails at
@@ -488,6 +507,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--no-store", action="store_true", help="neither read nor write the results store")
     evaluation.add_argument("--json-out", default=None, help="write the result row as JSON to this file")
     evaluation.set_defaults(handler=_cmd_eval)
+
+    sample = commands.add_parser("sample", parents=[common], help="sample a grid of images from a model",
+                                 description="Sample --num-images images (DDIM) and save them as one grid image; "
+                                             "--class for class-conditional models, --prompt for text-to-image ones.")
+    sample.add_argument("--model", default=None, help=model_help)
+    sample.add_argument("--output", required=True, help="grid image to write (.png, .jpg, .webp)")
+    sample.add_argument("--num-images", type=_positive_int, default=16, help="images in the grid (default 16)")
+    sample.add_argument("--steps", type=_positive_int, default=25, help="DDIM steps (default 25)")
+    sample.add_argument("--class", dest="class_label", type=_non_negative_int, default=None,
+                        help="class index for class-conditional models (default: uniform over the classes)")
+    sample.add_argument("--prompt", default=None, help="one prompt for every image of a text-to-image model "
+                                                       "(default: the shipped captions)")
+    sample.add_argument("--columns", type=_positive_int, default=4, help="grid columns (default 4)")
+    sample.add_argument("--scale", type=_positive_int, default=4, help="pixel upscaling of the grid (default 4)")
+    sample.set_defaults(handler=_cmd_sample)
 
     sweep = commands.add_parser(
         "sweep", parents=[common], help="prune + evaluate criteria x granularities x sparsities (resumable)",

@@ -75,12 +75,13 @@ def test_help_of_the_installed_command_lists_every_command():
     command = [str(script)] if script.exists() else [sys.executable, "-m", "core.cli"]
     done = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
-    for name in ("prune", "eval", "sweep", "finetune", "train-base"):
+    for name in ("prune", "eval", "sample", "sweep", "finetune", "train-base"):
         assert name in done.stdout
 
 
 @pytest.mark.parametrize("command, flag", [("prune", "--preset"), ("eval", "--dense-model"), ("sweep", "--criteria"),
-                                           ("finetune", "--distill"), ("train-base", "--checkpoint-minutes")])
+                                           ("finetune", "--distill"), ("train-base", "--checkpoint-minutes"),
+                                           ("sample", "--prompt")])
 def test_every_command_has_help_and_the_common_options(command, flag, capsys):
     code, out, _ = run([command, "--help"], capsys)
     assert code == 0
@@ -300,3 +301,25 @@ def test_bad_input_exits_2_with_one_line(argv, expected, tmp_path, capsys):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("diffprune: error: ") and expected in lines[0], err
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# sample: a grid of one class (class-conditional) or one prompt (text-to-image)
+# ----------------------------------------------------------------------------------------------
+def test_sample_writes_a_grid_of_one_class_or_one_prompt(tmp_path, capsys):
+    from PIL import Image
+
+    import tiny_families
+
+    sd = tmp_path / "sd"
+    tiny_families.build("sd").save_pretrained(sd)
+    code, out, _ = run(["sample", "--model", str(sd), "--output", str(tmp_path / "shoe.png"), "--num-images", "2",
+                        "--steps", "2", "--prompt", "a red shoe", "--quiet", "--threads", "1"], capsys)
+    assert code == 0 and "prompt 'a red shoe'" in out
+    assert Image.open(tmp_path / "shoe.png").size[0] > 0
+    code, out, _ = run(["sample", "--model", "dit-fashion-mnist", "--output", str(tmp_path / "trousers.png"),
+                        "--num-images", "2", "--steps", "2", "--class", "1", "--quiet", "--threads", "1"], capsys)
+    assert code == 0 and "class 1" in out
+    code, _, err = run(["sample", "--model", "dit-fashion-mnist", "--output", str(tmp_path / "x.png"),
+                        "--num-images", "2", "--steps", "2", "--prompt", "a shoe", "--quiet"], capsys)
+    assert code == 2 and "prompt applies to text-to-image models" in err

@@ -207,6 +207,9 @@ def build_demo() -> gr.Blocks:
                             pareto_plot = gr.Plot(label="Quality vs latency, with the dense model at fewer steps",
                                                   elem_id="pareto-plot")
                             sparsity_plot = gr.Plot(label="Quality vs sparsity", elem_id="sparsity-plot")
+                            frontier_plot = gr.Plot(label="Is pruning worth it? Pruned + recovered vs the dense "
+                                                          "model at fewer steps (shipped benchmark)",
+                                                    elem_id="frontier-plot")
 
         with gr.Tab("Compare"):
             gr.Markdown("Run several criteria and sparsities as one sweep. Stored results return instantly.")
@@ -312,6 +315,6 @@ def build_demo() -> gr.Blocks:
         # First screen: the schedule curve and the stored/shipped charts, then the model's dense samples.
         demo.load(handlers.first_screen, [source, seed, steps, *schedule_inputs],
                   [dense_grid, model_info, schedule_plot, pareto_plot, sparsity_plot, recovery_chart, grid_class,
-                   grid_prompt],
+                   grid_prompt, frontier_plot],
                   api_name="first_screen")
     return demo

@@ -412,3 +412,49 @@ def recovery_comparison(shipped: list[dict], run: dict | None = None) -> go.Figu
                          title=dict(text="What recovery fine-tuning buys: one-shot → recovered"))
     figure.update_annotations(font_size=11)
     return figure
+
+
+def frontier_plane(table: pd.DataFrame | None, quality: str = "fid") -> go.Figure:
+    """Is pruning worth it? The dense model at fewer sampling steps (the free speed-up, a line
+    labelled by step count) and pruned + recovered models at several step counts on one
+    quality-vs-measured-latency plane (latency relative to the dense model at its most steps,
+    with the paired speed-up's range as horizontal error bars). A pruned point is worth shipping
+    only if it lies below the dense line at its latency. Rows: ``benchmarks/bench_frontier.py``."""
+    if table is None or len(table) == 0 or quality not in table:
+        return empty_figure("no frontier measurement shipped yet (benchmarks/bench_frontier.py)")
+    table = table.dropna(subset=[quality, "relative_latency"])
+    figure = go.Figure()
+    dense = table[table["criterion"] == "dense"].sort_values("relative_latency")
+    if len(dense):
+        figure.add_trace(go.Scatter(
+            x=dense["relative_latency"], y=dense[quality], mode="lines+markers+text", name="dense, fewer steps (free)",
+            text=[f"{int(k)}" for k in dense["num_inference_steps"]], textposition="top right",
+            line=dict(color="black", dash="dash"), marker=dict(color="black", size=7),
+            hovertemplate="dense at %{text} steps<br>relative latency %{x:.3f}<br>" + quality.upper()
+                          + " %{y:.4g}<extra></extra>"))
+    pruned = table[table["criterion"] != "dense"]
+    for label, group in pruned.groupby("label", sort=False):
+        group = group.sort_values("relative_latency")
+        first = group.iloc[0]
+        low = group["relative_latency"] - group.get("relative_latency_low", group["relative_latency"])
+        high = group.get("relative_latency_high", group["relative_latency"]) - group["relative_latency"]
+        figure.add_trace(go.Scatter(
+            x=group["relative_latency"], y=group[quality], mode="lines+markers+text", name=str(label),
+            text=[f"{int(k)}" for k in group["num_inference_steps"]], textposition="bottom left",
+            line=dict(color=_colour(first["criterion"]), width=1),
+            marker=dict(color=_colour(first["criterion"]), size=10,
+                        symbol=_marker(first.get("granularity")) + ("-open" if float(first.get("finetune_steps") or 0) > 0 else "")),
+            error_x=dict(type="data", symmetric=False, array=high.abs(), arrayminus=low.abs(), thickness=1),
+            hovertemplate=f"{label}" + " at %{text} steps<br>relative latency %{x:.3f}<br>" + quality.upper()
+                          + " %{y:.4g}<extra></extra>"))
+    if not figure.data:
+        return empty_figure("no frontier rows with latency")
+    samples = int(table["num_samples"].max()) if "num_samples" in table else None
+    figure.update_layout(
+        **{**_LAYOUT, "height": 440},
+        title=dict(text=f"Is pruning worth it? {quality.upper()} vs measured latency"
+                        f"<br><sup>default model, {samples} samples; numbers on points: DDIM steps; below the dashed "
+                        "line = better than the dense model at equal latency</sup>"),
+        xaxis_title="latency relative to the dense model at 50 steps (measured, paired)",
+        yaxis_title=f"{quality.upper()} (lower is better)", legend=dict(font=dict(size=10)))
+    return figure

@@ -39,6 +39,7 @@ DEFAULT_MODEL_DIR = ASSETS_DIR / "ddpm-fashion-mnist"
 SHIPPED_RESULTS = ASSETS_DIR / "results" / "benchmarks.csv"
 SHIPPED_DENSE_STEPS = ASSETS_DIR / "results" / "dense_steps.csv"
 SHIPPED_RECOVERY = ROOT / "benchmarks" / "results" / "obs.json"
+SHIPPED_FRONTIER = ASSETS_DIR / "results" / "frontier.csv"  # benchmarks/bench_frontier.py (issue 17)
 MAX_SAMPLES = 256  # per run in the app; larger evaluations belong to the CLI / benchmarks
 MAX_STEPS = 200
 MAX_SEED = 2**31 - 1
@@ -1366,6 +1367,14 @@ def dense_frontier(source, num_samples, steps, seed, quality, progress=gr.Progre
     return safe_view(figures.pareto, table, settings, current, quality_key, frontier_table(settings))
 
 
+def frontier_figure():
+    """The shipped dense-frontier benchmark as the "Is pruning worth it?" chart."""
+    import pandas as pd
+
+    table = pd.read_csv(SHIPPED_FRONTIER) if SHIPPED_FRONTIER.exists() else None
+    return safe_view(figures.frontier_plane, table)
+
+
 def first_screen(source, seed, steps, *schedule_controls):
     """What the page shows before any run: dense samples, the schedule curve, the stored and
     shipped charts (one-shot and recovered rows) and the shipped recovery comparison."""
@@ -1373,7 +1382,7 @@ def first_screen(source, seed, steps, *schedule_controls):
     grid, card, classes, prompt = dense_preview(source, seed, steps)
     pareto_figure, sparsity_figure = results_charts()
     return (grid, card, preview_schedule(*schedule_controls), pareto_figure, sparsity_figure,
-            safe_view(figures.recovery_comparison, shipped_recovery()), classes, prompt)
+            safe_view(figures.recovery_comparison, shipped_recovery()), classes, prompt, frontier_figure())
 
 
 # ------------------------------------------------------------------------------ compare

@@ -144,8 +144,11 @@ def test_bad_hub_id_is_a_short_error_without_hub_internals():
 
 
 def test_first_screen_shows_samples_curve_and_charts(tiny_model):
-    grid, card, curve, pareto, by_sparsity, recovery, classes, prompt = handlers.first_screen(
+    grid, card, curve, pareto, by_sparsity, recovery, classes, prompt, frontier = handlers.first_screen(
         tiny_model, 0, 2, *SCHEDULE_DEFAULTS)
+    # issue 17: the shipped dense frontier (the dense model at fewer steps) as a line labelled by steps
+    line = next(trace for trace in frontier.data if trace.name == "dense, fewer steps (free)")
+    assert [int(t) for t in line.text][:3] == [4, 6, 8] and list(line.x) == sorted(line.x)
     assert isinstance(grid, Image.Image)
     assert all(isinstance(f, go.Figure) for f in (curve, pareto, by_sparsity, recovery))
     # The shipped 2,000-step recovery comparison is on the first screen: one-shot and recovered FID per method.
@@ -794,3 +797,22 @@ def test_prompt_box_for_a_text_to_image_model(tiny_sd, tiny_model):
     with pytest.raises(gr.Error, match="prompt for the grids applies to text-to-image models"):
         handlers.check_run(*run_args(tiny_model), handlers.ALL_CLASSES, "a red shoe")
     assert handlers.dense_preview(tiny_model, 0, 2, handlers.ALL_CLASSES, "stale text")[3]["value"] == ""
+
+
+def test_frontier_plane_draws_the_dense_line_and_each_pruned_model_with_its_latency_range():
+    from diffprune_ui import figures
+
+    table = pd.DataFrame([
+        dict(label="dense", criterion="dense", granularity="-", finetune_steps=0, num_inference_steps=k, num_samples=256,
+             fid=f, relative_latency=k / 50, relative_latency_low=k / 50, relative_latency_high=k / 50)
+        for k, f in ((8, 62.0), (12, 58.0), (50, 59.0))] + [
+        dict(label="obs 20% + 1000 steps", criterion="obs", granularity="channel", finetune_steps=1000,
+             num_inference_steps=k, num_samples=256, fid=f, relative_latency=k / 50 / 1.2,
+             relative_latency_low=k / 50 / 1.3, relative_latency_high=k / 50 / 1.1) for k, f in ((8, 70.0), (12, 66.0))])
+    figure = figures.frontier_plane(table)
+    names = [trace.name for trace in figure.data]
+    assert names == ["dense, fewer steps (free)", "obs 20% + 1000 steps"]
+    pruned = figure.data[1]
+    assert pruned.marker.symbol == "circle-open" and list(pruned.text) == ["8", "12"]
+    assert pruned.error_x.array[0] == pytest.approx(8 / 50 / 1.1 - 8 / 50 / 1.2)
+    assert "no frontier" in figures.frontier_plane(None).layout.annotations[0].text

@@ -189,11 +189,16 @@ def table_markdown(rows: dict) -> str:
                         if len(beats) else f"None of the {len(pruned)} pruned points beats the frontier."))
     dense = next((r for r in rows.values() if r["criterion"] == "dense"), None)
     if dense:
+        import statistics
+
+        step_ms = sorted(r["dense_step_s"] * 1000 for r in rows.values())
         lines.append("")
         lines.append(f"{dense['num_samples']} DDIM samples per row (seed {dense['seed']}), FID/KID against the 1,000 "
-                     f"shipped Fashion-MNIST test images; dense one-step latency {dense['dense_step_s'] * 1000:.0f} ms "
-                     f"for a batch of {dense['latency_batch_size']} ({dense['threads']} torch thread, "
-                     f"{dense['processor']}).")
+                     f"shipped Fashion-MNIST test images. Dense one-step latency (batch of {dense['latency_batch_size']}, "
+                     f"{dense['threads']} torch thread, {dense['processor']}): median {statistics.median(step_ms):.0f} ms "
+                     f"over the {len(step_ms)} rows' paired measurements (range {step_ms[0]:.0f}-{step_ms[-1]:.0f} ms: "
+                     "the CPU is shared, which is why every speed-up is paired). Latency relative to the dense model at "
+                     "50 steps = steps / 50 / speed-up.")
     return "\n".join(lines)
 
 

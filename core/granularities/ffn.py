@@ -21,9 +21,9 @@ from .base import SPARSITY_TOLERANCE, Granularity, GranularityOutcome, other_gra
 
 
 def _feed_forwards(model: nn.Module) -> dict:
-    from diffusers.models.attention import FeedForward
+    from ..models.base import feed_forward_modules  # the adapters' one definition of a transformer MLP
 
-    return {name: module for name, module in model.named_modules() if isinstance(module, FeedForward)}
+    return feed_forward_modules(model)
 
 
 def _prunable_total(model: nn.Module) -> int:
@@ -68,7 +68,7 @@ def _prunable_ffns(model: nn.Module) -> dict:
 
 def check_ffn(model, spec):
     if not _prunable_ffns(model):
-        raise ValueError(f"granularity 'ffn' needs feed-forward blocks (diffusers FeedForward); this {type(model).__name__} "
+        raise ValueError(f"granularity 'ffn' needs feed-forward blocks (transformer MLPs); this {type(model).__name__} "
                          f"has none with prunable layers; allowed: {other_granularities(model, spec, 'ffn')}")
 
 

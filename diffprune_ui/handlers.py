@@ -122,31 +122,29 @@ def _short(value, limit: int = 40) -> str:
 
 
 # ------------------------------------------------------------------------------ field checks
-def whole_number(field: str, value, low: int, high: int) -> int:
-    """An integer field: ``1.5``, ``None``, ``'abc'``, ``True`` are refused (never truncated)."""
-    allowed = f"{field} must be a whole number from {low:,} to {high:,}"
+def _number(field: str, value, low, high, whole: bool):
+    """A numeric field from the page or the API: ``None``, ``True``, ``'abc'``, NaN, out of range
+    and (``whole``) ``1.5`` are refused with a ValueError naming the field (never truncated)."""
+    allowed = (f"{field} must be a whole number from {low:,} to {high:,}" if whole
+               else f"{field} must be a number from {low:g} to {high:g}")
     if isinstance(value, bool) or value is None:
         raise ValueError(f"{allowed}, got {_short(value)}")
     try:
         number = float(value.strip()) if isinstance(value, str) else float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{allowed}, got {_short(value)}") from None
-    if not math.isfinite(number) or number != int(number) or not low <= number <= high:
+    if not math.isfinite(number) or (whole and number != int(number)) or not low <= number <= high:
         raise ValueError(f"{allowed}, got {_short(value)}")
-    return int(number)
+    return int(number) if whole else number
+
+
+def whole_number(field: str, value, low: int, high: int) -> int:
+    """An integer field: ``1.5``, ``None``, ``'abc'``, ``True`` are refused (never truncated)."""
+    return _number(field, value, low, high, whole=True)
 
 
 def real_number(field: str, value, low: float, high: float) -> float:
-    allowed = f"{field} must be a number from {low:g} to {high:g}"
-    if isinstance(value, bool) or value is None:
-        raise ValueError(f"{allowed}, got {_short(value)}")
-    try:
-        number = float(value.strip()) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{allowed}, got {_short(value)}") from None
-    if not math.isfinite(number) or not low <= number <= high:
-        raise ValueError(f"{allowed}, got {_short(value)}")
-    return number
+    return _number(field, value, low, high, whole=False)
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")

@@ -26,7 +26,8 @@ DEFAULT_MODEL = "default"  # --model value naming the embedded default model
 _CRITERION_FIELDS = ("schedule", "schedule_params", "criterion_params", "calibration_batches", "calibration_batch_size")
 # PruneSpec fields set by the ``prune`` flags of the same name.
 _SPEC_FLAGS = ("criterion", "granularity", "sparsity", "channel_ratio", "schedule", "schedule_params",
-               "criterion_params", "calibration_data", "calibration_batches", "calibration_batch_size", "components")
+               "criterion_params", "calibration_data", "calibration_batches", "calibration_batch_size", "components",
+               "calibration_prompts")
 # Sweep table columns printed to the terminal (the CSV holds every column).
 _SWEEP_COLUMNS = ("criterion", "granularity", "sparsity", "prune_sparsity", "prune_macs_ratio", "fid", "kid",
                   "speedup", "latency_median_s_per_image", "params", "macs", "nonzero_params", "cached")
@@ -191,6 +192,18 @@ def _read_spec_file(path: str) -> dict:
     return data
 
 
+def _prompt_file(path: str) -> tuple:
+    """``--calibration-prompts``: one prompt a line (blank and ``#`` lines skipped)."""
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise argparse.ArgumentTypeError(f"cannot read prompts file {path!r}: {error}") from None
+    prompts = tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    if not prompts:
+        raise argparse.ArgumentTypeError(f"prompts file {path!r} holds no prompt (one a line)")
+    return prompts
+
+
 def spec_from_args(args, device: str):
     """The ``PruneSpec`` of ``diffprune prune``: ``--spec`` file or ``--preset``, then explicit flags.
 
@@ -208,7 +221,7 @@ def spec_from_args(args, device: str):
         base = PRESETS[args.preset].to_dict()
     else:
         base = {}
-    given = {name: getattr(args, name) for name in _SPEC_FLAGS if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in _SPEC_FLAGS if getattr(args, name, None) is not None}
     if "criterion" in given and given["criterion"] != base.get("criterion", given["criterion"]):
         base = {key: value for key, value in base.items() if key not in _CRITERION_FIELDS}
     if "granularity" in given:
@@ -494,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pipeline networks to prune, comma list of attribute names (default: the denoiser; "
                             "e.g. unet,vqvae prunes an LDM's autoencoder too, its latent interface kept)")
     _add_calibration_options(prune, with_criterion_params=True)
+    prune.add_argument("--calibration-prompts", type=_prompt_file, default=None, metavar="FILE",
+                       help="text-to-image models: a text file of calibration prompts, one a line "
+                            "(default: the shipped captions)")
     prune.set_defaults(handler=_cmd_prune)
 
     evaluation = commands.add_parser("eval", parents=[common], help="measure FID/KID, latency, parameters and MACs",

@@ -31,7 +31,7 @@ from .calibration import (  # noqa: F401 - calibration_images is re-exported for
 from .criteria import CRITERIA, calibrate, compute_scores, copy_scheduler
 from .granularities import GRANULARITIES
 from .measure import count_model
-from .pipeline import adapter_of, pick_device
+from .pipeline import adapter_of, pick_device, takes_prompts
 from .spec import PruneSpec
 
 ProgressFn = Callable[[float, str], None]
@@ -47,6 +47,8 @@ def _calibration_key(unet_in, spec: PruneSpec, device) -> str:
     settings = dict(criterion=spec.criterion, schedule=spec.schedule, schedule_params=spec.schedule_params,
                     calibration_data=spec.calibration_data, calibration_batches=spec.calibration_batches,
                     calibration_batch_size=spec.calibration_batch_size, seed=spec.seed, device=str(device))
+    if spec.calibration_prompts is not None:
+        settings["calibration_prompts"] = list(spec.calibration_prompts)
     return model_hash(unet_in) + canonical_json(settings)
 
 
@@ -162,6 +164,12 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
     criterion = CRITERIA[spec.criterion]
     granularity = GRANULARITIES[spec.granularity_name]
     names = _check_components(adapter, pipeline, spec, criterion, granularity)
+    prompts = {}
+    if spec.calibration_prompts is not None:
+        if not takes_prompts(pipeline):
+            raise ValueError(f"calibration_prompts apply to text-to-image models (SD, PixArt, SD3); this {adapter.name} "
+                             "model takes none: leave them None")
+        prompts = dict(prompts=list(spec.calibration_prompts))
     denoiser_name = adapter.denoiser_name
     copies = {name: copy.deepcopy(getattr(pipeline, name)).to(device=device, dtype=torch.float32).eval() for name in names}
     for name, module in copies.items():  # refuse before any expensive calibration
@@ -194,7 +202,8 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
                         samples = encode_samples(pipeline, pixels, spec)
                     batches = list(samples.to(device).split(spec.calibration_batch_size))
                     generator = torch.Generator().manual_seed(int(spec.seed) + 3)
-                    conditionings = [adapter.sample_conditioning(pipeline, int(b.shape[0]), generator) for b in batches]
+                    conditionings = [adapter.sample_conditioning(pipeline, int(b.shape[0]), generator, **prompts)
+                                     for b in batches]
                     stats_by[name] = calibrate(
                         module, copy_scheduler(pipeline.scheduler), batches, criterion.loss, spec.schedule,
                         dict(spec.schedule_params), criterion.zero_grad_per_batch, spec.seed, progress, part,
@@ -217,7 +226,7 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
         calibration_started = time.perf_counter()
         module = copies[denoiser_name]
         generator = torch.Generator().manual_seed(int(spec.seed) + 3)
-        conditioning = adapter.sample_conditioning(pipeline, int(spec.calibration_batch_size), generator)
+        conditioning = adapter.sample_conditioning(pipeline, int(spec.calibration_batch_size), generator, **prompts)
         with adapter.conditioned(module, conditioning):
             scores, stats, calibration_source = criterion.reconstruct(module, pipeline, spec, _stage(progress, 0.0, 0.8))
         scores_by[denoiser_name], stats_by[denoiser_name] = scores, stats

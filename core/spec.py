@@ -80,6 +80,7 @@ class PruneSpec:
     seed: int = 0
     device: str = "cpu"  # "cpu", "cuda[:N]", "auto"
     components: tuple | None = None  # pipeline networks to prune by attribute name; None: the denoiser
+    calibration_prompts: tuple | None = None  # text-to-image models: calibration prompts; None: the shipped captions
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
@@ -185,6 +186,11 @@ class PruneSpec:
                     f"such as ['unet', 'vqvae'], got {self.components!r}"
                 )
             set_("components", tuple(names))
+        # --- calibration prompts (text-to-image families; the engine refuses them for others)
+        if self.calibration_prompts is not None:
+            from .prompts import check_prompts
+
+            set_("calibration_prompts", check_prompts(self.calibration_prompts, field="calibration_prompts"))
 
     # ------------------------------------------------------------------ derived
     @property
@@ -210,8 +216,9 @@ class PruneSpec:
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict:
         data = {key: _thaw(value) for key, value in asdict(self).items()}
-        if data.get("components") is None:  # the default: left out so older specs keep their JSON (cache keys)
-            data.pop("components", None)
+        for optional in ("components", "calibration_prompts"):  # defaults left out: older specs keep their JSON (keys)
+            if data.get(optional) is None:
+                data.pop(optional, None)
         return data
 
     def to_json(self) -> str:

@@ -323,3 +323,23 @@ def test_sample_writes_a_grid_of_one_class_or_one_prompt(tmp_path, capsys):
     code, _, err = run(["sample", "--model", "dit-fashion-mnist", "--output", str(tmp_path / "x.png"),
                         "--num-images", "2", "--steps", "2", "--prompt", "a shoe", "--quiet"], capsys)
     assert code == 2 and "prompt applies to text-to-image models" in err
+
+
+def test_prune_takes_calibration_prompts_from_a_file(tmp_path, capsys):
+    import tiny_families
+
+    sd = tmp_path / "sd"
+    tiny_families.build("sd").save_pretrained(sd)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# my captions\na red shoe\n\na blue bag\n")
+    code, out, err = run(["prune", "--model", str(sd), "--criterion", "taylor", "--sparsity", "0.3",
+                          "--schedule", "uniform", "--schedule-params", '{"num_timesteps": 2}',
+                          "--calibration-batch-size", "2", "--calibration-prompts", str(prompts),
+                          "--output", str(tmp_path / "out"), "--quiet", "--threads", "1"], capsys)
+    assert code == 0, err
+    marker = json.loads((tmp_path / "out" / "diffprune_checkpoint.json").read_text())
+    assert marker["spec"]["calibration_prompts"] == ["a red shoe", "a blue bag"]
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    code, _, err = run(["prune", "--model", str(sd), "--calibration-prompts", str(tmp_path / "empty.txt"),
+                        "--output", str(tmp_path / "x")], capsys)
+    assert code == 2 and "holds no prompt" in err

@@ -135,3 +135,25 @@ def test_sample_images_takes_one_prompt_for_every_image():
     assert not takes_prompts(dit)
     with pytest.raises(ValueError, match="prompt applies to text-to-image models"):
         sample_images(dit, 2, 2, 0, prompt="a red shoe")
+
+
+def test_calibration_prompts_in_the_spec_drive_the_calibration():
+    import tiny_families
+    from core.engine import prune
+    from core.spec import PruneSpec
+
+    pipeline = tiny_families.build("sd")
+    mine = PruneSpec(criterion="taylor", granularity="unstructured", sparsity=0.5, schedule="uniform",
+                     schedule_params={"num_timesteps": 2}, calibration_batches=1, calibration_batch_size=2,
+                     calibration_prompts=["a red shoe", "a blue bag"])
+    assert PruneSpec.from_json(mine.to_json()) == mine and mine.calibration_prompts == ("a red shoe", "a blue bag")
+    assert "calibration_prompts" not in PruneSpec().to_dict()  # the default keeps older specs' JSON (cache keys)
+    first = prune(pipeline, mine).pipeline.unet.state_dict()
+    again = prune(pipeline, mine).pipeline.unet.state_dict()
+    shipped = prune(pipeline, mine.replace(calibration_prompts=None)).pipeline.unet.state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)  # same spec and seed, same result
+    assert any(not torch.equal(first[k], shipped[k]) for k in first)  # the prompts changed the scores
+    with pytest.raises(ValueError, match="calibration_prompts must hold non-empty strings"):
+        PruneSpec(calibration_prompts=["ok", ""])
+    with pytest.raises(ValueError, match="calibration_prompts apply to text-to-image models"):
+        prune(tiny_families.build("dit"), PruneSpec(calibration_prompts=["a shoe"]))

@@ -231,6 +231,8 @@ def run(args) -> int:
 def _seconds(value) -> str:
     if value is None:
         return "-"
+    if value == 0:
+        return "0 s"
     if value < 10:
         return f"{value:.1f} s"
     return f"{value:.0f} s" if value < 120 else f"{value / 60:.1f} min"

@@ -160,8 +160,10 @@ def table_markdown(rows: dict) -> str:
     table = frame(rows)
     if not len(table):
         return "(no rows measured yet)"
+    dense_rows = table[table["criterion"] == "dense"].sort_values("relative_latency")
+    points = list(zip(dense_rows["relative_latency"].astype(float), dense_rows["fid"].astype(float)))
     lines = ["| model | DDIM steps | FID | KID ± std | speed-up per step [range] | latency vs dense@50 [range] | "
-             "dense FID at equal latency | FID - dense | best dense FID at ≤ latency |",
+             "dense FID at equal latency [over the latency range] | FID - dense | best dense FID at ≤ latency |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for _, r in table.iterrows():
         dense = r["criterion"] == "dense"
@@ -173,7 +175,10 @@ def table_markdown(rows: dict) -> str:
         elif math.isnan(r["frontier_fid"]):
             verdict = f"outside the frontier's range | | {r['frontier_best_fid']:.1f}"
         else:
-            verdict = f"{r['frontier_fid']:.1f} | **{r['fid_minus_frontier']:+.1f}** | {r['frontier_best_fid']:.1f}"
+            spread = [_interpolate(points, float(r[c])) for c in ("relative_latency_high", "relative_latency_low")]
+            spread = "[" + ", ".join("out of range" if math.isnan(v) else f"{v:.1f}" for v in spread) + "]"
+            verdict = (f"{r['frontier_fid']:.1f} {spread} | **{r['fid_minus_frontier']:+.1f}** | "
+                       f"{r['frontier_best_fid']:.1f}")
         lines.append(f"| {r['label']} | {int(r['num_inference_steps'])} | {r['fid']:.1f} | {r['kid']:.4f} ± "
                      f"{r['kid_std']:.4f} | {speed} | {latency} | {verdict} |")
     pruned = table[(table["criterion"] != "dense") & table["fid_minus_frontier"].notna()]

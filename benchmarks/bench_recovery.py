@@ -36,7 +36,8 @@ Usage::
 ``--quick``: 8 samples, DDIM 2 steps, steps 0 2, batch 2, one calibration batch of 2 images, KID
 only (FID's 2048-dimensional eigen-decomposition alone costs ~13 s per evaluation on one thread),
 rows to ``runs/bench_recovery_quick/recovery.jsonl`` unless ``--results`` says otherwise. On a tiny
-model (``--model``) it takes about a minute; on the default model about 3 minutes.
+model (``--model``) it takes about a minute; on the default model several minutes (each
+prune and each FID/KID evaluation there takes 20-40 s even at these settings).
 
 Every figure is measured by this script on this machine; nothing is copied from the papers.
 """

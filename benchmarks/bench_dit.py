@@ -37,25 +37,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results" / "dit.jsonl"
 
+from benchmarks.rows import append_row, read_rows  # noqa: E402
 from core import PruneSpec, evaluate, load_pipeline, prune  # noqa: E402
 
 GRANULARITIES = ("head", "ffn", "block", "unstructured", "2:4")
 
 
 def _done() -> dict:
-    rows = {}
-    if RESULTS.exists():
-        for line in RESULTS.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                rows[row["key"]] = row
-    return rows
+    return read_rows(RESULTS)
 
 
 def _append(row: dict) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as handle:
-        handle.write(json.dumps(row, sort_keys=True) + "\n")
+    append_row(RESULTS, row)
     print(json.dumps(row), flush=True)
 
 

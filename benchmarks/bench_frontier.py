@@ -51,6 +51,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.rows import append_row, read_rows  # noqa: E402,F401 - read_rows is part of this module's API
 RESULTS = ROOT / "benchmarks" / "results" / "frontier.jsonl"
 CSV = ROOT / "assets" / "results" / "frontier.csv"
 RUNS = ROOT / "runs" / "bench_frontier"
@@ -69,20 +70,8 @@ QUICK = dict(num_samples=4, dense_steps="1,2", pruned_steps="2", late_steps="", 
 # ----------------------------------------------------------------------------------------------
 # Results file
 # ----------------------------------------------------------------------------------------------
-def read_rows(path: Path) -> dict:
-    rows = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                rows[row["key"]] = row
-    return rows
-
-
 def _append(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        handle.write(json.dumps(row, sort_keys=True) + "\n")
+    append_row(path, row)
     print(json.dumps({k: row[k] for k in ("label", "num_inference_steps", "fid", "kid", "speedup", "relative_latency")}),
           flush=True)
 

@@ -55,6 +55,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.rows import append_row, read_rows  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "recovery.jsonl"
 RUNS = ROOT / "runs" / "bench_recovery"
 QUICK_RESULTS = ROOT / "runs" / "bench_recovery_quick" / "recovery.jsonl"
@@ -68,20 +69,11 @@ WALL_FILE = "wall_time.json"
 # ----------------------------------------------------------------------------------------------
 # Rows (resumable jsonl)
 # ----------------------------------------------------------------------------------------------
-def _done(path: Path) -> dict:
-    rows = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                rows[row["key"]] = row
-    return rows
+_done = read_rows
 
 
 def _append(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        handle.write(json.dumps(row, sort_keys=True) + "\n")
+    append_row(path, row)
     print(json.dumps(row), flush=True)
 
 

@@ -266,13 +266,8 @@ def pareto(results: pd.DataFrame, settings: tuple | None, current: dict | None =
     for point in _current_points(current):
         if point.get(quality) is None or not point.get("speedup"):
             continue
-        name = _run_label(point)
-        figure.add_trace(go.Scatter(
-            x=[1.0 / point["speedup"]], y=[point[quality]], mode="markers+text", name=name,
-            text=[name], textposition="bottom center", hovertext=_hover(pd.DataFrame([point]), quality),
-            hovertemplate="%{hovertext}<br>relative latency %{x:.2f}<extra>this run</extra>",
-            marker=dict(symbol=_marker(point.get("granularity")) + ("-open" if _tuned(point) else ""), size=18,
-                        color=_colour(point.get("criterion")), line=dict(width=3, color="#ffbf00"))))
+        figure.add_trace(_this_run_trace(point, quality, 1.0 / point["speedup"],
+                                         "%{hovertext}<br>relative latency %{x:.2f}<extra>this run</extra>"))
     if not figure.data:
         return empty_figure(f"no results with latency at these settings ({settings_text(settings)})")
     note = f"{settings_text(settings)}" + (f"; {hidden} results at other settings hidden" if hidden else "")
@@ -317,13 +312,7 @@ def quality_vs_sparsity(results: pd.DataFrame, settings: tuple | None, current: 
     for point in _current_points(current):
         if point.get(quality) is None:
             continue
-        name = _run_label(point)
-        figure.add_trace(go.Scatter(
-            x=[point.get("sparsity")], y=[point[quality]], mode="markers+text", name=name,
-            text=[name], textposition="bottom center", hovertext=_hover(pd.DataFrame([point]), quality),
-            hovertemplate="%{hovertext}<extra>this run</extra>",
-            marker=dict(symbol=_marker(point.get("granularity")) + ("-open" if _tuned(point) else ""), size=18,
-                        color=_colour(point.get("criterion")), line=dict(width=3, color="#ffbf00"))))
+        figure.add_trace(_this_run_trace(point, quality, point.get("sparsity"), "%{hovertext}<extra>this run</extra>"))
     if not figure.data:
         return empty_figure(f"no results at these settings ({settings_text(settings)})")
     note = settings_text(settings) + "; open markers: recovered (fine-tuned)" + (f"; {hidden} results at other settings hidden" if hidden else "")
@@ -344,6 +333,16 @@ def _current_points(current) -> list[dict]:
 def _tuned(point: dict) -> int:
     value = point.get("finetune_steps") or 0
     return 0 if isinstance(value, float) and math.isnan(value) else int(value)
+
+
+def _this_run_trace(point: dict, quality: str, x, hovertemplate: str) -> go.Scatter:
+    """This run's point: the large gold-ringed marker (open when recovered), labelled."""
+    name = _run_label(point)
+    return go.Scatter(
+        x=[x], y=[point[quality]], mode="markers+text", name=name, text=[name], textposition="bottom center",
+        hovertext=_hover(pd.DataFrame([point]), quality), hovertemplate=hovertemplate,
+        marker=dict(symbol=_marker(point.get("granularity")) + ("-open" if _tuned(point) else ""), size=18,
+                    color=_colour(point.get("criterion")), line=dict(width=3, color="#ffbf00")))
 
 
 def _run_label(point: dict) -> str:

@@ -27,7 +27,7 @@ ProgressFn = Callable[[float, str], None]
 
 # The app's default recovery settings (quick path on a 2-core CPU; the paper budgets are 10^4-10^5 steps).
 # lr: Diff-Pruning's; measured the best of 2e-4, 1e-3, 3e-3 after 200 steps of taylor at 44 % channel sparsity
-# (KID of 64 samples 0.039, 0.097, 0.144; one-shot 0.270).
+# (KID of 64 samples 0.039, 0.097, 0.144; one-shot 0.270; `python benchmarks/recovery_lr.py`).
 RECOVERY_DEFAULTS = dict(steps=200, lr=2e-4, batch_size=8)
 RECOVERY_SOURCES = ("fashion-mnist-train", "generated")
 # Images drawn for recovery: the shipped set is used whole; generated data is this many dense samples.

@@ -14,7 +14,7 @@ from .finetune import finetune
 from .granularities import GRANULARITIES
 from .metrics import compare_grid
 from .pipeline import load_pipeline, make_grid, pick_device, sample_images, to_pil
-from .recovery import RECOVERY_DEFAULTS, estimate_recovery, recovery_images
+from .recovery import RECOVERY_DEFAULTS, estimate_recovery, recovery_data, recovery_images
 from .schedules import SCHEDULES
 from .spec import PRESETS, PruneSpec
 from .store import ResultStore
@@ -24,5 +24,5 @@ __all__ = [
     "load_pipeline", "sample_images", "make_grid", "to_pil", "pick_device",
     "PruneSpec", "PRESETS", "CRITERIA", "SCHEDULES", "GRANULARITIES",
     "prune", "PruneResult", "PruneReport", "evaluate", "compare_grid", "sweep", "ResultStore", "finetune",
-    "estimate_cost", "RECOVERY_DEFAULTS", "recovery_images", "estimate_recovery",
+    "estimate_cost", "RECOVERY_DEFAULTS", "recovery_images", "recovery_data", "estimate_recovery",
 ]

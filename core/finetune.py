@@ -274,6 +274,7 @@ def finetune(
     distill_alpha: float = NICI_ALPHA,
     distill_tau: float = NICI_TAU,
     images: torch.Tensor | None = None,  # training images N x C x H x W in [-1, 1] (default: shipped set)
+    labels: torch.Tensor | None = None,  # class-conditional models: the class of each image (None: uniform draws)
     masks="auto",  # "auto": zeros of an unstructured / N:M result stay zero; None; or layer -> bool
     l1_penalty: float = 0.0,  # l1 recovery: lambda * sum |w| over prunable weights
     regrowth: float = 0.0,  # l1 recovery: per-step probability that a pruned weight is revived
@@ -305,6 +306,8 @@ def finetune(
         raise ValueError(f"l1_penalty must be >= 0 and regrowth in [0, 1], got {l1_penalty}, {regrowth}")
     if checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
+    if labels is not None and images is None:
+        raise ValueError("labels need images: they give the class of each training image")
     started = time.perf_counter()
     pipeline, spec = _split(result_or_pipeline)
     from .pipeline import adapter_of
@@ -329,6 +332,13 @@ def finetune(
     scheduler = pipeline.scheduler
     num_train_timesteps = int(scheduler.config.num_train_timesteps)
     images = (_default_images(pipeline) if images is None else images).float().cpu()
+    if labels is not None:
+        if adapter.num_classes(pipeline) is None:
+            raise ValueError(f"labels apply to class-conditional models only; this {adapter.name} model has no classes")
+        labels = torch.as_tensor(labels).long().cpu()
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must hold one class per image ({images.shape[0]}), got shape {tuple(labels.shape)}")
+        adapter.sample_conditioning(pipeline, len(labels), class_label=labels)  # ValueError for a class out of range
     if adapter.is_latent():  # latent models train on the autoencoder's latents of the images
         encoder_generator = torch.Generator().manual_seed(int(seed) + 7)
         images = torch.cat([adapter.encode(pipeline, chunk, encoder_generator).float().cpu() for chunk in images.split(64)])
@@ -375,7 +385,10 @@ def finetune(
         noisy = adapter.add_noise(noise_scheduler, clean, noise, timesteps)
         target = adapter.training_target(noise_scheduler, clean, noise, timesteps)
         model_timesteps = adapter.model_timesteps(noise_scheduler, timesteps)
-        conditioning = adapter.sample_conditioning(pipeline, batch_size, step_generator(seed, step, stream=2))
+        # the images' own classes when known (unlabelled images of a class-conditional model get
+        # uniformly drawn classes, as the samples the model is evaluated on do)
+        conditioning = adapter.sample_conditioning(pipeline, batch_size, step_generator(seed, step, stream=2),
+                                                   **({} if labels is None else {"class_label": labels[indices]}))
         conditioning = {key: value[part] for key, value in conditioning.items()}
         with accelerator.autocast():
             prediction = adapter.trim_prediction(adapter.predict(model, noisy, model_timesteps, conditioning), target)

@@ -18,7 +18,8 @@ per-layer solver is SparseGPT's (Frantar & Alistarh, ICML 2023, ``sparsegpt.py::
 3. **Structured.** Attention heads (``diffusers`` ``Attention``: ``to_q``/``to_k``/``to_v`` produce
    the heads, ``to_out[0]`` consumes them; OBS compensates the head columns of ``to_out[0]``) and
    FFN neurons (``diffusers`` ``FeedForward``: the up-projection produces them, the
-   down-projection consumes them). ``UNet2DModel`` has no FFN (its attention blocks are
+   down-projection consumes them; granularity ``ffn``, and heads + neurons together in
+   ``obs_prune_unet(granularity="head")`` as OBS-Diff's code does). ``UNet2DModel`` has no FFN (its attention blocks are
    self-attention only), so on the default model only heads are prunable this way.
    **Conv channels** (``channel`` granularity, through the engine's Torch-Pruning cut): a channel's
    score is the OBS error of removing its input columns from every layer that reads it,
@@ -71,7 +72,7 @@ DEFAULT_BLOCKSIZE = 128  # SparseGPT's column block
 DEFAULT_PERCDAMP = 0.01  # SparseGPT / OBS-Diff: lambda = 0.01 * mean(diag H)
 DEFAULT_NUM_GROUPS = 4  # OBS-Diff group-wise sequential pruning
 DEFAULT_MAX_RETRIES = 8  # damping x10 per retry: 0.01 -> 1e6 * mean(diag H)
-OBS_GRANULARITIES = ("unstructured", "N:M", "head", "channel")
+OBS_GRANULARITIES = ("unstructured", "N:M", "head", "ffn", "channel")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -479,21 +480,21 @@ def prune_attention_heads(attn: nn.Module, hessian: torch.Tensor, num_remove: in
 
 
 def _feedforward_layers(ff: nn.Module):
-    """(up-projection, down-projection, gated) of a diffusers ``FeedForward``."""
-    first, last = ff.net[0], ff.net[-1]
-    up = getattr(first, "proj", None)
-    if not isinstance(up, nn.Linear) or not isinstance(last, nn.Linear):
-        raise ValueError(f"unsupported FeedForward layout: {type(first).__name__} ... {type(last).__name__}")
-    gated = up.out_features == 2 * last.in_features  # GEGLU / SwiGLU: hidden and gate halves
-    return up, last, gated
+    """(up-projection, down-projection, gated) of a diffusers ``FeedForward`` (the engine's one
+    definition, ``core.models.transformer_cuts.ffn_layers``)."""
+    from .models.transformer_cuts import ffn_layers
+
+    return ffn_layers(ff)
 
 
 def prune_feedforward_neurons(ff: nn.Module, hessian: torch.Tensor, num_remove: int, chunk: int = 8,
-                              **options) -> ColumnGroupResult:
+                              shrink: bool = True, **options) -> ColumnGroupResult:
     """Remove ``num_remove`` hidden neurons of a diffusers ``FeedForward`` with OBS compensation.
 
     ``hessian`` is that of the down-projection's input. The down-projection loses the columns,
-    the up-projection the rows (both halves for gated activations).
+    the up-projection the rows (both halves for gated activations). ``shrink=False`` only writes
+    the compensated down-projection (removed columns zero) and leaves the cut to the caller (the
+    engine's ``ffn`` granularity).
     """
     import torch_pruning as tp
 
@@ -506,6 +507,8 @@ def prune_feedforward_neurons(ff: nn.Module, hessian: torch.Tensor, num_remove: 
     removed = sorted(result.removed)
     with torch.no_grad():
         down.weight.copy_(result.weight.to(down.weight.dtype))
+    if not shrink:
+        return result
     tp.prune_linear_in_channels(down, removed)
     tp.prune_linear_out_channels(up, removed + ([r + hidden for r in removed] if gated else []))
     return result
@@ -631,8 +634,9 @@ def obs_prune_unet(
     layers: dict | None = None,  # name -> module to prune (default: the engine's prunable layers)
     blocksize: int = DEFAULT_BLOCKSIZE,
     percdamp: float = DEFAULT_PERCDAMP,
-    heads_to_remove: dict | None = None,  # "head": attention name -> number of heads (overrides head_ratio; no FFN cut)
-    shrink: bool = True,  # "head": physically remove the heads (False: compensate and zero only)
+    heads_to_remove: dict | None = None,  # "head": attention name -> number of heads (overrides head_ratio)
+    neurons_to_remove: dict | None = None,  # "head": FeedForward name -> number of neurons (overrides ffn_ratio)
+    shrink: bool = True,  # "head": physically remove heads / neurons (False: compensate and zero only)
     progress: ProgressFn | None = None,
 ) -> ObsReport:
     """Prune ``unet`` in place with OBS-Diff; the caller passes a copy if it keeps the dense model.
@@ -663,11 +667,12 @@ def obs_prune_unet(
 
     if granularity == "head":
         targets = _structured_targets(unet)
-        if heads_to_remove is not None:
-            # the engine's head cut removes heads only: the attention modules that lose heads (FFN
-            # neurons are granularity 'ffn'; pruning them here removed more than the spec asked)
-            targets = {name: target for name, target in targets.items()
-                       if target[0] == "attention" and heads_to_remove.get(name, 0) > 0}
+        if heads_to_remove is not None or neurons_to_remove is not None:
+            # the engine's cuts say how many units each module loses: its 'head' granularity
+            # removes heads only, its 'ffn' granularity FFN neurons only (pruning the other kind
+            # here removed more than the spec asked)
+            counts = {"attention": heads_to_remove or {}, "feedforward": neurons_to_remove or {}}
+            targets = {name: target for name, target in targets.items() if counts[target[0]].get(name, 0) > 0}
             if not targets:  # no head to remove: the model stays as it is
                 report.prune_seconds = time.perf_counter() - started
                 return report
@@ -738,7 +743,9 @@ def obs_prune_unet(
                 else:
                     hidden = _feedforward_layers(module)[1].in_features
                     remove = min(hidden - 1, int(round(ffn_ratio * hidden)))
-                    result = prune_feedforward_neurons(module, hessian, remove, percdamp=percdamp)
+                    if neurons_to_remove is not None:
+                        remove = int(neurons_to_remove.get(name, 0))
+                    result = prune_feedforward_neurons(module, hessian, remove, shrink=shrink, percdamp=percdamp)
                     report.removed_neurons[name] = sorted(result.removed)
                 report.layer_errors[name] = float(sum(result.errors))
                 report.dampings[name] = result.damping
@@ -811,9 +818,11 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
 
     The weights are compensated here; the scores make the engine's granularity cut exactly what
     OBS chose: kept weights score ``1 + |w'| / max|w'|``, pruned weights 0 (unstructured: the
-    same per-layer count, N:M: the same N per group); for ``head``, the engine's own head-count
-    rule is asked first (on a copy), OBS removes that many heads per module with compensation,
-    and their q/k/v rows and ``to_out`` columns score 0, so the engine removes those heads.
+    same per-layer count, N:M: the same N per group); for ``head`` and ``ffn``, the engine's own
+    unit-count rule is asked first (on a copy), OBS removes that many heads (FFN neurons) per
+    module with compensation of the reading layer, and their producing rows and reading columns
+    score 0, so the engine's cut removes exactly those units. ``block`` is refused: OBS-Diff
+    removes heads and neurons, not whole blocks.
     Calibration trajectories: ``calibration_batches * calibration_batch_size`` images.
     """
     from .criteria import CalibrationStats, copy_scheduler, prunable_layers
@@ -831,16 +840,19 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
     elif granularity == "N:M":
         n, m = spec.nm_pattern
         report = obs_prune_unet(unet, scheduler, granularity="N:M", n=n, m=m, layers=layers, **options)
-    elif granularity == "head":
+    elif granularity in ("head", "ffn"):
         from .granularities import GRANULARITIES
 
+        # the engine's own rule says how many units each module loses (asked on a copy); OBS
+        # chooses which and compensates
         probe_unet = copy.deepcopy(unet)
         ones = {name: torch.ones_like(module.weight) for name, module in prunable_layers(probe_unet).items()}
-        probe = GRANULARITIES["head"].apply(probe_unet, ones, spec)
+        probe = GRANULARITIES[granularity].apply(probe_unet, ones, spec)
         del probe_unet
         remove = {name: int(before) - int(probe.units_after.get(name, before))
                   for name, before in probe.units_before.items()}
-        report = obs_prune_unet(unet, scheduler, granularity="head", heads_to_remove=remove, shrink=False, **options)
+        counts = dict(heads_to_remove=remove) if granularity == "head" else dict(neurons_to_remove=remove)
+        report = obs_prune_unet(unet, scheduler, granularity="head", shrink=False, **counts, **options)
     elif granularity == "channel":
         scores, timestep_weights = obs_channel_scores(
             unet, scheduler, layers, schedule=spec.schedule, schedule_params=dict(spec.schedule_params),
@@ -867,6 +879,17 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
                 scores[layer][rows] = 0.0
             for layer in group.columns:
                 scores[layer][:, rows] = 0.0
+    if report.removed_neurons:
+        from .models.transformer_cuts import ffn_layers
+
+        names = {id(module): name for name, module in unet.named_modules()}
+        modules = dict(unet.named_modules())
+        for name, neurons in report.removed_neurons.items():
+            up, down, gated = ffn_layers(modules[name])
+            hidden = down.in_features
+            rows = list(neurons) + ([n + hidden for n in neurons] if gated else [])
+            scores[names[id(up)]][rows] = 0.0
+            scores[names[id(down)]][:, list(neurons)] = 0.0
     stats = CalibrationStats(timestep_weights=list(report.timestep_weights), num_images=options["num_images"])
     return scores, stats, _trajectory_source(unet, len(report.timestep_weights))
 

@@ -55,21 +55,38 @@ def check_recovery(steps, lr, batch_size, data) -> None:
 
 
 def recovery_images(pipeline, data: str, seed: int = 0, progress: ProgressFn | None = None) -> tuple[torch.Tensor, str]:
-    """Pixel images in [-1, 1] to recover on and a label of where they came from.
+    """Pixel images in [-1, 1] to recover on and a label of where they came from (the images of
+    :func:`recovery_data` without their classes)."""
+    images, _, description = recovery_data(pipeline, data, seed, progress)
+    return images, description
+
+
+def recovery_data(pipeline, data: str, seed: int = 0,
+                  progress: ProgressFn | None = None) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """``(images, labels, description)``: pixel images in [-1, 1] to recover on, their classes
+    (None where unknown) and where they came from.
 
     ``data``: ``fashion-mnist-train`` (the shipped training images; only for models of their
-    shape), ``generated`` (``GENERATED_RECOVERY_IMAGES`` samples of the dense ``pipeline``) or
-    an image folder (resized to the model's resolution)."""
+    shape), ``generated`` (``GENERATED_RECOVERY_IMAGES`` samples of the dense ``pipeline``; a
+    class-conditional model samples every class equally often and the labels say which, so
+    recovery trains each image with its own class) or an image folder (resized to the model's
+    resolution; no classes)."""
     from .data import CALIBRATION_IMAGES, load_image_folder, load_image_set
     from .pipeline import sample_images
 
-    channels, height, _ = adapter_of(pipeline).image_shape(pipeline)
+    adapter = adapter_of(pipeline)
+    channels, height, _ = adapter.image_shape(pipeline)
     if data == "generated":
+        classes = adapter.num_classes(pipeline)
+        labels = None
+        if classes is not None:  # the classes it was trained on (the embedded DiT: 10 of its 1,000 rows)
+            labels = torch.arange(GENERATED_RECOVERY_IMAGES) % classes
         images = sample_images(pipeline, GENERATED_RECOVERY_IMAGES, num_inference_steps=GENERATED_RECOVERY_STEPS,
-                               seed=seed, progress=(lambda f, m: progress(f, f"generating recovery images: {m}"))
-                               if progress else None)
-        return images.float().cpu().clamp(-1, 1), (f"generated ({GENERATED_RECOVERY_IMAGES} samples of the dense model, "
-                                                    f"{GENERATED_RECOVERY_STEPS} DDIM steps)")
+                               seed=seed, class_label=labels,
+                               progress=(lambda f, m: progress(f, f"generating recovery images: {m}")) if progress else None)
+        per_class = "" if labels is None else f", {len(set(labels.tolist()))} classes equally"
+        return images.float().cpu().clamp(-1, 1), labels, (
+            f"generated ({GENERATED_RECOVERY_IMAGES} samples of the dense model, {GENERATED_RECOVERY_STEPS} DDIM steps{per_class})")
     if data == "fashion-mnist-train":
         if not CALIBRATION_IMAGES.exists():
             raise ValueError("recovery data 'fashion-mnist-train': the shipped images are missing; use 'generated'")
@@ -77,9 +94,9 @@ def recovery_images(pipeline, data: str, seed: int = 0, progress: ProgressFn | N
         if tuple(images.shape[1:]) != (channels, height, height):
             raise ValueError(f"recovery data 'fashion-mnist-train' holds {tuple(images.shape[1:])} images but the model "
                              f"makes {(channels, height, height)}; allowed for this model: 'generated' or an image folder")
-        return images, f"fashion-mnist-train ({len(images):,} shipped training images)"
+        return images, None, f"fashion-mnist-train ({len(images):,} shipped training images)"
     images = load_image_folder(Path(data).expanduser(), height, channels)
-    return images, f"image folder ({len(images):,} images)"
+    return images, None, f"image folder ({len(images):,} images)"
 
 
 def estimate_recovery(pipeline, steps: int, batch_size: int, distill: bool, repeats: int = 2) -> dict:

@@ -52,7 +52,7 @@ def test_every_criterion_and_granularity_runs_or_is_refused(dit, criterion, gran
     try:
         spec = checks.spec_for(criterion, granularity, **GRANULARITIES[granularity])
     except ValueError as error:
-        assert criterion == "obs" and granularity in ("ffn", "block"), error
+        assert criterion == "obs" and granularity == "block", error  # OBS-Diff removes heads and neurons, not blocks
         return
     outcome, value = checks.prune_or_refuse(dit, spec)
     if granularity == "channel":
@@ -125,3 +125,28 @@ def test_obs_head_cut_removes_heads_only_as_other_criteria_do(dit, monkeypatch):
         assert [block.ff.net[2].in_features for block in blocks] == dense_widths
         assert {block.attn1.heads for block in blocks} == {3}  # 4 heads, ratio 0.25
     assert results["obs"].report.totals["params_after"] == results["magnitude"].report.totals["params_after"]
+
+
+def test_obs_ffn_cut_removes_the_neurons_obs_chose_and_compensates(dit, monkeypatch):
+    """``obs`` at granularity ``ffn``: the same neuron count per FFN as magnitude's cut, no head
+    removed, and the kept down-projection columns rewritten by OBS compensation (not just cut)."""
+    checks.wired_granularities(monkeypatch)
+    results = {}
+    for criterion in ("magnitude", "obs"):
+        outcome, results[criterion] = checks.prune_or_refuse(dit, checks.spec_for(criterion, "ffn", **GRANULARITIES["ffn"]))
+        assert outcome == "ran", results[criterion]
+    dense_blocks = dit.transformer.transformer_blocks
+    obs_blocks = results["obs"].pipeline.transformer.transformer_blocks
+    mag_blocks = results["magnitude"].pipeline.transformer.transformer_blocks
+    assert [b.ff.net[2].in_features for b in obs_blocks] == [b.ff.net[2].in_features for b in mag_blocks]
+    assert all(b.ff.net[2].in_features < d.ff.net[2].in_features for b, d in zip(obs_blocks, dense_blocks))
+    assert {b.attn1.heads for b in obs_blocks} == {d.attn1.heads for d in dense_blocks}
+    assert results["obs"].report.totals["params_after"] == results["magnitude"].report.totals["params_after"]
+    for pruned, dense in zip(obs_blocks, dense_blocks):
+        up, down = pruned.ff.net[0].proj.weight, pruned.ff.net[2].weight
+        dense_up, dense_down = dense.ff.net[0].proj.weight, dense.ff.net[2].weight
+        # each kept neuron's up-projection row is the dense one, unchanged; find which were kept
+        kept = [int((dense_up - row).abs().sum(1).argmin()) for row in up]
+        assert len(set(kept)) == len(kept)
+        torch.testing.assert_close(up, dense_up[kept])
+        assert not torch.allclose(down, dense_down[:, kept])  # compensated, not only cut

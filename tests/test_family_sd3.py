@@ -89,7 +89,7 @@ def test_every_criterion_and_granularity_runs_or_is_refused(sd3, criterion, gran
     try:
         spec = checks.spec_for(criterion, granularity, **GRANULARITIES[granularity])
     except ValueError as error:  # refused by the spec: the criterion does not offer this granularity
-        assert criterion == "obs" and granularity in ("ffn", "block"), error
+        assert criterion == "obs" and granularity == "block", error  # OBS-Diff removes heads and neurons, not blocks
         assert "not supported by criterion 'obs'" in str(error)
         return
     outcome, value = checks.prune_or_refuse(sd3, spec)

@@ -79,3 +79,49 @@ def test_sweep_applies_the_same_recovery_to_every_row_and_keys_it(dense, tmp_pat
     assert again["cached"].all() and list(again["kid"]) == list(tuned["kid"])
     with pytest.raises(ValueError, match="recovery has unknown settings"):
         sweep(dense, specs, settings, store=store, recovery=dict(steps=2, epochs=3))
+
+
+def test_class_conditional_recovery_trains_each_image_with_its_own_class():
+    """A class-conditional model's generated recovery images come with their classes (every class
+    equally often) and fine-tuning feeds each image's own class to the denoiser, not a random one."""
+    import tiny_families
+    from core.finetune import finetune, step_batch
+    from core.recovery import recovery_data
+
+    dit = tiny_families.build("dit")
+    images, labels, description = recovery_data(dit, "generated", seed=0)
+    from core.models import adapter_for
+
+    classes = adapter_for(dit).num_classes(dit)
+    assert labels is not None and len(labels) == len(images) == GENERATED_RECOVERY_IMAGES
+    assert labels.tolist() == [i % classes for i in range(len(labels))] and "classes equally" in description
+    # the denoiser sees each step's images' labels
+    labels = torch.arange(8) % 3 + 5
+    pixels = images[:8]
+    seen = []
+    original_forward = type(dit.transformer).forward
+
+    def recording_forward(self, *args, **kwargs):
+        seen.append(kwargs["class_labels"].clone())
+        return original_forward(self, *args, **kwargs)
+
+    type(dit.transformer).forward = recording_forward
+    try:
+        finetune(dit, 2, batch_size=4, images=pixels, labels=labels, seed=3)
+    finally:
+        type(dit.transformer).forward = original_forward
+    expected = [labels[step_batch(pixels, 4, dit.scheduler.config.num_train_timesteps, 3, step)[0]] for step in range(2)]
+    assert len(seen) == 2 and all(torch.equal(got.cpu(), want) for got, want in zip(seen, expected))
+    with pytest.raises(ValueError, match="class_label must be one integer or 8 integers"):
+        finetune(dit, 1, batch_size=4, images=pixels, labels=torch.full((8,), classes))
+    with pytest.raises(ValueError, match="one class per image"):
+        finetune(dit, 1, batch_size=4, images=pixels, labels=labels[:3])
+
+
+def test_labels_are_refused_for_a_model_without_classes(dense):
+    from core.finetune import finetune
+
+    config = dense.unet.config
+    images = torch.zeros(4, config.in_channels, config.sample_size, config.sample_size)
+    with pytest.raises(ValueError, match="labels apply to class-conditional models only"):
+        finetune(dense, 1, batch_size=2, images=images, labels=torch.zeros(4, dtype=torch.long))

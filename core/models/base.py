@@ -497,6 +497,25 @@ class ModelAdapter:
         return rebuild_from_safetensors(directory, structure, lambda module: self.fix_up(component, module))
 
 
+def class_labels(class_label, batch_size: int, classes: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The class of each of ``batch_size`` samples of a model with ``classes`` classes: uniform
+    draws from ``generator`` (``class_label`` None), one class for all (an int), or one per sample
+    (a sequence or 1-D tensor of ``batch_size`` ints, e.g. the labels of training images)."""
+    if class_label is None:
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        return torch.randint(classes, (batch_size,), generator=generator)
+    if isinstance(class_label, (torch.Tensor, list, tuple)):
+        labels = torch.as_tensor(class_label)
+        if (labels.dim() != 1 or labels.numel() != batch_size or labels.is_floating_point() or labels.dtype == torch.bool
+                or (labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < classes))):
+            raise ValueError(f"class_label must be one integer or {batch_size} integers in [0, {classes}), got "
+                             f"{tuple(labels.shape)} values")
+        return labels.long().cpu()
+    if isinstance(class_label, bool) or not isinstance(class_label, int) or not 0 <= class_label < classes:
+        raise ValueError(f"class_label must be an integer in [0, {classes}), got {class_label!r}")
+    return torch.full((batch_size,), class_label, dtype=torch.long)
+
+
 def _match_batch(conditioning: dict, sample: torch.Tensor) -> dict:
     """Conditioning rows matched to the sample's batch: as is, repeated (a batch repeated per
     timestep) or the first rows (a shorter probe batch)."""

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..registry import ADAPTERS
+from .base import class_labels
 from .guided import UNCOND, GuidedAdapter
 
 
@@ -73,13 +74,7 @@ class DiTAdapter(GuidedAdapter):
         if prompts is not None:
             raise ValueError("prompts apply to text-to-image models; DiT is class-conditional: give class_label")
         classes = self.num_classes(pipeline_or_denoiser)
-        if class_label is not None:
-            if isinstance(class_label, bool) or not isinstance(class_label, int) or not 0 <= class_label < classes:
-                raise ValueError(f"class_label must be an integer in [0, {classes}), got {class_label!r}")
-            labels = torch.full((batch_size,), class_label, dtype=torch.long)
-        else:
-            generator = generator if generator is not None else torch.Generator().manual_seed(0)
-            labels = torch.randint(classes, (batch_size,), generator=generator)
+        labels = class_labels(class_label, batch_size, classes, generator)
         null = torch.full((batch_size,), self.null_class(pipeline_or_denoiser), dtype=torch.long)
         if guidance_scale is None:
             # A model may state the guidance scale it was evaluated at (config key ``_guidance_scale``;

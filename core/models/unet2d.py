@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..registry import ADAPTERS
-from .base import ModelAdapter, _plain_config_by_rebuild
+from .base import ModelAdapter, _plain_config_by_rebuild, class_labels
 
 
 def is_unet2d(module) -> bool:
@@ -59,12 +59,7 @@ class UNet2DAdapter(ModelAdapter):
         classes = self.num_classes(pipeline_or_denoiser)
         if classes is None:
             return super().sample_conditioning(pipeline_or_denoiser, batch_size, generator, class_label=class_label)
-        if class_label is not None:
-            if isinstance(class_label, bool) or not isinstance(class_label, int) or not 0 <= class_label < classes:
-                raise ValueError(f"class_label must be an integer in [0, {classes}), got {class_label!r}")
-            return {"class_labels": torch.full((batch_size,), class_label, dtype=torch.long)}
-        generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        return {"class_labels": torch.randint(classes, (batch_size,), generator=generator)}
+        return {"class_labels": class_labels(class_label, batch_size, classes, generator)}
 
     # ------------------------------------------------------------------ structure
     def example_inputs(self, component, module):

@@ -44,6 +44,29 @@ def load_fashion_mnist(split: str = "train", root: str | Path = FASHION_MNIST_DI
     return read_idx_images(path)
 
 
+def read_idx_labels(path: str | Path) -> np.ndarray:
+    """Read an idx1 (optionally gzipped) label file into a uint8 array N."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    magic = int.from_bytes(raw[0:4], "big")
+    if magic != 2049:
+        raise ValueError(f"{path}: not an idx1 label file (magic {magic}, expected 2049)")
+    return np.frombuffer(raw, dtype=np.uint8, offset=8)
+
+
+def load_fashion_mnist_labels(split: str = "train", root: str | Path = FASHION_MNIST_DIR) -> np.ndarray:
+    """Fashion-MNIST classes (0-9, uint8, N) from the Debian ``dataset-fashion-mnist`` package."""
+    names = {"train": "train-labels-idx1-ubyte.gz", "test": "t10k-labels-idx1-ubyte.gz"}
+    if split not in names:
+        raise ValueError(f"split must be one of {sorted(names)}, got {split!r}")
+    path = Path(root) / names[split]
+    if not path.exists():
+        raise ValueError(f"Fashion-MNIST labels not found at {path}; install them with `apt-get install dataset-fashion-mnist`")
+    return read_idx_labels(path)
+
+
 def uint8_to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 N x H x W (or N x H x W x C) -> float N x C x H x W in [-1, 1]."""
     array = np.asarray(images)
@@ -63,6 +86,12 @@ def load_image_set(path: str | Path) -> torch.Tensor:
     """A shipped ``.npz`` image set (key ``images``) as a float tensor in [-1, 1]."""
     with np.load(path) as archive:
         return uint8_to_tensor(archive["images"])
+
+
+def load_image_labels(path: str | Path) -> torch.Tensor | None:
+    """The classes of a shipped ``.npz`` image set (key ``labels``), None if it has none."""
+    with np.load(path) as archive:
+        return torch.from_numpy(archive["labels"].astype(np.int64)) if "labels" in archive else None
 
 
 def load_image_folder(

@@ -66,12 +66,12 @@ def recovery_data(pipeline, data: str, seed: int = 0,
     """``(images, labels, description)``: pixel images in [-1, 1] to recover on, their classes
     (None where unknown) and where they came from.
 
-    ``data``: ``fashion-mnist-train`` (the shipped training images; only for models of their
-    shape), ``generated`` (``GENERATED_RECOVERY_IMAGES`` samples of the dense ``pipeline``; a
+    ``data``: ``fashion-mnist-train`` (the shipped training images, with their classes for a
+    class-conditional model such as the embedded DiT; only for models of their shape), ``generated`` (``GENERATED_RECOVERY_IMAGES`` samples of the dense ``pipeline``; a
     class-conditional model samples every class equally often and the labels say which, so
     recovery trains each image with its own class) or an image folder (resized to the model's
     resolution; no classes)."""
-    from .data import CALIBRATION_IMAGES, load_image_folder, load_image_set
+    from .data import CALIBRATION_IMAGES, load_image_folder, load_image_labels, load_image_set
     from .pipeline import sample_images
 
     adapter = adapter_of(pipeline)
@@ -94,7 +94,11 @@ def recovery_data(pipeline, data: str, seed: int = 0,
         if tuple(images.shape[1:]) != (channels, height, height):
             raise ValueError(f"recovery data 'fashion-mnist-train' holds {tuple(images.shape[1:])} images but the model "
                              f"makes {(channels, height, height)}; allowed for this model: 'generated' or an image folder")
-        return images, None, f"fashion-mnist-train ({len(images):,} shipped training images)"
+        labels = load_image_labels(CALIBRATION_IMAGES) if adapter.num_classes(pipeline) is not None else None
+        if labels is not None and int(labels.max()) >= adapter.num_classes(pipeline):
+            labels = None  # a model with fewer classes than Fashion-MNIST's ten: its classes are not these
+        return images, labels, (f"fashion-mnist-train ({len(images):,} shipped training images"
+                                f"{', each with its class' if labels is not None else ''})")
     images = load_image_folder(Path(data).expanduser(), height, channels)
     return images, None, f"image folder ({len(images):,} images)"
 

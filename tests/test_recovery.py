@@ -125,3 +125,23 @@ def test_labels_are_refused_for_a_model_without_classes(dense):
     images = torch.zeros(4, config.in_channels, config.sample_size, config.sample_size)
     with pytest.raises(ValueError, match="labels apply to class-conditional models only"):
         finetune(dense, 1, batch_size=2, images=images, labels=torch.zeros(4, dtype=torch.long))
+
+
+def test_shipped_training_images_carry_their_classes_for_the_embedded_dit():
+    from core.data import CALIBRATION_IMAGES, load_fashion_mnist_labels
+    from core.recovery import recovery_data
+
+    dit = load_pipeline("dit-fashion-mnist")
+    images, labels, description = recovery_data(dit, "fashion-mnist-train")
+    assert labels is not None and len(labels) == len(images) == 1000 and "each with its class" in description
+    assert sorted(set(labels.tolist())) == list(range(10))
+    try:  # the Debian package, where installed, is the source of truth for the shipped subset
+        import numpy as np
+
+        index = np.load(CALIBRATION_IMAGES)["index"]
+        assert labels.tolist() == load_fashion_mnist_labels("train")[index].tolist()
+    except ValueError:
+        pass
+    # the unconditional default model has no classes
+    _, none, _ = recovery_data(load_pipeline(), "fashion-mnist-train")
+    assert none is None

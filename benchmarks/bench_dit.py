@@ -13,8 +13,11 @@ measured model, keyed so that a re-run skips what is already measured: the bench
 * ``vae``           -- Towards Tiny Diffusion's "prune the autoencoder too": 30 % of the VAE's
                        channels pruned as a component (its latent interface never cut), the
                        transformer dense: FID change.
-* ``finetune``      -- the ``granularities`` models at ``--finetune-sparsity`` after
-                       ``--finetune-steps`` recovery steps (``core.finetune``).
+* ``finetune``      -- every ``--criteria`` at each granularity's first setting (head 1/4,
+                       ffn / block / unstructured ``--finetune-sparsity``, 2:4) after the suite's
+                       fine-tuning budget (``--finetune-steps`` 40, batch 16, lr 2e-4: the quick
+                       mode of ``benchmarks/suite.py``) on the 1,000 shipped training images, each
+                       with its own class (``core.recovery.recovery_data``).
 
 Usage::
 
@@ -38,9 +41,10 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results" / "dit.jsonl"
 
 from benchmarks.rows import append_row, read_rows  # noqa: E402
-from core import PruneSpec, evaluate, load_pipeline, prune  # noqa: E402
+from core import PruneSpec, evaluate, finetune, load_pipeline, prune, recovery_data  # noqa: E402
 
 GRANULARITIES = ("head", "ffn", "block", "unstructured", "2:4")
+FINETUNE_LR, FINETUNE_BATCH = 2e-4, 16  # the suite's quick-mode fine-tuning (benchmarks/suite.py)
 
 
 def _done() -> dict:
@@ -80,19 +84,30 @@ def run(args) -> None:
                      None, criterion="dense", granularity="-", sparsity=0.0))
     parts = args.parts.split(",")
 
-    def one(key, part, specs, **extra):
+    tuning = {}
+
+    def one(key, part, specs, finetune_steps=0, **extra):
         if key in done:
             return
         started = time.perf_counter()
         try:
-            pipeline = dense
+            result = None
             for spec in specs:  # dicts: a spec the registries refuse is a refusal row too
-                pipeline = prune(pipeline, PruneSpec(**spec)).pipeline
+                result = prune(dense if result is None else result.pipeline, PruneSpec(**spec))
         except ValueError as error:  # a refusal with its reason is a result too
             _append(dict(key=key, part=part, refused=str(error), **extra))
             return
         prune_s = time.perf_counter() - started
-        _append(_row(key, part, _measure(pipeline, dense, args), prune_s, **extra))
+        pipeline, tuned = result.pipeline, {}
+        if finetune_steps:
+            if not tuning:
+                tuning["images"], tuning["labels"], tuning["source"] = recovery_data(dense, "fashion-mnist-train")
+            started = time.perf_counter()
+            pipeline = finetune(result, finetune_steps, lr=FINETUNE_LR, batch_size=FINETUNE_BATCH,
+                                images=tuning["images"], labels=tuning["labels"], seed=0).pipeline
+            tuned = dict(finetune_steps=finetune_steps, finetune_s=round(time.perf_counter() - started, 1),
+                         finetune_data=tuning["source"])
+        _append(_row(key, part, _measure(pipeline, dense, args), prune_s, **extra, **tuned))
 
     if "granularities" in parts:
         for granularity in GRANULARITIES:
@@ -105,6 +120,14 @@ def run(args) -> None:
                                 sparsity=None if ":" in granularity else sparsity, seed=0)
                     one(f"granularities/{criterion}/{granularity}/{sparsity}/{settings}", "granularities", [spec],
                         criterion=criterion, granularity=granularity, sparsity=sparsity)
+    if "finetune" in parts:
+        for granularity in GRANULARITIES:
+            sparsity = 0.5 if ":" in granularity else 0.25 if granularity == "head" else args.finetune_sparsity
+            for criterion in args.criteria:
+                spec = dict(criterion=criterion, granularity=granularity,
+                            sparsity=None if ":" in granularity else sparsity, seed=0)
+                one(f"finetune{args.finetune_steps}/{criterion}/{granularity}/{sparsity}/{settings}", "finetune", [spec],
+                    finetune_steps=args.finetune_steps, criterion=criterion, granularity=granularity, sparsity=sparsity)
     if "obs-structured" in parts:
         # 1 of the 4 heads of every block (the nearest whole-head cut to 30 %), then 30 % of the FFN
         # neurons (FFN weights are 2/3 of a block's prunable weights: sparsity 0.2 of the remaining).
@@ -124,15 +147,16 @@ def table() -> str:
     """The measured rows as a markdown table (for the README and BENCHMARKS.md)."""
     rows = list(_done().values())
     dense = next((r for r in rows if r["part"] == "dense"), None)
-    lines = ["| part | criterion | granularity | sparsity | FID | KID | params | MACs (transformer) | speed-up (paired) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| part | criterion | granularity | sparsity | recovery | FID | KID | params | MACs (transformer) | speed-up (paired) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if "refused" in r:
-            lines.append(f"| {r['part']} | {r['criterion']} | {r['granularity']} | {r.get('sparsity')} | refused: "
+            lines.append(f"| {r['part']} | {r['criterion']} | {r['granularity']} | {r.get('sparsity')} | | refused: "
                          f"{r['refused'][:90]} | | | | |")
             continue
         speed = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
-        lines.append(f"| {r['part']} | {r['criterion']} | {r['granularity']} | {r.get('sparsity')} | {r['fid']:.1f} | "
+        recovery = f"{r['finetune_steps']} steps" if r.get("finetune_steps") else "one-shot"
+        lines.append(f"| {r['part']} | {r['criterion']} | {r['granularity']} | {r.get('sparsity')} | {recovery} | {r['fid']:.1f} | "
                      f"{r['kid']:.4f} ± {r['kid_std']:.4f} | {r['params'] / 1e6:.2f} M | {r['macs'] / 1e6:.1f} M | {speed} |")
     if dense:
         lines.append(f"\n{dense['num_samples']} class-uniform samples per row, DDIM {dense['steps']} steps, seed 0, "
@@ -147,6 +171,8 @@ def main(argv=None) -> int:
     parser.add_argument("--criteria", nargs="+", default=["magnitude", "taylor", "obs"])
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.2, 0.4])
     parser.add_argument("--head-sparsities", nargs="+", type=float, default=[0.167, 0.25])
+    parser.add_argument("--finetune-steps", type=int, default=40)
+    parser.add_argument("--finetune-sparsity", type=float, default=0.3)
     parser.add_argument("--num-samples", type=int, default=200)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True)

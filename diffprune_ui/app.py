@@ -145,6 +145,11 @@ def build_demo() -> gr.Blocks:
                                                                label="calibration batch size")
                             calibration_batches = gr.Number(value=first.default_calibration_batches, precision=None, step=1,
                                                             label="calibration batches")
+                        # Text-to-image models only: shown by the model's first screen, as the grids' prompt box.
+                        calibration_prompts = gr.Textbox(
+                            label=f"Calibration prompts (one per line; empty = the {handlers.shipped_caption_count()} "
+                                  "shipped captions)", value="", lines=3, max_lines=12, visible=False,
+                            elem_id="calibration-prompts")
                     cost_note = gr.Markdown("*estimating the calibration time...*", elem_id="cost-note")
                     with gr.Accordion("Recovery: fine-tune after pruning", open=True):
                         with gr.Row():
@@ -269,16 +274,19 @@ def build_demo() -> gr.Blocks:
         preview_io = ([source, seed, steps, grid_class, grid_prompt], [dense_grid, model_info, grid_class, grid_prompt])
         load_check = load_button.click(handlers.check_source, [source, seed, steps], None, api_visibility="private",
                                        concurrency_id="check", concurrency_limit=4)
+        calibration_prompts_io = ([source, calibration_prompts], calibration_prompts)
         load_check.success(handlers.dense_preview, *preview_io,
                            api_name="dense_preview", concurrency_id="compute", concurrency_limit=1).then(
             handlers.granularities_for_model, [source, criterion, granularity], granularity, api_visibility="private",
-            queue=False)
+            queue=False).then(handlers.calibration_prompts_update, *calibration_prompts_io, api_visibility="private",
+                              queue=False)
         # Picking an embedded model fills the source box and loads it (its first screen: samples, card, classes).
         model_picker.input(handlers.pick_embedded, model_picker, source, api_visibility="private", queue=False).then(
             handlers.dense_preview, *preview_io,
             api_visibility="private", concurrency_id="compute", concurrency_limit=1).then(
             handlers.granularities_for_model, [source, criterion, granularity], granularity, api_visibility="private",
-            queue=False)
+            queue=False).then(handlers.calibration_prompts_update, *calibration_prompts_io, api_visibility="private",
+                              queue=False)
         grid_prompt.submit(handlers.dense_preview, *preview_io, api_visibility="private",
                            concurrency_id="compute", concurrency_limit=1)
         grid_class.input(handlers.dense_preview, *preview_io,
@@ -287,7 +295,7 @@ def build_demo() -> gr.Blocks:
         recovery_controls = [recovery_steps, recovery_lr, recovery_batch, distill, recovery_data, recovery_files]
         run_inputs = [source, criterion, granularity, sparsity, *schedule_inputs, calibration_batch_size,
                       calibration_batches, num_samples, steps, seed, quality, *recovery_controls, export_oneshot,
-                      grid_class, grid_prompt]
+                      grid_class, grid_prompt, calibration_prompts]
         run_outputs = [status, summary, dense_grid, pruned_grid, slider, pair_index, pairs_state, importance_plot,
                        timestep_heatmap, layers_plot, used_plot, pareto_plot, sparsity_plot, export_file, recovery,
                        schedule_plot, recovered_grid, loss_plot, pair_kind, recovery_chart]
@@ -316,5 +324,6 @@ def build_demo() -> gr.Blocks:
         demo.load(handlers.first_screen, [source, seed, steps, *schedule_inputs],
                   [dense_grid, model_info, schedule_plot, pareto_plot, sparsity_plot, recovery_chart, grid_class,
                    grid_prompt, frontier_plot],
-                  api_name="first_screen")
+                  api_name="first_screen").then(handlers.calibration_prompts_update, *calibration_prompts_io,
+                                                api_visibility="private", queue=False)
     return demo

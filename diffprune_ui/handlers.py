@@ -179,12 +179,6 @@ def source_error(text: str) -> ValueError:
                       "private id, no network, or not a supported model family)")
 
 
-def adapter_of_pipeline(pipeline):
-    from core.models import adapter_for
-
-    return adapter_for(pipeline)
-
-
 def _denoiser(pipeline):
     from core.models import adapter_for
 
@@ -511,6 +505,68 @@ def prompt_update(pipeline, prompt):
     return gr.update(visible=False, value="")
 
 
+MAX_CALIBRATION_PROMPTS_TEXT = 200_000  # characters in the box: thousands of captions
+
+
+def shipped_caption_count() -> int:
+    """How many calibration captions ship (``core.prompts.CALIBRATION_PROMPTS``), for the box's label:
+    the file read as ``core.prompts`` reads it, without importing torch before the page is served."""
+    path = Path(__file__).resolve().parent.parent / "assets" / "prompts" / "calibration.txt"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return 0
+    return sum(1 for line in lines if line.strip() and not line.lstrip().startswith("#"))
+
+
+def calibration_prompts_of(pipeline, text) -> tuple[str, ...] | None:
+    """The run's calibration prompts: the box's lines (blank and ``#`` lines skipped, as in a
+    ``--calibration-prompts`` file); None (the shipped captions) when it holds none. Only
+    text-to-image models take them; a ValueError names the field otherwise, and for a list past the
+    engine's bounds (``core.prompts``: prompts per list, characters per prompt)."""
+    from core.pipeline import takes_prompts
+    from core.prompts import MAX_PROMPT_CHARS as MAX_CALIBRATION_PROMPT_CHARS
+    from core.prompts import MAX_PROMPTS
+
+    if text is None:
+        return None
+    if not isinstance(text, str) or len(text) > MAX_CALIBRATION_PROMPTS_TEXT:
+        raise ValueError(f"calibration prompts must be text of at most {MAX_CALIBRATION_PROMPTS_TEXT:,} characters, "
+                         f"one prompt per line, got {_short(text)}")
+    prompts = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    if not prompts:
+        return None
+    if not takes_prompts(pipeline):
+        raise ValueError("calibration prompts apply to text-to-image models (SD, PixArt, SD3) only; leave the box "
+                         "empty for this model")
+    if len(prompts) > MAX_PROMPTS:
+        raise ValueError(f"calibration prompts: at most {MAX_PROMPTS:,} prompts (one per line), got {len(prompts):,}")
+    for prompt in prompts:
+        if len(prompt) > MAX_CALIBRATION_PROMPT_CHARS:
+            raise ValueError(f"calibration prompts: each line at most {MAX_CALIBRATION_PROMPT_CHARS:,} characters, "
+                             f"got {len(prompt):,} in {_short(prompt)}")
+    return prompts
+
+
+def calibration_prompts_update(source, text):
+    """The calibration prompts box after a model is shown: visible for a text-to-image model (its
+    text kept), hidden and emptied otherwise, as the grids' prompt box. Only an already loaded model
+    is looked at (this runs outside the queue); otherwise the box is left as it is."""
+    try:
+        key = normalise_source(source)
+    except ValueError:
+        return gr.skip()
+    with _PIPELINE_LOCK:
+        pipeline = _PIPELINES.get(key)
+    if pipeline is None:
+        return gr.skip()
+    from core.pipeline import takes_prompts
+
+    if takes_prompts(pipeline):
+        return gr.update(visible=True, value=text or "")
+    return gr.update(visible=False, value="")
+
+
 def dense_samples(source, steps: int, seed: int, class_label: int | None = None, prompt: str | None = None):
     """The dense model's ``GRID_IMAGES`` samples at (steps, seed), sampled once per process: the
     first screen and every run's dense grid show the same images, so they are not sampled again."""
@@ -784,11 +840,13 @@ def validate_run(source, criterion, granularity, sparsity, schedule, threshold, 
                  w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, num_samples, steps,
                  seed, quality, recovery_steps=0, recovery_lr=None, recovery_batch=None, distill=False,
                  recovery_data="shipped training images", recovery_files=None, export_oneshot=False,
-                 grid_class=ALL_CLASSES, grid_prompt="") -> dict:
+                 grid_class=ALL_CLASSES, grid_prompt="", calibration_prompts="") -> dict:
     """Every field of a run, checked before anything changes on screen (the model is loaded: a
     source that cannot be loaded, a granularity the model cannot take and recovery data that do
     not fit the model are field errors too). Raises ``gr.Error`` naming the field and what is allowed."""
+    from core.criteria import CRITERIA
     from core.granularity import GRANULARITIES
+    from core.pipeline import adapter_of
     from core.recovery import RECOVERY_DEFAULTS, recovery_images
 
     try:
@@ -805,11 +863,14 @@ def validate_run(source, criterion, granularity, sparsity, schedule, threshold, 
         if not isinstance(export_oneshot, bool):
             raise ValueError(f"export the one-shot model too must be true or false, got {_short(export_oneshot)}")
         dense = cached_pipeline(source)
-        adapter = adapter_of_pipeline(dense)
+        adapter = adapter_of(dense)
         adapter.check_cut(adapter.denoiser_name, _denoiser(dense), spec.granularity_name)
         GRANULARITIES[spec.granularity_name].check(_denoiser(dense), spec)
         class_label = class_label_of(dense, grid_class)
         prompt = grid_prompt_of(dense, grid_prompt)
+        prompts = calibration_prompts_of(dense, calibration_prompts)
+        if prompts is not None and CRITERIA[spec.criterion].needs_calibration:  # else ignored, as the batch sizes
+            spec = spec.replace(calibration_prompts=list(prompts))
         if recovery["steps"] and recovery["data"] != "generated":
             recovery_images(dense, recovery["data"])  # the data fit the model: checked before any work
     except ValueError as error:
@@ -868,6 +929,9 @@ def summary_table(result, dense_row: dict, pruned_row: dict, timing: dict | None
         ["pruning wall time", "", fmt(totals.get("wall_time_s"), "{:.1f} s")] + ([""] if tuned is not None else []),
         ["timesteps used", "", timesteps_text(result)] + ([""] if tuned is not None else []),
     ]
+    prompts = calibration_prompts_text(result)
+    if prompts:
+        rows.append(["calibration prompts", "", prompts] + ([""] if tuned is not None else []))
     if tuned is not None:
         losses = tuned.losses
         rows += [
@@ -910,6 +974,21 @@ def timesteps_text(result) -> str:
     text = f"{len(weights)} (t = {int(weights['t'].min())} .. {int(weights['t'].max())})"
     stopped = result.report.totals.get("schedule_stopped_at")
     return text + (f", threshold stopped at t = {stopped}" if stopped is not None else "")
+
+
+def calibration_prompts_text(result) -> str:
+    """The summary's line on what a text-to-image calibration ran on ("" for other models and for
+    criteria without calibration)."""
+    from core.criteria import CRITERIA
+    from core.pipeline import takes_prompts
+    from core.prompts import CALIBRATION_PROMPTS
+
+    if not CRITERIA[result.spec.criterion].needs_calibration or not takes_prompts(result.pipeline):
+        return ""
+    mine = result.spec.calibration_prompts
+    if mine is None:
+        return f"the {len(CALIBRATION_PROMPTS)} shipped captions"
+    return f"{len(mine):,} of yours (first: {_short(mine[0], 60)})"
 
 
 def recovery_note(result, tuned=None, cancel_note: str = "") -> str:
@@ -1079,7 +1158,8 @@ def run_prune(source, criterion, granularity, sparsity, schedule, threshold, int
               w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, num_samples, steps,
               seed, quality, recovery_steps=0, recovery_lr=None, recovery_batch=None, distill=False,
               recovery_data="shipped training images", recovery_files=None, export_oneshot=False,
-              grid_class=ALL_CLASSES, grid_prompt="", request: gr.Request = None, progress=gr.Progress()):
+              grid_class=ALL_CLASSES, grid_prompt="", calibration_prompts="", request: gr.Request = None,
+              progress=gr.Progress()):
     """Prune a copy of the cached dense model, optionally recover it by fine-tuning, evaluate every
     stage, time dense and pruned paired, build every view."""
     from core import sample_images
@@ -1092,7 +1172,7 @@ def run_prune(source, criterion, granularity, sparsity, schedule, threshold, int
     controls = (source, criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps, w_min,
                 w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, num_samples, steps,
                 seed, quality, recovery_steps, recovery_lr, recovery_batch, distill, recovery_data, recovery_files,
-                export_oneshot, grid_class, grid_prompt)
+                export_oneshot, grid_class, grid_prompt, calibration_prompts)
     checked = validate_run(*controls)  # raises gr.Error before anything changes
     spec, num_samples, steps, metrics, dense = (checked[k] for k in ("spec", "num_samples", "steps", "metrics", "dense"))
     recovery = checked["recovery"]

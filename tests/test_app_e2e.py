@@ -9,7 +9,7 @@ QUICK_RUN = dict(source="", criterion="magnitude", granularity="channel", sparsi
                  custom_text="0:1", calibration_batch_size=4, calibration_batches=1, num_samples=4, steps=5, seed=0,
                  quality="KID", recovery_steps=0, recovery_lr=2e-4, recovery_batch=8, distill=False,
                  recovery_data="shipped training images", recovery_files=None, export_oneshot=False,
-                 grid_class="all classes (uniform)")
+                 grid_class="all classes (uniform)", grid_prompt="", calibration_prompts="")
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,7 @@ def test_quick_prune_returns_a_measured_summary(client):
     (dict(seed=1.5), "seed must be a whole number"),
     (dict(source="x" * 5000), "model source must be empty, a hub id"),
     (dict(source="no-such-user/no-such-model"), "could not load it from the Hugging Face hub"),
+    (dict(calibration_prompts="a red shoe"), "calibration prompts apply to text-to-image models"),
 ])
 def test_bad_fields_are_short_errors_through_the_api(client, change, message):
     with pytest.raises(Exception, match=message) as caught:

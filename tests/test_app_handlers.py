@@ -799,6 +799,70 @@ def test_prompt_box_for_a_text_to_image_model(tiny_sd, tiny_model):
     assert handlers.dense_preview(tiny_model, 0, 2, handlers.ALL_CLASSES, "stale text")[3]["value"] == ""
 
 
+def _run_with(args, grid_prompt="", calibration_prompts="", progress=None) -> dict:
+    return dict(zip(RUN_FIELDS, handlers.run_prune(*args, handlers.ALL_CLASSES, grid_prompt, calibration_prompts,
+                                                   request=FakeRequest(), progress=progress or RecordingProgress())))
+
+
+def test_calibration_prompts_box_reaches_the_spec(tiny_sd, tiny_model):
+    from core.prompts import CALIBRATION_PROMPTS
+
+    assert handlers.shipped_caption_count() == len(CALIBRATION_PROMPTS)
+    handlers.cached_pipeline(tiny_sd), handlers.cached_pipeline(tiny_model)
+    shown = handlers.calibration_prompts_update(tiny_sd, "a red shoe")
+    assert shown["visible"] and shown["value"] == "a red shoe"  # a text-to-image model: shown, text kept
+    hidden = handlers.calibration_prompts_update(tiny_model, "stale text")
+    assert hidden["visible"] is False and hidden["value"] == ""  # other models: hidden and emptied
+    args = run_args(tiny_sd, criterion="taylor", granularity="unstructured", sparsity=0.3, schedule="custom",
+                    custom="5:1, 300:0.5", num_samples=2, steps=2, quality="none")
+    out = _run_with(args, calibration_prompts="a red shoe\n\n   a blue bag  \n# a comment\n")
+    assert out["status"].startswith("**Done**"), out["status"]
+    summary = out["summary"].set_index("")
+    assert summary.loc["calibration prompts", "one-shot"] == "2 of yours (first: 'a red shoe')"
+    with zipfile.ZipFile(out["archive"]) as handle:
+        handle.extractall(out["archive"] + ".d")
+    assert _marker(out["archive"] + ".d/pruned-model")["spec"]["calibration_prompts"] == ["a red shoe", "a blue bag"]
+    # Blank lines only: the shipped captions, and a calibration of its own (the reuse key tells the sets apart).
+    progress = RecordingProgress()
+    out = _run_with(args, calibration_prompts=" \n\n", progress=progress)
+    assert out["status"].startswith("**Done**"), out["status"]
+    summary = out["summary"].set_index("")
+    assert summary.loc["calibration prompts", "one-shot"] == f"the {len(CALIBRATION_PROMPTS)} shipped captions"
+    assert not any("calibration reused" in (desc or "") for _, desc in progress.calls)
+    with zipfile.ZipFile(out["archive"]) as handle:
+        handle.extractall(out["archive"] + ".d")
+    assert "calibration_prompts" not in _marker(out["archive"] + ".d/pruned-model")["spec"]
+    again = RecordingProgress()
+    assert _run_with(args, calibration_prompts="a red shoe\na blue bag", progress=again)["status"].startswith("**Done**")
+    assert any("calibration reused" in (desc or "") for _, desc in again.calls)  # the same set: reused
+
+
+@pytest.mark.parametrize("model, text, message", [
+    ("ddpm", "a red shoe", "calibration prompts apply to text-to-image models (SD, PixArt, SD3) only"),
+    ("sd", "ok\n" + "x" * 2001, "calibration prompts: each line at most 2,000 characters"),
+    ("sd", "a shoe\n" * 10_001, "calibration prompts: at most 10,000 prompts"),
+    ("sd", "x" * 200_001, "calibration prompts must be text of at most 200,000 characters"),
+    ("sd", 42, "calibration prompts must be text"),
+])
+def test_bad_calibration_prompts_are_refused_before_any_work(tiny_sd, tiny_model, model, text, message):
+    source = tiny_sd if model == "sd" else tiny_model
+    with pytest.raises(gr.Error) as caught:
+        handlers.check_run(*run_args(source, criterion="taylor"), handlers.ALL_CLASSES, "", text)
+    text = str(caught.value)
+    assert message in text[:len(message) + 2] and len(text) < 300 and "\n" not in text, text
+    handlers.check_run(*run_args(tiny_model, criterion="taylor"), handlers.ALL_CLASSES, "", "\n  \n")  # empty: fine
+
+
+def test_the_calibration_prompts_box_is_on_the_page_and_a_run_prune_parameter():
+    demo = ui_app.build_demo()
+    boxes = [c["props"] for c in demo.get_config_file()["components"]
+             if c["props"].get("elem_id") == "calibration-prompts"]
+    assert len(boxes) == 1 and boxes[0]["visible"] is False
+    assert boxes[0]["label"] == f"Calibration prompts (one per line; empty = the {handlers.shipped_caption_count()} shipped captions)"
+    parameters = demo.get_api_info()["named_endpoints"]["/run_prune"]["parameters"]
+    assert parameters[-1]["label"] == boxes[0]["label"] and parameters[-2]["label"].startswith("prompt for the sample grids")
+
+
 def test_frontier_plane_draws_the_dense_line_and_each_pruned_model_with_its_latency_range():
     from diffprune_ui import figures
 

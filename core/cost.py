@@ -2,9 +2,10 @@
 
 The calibration of ``taylor``, ``nici`` and ``l1`` is one forward+backward pass per
 (timestep, image) pair -- ``passes = timesteps x images`` -- batched into chunks of
-``CALIBRATION_CHUNK_SAMPLES`` samples (``core/criteria.py``). Its cost is therefore linear in
-``passes``, and the rate at which this machine processes passes is *measured* here by timing real
-forward+backward passes of the model at the spec's batch size (after one warm-up pass). For the
+``CALIBRATION_CHUNK_SAMPLES`` samples (``core/criteria/__init__.py``). Its cost is therefore linear
+in ``passes``, and the rate at which this machine processes passes is *measured* here by timing
+the criteria's own pass -- one chunk of ``calibration_loop`` with the ``GradientCollector`` that
+``calibrate`` uses -- at the spec's batch size (after one warm-up pass). For the
 ``threshold`` schedule the number of timesteps is only known once the walk stops, so the estimate
 is an upper bound at ``max_timesteps`` (default: all T), plus the walk's forward-only passes.
 
@@ -18,7 +19,8 @@ import time
 
 import torch
 
-from .criteria import CALIBRATION_CHUNK_SAMPLES, CRITERIA, LOSSES, per_timestep_losses, prunable_layers
+from .criteria import (CRITERIA, LOSSES, CalibrationStats, GradientCollector, calibration_loop, gradients_of,
+                       prunable_layers, timesteps_per_pass)
 from .pipeline import adapter_of, pick_device
 from .schedules import SCHEDULES
 from .spec import PruneSpec
@@ -61,25 +63,24 @@ def measure_rate(pipeline, spec: PruneSpec, repeats: int = 2) -> float:
     if key in _RATE_CACHE:
         return _RATE_CACHE[key]
     unet = copy.deepcopy(denoiser).to(device=device, dtype=torch.float32).eval()
-    for parameter in unet.parameters():
-        parameter.requires_grad_(False)
-    for module in prunable_layers(unet, adapter, adapter.denoiser_name).values():
-        module.weight.requires_grad_(True)
+    layers = prunable_layers(unet, adapter, adapter.denoiser_name)
     # content is irrelevant to the time: noise of the denoiser's input shape stands in for the data
     clean, noise = adapter.noise(unet, batch, 0).to(device), adapter.noise(unet, batch, 1).to(device)
     conditioning = adapter.sample_conditioning(pipeline, batch, torch.Generator().manual_seed(0))
-    count = max(1, CALIBRATION_CHUNK_SAMPLES // batch)
+    count = timesteps_per_pass(batch)
     timesteps = [int(t) for t in torch.linspace(0, int(pipeline.scheduler.config.num_train_timesteps) - 1, count)]
     scheduler = copy.deepcopy(pipeline.scheduler)
     loss_fn = LOSSES[criterion.loss]
     seconds = []
-    for _ in range(repeats + 1):  # the first pass warms up the allocator and kernels
-        started = time.perf_counter()
-        per_timestep_losses(loss_fn, unet, scheduler, clean, noise, timesteps, adapter=adapter,
-                            conditioning=conditioning).sum().backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - started)
+    with gradients_of(unet, layers):
+        for _ in range(repeats + 1):  # the first pass warms up the allocator and kernels
+            collector = GradientCollector(layers, CalibrationStats(), 1, criterion.zero_grad_per_batch)
+            started = time.perf_counter()
+            calibration_loop(unet, scheduler, [clean], [noise], [(t, 1.0) for t in timesteps], loss_fn, collector.add,
+                             adapter=adapter, conditionings=[conditioning], group_size=count)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - started)
     rate = min(seconds[1:]) / (count * batch)
     _RATE_CACHE[key] = rate
     return rate

@@ -49,7 +49,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ProgressFn = Callable[[float, str], None]
@@ -105,9 +104,16 @@ def _math_attention():
 
 def gradient_flow_importance(unet, parameters: dict, effective: dict, batches, noise_scheduler, timestep_weights,
                              noises) -> tuple[float, dict, dict]:
-    """Loss, ``g = dL/dw_eff`` and ``H g`` at the effective weights (double backward)."""
+    """Loss, ``g = dL/dw_eff`` and ``H g`` at the effective weights (double backward).
+
+    The loss is built by the criteria's calibration loop (``core.criteria.calibration_loop``:
+    the family's denoising loss, one timestep per pass, zero-weight timesteps skipped) run on
+    ``unet`` with its prunable weights replaced by ``effective``; the callback keeps each pass's
+    graph, ``a_t / sum a * L_t / batches``, for the double backward.
+    """
     from torch.func import functional_call
 
+    from .criteria import calibration_loop, denoising_loss
     from .models import adapter_for_module
 
     adapter = adapter_for_module(unet)[0]  # the family's forward process, target and keyword call
@@ -118,16 +124,18 @@ def gradient_flow_importance(unet, parameters: dict, effective: dict, batches, n
     def network(**inputs):
         return functional_call(unet, {**parameters, **effective}, (), inputs)
 
+    def add(calibration_pass) -> None:
+        nonlocal loss
+        ((_, weight),) = calibration_pass.group
+        loss = loss + (weight / total_weight) * calibration_pass.losses[0] / len(batches)
+
     with _math_attention():
-        for clean, noise in zip(batches, noises):
-            for t, weight in timestep_weights:
-                if weight <= 0:
-                    continue
-                timesteps = torch.full((clean.shape[0],), int(t), dtype=torch.long, device=clean.device)
-                noisy = adapter.add_noise(noise_scheduler, clean, noise, timesteps)
-                target = adapter.training_target(noise_scheduler, clean, noise, timesteps)
-                prediction = adapter.predict(network, noisy, adapter.model_timesteps(noise_scheduler, timesteps))
-                loss = loss + (weight / total_weight) * F.mse_loss(adapter.trim_prediction(prediction, target), target) / len(batches)
+        # One timestep per pass, summed in the order (batch, then timestep) with Python-float
+        # weights, as gradflow always did: the scores equal the earlier loop's up to the order of
+        # the batch mean (per-sample means, then their mean), under 1e-6. Larger groups would
+        # change that order further and save no memory: every pass's graph is kept for H g.
+        calibration_loop(network, noise_scheduler, batches, noises, timestep_weights, denoising_loss, add,
+                         adapter=adapter, group_size=1, skip_unweighted=True)
     gradients = torch.autograd.grad(loss, [effective[n] for n in names], create_graph=True)
     # H g by double backward: d/dw (g . stop_grad(g)) = H g
     inner = sum((g * g.detach()).sum() for g in gradients)
@@ -166,9 +174,9 @@ def gradflow_prune(
         if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
             raise ValueError(f"N:M pattern needs integers 0 < N < M, got {n}:{m}")
     started = time.perf_counter()
-    if layers is None:
-        from .criteria import prunable_layers
+    from .criteria import calibration_noises, prunable_layers
 
+    if layers is None:
         layers = prunable_layers(unet)
     if n or m:
         for name, module in layers.items():
@@ -184,7 +192,7 @@ def gradflow_prune(
     generator = torch.Generator().manual_seed(int(seed))
     order = torch.randperm(images.shape[0], generator=generator)[: batch_size * num_batches]
     batches = [b.to(device) for b in images[order].float().split(batch_size)]
-    noises = [torch.randn(b.shape, generator=generator).to(device) for b in batches]
+    noises = calibration_noises(batches, generator)
 
     parameter_names = {f"{name}.weight": name for name in layers}
     base = {name: p.detach() for name, p in unet.named_parameters() if name not in parameter_names}

@@ -2,8 +2,9 @@
 statistics) into one score per prunable weight; low score = pruned first.
 
 Layout: this ``__init__`` holds what every criterion shares (the prunable layers, the calibration
-losses and the one calibration loop ``calibrate``); ``base.py`` the ``Criterion`` record; one file per
-method registers it in ``core.registry.CRITERIA``.
+losses, the one calibration loop ``calibration_loop`` -- also run by ``core/gradflow.py`` and timed by
+``core/cost.py`` -- and the gradient criteria's ``calibrate`` on top of it); ``base.py`` the
+``Criterion`` record; one file per method registers it in ``core.registry.CRITERIA``.
 
 A granularity (``core/granularity.py``) then aggregates the per-weight scores into the unit it
 prunes (an N:M group, an output channel with its dependency group, an attention head), so that
@@ -33,6 +34,7 @@ and normalisation parameters are not prunable.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from typing import Callable
@@ -120,45 +122,31 @@ class CalibrationStats:
     timesteps_per_group: int = 1  # timesteps per backward pass (columns of timestep_contributions)
 
 
-def calibrate(
-    unet: nn.Module,
-    noise_scheduler,
-    batches: list[torch.Tensor],
-    loss_name: str,
-    schedule_name: str,
-    schedule_params: dict,
-    zero_grad_per_batch: bool,
-    seed: int,
-    progress: Callable[[float, str], None] | None = None,
-    progress_span: tuple[float, float] = (0.0, 1.0),
-    *,
-    adapter=None,  # the model family (default: the one that owns ``unet``)
-    component: str | None = None,  # the pipeline attribute of ``unet`` ("unet", "vqvae")
-    conditionings: list | None = None,  # per batch: the denoiser's conditioning (class labels)
-) -> CalibrationStats:
-    """Accumulate weighted gradients of ``loss_name`` over the schedule's timesteps.
+# ----------------------------------------------------------------------------------------------
+# The one calibration loop (timesteps x batches, chunked, with progress), shared by the gradient
+# criteria (``calibrate``), the cost estimate (``core/cost.py``) and ``core/gradflow.py``
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class CalibrationPass:
+    """One forward pass of :func:`calibration_loop`: a group of timesteps on one batch."""
 
-    The one calibration loop (timesteps x batches, chunked, with progress) of the gradient criteria.
-    Each timestep's loss is multiplied by its schedule weight before backward. Timesteps are
-    batched ``CALIBRATION_CHUNK_SAMPLES // batch size`` at a time into one backward pass (the
-    accumulated gradient is the same sum); per group the gradient increment ``g`` is read off to
-    fill the layer x timestep table with ``sum |w * g|`` -- the group's own first-order saliency,
-    keyed by its first t (one column per timestep when the batch is large). The ``threshold``
-    walk decides where to stop from forward-only losses on the first batch.
-    One fixed noise tensor per batch (Diff-Pruning), drawn on the CPU from ``seed``.
-    ``unet`` is the engine's private copy: its gradients and ``requires_grad`` flags are changed.
-    """
-    adapter, component = _rules(unet, adapter, component)
-    loss_fn = LOSSES[loss_name]
-    layers = prunable_layers(unet, adapter, component)
-    flags = {parameter: parameter.requires_grad for parameter in unet.parameters()}
-    try:
-        return _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, schedule_params,
-                          zero_grad_per_batch, seed, progress, progress_span, adapter, conditionings)
-    finally:  # Torch-Pruning traces the graph through autograd: restore the flags even on error
-        for parameter, flag in flags.items():
-            parameter.grad = None
-            parameter.requires_grad_(flag)
+    batch_index: int
+    group: list  # the plan's (t, weight) entries of this pass, as given
+    timesteps: list[int]
+    weights: torch.Tensor  # the schedule's weight of each timestep (the batch's dtype and device)
+    losses: torch.Tensor  # per timestep: the loss averaged over the batch (with its graph when weighted)
+    weighted: bool  # some weight > 0: the pass ran with autograd on, else under no_grad
+
+
+def timesteps_per_pass(batch_size: int) -> int:
+    """Timesteps per forward/backward pass: ``CALIBRATION_CHUNK_SAMPLES`` samples (1 for large batches)."""
+    return max(1, CALIBRATION_CHUNK_SAMPLES // max(1, int(batch_size)))
+
+
+def calibration_noises(batches: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+    """One fixed noise tensor per batch (Diff-Pruning), drawn on the CPU from ``generator`` so it
+    is the same on every device."""
+    return [torch.randn(b.shape, generator=generator).to(b.device, b.dtype) for b in batches]
 
 
 def per_timestep_losses(loss_fn, unet, noise_scheduler, clean, noise, timesteps: list[int], *,
@@ -182,32 +170,190 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[index : index + size] for index in range(0, len(items), size)]
 
 
+def calibration_loop(
+    denoiser,
+    noise_scheduler,
+    batches: list[torch.Tensor],
+    noises: list[torch.Tensor],
+    plan: list,
+    loss_fn: Callable,
+    on_pass: Callable[[CalibrationPass], None],
+    *,
+    adapter,  # the model family: its add_noise / model_timesteps / predict / loss
+    conditionings: list | None = None,  # per batch: the denoiser's conditioning (class labels)
+    group_size: int = 1,  # timesteps per forward pass (see ``timesteps_per_pass``)
+    skip_unweighted: bool = False,  # skip groups whose weights are all 0 instead of a no_grad forward
+    on_batch_start: Callable[[int], None] | None = None,
+    on_batch_end: Callable[[int], None] | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    progress_span: tuple[float, float] = (0.0, 1.0),
+) -> None:
+    """Run ``loss_fn`` over the schedule ``plan`` (``[(t, weight)]``) on every batch and hand each
+    pass to ``on_pass``: what a pass is *for* (backward and statistics, a Hessian-vector product,
+    a timing) is the caller's callback, the iteration is this one loop.
+
+    Batches outer, timesteps inner, ``group_size`` timesteps batched into one forward pass
+    (:func:`per_timestep_losses`); ``noises[b]`` is batch ``b``'s fixed noise. A group with some
+    positive weight runs with autograd on (the callback backpropagates ``weights * losses``);
+    a group of zero weights runs under ``no_grad`` (its losses are still reported) unless
+    ``skip_unweighted``. ``denoiser`` is a module or any callable with its keyword signature
+    (``torch.func.functional_call`` over substituted weights).
+    """
+    groups = _chunks(list(plan), group_size)
+    conditions = list(conditionings) if conditionings is not None else [None] * len(batches)
+    start, end = progress_span
+    for batch_index, (clean, noise, condition) in enumerate(zip(batches, noises, conditions)):
+        if on_batch_start is not None:
+            on_batch_start(batch_index)
+        for group_index, group in enumerate(groups):
+            timesteps = [t for t, _ in group]
+            weights = torch.tensor([w for _, w in group], dtype=clean.dtype, device=clean.device)
+            weighted = bool((weights > 0).any())
+            if skip_unweighted and not weighted:
+                continue
+            if progress is not None:
+                fraction = (batch_index + group_index / len(groups)) / len(batches)
+                label = f"t={timesteps[0]}" if len(group) == 1 else f"t={timesteps[0]}..{timesteps[-1]}"
+                progress(start + (end - start) * min(1.0, fraction),
+                         f"calibrating {label} (batch {batch_index + 1}/{len(batches)})")
+            with contextlib.nullcontext() if weighted else torch.no_grad():
+                losses = per_timestep_losses(loss_fn, denoiser, noise_scheduler, clean, noise, timesteps,
+                                             adapter=adapter, conditioning=condition)
+            on_pass(CalibrationPass(batch_index, list(group), timesteps, weights, losses, weighted))
+        if on_batch_end is not None:
+            on_batch_end(batch_index)
+
+
+@contextlib.contextmanager
+def gradients_of(unet: nn.Module, layers: dict[str, nn.Module]):
+    """Autograd on for the prunable weights only, cleared; on exit (even on error) every
+    parameter's ``requires_grad`` is restored and its gradient dropped (Torch-Pruning traces the
+    graph through autograd afterwards)."""
+    flags = {parameter: parameter.requires_grad for parameter in unet.parameters()}
+    try:
+        for parameter in unet.parameters():
+            parameter.requires_grad_(False)
+        for module in layers.values():
+            module.weight.requires_grad_(True)
+            module.weight.grad = None
+        yield
+    finally:
+        for parameter, flag in flags.items():
+            parameter.grad = None
+            parameter.requires_grad_(flag)
+
+
+class GradientCollector:
+    """The gradient criteria's work per pass of :func:`calibration_loop` (wanda's ``add_batch``):
+    backward of the schedule-weighted loss, the layer x timestep table of first-order saliency
+    and, per batch, the Taylor term ``|w * g|``."""
+
+    def __init__(
+        self,
+        layers: dict[str, nn.Module],  # name -> module whose ``weight`` gathers gradients
+        stats: CalibrationStats,  # filled in place
+        num_batches: int,
+        zero_grad_per_batch: bool,  # nici: one gradient per batch; taylor/l1: accumulated over all
+        first_batch_losses_known: bool = False,  # the threshold walk already recorded batch 0's losses
+    ):
+        self.layers, self.stats, self.num_batches = layers, stats, num_batches
+        self.zero_grad_per_batch, self.first_batch_losses_known = zero_grad_per_batch, first_batch_losses_known
+        self.previous = {name: torch.zeros_like(m.weight) for name, m in layers.items()}
+        for name in layers:
+            stats.timestep_contributions.setdefault(name, {})
+
+    def start_batch(self, batch_index: int) -> None:
+        if self.zero_grad_per_batch:
+            for name, module in self.layers.items():
+                module.weight.grad = None
+                self.previous[name] = torch.zeros_like(module.weight)
+
+    def add(self, calibration_pass: CalibrationPass) -> None:
+        if calibration_pass.weighted:
+            (calibration_pass.weights * calibration_pass.losses).sum().backward()
+            # The gradient increment of this group: its timesteps' own first-order saliency
+            # (one column per group of timesteps, keyed by the group's first t).
+            first = calibration_pass.timesteps[0]
+            for name, module in self.layers.items():
+                grad = module.weight.grad
+                contribution = float((module.weight.detach() * (grad - self.previous[name])).abs().sum())
+                table = self.stats.timestep_contributions[name]
+                table[first] = table.get(first, 0.0) + contribution
+                self.previous[name] = grad.clone()
+        if not (self.first_batch_losses_known and calibration_pass.batch_index == 0):
+            for t, value in zip(calibration_pass.timesteps, calibration_pass.losses.detach().tolist()):
+                self.stats.losses.setdefault(t, []).append(value)
+
+    def end_batch(self, batch_index: int) -> None:
+        if not (self.zero_grad_per_batch or batch_index == self.num_batches - 1):
+            return
+        with torch.no_grad():
+            for name, module in self.layers.items():
+                grad = module.weight.grad if module.weight.grad is not None else torch.zeros_like(module.weight)
+                term = (module.weight * grad).abs()
+                if name in self.stats.taylor_per_batch_sum:
+                    self.stats.taylor_per_batch_sum[name] += term
+                else:
+                    self.stats.taylor_per_batch_sum[name] = term
+
+    def gradients(self) -> dict[str, torch.Tensor]:
+        return {name: module.weight.grad.detach().clone() if module.weight.grad is not None
+                else torch.zeros_like(module.weight) for name, module in self.layers.items()}
+
+
+def calibrate(
+    unet: nn.Module,
+    noise_scheduler,
+    batches: list[torch.Tensor],
+    loss_name: str,
+    schedule_name: str,
+    schedule_params: dict,
+    zero_grad_per_batch: bool,
+    seed: int,
+    progress: Callable[[float, str], None] | None = None,
+    progress_span: tuple[float, float] = (0.0, 1.0),
+    *,
+    adapter=None,  # the model family (default: the one that owns ``unet``)
+    component: str | None = None,  # the pipeline attribute of ``unet`` ("unet", "vqvae")
+    conditionings: list | None = None,  # per batch: the denoiser's conditioning (class labels)
+) -> CalibrationStats:
+    """Accumulate weighted gradients of ``loss_name`` over the schedule's timesteps.
+
+    The gradient criteria's calibration: :func:`calibration_loop` with a :class:`GradientCollector`.
+    Each timestep's loss is multiplied by its schedule weight before backward. Timesteps are
+    batched ``CALIBRATION_CHUNK_SAMPLES // batch size`` at a time into one backward pass (the
+    accumulated gradient is the same sum); per group the gradient increment ``g`` is read off to
+    fill the layer x timestep table with ``sum |w * g|`` -- the group's own first-order saliency,
+    keyed by its first t (one column per timestep when the batch is large). The ``threshold``
+    walk decides where to stop from forward-only losses on the first batch.
+    One fixed noise tensor per batch (Diff-Pruning), drawn on the CPU from ``seed``.
+    ``unet`` is the engine's private copy: its gradients and ``requires_grad`` flags are changed.
+    """
+    adapter, component = _rules(unet, adapter, component)
+    loss_fn = LOSSES[loss_name]
+    layers = prunable_layers(unet, adapter, component)
+    with gradients_of(unet, layers):
+        return _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, schedule_params,
+                          zero_grad_per_batch, seed, progress, progress_span, adapter, conditionings)
+
+
 def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, schedule_params,
                zero_grad_per_batch, seed, progress, progress_span, adapter, conditionings) -> CalibrationStats:
-    for parameter in unet.parameters():
-        parameter.requires_grad_(False)
-    for module in layers.values():
-        module.weight.requires_grad_(True)
-        module.weight.grad = None
     stats = CalibrationStats(num_images=sum(int(b.shape[0]) for b in batches))
-    stats.timestep_contributions = {name: {} for name in layers}
     num_train_timesteps = int(noise_scheduler.config.num_train_timesteps)
     schedule = SCHEDULES[schedule_name]
-    generator = torch.Generator().manual_seed(int(seed) + 12345)
-    noises = [torch.randn(b.shape, generator=generator).to(b.device, b.dtype) for b in batches]
+    noises = calibration_noises(batches, torch.Generator().manual_seed(int(seed) + 12345))
     conditions = list(conditionings) if conditionings is not None else [None] * len(batches)
-    previous = {name: torch.zeros_like(m.weight) for name, m in layers.items()}
     start, end = progress_span
-    # Timesteps per backward pass: CALIBRATION_CHUNK_SAMPLES samples (1 timestep for large batches).
-    chunk = max(1, CALIBRATION_CHUNK_SAMPLES // max(1, int(batches[0].shape[0])))
+    chunk = timesteps_per_pass(batches[0].shape[0])
 
     def report(fraction: float, message: str) -> None:
         if progress is not None:
             progress(start + (end - start) * min(1.0, fraction), message)
 
-    plan = None
     if schedule.adaptive:
-        # Threshold walk on the first batch with forward-only losses, `chunk` timesteps at a time.
+        # Threshold walk on the first batch with forward-only losses, `chunk` timesteps at a time:
+        # it decides the plan, so it runs before the loop (whose batch 0 then reuses its losses).
         limit = schedule_params.get("max_timesteps") or schedule.defaults.get("max_timesteps") or num_train_timesteps
         lookahead: dict[int, float] = {}
 
@@ -227,56 +373,16 @@ def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, s
     else:
         plan = schedule.resolve(num_train_timesteps, schedule_params)
     gradient_span = (0.25, 1.0) if schedule.adaptive else (0.0, 1.0)
-    groups = _chunks(list(plan), chunk)
-
-    for batch_index in range(len(batches)):
-        if zero_grad_per_batch:
-            for name, module in layers.items():
-                module.weight.grad = None
-                previous[name] = torch.zeros_like(module.weight)
-        clean, noise, condition = batches[batch_index], noises[batch_index], conditions[batch_index]
-        for group_index, group in enumerate(groups):
-            fraction = (batch_index + group_index / len(groups)) / len(batches)
-            first, last = group[0][0], group[-1][0]
-            label = f"t={first}" if len(group) == 1 else f"t={first}..{last}"
-            report(gradient_span[0] + (gradient_span[1] - gradient_span[0]) * fraction,
-                   f"calibrating {label} (batch {batch_index + 1}/{len(batches)})")
-            timesteps = [t for t, _ in group]
-            weights = torch.tensor([w for _, w in group], dtype=clean.dtype, device=clean.device)
-            if bool((weights > 0).any()):
-                losses = per_timestep_losses(loss_fn, unet, noise_scheduler, clean, noise, timesteps,
-                                                 adapter=adapter, conditioning=condition)
-                (weights * losses).sum().backward()
-                # The gradient increment of this group: its timesteps' own first-order saliency
-                # (one column per group of `chunk` timesteps, keyed by the group's first t).
-                for name, module in layers.items():
-                    grad = module.weight.grad
-                    contribution = float((module.weight.detach() * (grad - previous[name])).abs().sum())
-                    table = stats.timestep_contributions[name]
-                    table[first] = table.get(first, 0.0) + contribution
-                    previous[name] = grad.clone()
-            else:
-                with torch.no_grad():
-                    losses = per_timestep_losses(loss_fn, unet, noise_scheduler, clean, noise, timesteps,
-                                                 adapter=adapter, conditioning=condition)
-            if not (schedule.adaptive and batch_index == 0):  # the walk already recorded batch 0
-                for t, value in zip(timesteps, losses.detach().tolist()):
-                    stats.losses.setdefault(t, []).append(value)
-        if zero_grad_per_batch or batch_index == len(batches) - 1:
-            with torch.no_grad():
-                for name, module in layers.items():
-                    grad = module.weight.grad if module.weight.grad is not None else torch.zeros_like(module.weight)
-                    term = (module.weight * grad).abs()
-                    if name in stats.taylor_per_batch_sum:
-                        stats.taylor_per_batch_sum[name] += term
-                    else:
-                        stats.taylor_per_batch_sum[name] = term
+    collector = GradientCollector(layers, stats, len(batches), zero_grad_per_batch,
+                                  first_batch_losses_known=schedule.adaptive)
+    calibration_loop(
+        unet, noise_scheduler, batches, noises, plan, loss_fn, collector.add, adapter=adapter,
+        conditionings=conditions, group_size=chunk, on_batch_start=collector.start_batch,
+        on_batch_end=collector.end_batch, progress=report, progress_span=gradient_span,
+    )
     stats.timestep_weights = list(plan)
     stats.timesteps_per_group = chunk
-    for name, module in layers.items():
-        stats.gradients[name] = (
-            module.weight.grad.detach().clone() if module.weight.grad is not None else torch.zeros_like(module.weight)
-        )
+    stats.gradients = collector.gradients()
     return stats
 
 

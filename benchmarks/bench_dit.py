@@ -1,6 +1,6 @@
 """Benchmarks of issue 16 on the embedded latent DiT (``load_pipeline("dit-fashion-mnist")``).
 
-Parts (``--parts``, comma-separated; rows go to ``benchmarks/results/dit.jsonl``, one JSON row per
+Parts (``--parts``, comma-separated, run in the order given; rows go to ``benchmarks/results/dit.jsonl``, one JSON row per
 measured model, keyed so that a re-run skips what is already measured: the benchmark resumes):
 
 * ``granularities`` -- every ``--criteria`` with ``head``, ``ffn``, ``block``, unstructured and
@@ -109,7 +109,7 @@ def run(args) -> None:
                          finetune_data=tuning["source"])
         _append(_row(key, part, _measure(pipeline, dense, args), prune_s, **extra, **tuned))
 
-    if "granularities" in parts:
+    def granularities():
         for granularity in GRANULARITIES:
             # whole heads come in quarters of the attention weights (4 heads): 1/6 and 1/4 of the
             # prunable weights are the reachable cuts, so head rows use those two sparsities.
@@ -120,15 +120,16 @@ def run(args) -> None:
                                 sparsity=None if ":" in granularity else sparsity, seed=0)
                     one(f"granularities/{criterion}/{granularity}/{sparsity}/{settings}", "granularities", [spec],
                         criterion=criterion, granularity=granularity, sparsity=sparsity)
-    if "finetune" in parts:
+
+    def finetuned():
         for granularity in GRANULARITIES:
             sparsity = 0.5 if ":" in granularity else 0.25 if granularity == "head" else args.finetune_sparsity
-            for criterion in args.criteria:
+            for criterion in args.finetune_criteria or args.criteria:
                 spec = dict(criterion=criterion, granularity=granularity,
                             sparsity=None if ":" in granularity else sparsity, seed=0)
                 one(f"finetune{args.finetune_steps}/{criterion}/{granularity}/{sparsity}/{settings}", "finetune", [spec],
                     finetune_steps=args.finetune_steps, criterion=criterion, granularity=granularity, sparsity=sparsity)
-    if "obs-structured" in parts:
+    def obs_structured():
         # 1 of the 4 heads of every block (the nearest whole-head cut to 30 %), then 30 % of the FFN
         # neurons (FFN weights are 2/3 of a block's prunable weights: sparsity 0.2 of the remaining).
         for criterion in ("obs", "magnitude", "taylor"):
@@ -136,11 +137,18 @@ def run(args) -> None:
                      dict(criterion=criterion, granularity="ffn", sparsity=0.2, seed=0)]
             one(f"obs-structured-h25-f30/{criterion}/{settings}", "obs-structured", specs,
                 criterion=criterion, granularity="head 25% + ffn 30%", sparsity=None)
-    if "vae" in parts:
+    def vae():
         for criterion in ("magnitude", "taylor"):
             spec = dict(criterion=criterion, granularity="channel", sparsity=0.3, components=("vae",), seed=0)
             one(f"vae/{criterion}/{settings}", "vae", [spec], criterion=criterion, granularity="channel (vae)",
                 sparsity=0.3)
+
+    steps = {"granularities": granularities, "finetune": finetuned, "obs-structured": obs_structured, "vae": vae}
+    unknown = [part for part in parts if part not in steps]
+    if unknown:
+        raise SystemExit(f"--parts: unknown {unknown}; allowed: {sorted(steps)}")
+    for part in parts:  # in the order given
+        steps[part]()
 
 
 def table() -> str:
@@ -173,6 +181,7 @@ def main(argv=None) -> int:
     parser.add_argument("--head-sparsities", nargs="+", type=float, default=[0.167, 0.25])
     parser.add_argument("--finetune-steps", type=int, default=40)
     parser.add_argument("--finetune-sparsity", type=float, default=0.3)
+    parser.add_argument("--finetune-criteria", nargs="+", default=None, help="default: --criteria")
     parser.add_argument("--num-samples", type=int, default=200)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True)

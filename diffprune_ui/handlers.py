@@ -1126,11 +1126,12 @@ def _recover(result, dense, recovery: dict, seed: int, session: str, progress, o
     time left). Cancel during recovery stops it and keeps the one-shot result: returns
     ``(None, note)``; else ``(FinetuneResult, "")``."""
     from core.finetune import finetune
-    from core.recovery import recovery_images
+    from core.recovery import recovery_data
 
     data_share = 0.15 if recovery["data"] == "generated" else 0.0
-    images, label = recovery_images(dense, recovery["data"], seed,
-                                    progress=_progress_callback(progress, session, offset, span * data_share))
+    # a class-conditional model's images come with their classes where known (each trains with its own)
+    images, labels, label = recovery_data(dense, recovery["data"], seed,
+                                          progress=_progress_callback(progress, session, offset, span * data_share))
     tell = _progress_callback(progress, session, offset + span * data_share, span * (1 - data_share))
     started, reached = time.perf_counter(), {"step": 0}
 
@@ -1144,7 +1145,7 @@ def _recover(result, dense, recovery: dict, seed: int, session: str, progress, o
     try:
         tuned = finetune(result, recovery["steps"], lr=recovery["lr"], batch_size=recovery["batch_size"],
                          distill=recovery["distill"], teacher=dense if recovery["distill"] else None, images=images,
-                         seed=seed, progress=recovery_progress)
+                         labels=labels, seed=seed, progress=recovery_progress)
     except RunCancelled:
         _CANCELLED.discard(session)  # only the recovery is cancelled: the one-shot result is evaluated and kept
         return None, (f"Recovery cancelled at step {reached['step']:,} of {recovery['steps']:,}: "

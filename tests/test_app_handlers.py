@@ -247,6 +247,14 @@ def test_run_prune_on_the_embedded_dit_completes(granularity, sparsity):
     assert "dit" in handlers.model_card("dit-fashion-mnist", handlers.cached_pipeline("dit-fashion-mnist"))
 
 
+def test_recovery_of_the_embedded_dit_trains_on_labelled_images():
+    """The DiT recovers on the shipped training images, each with its own class (not random ones)."""
+    out = run("dit-fashion-mnist", granularity="head", sparsity=0.25, num_samples=4, steps=2, recovery_steps=2)
+    assert out["status"].startswith("**Done**") and "Recovered with 2 steps" in out["status"], out["status"]
+    data = out["summary"].set_index("").loc["recovery data", "recovered"]
+    assert "shipped training images, each with its class" in data, data
+
+
 def test_importance_heatmap_takes_one_and_two_dimensional_vectors():
     import numpy as np
     from diffprune_ui import figures

@@ -7,7 +7,8 @@ in ``passes``, and the rate at which this machine processes passes is *measured*
 the criteria's own pass -- one chunk of ``calibration_loop`` with the ``GradientCollector`` that
 ``calibrate`` uses -- at the spec's batch size (after one warm-up pass). For the
 ``threshold`` schedule the number of timesteps is only known once the walk stops, so the estimate
-is an upper bound at ``max_timesteps`` (default: all T), plus the walk's forward-only passes.
+is an upper bound at ``max_timesteps`` (default: all T); the walk's passes are the first batch's
+gradient passes, so it adds none of its own.
 
 The estimate is labelled as one wherever it is shown; the benchmark
 (``benchmarks/bench_prune.py --parts cost``) reports it next to the measured wall time.
@@ -27,8 +28,6 @@ from .spec import PruneSpec
 
 # (model identity, batch size, loss, device) -> measured seconds per forward+backward sample
 _RATE_CACHE: dict = {}
-# A forward pass costs about a third of a forward+backward pass (the threshold walk's lookahead).
-FORWARD_SHARE = 1.0 / 3.0
 
 
 def calibration_passes(pipeline, spec: PruneSpec) -> dict:
@@ -43,12 +42,10 @@ def calibration_passes(pipeline, spec: PruneSpec) -> dict:
     if schedule.adaptive:
         limit = spec.schedule_params.get("max_timesteps") or schedule.defaults.get("max_timesteps") or num_train_timesteps
         timesteps, upper_bound = int(min(limit, num_train_timesteps)), True
-        forward_only = timesteps * int(spec.calibration_batch_size)  # the walk runs on the first batch
     else:
         plan = schedule.resolve(num_train_timesteps, dict(spec.schedule_params))
-        timesteps, upper_bound, forward_only = sum(1 for _, w in plan if w > 0), False, 0
-    return dict(timesteps=timesteps, images=images, passes=timesteps * images, forward_only_passes=forward_only,
-                upper_bound=upper_bound)
+        timesteps, upper_bound = sum(1 for _, w in plan if w > 0), False
+    return dict(timesteps=timesteps, images=images, passes=timesteps * images, upper_bound=upper_bound)
 
 
 def measure_rate(pipeline, spec: PruneSpec, repeats: int = 2) -> float:
@@ -96,7 +93,7 @@ def estimate_cost(pipeline, spec: PruneSpec) -> dict:
     if not plan:
         return {}
     rate = measure_rate(pipeline, spec)
-    seconds = rate * (plan["passes"] + FORWARD_SHARE * plan["forward_only_passes"])
+    seconds = rate * plan["passes"]
     return dict(plan, seconds_per_pass=rate, seconds=seconds)
 
 

@@ -125,3 +125,31 @@ def test_cost_times_the_calibration_pass(tiny_model, monkeypatch):
     plan, group_size, collector = calls[0]
     assert group_size == 4 and len(plan) == 4 and isinstance(collector, criteria_module.GradientCollector)
     assert all(p.grad is None for p in pipeline.unet.parameters())
+
+
+def test_threshold_walk_passes_are_the_first_batch_gradient_passes():
+    """The threshold walk costs no forward pass of its own: on the first batch each of its passes is
+    backpropagated once the walk has gone past it (the stopping pass with zero weight after the
+    stop), so calibrate runs ceil(visited / chunk) passes per batch, and the gradients equal those
+    of the same timesteps given as an explicit plan."""
+    import math
+
+    from core.criteria import calibrate, timesteps_per_pass
+
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.rand(4, 1, 8, 8, generator=generator) * 2 - 1 for _ in range(2)]
+    calls = []
+    walked_unet = tiny_unet()
+    hook = walked_unet.register_forward_pre_hook(lambda module, args, kwargs: calls.append(1), with_kwargs=True)
+    # a random network never falls below the threshold: the walk stops at max_timesteps, inside a pass
+    walked = calibrate(walked_unet, scheduler(), batches, "denoising", "threshold", {"threshold": 0.5, "max_timesteps": 40},
+                       False, 0)
+    hook.remove()
+    visited = [t for t, _ in walked.timestep_weights]
+    assert visited == list(range(40)) and walked.stopped_at == 39 and timesteps_per_pass(4) == 16
+    assert len(calls) == 2 * math.ceil(len(visited) / timesteps_per_pass(4))
+    explicit = calibrate(tiny_unet(), scheduler(), batches, "denoising", "custom",
+                         {"timesteps": [[t, 1.0] for t in visited]}, False, 0)
+    for name, gradient in explicit.gradients.items():
+        torch.testing.assert_close(walked.gradients[name], gradient, rtol=1e-4, atol=1e-6)
+    assert walked.losses.keys() == explicit.losses.keys()

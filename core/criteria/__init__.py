@@ -325,7 +325,8 @@ def calibrate(
     accumulated gradient is the same sum); per group the gradient increment ``g`` is read off to
     fill the layer x timestep table with ``sum |w * g|`` -- the group's own first-order saliency,
     keyed by its first t (one column per timestep when the batch is large). The ``threshold``
-    walk decides where to stop from forward-only losses on the first batch.
+    walk decides where to stop from the first batch's losses, whose passes are that batch's
+    gradient passes too.
     One fixed noise tensor per batch (Diff-Pruning), drawn on the CPU from ``seed``.
     ``unet`` is the engine's private copy: its gradients and ``requires_grad`` flags are changed.
     """
@@ -351,34 +352,56 @@ def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, s
         if progress is not None:
             progress(start + (end - start) * min(1.0, fraction), message)
 
+    collector = GradientCollector(layers, stats, len(batches), zero_grad_per_batch,
+                                  first_batch_losses_known=schedule.adaptive)
+    first_batch = 0
     if schedule.adaptive:
-        # Threshold walk on the first batch with forward-only losses, `chunk` timesteps at a time:
-        # it decides the plan, so it runs before the loop (whose batch 0 then reuses its losses).
+        # Threshold walk on the first batch, ``chunk`` timesteps per pass, decides the plan. Each
+        # pass runs with autograd on and becomes batch 0's gradient pass once the walk has gone past
+        # it (every visited t has weight 1): the walk costs no forward pass of its own. The pass in
+        # which the walk stops is backpropagated with weight 0 for the timesteps after the stop.
         limit = schedule_params.get("max_timesteps") or schedule.defaults.get("max_timesteps") or num_train_timesteps
         lookahead: dict[int, float] = {}
+        pending: list = []  # the walk's current pass: (timesteps, losses with their graph)
+
+        def settle(visited: int) -> None:
+            if not pending:
+                return
+            ahead, losses = pending.pop()
+            weights = torch.tensor([1.0] * visited + [0.0] * (len(ahead) - visited), dtype=losses.dtype,
+                                   device=losses.device)
+            collector.add(CalibrationPass(0, [(t, 1.0) for t in ahead[:visited]], ahead, weights, losses, True))
 
         def loss_at(t: int) -> float:
             if t not in lookahead:
+                settle(len(pending[0][0]) if pending else 0)  # the walk went past the whole previous pass
                 ahead = list(range(t, min(t + chunk, num_train_timesteps)))
-                report(0.25 * t / limit, f"calibrating t={t}..{ahead[-1]} (finding where the threshold stops)")
-                with torch.no_grad():
-                    values = per_timestep_losses(loss_fn, unet, noise_scheduler, batches[0], noises[0], ahead,
-                                                  adapter=adapter, conditioning=conditions[0])
-                lookahead.update(zip(ahead, values.tolist()))
+                report(t / limit / len(batches), f"calibrating t={t}..{ahead[-1]} (batch 1/{len(batches)}, until the threshold stops)")
+                losses = per_timestep_losses(loss_fn, unet, noise_scheduler, batches[0], noises[0], ahead,
+                                             adapter=adapter, conditioning=conditions[0])
+                pending.append((ahead, losses))
+                lookahead.update(zip(ahead, losses.detach().tolist()))
             stats.losses.setdefault(t, []).append(lookahead[t])
             return lookahead[t]
 
+        collector.start_batch(0)
         plan = schedule.resolve(num_train_timesteps, schedule_params, loss_at=loss_at)
+        if pending:
+            settle(plan[-1][0] - pending[0][0][0] + 1)
+        collector.end_batch(0)
         stats.stopped_at = plan[-1][0]
+        first_batch = 1
     else:
         plan = schedule.resolve(num_train_timesteps, schedule_params)
-    gradient_span = (0.25, 1.0) if schedule.adaptive else (0.0, 1.0)
-    collector = GradientCollector(layers, stats, len(batches), zero_grad_per_batch,
-                                  first_batch_losses_known=schedule.adaptive)
+    gradient_span = (first_batch / len(batches), 1.0)
+    shift = lambda index: index + first_batch  # noqa: E731 - the loop numbers the remaining batches from 0
     calibration_loop(
-        unet, noise_scheduler, batches, noises, plan, loss_fn, collector.add, adapter=adapter,
-        conditionings=conditions, group_size=chunk, on_batch_start=collector.start_batch,
-        on_batch_end=collector.end_batch, progress=report, progress_span=gradient_span,
+        unet, noise_scheduler, batches[first_batch:], noises[first_batch:], plan, loss_fn,
+        lambda p: collector.add(CalibrationPass(shift(p.batch_index), p.group, p.timesteps, p.weights, p.losses,
+                                                p.weighted)),
+        adapter=adapter, conditionings=conditions[first_batch:], group_size=chunk,
+        on_batch_start=lambda index: collector.start_batch(shift(index)),
+        on_batch_end=lambda index: collector.end_batch(shift(index)), progress=report, progress_span=gradient_span,
     )
     stats.timestep_weights = list(plan)
     stats.timesteps_per_group = chunk

@@ -17,6 +17,11 @@ from ..criteria import _rules, prunable_layers
 from .base import SPARSITY_TOLERANCE, Granularity, GranularityOutcome, _no_check, register_granularity
 
 
+# The uniform-ratio search stops once its bracket is narrower than this (one step of a channel
+# group up to 1,000 wide); the k-smallest-groups search after it refines the rest.
+UNIFORM_RATIO_RESOLUTION = 1e-3
+
+
 class ConsumerScores(dict):
     """Per-weight scores whose channel importance is counted on the input side only: a channel
     scores the error its removal causes in the layers that read it (OBS-Diff's unit error), not
@@ -186,10 +191,23 @@ class ChannelPlanner:
             if progress is not None:
                 progress(min(0.9, trials[0] / 24), message)
 
+        # Each trial asks Torch-Pruning for a whole plan (the slow part), so the bracket is searched
+        # with safeguarded interpolation rather than plain bisection: the first guess is the ratio
+        # at which uniform channel pruning of both sides of every layer removes ``target``
+        # (``1 - (1 - r)^2``), later ones interpolate the sparsities reached at the bracket's ends,
+        # kept at least a tenth of the bracket inside it (then it shrinks at least that much).
         low, high = 0.0, upper
+        reached_low, reached_high = 0.0, math.inf
         best = (0.0, None, 0.0)
-        for _ in range(14):
-            middle = (low + high) / 2
+        for trial in range(14):
+            if trial == 0:
+                middle = min(upper, 1.0 - math.sqrt(max(0.0, 1.0 - target)))
+            elif math.isfinite(reached_high) and reached_high > reached_low:
+                middle = low + (target - reached_low) * (high - low) / (reached_high - reached_low)
+            else:
+                middle = (low + high) / 2
+            margin = 0.1 * (high - low)
+            middle = min(max(middle, low + margin), high - margin)
             report(f"pruning: searching channel ratio ({middle:.4f})")
             reached = self.sparsity(middle)
             if math.isfinite(reached) and abs(reached - target) < abs(best[2] - target):
@@ -197,9 +215,11 @@ class ChannelPlanner:
             if abs(reached - target) < 0.005:
                 return best
             if reached > target:
-                high = middle
+                high, reached_high = middle, reached
             else:
-                low = middle
+                low, reached_low = middle, reached
+            if high - low < UNIFORM_RATIO_RESOLUTION:
+                break  # one step of the uniform ratio jumps over the target: the k-groups search below refines
         if not math.isfinite(self.sparsity(high)):
             return best
         first, last = 0, len(self.roots)

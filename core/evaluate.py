@@ -38,7 +38,7 @@ RESULT_KEYS = (
     "dense_latency_median_s_per_image", "speedup",
     "params", "macs", "nonzero_params", "attention_macs", "autoencoder_params", "autoencoder_macs", "class_label",
     "num_samples", "num_inference_steps", "seed", "scheduler", "reference", "metrics",
-    "model_hash", "prune_spec", "seconds", "reference_seconds", "sampling_seconds", "feature_seconds",
+    "model_hash", "prune_spec", "seconds", "reference_seconds", "sampling_seconds", "samples_reused", "feature_seconds",
     "distance_seconds",
 )
 
@@ -140,6 +140,7 @@ def evaluate(
     latency_warmup: int = 1,
     feature_cache: FeatureCache | None = None,
     class_label: int | None = None,
+    images: torch.Tensor | None = None,
 ) -> dict:
     """Measure ``pipeline``: FID/KID against ``reference``, sampler latency, parameters and MACs.
 
@@ -154,6 +155,9 @@ def evaluate(
       stored (``cached=False``).
     - ``progress``: ``callable(fraction, message)``.
     - ``class_label``: class-conditional models sample this class (default: uniformly drawn classes).
+    - ``images``: the ``num_samples`` samples this call would draw (same pipeline, steps, seed,
+      sampler, class), when the caller has already drawn them (the app's grid): they are scored
+      instead of being sampled again (``samples_reused`` in the row).
     - Latent models are sampled and decoded to images by their autoencoder; ``params``/``macs`` are
       the denoiser's (one call), ``autoencoder_params``/``autoencoder_macs`` the autoencoder's.
 
@@ -173,6 +177,9 @@ def evaluate(
     _check_int("kid_subsets", kid_subsets, 1, MAX_KID_SUBSETS)
     _check_int("latency_batch_size", latency_batch_size, 1, MAX_BATCH_SIZE)
     _check_int("latency_repeats", latency_repeats, 1, MAX_LATENCY_REPEATS)
+    if images is not None and (not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] != num_samples):
+        raise ValueError(f"images must be the {num_samples} samples to score (N x C x H x W), got "
+                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
     _check_int("latency_warmup", latency_warmup, 0, MAX_LATENCY_REPEATS)
     if class_label is not None:
         adapter.sample_conditioning(pipeline, 1, class_label=class_label)  # ValueError when not a valid class
@@ -250,8 +257,10 @@ def evaluate(
                                                   progress=phases.phase("reference"))
         phases.report("reference", 1.0, "reference features ready")
         sampling_start = time.perf_counter()
-        images = sample_images(pipeline, num_samples, num_inference_steps, seed, batch_size=batch_size,
-                               scheduler=scheduler, class_label=class_label, progress=phases.phase("sampling"))
+        row["samples_reused"] = images is not None
+        if images is None:
+            images = sample_images(pipeline, num_samples, num_inference_steps, seed, batch_size=batch_size,
+                                   scheduler=scheduler, class_label=class_label, progress=phases.phase("sampling"))
         features_start = time.perf_counter()
         fake = instruments.inception_features(images, progress=phases.phase("features"), device=feature_device)
         features_end = time.perf_counter()

@@ -1195,15 +1195,6 @@ def run_prune(source, criterion, granularity, sparsity, schedule, threshold, int
         store = get_store()
         evaluation = dict(num_samples=num_samples, num_inference_steps=steps, seed=spec.seed,
                           metrics=metrics + ("macs",), reference=reference, dense_pipeline=dense, store=store)
-        dense_row = evaluate(dense, **evaluation, progress=_progress_callback(progress, session, at, plan["evaluate"]))
-        at += plan["evaluate"]
-        pruned_row = evaluate(result.pipeline, **evaluation, prune_spec=spec,
-                              progress=_progress_callback(progress, session, at, plan["evaluate"]))
-        at += plan["evaluate"]
-        if tuned is not None:
-            recovered_row = evaluate(tuned.pipeline, **evaluation, prune_spec=spec,
-                                     progress=_progress_callback(progress, session, at, plan["evaluate"]))
-            at += plan["evaluate"]
         comparison = sample_grids(source, result.pipeline, steps, spec.seed,
                                   progress=_progress_callback(progress, session, at, plan["grids"]),
                                   class_label=checked["class_label"], prompt=checked["prompt"])
@@ -1214,6 +1205,22 @@ def run_prune(source, criterion, granularity, sparsity, schedule, threshold, int
                                              progress=_progress_callback(progress, session, at, plan["grids"]),
                                              class_label=checked["class_label"], prompt=checked["prompt"])
             at += plan["grids"]
+        # The grids are the evaluation's samples when it asks for the same ones (same count, noise,
+        # steps; evaluation draws uniform classes and the shipped captions, so not for a picked
+        # class or a grid prompt): scored, not sampled again.
+        reuse = num_samples == GRID_IMAGES and checked["prompt"] is None and checked["class_label"] is None
+        dense_row = evaluate(dense, **evaluation, images=comparison.dense_images if reuse else None,
+                             progress=_progress_callback(progress, session, at, plan["evaluate"]))
+        at += plan["evaluate"]
+        pruned_row = evaluate(result.pipeline, **evaluation, prune_spec=spec,
+                              images=comparison.pruned_images if reuse else None,
+                              progress=_progress_callback(progress, session, at, plan["evaluate"]))
+        at += plan["evaluate"]
+        if tuned is not None:
+            recovered_row = evaluate(tuned.pipeline, **evaluation, prune_spec=spec,
+                                     images=recovered_images if reuse else None,
+                                     progress=_progress_callback(progress, session, at, plan["evaluate"]))
+            at += plan["evaluate"]
         _progress_callback(progress, session, at, 0.0)(0.0, "timing dense and pruned (paired)")
         timing = paired_step_latency(dense, (tuned or result).pipeline, num_inference_steps=steps)
         _progress_callback(progress, session, 0.97, 0.02)(0.0, "exporting")

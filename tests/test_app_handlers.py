@@ -222,6 +222,24 @@ def test_run_prune_returns_every_view(tiny_model):
     assert (table["kind"] == "app-run").sum() >= 1
 
 
+def test_a_run_with_grid_sized_evaluation_scores_its_grid_as_fresh_samples_would_be(tiny_model, tmp_path):
+    """With as many evaluation samples as the grid shows, the run scores the grid's samples instead
+    of sampling them again: its KID equals a fresh evaluation of the exported pruned model."""
+    from core import evaluate
+
+    out = run(tiny_model, num_samples=handlers.GRID_IMAGES, steps=2)
+    assert out["status"].startswith("**Done**"), out["status"]
+    with zipfile.ZipFile(out["archive"]) as handle:
+        handle.extractall(tmp_path)
+    pruned = load_pipeline(str(tmp_path / "pruned-model"), device="cpu")
+    dense = load_pipeline(tiny_model, device="cpu")
+    fresh = evaluate(pruned, handlers.GRID_IMAGES, num_inference_steps=2, seed=0, metrics=("kid",),
+                     reference=handlers.evaluation_reference(tiny_model), dense_pipeline=dense)
+    assert fresh["samples_reused"] is False
+    shown = out["summary"].set_index("").loc["KID (± std)", "one-shot"]
+    assert shown.startswith(f"{fresh['kid']:.4f}"), (shown, fresh["kid"])
+
+
 @pytest.mark.parametrize("granularity", ["unstructured", "2:4", "4:8", "channel", "head"])
 def test_run_prune_every_granularity_completes(tiny_model, granularity):
     # whole heads are about 9 % of the tiny model's prunable weights

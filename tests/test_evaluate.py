@@ -112,3 +112,17 @@ def test_bad_arguments_raise_clear_value_errors(tiny, tmp_path):
     with pytest.raises(ValueError, match="num_inference_steps must be an integer >= 1"):
         evaluate(tiny, 4, num_inference_steps=0)
     assert METRICS == ("fid", "kid", "latency", "macs")
+
+
+def test_given_samples_are_scored_as_the_sampled_ones(tiny, tmp_path):
+    """The app passes its grid as ``images`` when the evaluation would draw the same samples: the
+    scores equal those of sampling them again, and a wrong count is refused."""
+    from core import sample_images
+
+    sampled = evaluate(tiny, 4, num_inference_steps=2, seed=3, metrics=("fid", "kid"))
+    images = sample_images(tiny, 4, num_inference_steps=2, seed=3)
+    given = evaluate(tiny, 4, num_inference_steps=2, seed=3, metrics=("fid", "kid"), images=images)
+    assert sampled["samples_reused"] is False and given["samples_reused"] is True
+    assert given["fid"] == pytest.approx(sampled["fid"], abs=1e-6) and given["kid"] == pytest.approx(sampled["kid"], abs=1e-9)
+    with pytest.raises(ValueError, match="images must be the 4 samples"):
+        evaluate(tiny, 4, num_inference_steps=2, seed=3, metrics=("kid",), images=images[:3])

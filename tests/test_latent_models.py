@@ -330,3 +330,21 @@ def test_finetune_trains_latent_and_class_conditional_denoisers(pipelines, rgb_f
     tuned = finetune(conditional, 2, lr=1e-3, batch_size=2, images=images)
     assert np.isfinite(tuned.losses["loss"]).all()
     assert torch.isfinite(sample_images(tuned.pipeline, 2, num_inference_steps=2, class_label=0)).all()
+
+
+@pytest.mark.parametrize("kind", ["ldm-vq", "ldm-kl"])
+def test_autoencoder_image_padding_applies_to_latent_unets_too(kind):
+    """An autoencoder trained on padded images (config ``_image_padding``, as the embedded DiT's VAE)
+    is padded on encode and cropped on decode by the latent UNet families as by the transformers:
+    one autoencoder module serves them all."""
+    pipeline = build(kind)
+    adapter = adapter_for(pipeline)
+    autoencoder = adapter.autoencoder(pipeline)
+    autoencoder.register_to_config(_image_padding=[1, 1, 2, 2])
+    channels, height, width = adapter.image_shape(pipeline)
+    assert (height, width) == (IMAGE_SIZE - 4, IMAGE_SIZE - 2)
+    images = sample_images(pipeline, 2, num_inference_steps=2, seed=0)
+    assert images.shape == (2, channels, height, width)
+    latents = adapter.encode(pipeline, images, torch.Generator().manual_seed(0))
+    assert latents.shape == (2, *adapter.sample_shape(pipeline))
+    assert adapter.decode(pipeline, latents).shape == images.shape

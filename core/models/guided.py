@@ -25,6 +25,7 @@ import re
 import torch
 from torch import nn
 
+from . import autoencoders
 from .base import ModelAdapter, _match_batch, _output
 
 UNCOND = "uncond_"
@@ -35,21 +36,6 @@ TRANSFORMER_INTERFACE = (
     r"adaln_single\..*", r".*\.emb\..*",  # DiT: each block's CombinedTimestepLabelEmbeddings
 )
 ADALN_MODULATION = (r".*norm1\.linear", r".*norm1_context\.linear", r"norm_out\.linear", r".*norm1\.linear_1")
-
-
-def image_padding(autoencoder) -> tuple:
-    """(left, right, top, bottom) pixels the autoencoder's training images were padded by, read
-    from its config key ``_image_padding`` (diffusers keeps ``_``-keys through load, copy and save).
-    The embedded Fashion-MNIST DiT pads the 28x28 garments to 32x32 with background: ``encode``
-    pads, ``decode`` crops back, so grids, FID and KID see the reference set's geometry."""
-    padding = autoencoder.config.get("_image_padding") if autoencoder is not None else None
-    return tuple(int(p) for p in padding) if padding else (0, 0, 0, 0)
-
-
-def is_kl(module) -> bool:
-    from diffusers import AutoencoderKL
-
-    return isinstance(module, AutoencoderKL)
 
 
 class GuidedAdapter(ModelAdapter):
@@ -67,10 +53,6 @@ class GuidedAdapter(ModelAdapter):
         return super().prunable_components(pipeline)
 
     # ------------------------------------------------------------------ latents (AutoencoderKL)
-    def _scaling(self, autoencoder) -> tuple[float, float]:
-        config = autoencoder.config
-        return float(getattr(config, "scaling_factor", None) or 1.0), float(getattr(config, "shift_factor", None) or 0.0)
-
     def sample_shape(self, pipeline_or_denoiser) -> tuple:
         config = self._as_denoiser(pipeline_or_denoiser).config
         size = config.sample_size
@@ -78,34 +60,13 @@ class GuidedAdapter(ModelAdapter):
         return int(config.in_channels), int(height), int(width)
 
     def image_shape(self, pipeline) -> tuple:
-        channels, height, width = self.sample_shape(pipeline)
-        autoencoder = self.autoencoder(pipeline)
-        factor = 2 ** (len(autoencoder.config.block_out_channels) - 1)
-        left, right, top, bottom = image_padding(autoencoder)
-        return int(autoencoder.config.in_channels), height * factor - top - bottom, width * factor - left - right
+        return autoencoders.image_shape(self.autoencoder(pipeline), self.sample_shape(pipeline))
 
-    @torch.no_grad()
     def encode(self, pipeline, images, generator=None):
-        autoencoder = self.autoencoder(pipeline)
-        scale, shift = self._scaling(autoencoder)
-        parameter = next(autoencoder.parameters())
-        padding = image_padding(autoencoder)
-        if any(padding):
-            images = torch.nn.functional.pad(images, padding, value=-1.0)  # background of [-1, 1] images
-        posterior = autoencoder.encode(images.to(device=parameter.device, dtype=parameter.dtype)).latent_dist
-        noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean.device, posterior.mean.dtype) \
-            if generator is not None else torch.randn_like(posterior.mean)
-        return (posterior.mean + posterior.std * noise - shift) * scale
+        return autoencoders.encode(self.autoencoder(pipeline), images, generator)
 
-    @torch.no_grad()
     def decode(self, pipeline, latents):
-        autoencoder = self.autoencoder(pipeline)
-        scale, shift = self._scaling(autoencoder)
-        parameter = next(autoencoder.parameters())
-        latents = latents.to(device=parameter.device, dtype=parameter.dtype)
-        images = autoencoder.decode(latents / scale + shift).sample.float().clamp(-1, 1)
-        left, right, top, bottom = image_padding(autoencoder)
-        return images[..., top : images.shape[-2] - bottom, left : images.shape[-1] - right]
+        return autoencoders.decode(self.autoencoder(pipeline), latents)
 
     def sampling_scheduler(self, pipeline, name):
         """DDIM or DDPM from the pipeline scheduler's config. diffusers' ``_use_default_values``

@@ -16,27 +16,13 @@ import torch
 from torch import nn
 
 from ..registry import ADAPTERS
+from . import autoencoders
+from .autoencoders import is_autoencoder, is_kl, is_vq
 from .base import _plain_config_by_rebuild
 from .unet2d import UNet2DAdapter, _ddpm_family_scheduler, is_unet2d
 
 # The latent interface of an autoencoder: weights and output channels never cut.
 AUTOENCODER_INTERFACE = ("encoder.conv_out", "quant_conv", "post_quant_conv", "decoder.conv_out")
-
-
-def is_vq(module) -> bool:
-    from diffusers import VQModel
-
-    return isinstance(module, VQModel)
-
-
-def is_kl(module) -> bool:
-    from diffusers import AutoencoderKL
-
-    return isinstance(module, AutoencoderKL)
-
-
-def is_autoencoder(module) -> bool:
-    return is_vq(module) or is_kl(module)
 
 
 class _LatentUNetAdapter(UNet2DAdapter):
@@ -72,20 +58,14 @@ class _LatentUNetAdapter(UNet2DAdapter):
         return is_unet2d(module)
 
     # ------------------------------------------------------------------ latents
-    def _scaling(self, autoencoder) -> tuple[float, float]:
-        config = autoencoder.config
-        scale = getattr(config, "scaling_factor", None) or 1.0
-        shift = getattr(config, "shift_factor", None) or 0.0
-        return float(scale), float(shift)
+    def image_shape(self, pipeline) -> tuple:
+        return autoencoders.image_shape(self.autoencoder(pipeline), self.sample_shape(pipeline))
 
-    @torch.no_grad()
+    def encode(self, pipeline, images, generator=None):
+        return autoencoders.encode(self.autoencoder(pipeline), images, generator)
+
     def decode(self, pipeline, latents):
-        autoencoder = self.autoencoder(pipeline)
-        scale, shift = self._scaling(autoencoder)
-        parameter = next(autoencoder.parameters())
-        latents = latents.to(device=parameter.device, dtype=parameter.dtype)
-        images = autoencoder.decode(latents / scale + shift).sample
-        return images.float().clamp(-1, 1)
+        return autoencoders.decode(self.autoencoder(pipeline), latents)
 
     def autoencoder_loss(self, autoencoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """Per-image reconstruction error ``MSE(decode(encode(x)), x)`` (the autoencoder's own loss)."""
@@ -130,14 +110,6 @@ class VQLatentAdapter(_LatentUNetAdapter):
     autoencoder_candidates = ("vqvae",)
     is_family_autoencoder = staticmethod(is_vq)
 
-    @torch.no_grad()
-    def encode(self, pipeline, images, generator=None):
-        autoencoder = self.autoencoder(pipeline)
-        scale, shift = self._scaling(autoencoder)
-        parameter = next(autoencoder.parameters())
-        latents = autoencoder.encode(images.to(device=parameter.device, dtype=parameter.dtype)).latents
-        return (latents - shift) * scale
-
 
 class KLLatentAdapter(_LatentUNetAdapter):
     name = "latent-kl"
@@ -145,18 +117,6 @@ class KLLatentAdapter(_LatentUNetAdapter):
     autoencoder_name = "vae"
     autoencoder_candidates = ("vae", "vqvae")
     is_family_autoencoder = staticmethod(is_kl)
-
-    @torch.no_grad()
-    def encode(self, pipeline, images, generator=None):
-        autoencoder = self.autoencoder(pipeline)
-        scale, shift = self._scaling(autoencoder)
-        parameter = next(autoencoder.parameters())
-        posterior = autoencoder.encode(images.to(device=parameter.device, dtype=parameter.dtype)).latent_dist
-        # sampled with a CPU generator so that calibration latents are the same on every device
-        noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean.device, posterior.mean.dtype) \
-            if generator is not None else torch.randn_like(posterior.mean)
-        latents = posterior.mean + posterior.std * noise
-        return (latents - shift) * scale
 
 
 ADAPTERS.register(VQLatentAdapter)

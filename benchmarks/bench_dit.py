@@ -155,6 +155,16 @@ def table() -> str:
     """The measured rows as a markdown table (for the README and BENCHMARKS.md)."""
     rows = list(_done().values())
     dense = next((r for r in rows if r["part"] == "dense"), None)
+    parts = ["dense", "granularities", "finetune", "obs-structured", "vae"]
+    criteria = ["magnitude", "taylor", "nici", "l1", "gradflow", "obs"]
+    granularities = list(GRANULARITIES)
+
+    def order(r):
+        return (parts.index(r["part"]) if r["part"] in parts else len(parts),
+                granularities.index(r["granularity"]) if r["granularity"] in granularities else -1,
+                float(r.get("sparsity") or 0), criteria.index(r["criterion"]) if r["criterion"] in criteria else -1)
+
+    rows.sort(key=order)
     lines = ["| part | criterion | granularity | sparsity | recovery | FID | KID | params | MACs (transformer) | speed-up (paired) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:

@@ -18,53 +18,48 @@ REFERENCE_IMAGES = ASSETS_DIR / "data" / "fashion_mnist_test_1000.npz"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def read_idx_images(path: str | Path) -> np.ndarray:
-    """Read an idx3 (optionally gzipped) image file into a uint8 array N x H x W."""
+def _read_idx(path: str | Path, magic: int, kind: str) -> bytes:
+    """The raw bytes of an idx file (optionally gzipped), checked to hold ``magic``."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as handle:
         raw = handle.read()
-    magic = int.from_bytes(raw[0:4], "big")
-    if magic != 2051:
-        raise ValueError(f"{path}: not an idx3 image file (magic {magic}, expected 2051)")
+    found = int.from_bytes(raw[0:4], "big")
+    if found != magic:
+        raise ValueError(f"{path}: not an {kind} file (magic {found}, expected {magic})")
+    return raw
+
+
+def read_idx_images(path: str | Path) -> np.ndarray:
+    """Read an idx3 (optionally gzipped) image file into a uint8 array N x H x W."""
+    raw = _read_idx(path, 2051, "idx3 image")
     count, rows, cols = (int.from_bytes(raw[i : i + 4], "big") for i in (4, 8, 12))
     return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(count, rows, cols)
 
 
-def load_fashion_mnist(split: str = "train", root: str | Path = FASHION_MNIST_DIR) -> np.ndarray:
-    """Fashion-MNIST images (uint8, N x 28 x 28) from the Debian ``dataset-fashion-mnist`` package."""
-    names = {"train": "train-images-idx3-ubyte.gz", "test": "t10k-images-idx3-ubyte.gz"}
-    if split not in names:
-        raise ValueError(f"split must be one of {sorted(names)}, got {split!r}")
-    path = Path(root) / names[split]
-    if not path.exists():
-        raise ValueError(
-            f"Fashion-MNIST not found at {path}; install it with `apt-get install dataset-fashion-mnist`"
-        )
-    return read_idx_images(path)
-
-
 def read_idx_labels(path: str | Path) -> np.ndarray:
     """Read an idx1 (optionally gzipped) label file into a uint8 array N."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        raw = handle.read()
-    magic = int.from_bytes(raw[0:4], "big")
-    if magic != 2049:
-        raise ValueError(f"{path}: not an idx1 label file (magic {magic}, expected 2049)")
-    return np.frombuffer(raw, dtype=np.uint8, offset=8)
+    return np.frombuffer(_read_idx(path, 2049, "idx1 label"), dtype=np.uint8, offset=8)
+
+
+def _fashion_mnist_file(split: str, kind: str, root: str | Path) -> Path:
+    prefix = {"train": "train", "test": "t10k"}
+    if split not in prefix:
+        raise ValueError(f"split must be one of {sorted(prefix)}, got {split!r}")
+    path = Path(root) / f"{prefix[split]}-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz"
+    if not path.exists():
+        raise ValueError(f"Fashion-MNIST not found at {path}; install it with `apt-get install dataset-fashion-mnist`")
+    return path
+
+
+def load_fashion_mnist(split: str = "train", root: str | Path = FASHION_MNIST_DIR) -> np.ndarray:
+    """Fashion-MNIST images (uint8, N x 28 x 28) from the Debian ``dataset-fashion-mnist`` package."""
+    return read_idx_images(_fashion_mnist_file(split, "images", root))
 
 
 def load_fashion_mnist_labels(split: str = "train", root: str | Path = FASHION_MNIST_DIR) -> np.ndarray:
     """Fashion-MNIST classes (0-9, uint8, N) from the Debian ``dataset-fashion-mnist`` package."""
-    names = {"train": "train-labels-idx1-ubyte.gz", "test": "t10k-labels-idx1-ubyte.gz"}
-    if split not in names:
-        raise ValueError(f"split must be one of {sorted(names)}, got {split!r}")
-    path = Path(root) / names[split]
-    if not path.exists():
-        raise ValueError(f"Fashion-MNIST labels not found at {path}; install them with `apt-get install dataset-fashion-mnist`")
-    return read_idx_labels(path)
+    return read_idx_labels(_fashion_mnist_file(split, "labels", root))
 
 
 def uint8_to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -6,19 +6,9 @@ import torch.nn.functional as F
 
 from core import criteria as criteria_module
 from core.criteria import calibration_loop, calibration_noises, denoising_loss
+from tiny_families import attention_unet as tiny_unet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_unet():
-    from diffusers import UNet2DModel
-
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=4, norm_num_groups=4,
-    ).eval()
 
 
 def scheduler():

@@ -83,6 +83,18 @@ def t5_text_encoder(d_model: int = 32, seed: int = 0):
     return T5EncoderModel(config).eval()
 
 
+def attention_unet(seed: int = 0):
+    """A two-level pixel ``UNet2DModel`` with self-attention (8 x 8, 1 channel, 2 heads of 4), eval mode."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=4, norm_num_groups=4,
+    ).eval()
+
+
 def tiny_vae(latent_channels: int = 4, seed: int = 0, **extra):
     """A two-level ``AutoencoderKL``: 8 x 8 latents <-> 16 x 16 images (factor 2)."""
     from diffusers import AutoencoderKL

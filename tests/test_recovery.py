@@ -128,20 +128,20 @@ def test_labels_are_refused_for_a_model_without_classes(dense):
 
 
 def test_shipped_training_images_carry_their_classes_for_the_embedded_dit():
-    from core.data import CALIBRATION_IMAGES, load_fashion_mnist_labels
+    from core.data import CALIBRATION_IMAGES, FASHION_MNIST_DIR, load_fashion_mnist_labels
     from core.recovery import recovery_data
 
     dit = load_pipeline("dit-fashion-mnist")
     images, labels, description = recovery_data(dit, "fashion-mnist-train")
     assert labels is not None and len(labels) == len(images) == 1000 and "each with its class" in description
     assert sorted(set(labels.tolist())) == list(range(10))
-    try:  # the Debian package, where installed, is the source of truth for the shipped subset
+    # the shipped labels are the Debian package's labels of the shipped subset (checked where the
+    # package is installed, as on the machine that wrote them; the rest of the test runs everywhere)
+    if (FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz").exists():
         import numpy as np
 
         index = np.load(CALIBRATION_IMAGES)["index"]
         assert labels.tolist() == load_fashion_mnist_labels("train")[index].tolist()
-    except ValueError:
-        pass
     # the unconditional default model has no classes
     _, none, _ = recovery_data(load_pipeline(), "fashion-mnist-train")
     assert none is None

@@ -144,6 +144,33 @@ def test_channel_pruning_keeps_diffusers_sizes_consistent(attn_pipeline):
     assert result.report.importance["down_blocks.0.resnets.0.conv1"].shape == (16,)  # per output channel
 
 
+def test_channel_planner_traces_groups_once_and_plans_as_torch_pruning_does(attn_pipeline):
+    """The planner reuses Torch-Pruning's full-index groups across candidate ratios (the model is
+    unchanged while it searches): every plan equals the plan of a planner that traces afresh."""
+    from core.criteria import compute_scores
+    from core.granularities.channel import ChannelPlanner
+
+    unet = copy.deepcopy(attn_pipeline.unet)
+    scores = compute_scores(CRITERIA["magnitude"], unet, None, {}, 0)
+    cached = ChannelPlanner(unet, scores)
+    traced = []
+    for ratio, boost in ((0.2, None), (0.4, None), (0.2, (0.4, 3)), (0.4, None)):
+        fresh = ChannelPlanner(copy.deepcopy(attn_pipeline.unet), scores)
+        fresh.pruner.DG.__dict__.pop("get_all_groups")  # Torch-Pruning's own tracing, every call
+        names = {m: n for n, m in fresh.unet.named_modules()}
+        expected = {names.get(m, repr(m)): e for m, e in fresh.plan(ratio, boost).items()}
+        names = {m: n for n, m in unet.named_modules()}
+        assert {names.get(m, repr(m)): e for m, e in cached.plan(ratio, boost).items()} == expected
+        assert cached.sparsity(ratio, boost) == fresh.sparsity(ratio, boost)
+        traced.append(len(cached._full_groups))
+    assert traced == [1, 1, 1, 1]  # one trace served every plan
+    cached.prune(0.4)  # prunes with groups traced afresh: the model is consistent afterwards
+    assert "get_all_groups" not in cached.pruner.DG.__dict__ and not cached._full_groups
+    size = unet.config.sample_size
+    assert unet(torch.randn(1, unet.config.in_channels, size, size), torch.tensor([1])).sample.shape[1:] == (
+        unet.config.out_channels, size, size)
+
+
 def test_head_pruning_updates_heads(attn_pipeline):
     result = prune(attn_pipeline, PruneSpec(criterion="magnitude", granularity="head", sparsity=0.05))
     before = {n: a.heads for n, a in attention_modules(attn_pipeline.unet).items()}

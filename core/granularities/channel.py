@@ -114,6 +114,12 @@ class ChannelPlanner:
             prune_head_dims=True,
         )
         self.before = sum(m.weight.numel() for m in self.prunable)
+        # While the model is unchanged, Torch-Pruning's full-index groups are the same for every
+        # candidate ratio (only the chosen indices differ): trace them once, not once per plan.
+        # ``prune`` drops this before it changes the model; ``_sparsities`` memoises each plan's count.
+        self._full_groups: dict = {}
+        self._sparsities: dict = {}
+        self.pruner.DG.get_all_groups = self._cached_groups
         # Root module of every group, smallest first: the order in which groups get the next
         # ratio step when one uniform ratio cannot reach the parameter target (see ``search``).
         roots = []
@@ -123,6 +129,14 @@ class ChannelPlanner:
             if module not in roots:
                 roots.append(module)
         self.roots = sorted(roots, key=lambda m: (m.weight.shape[0], roots.index(m)))
+
+    def _cached_groups(self, ignored_layers=(), root_module_types=()):
+        key = (tuple(id(m) for m in ignored_layers), tuple(root_module_types))
+        if key not in self._full_groups:
+            graph = type(self.pruner.DG)
+            self._full_groups[key] = list(graph.get_all_groups(self.pruner.DG, ignored_layers=list(ignored_layers),
+                                                               root_module_types=root_module_types))
+        return iter(self._full_groups[key])
 
     def _groups(self, ratio: float, boost: tuple[float, int] | None = None):
         """Torch-Pruning's groups at ``ratio``; ``boost = (higher_ratio, k)`` gives the k smallest
@@ -152,6 +166,12 @@ class ChannelPlanner:
 
     def sparsity(self, ratio: float, boost=None) -> float:
         """Prunable-parameter sparsity at ``ratio``; inf when a layer would lose all its channels."""
+        key = (ratio, boost)
+        if key not in self._sparsities:
+            self._sparsities[key] = self._count(ratio, boost)
+        return self._sparsities[key]
+
+    def _count(self, ratio: float, boost=None) -> float:
         removal = self.plan(ratio, boost)
         remaining = 0
         for module, name in self.prunable.items():
@@ -176,6 +196,8 @@ class ChannelPlanner:
             raise ValueError(
                 f"channel_ratio {ratio:g} would remove all channels of a layer of this model; use a smaller ratio or sparsity"
             )
+        self.pruner.DG.__dict__.pop("get_all_groups", None)  # groups traced afresh from here: the model changes
+        self._full_groups.clear()
         for group in self._groups(ratio, boost) or []:
             group.prune()
         self.adapter.fix_up(self.component, self.unet)

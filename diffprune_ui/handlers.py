@@ -1061,6 +1061,9 @@ def _write_model(result, folder: Path, usage_source: str, recovery: dict | None,
     return checkpoint
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
 def export_zip(result, usage_source: str, session: str = "local", tuned=None, recovery: dict | None = None,
                include_oneshot: bool = False) -> str:
     """Save the checkpoint with ``PruneResult.save`` and zip it with the report CSVs and a usage
@@ -1088,8 +1091,10 @@ def export_zip(result, usage_source: str, session: str = "local", tuned=None, re
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
             for checkpoint in folders:
                 for file in sorted(checkpoint.rglob("*")):
-                    if file.is_file():
-                        handle.write(file, Path(checkpoint.name) / file.relative_to(checkpoint))
+                    if file.is_file():  # weights stored as they are (float weights hardly deflate; a large
+                        # model's deflate would cost minutes), the configs and reports deflated
+                        handle.write(file, Path(checkpoint.name) / file.relative_to(checkpoint),
+                                     compress_type=zipfile.ZIP_STORED if file.suffix in WEIGHT_SUFFIXES else None)
         for checkpoint in folders:
             shutil.rmtree(checkpoint)
     except BaseException:

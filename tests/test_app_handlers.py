@@ -434,6 +434,10 @@ def test_structured_export_has_a_config_of_its_real_shapes(tiny_model, tmp_path)
     archive = run(tiny_model, granularity="channel", sparsity=0.5)["archive"]
     with zipfile.ZipFile(archive) as handle:
         handle.extractall(tmp_path)
+        kinds = {info.filename: info.compress_type for info in handle.infolist()}
+    # weights stored as they are (a large model's deflate would take minutes), text deflated
+    assert {kinds[n] for n in kinds if n.endswith(".safetensors")} == {zipfile.ZIP_STORED}
+    assert kinds["pruned-model/unet/config.json"] == zipfile.ZIP_DEFLATED
     folder = tmp_path / "pruned-model"
     config = json.loads((folder / "unet" / "config.json").read_text())
     pruned = load_pipeline(str(folder), device="cpu")

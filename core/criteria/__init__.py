@@ -187,6 +187,7 @@ def calibration_loop(
     on_batch_end: Callable[[int], None] | None = None,
     progress: Callable[[float, str], None] | None = None,
     progress_span: tuple[float, float] = (0.0, 1.0),
+    batch_offset: int = 0,  # the index of ``batches[0]`` in the caller's numbering (passes, callbacks)
 ) -> None:
     """Run ``loss_fn`` over the schedule ``plan`` (``[(t, weight)]``) on every batch and hand each
     pass to ``on_pass``: what a pass is *for* (backward and statistics, a Hessian-vector product,
@@ -202,7 +203,8 @@ def calibration_loop(
     groups = _chunks(list(plan), group_size)
     conditions = list(conditionings) if conditionings is not None else [None] * len(batches)
     start, end = progress_span
-    for batch_index, (clean, noise, condition) in enumerate(zip(batches, noises, conditions)):
+    for position, (clean, noise, condition) in enumerate(zip(batches, noises, conditions)):
+        batch_index = batch_offset + position
         if on_batch_start is not None:
             on_batch_start(batch_index)
         for group_index, group in enumerate(groups):
@@ -212,10 +214,10 @@ def calibration_loop(
             if skip_unweighted and not weighted:
                 continue
             if progress is not None:
-                fraction = (batch_index + group_index / len(groups)) / len(batches)
+                fraction = (position + group_index / len(groups)) / len(batches)
                 label = f"t={timesteps[0]}" if len(group) == 1 else f"t={timesteps[0]}..{timesteps[-1]}"
                 progress(start + (end - start) * min(1.0, fraction),
-                         f"calibrating {label} (batch {batch_index + 1}/{len(batches)})")
+                         f"calibrating {label} (batch {batch_index + 1}/{batch_offset + len(batches)})")
             with contextlib.nullcontext() if weighted else torch.no_grad():
                 losses = per_timestep_losses(loss_fn, denoiser, noise_scheduler, clean, noise, timesteps,
                                              adapter=adapter, conditioning=condition)
@@ -393,15 +395,11 @@ def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, s
         first_batch = 1
     else:
         plan = schedule.resolve(num_train_timesteps, schedule_params)
-    gradient_span = (first_batch / len(batches), 1.0)
-    shift = lambda index: index + first_batch  # noqa: E731 - the loop numbers the remaining batches from 0
     calibration_loop(
-        unet, noise_scheduler, batches[first_batch:], noises[first_batch:], plan, loss_fn,
-        lambda p: collector.add(CalibrationPass(shift(p.batch_index), p.group, p.timesteps, p.weights, p.losses,
-                                                p.weighted)),
+        unet, noise_scheduler, batches[first_batch:], noises[first_batch:], plan, loss_fn, collector.add,
         adapter=adapter, conditionings=conditions[first_batch:], group_size=chunk,
-        on_batch_start=lambda index: collector.start_batch(shift(index)),
-        on_batch_end=lambda index: collector.end_batch(shift(index)), progress=report, progress_span=gradient_span,
+        on_batch_start=collector.start_batch, on_batch_end=collector.end_batch, progress=report,
+        progress_span=(first_batch / len(batches), 1.0), batch_offset=first_batch,
     )
     stats.timestep_weights = list(plan)
     stats.timesteps_per_group = chunk

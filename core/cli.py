@@ -194,11 +194,12 @@ def _read_spec_file(path: str) -> dict:
 
 def _prompt_file(path: str) -> tuple:
     """``--calibration-prompts``: one prompt a line (blank and ``#`` lines skipped)."""
+    from .prompts import prompt_lines
+
     try:
-        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+        prompts = prompt_lines(Path(path).expanduser().read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as error:
         raise argparse.ArgumentTypeError(f"cannot read prompts file {path!r}: {error}") from None
-    prompts = tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
     if not prompts:
         raise argparse.ArgumentTypeError(f"prompts file {path!r} holds no prompt (one a line)")
     return prompts

@@ -16,11 +16,16 @@ MAX_PROMPTS = 10_000  # a user list longer than this is a mistake (each prompt i
 MAX_PROMPT_CHARS = 2_000
 
 
+def prompt_lines(text: str) -> tuple[str, ...]:
+    """Prompts written one a line (the shipped file, a ``--calibration-prompts`` file, the app's
+    box): stripped, blank lines and ``#`` comment lines skipped."""
+    return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+
+
 @lru_cache(maxsize=1)
 def calibration_prompts() -> tuple[str, ...]:
     """The shipped captions, one a line (``#`` lines are comments)."""
-    lines = PROMPT_FILE.read_text(encoding="utf-8").splitlines()
-    return tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    return prompt_lines(PROMPT_FILE.read_text(encoding="utf-8"))
 
 
 def check_prompts(prompts, field: str = "prompts") -> tuple[str, ...]:

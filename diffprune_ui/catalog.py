@@ -1,7 +1,7 @@
 """What the interface needs from the engine's registries to draw its controls, without importing the engine.
 
-Building the page needs the names and defaults of ``CRITERIA``, ``SCHEDULES``, ``PRESETS`` and the
-recovery defaults (``core.recovery.RECOVERY_DEFAULTS``);
+Building the page needs the names and defaults of ``CRITERIA``, ``SCHEDULES``, ``PRESETS``, the
+recovery defaults (``core.recovery.RECOVERY_DEFAULTS``) and the number of shipped calibration captions;
 importing ``core`` pulls in torch and diffusers (several seconds), which would delay the page.
 So the page is built from ``catalog.json``, a JSON copy of exactly those fields, and the engine is
 imported in the background while the page loads. The copy cannot drift: ``tests/test_app_handlers.py``
@@ -22,6 +22,7 @@ def build_catalog() -> dict:
     """The registry fields the page uses, read from the live registries (imports ``core``)."""
     from core.criteria import CRITERIA
     from core.default_model import EMBEDDED_MODELS
+    from core.prompts import CALIBRATION_PROMPTS
     from core.recovery import RECOVERY_DEFAULTS
     from core.schedules import SCHEDULES
     from core.spec import PRESETS
@@ -36,6 +37,7 @@ def build_catalog() -> dict:
         "presets": sorted(PRESETS),
         "recovery_defaults": dict(RECOVERY_DEFAULTS),
         "embedded_models": {name: description for name, (_, description) in EMBEDDED_MODELS.items()},
+        "shipped_captions": len(CALIBRATION_PROMPTS),  # the calibration prompts box's label
     }))
 
 

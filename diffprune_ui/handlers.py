@@ -510,13 +510,10 @@ MAX_CALIBRATION_PROMPTS_TEXT = 200_000  # characters in the box: thousands of ca
 
 def shipped_caption_count() -> int:
     """How many calibration captions ship (``core.prompts.CALIBRATION_PROMPTS``), for the box's label:
-    the file read as ``core.prompts`` reads it, without importing torch before the page is served."""
-    path = Path(__file__).resolve().parent.parent / "assets" / "prompts" / "calibration.txt"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return 0
-    return sum(1 for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    from the page's catalog, so that torch is not imported before the page is served."""
+    from .catalog import catalog
+
+    return catalog()["shipped_captions"]
 
 
 def calibration_prompts_of(pipeline, text) -> tuple[str, ...] | None:
@@ -526,14 +523,14 @@ def calibration_prompts_of(pipeline, text) -> tuple[str, ...] | None:
     engine's bounds (``core.prompts``: prompts per list, characters per prompt)."""
     from core.pipeline import takes_prompts
     from core.prompts import MAX_PROMPT_CHARS as MAX_CALIBRATION_PROMPT_CHARS
-    from core.prompts import MAX_PROMPTS
+    from core.prompts import MAX_PROMPTS, prompt_lines
 
     if text is None:
         return None
     if not isinstance(text, str) or len(text) > MAX_CALIBRATION_PROMPTS_TEXT:
         raise ValueError(f"calibration prompts must be text of at most {MAX_CALIBRATION_PROMPTS_TEXT:,} characters, "
                          f"one prompt per line, got {_short(text)}")
-    prompts = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    prompts = prompt_lines(text)
     if not prompts:
         return None
     if not takes_prompts(pipeline):

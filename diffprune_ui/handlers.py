@@ -1088,8 +1088,8 @@ def export_zip(result, usage_source: str, session: str = "local", tuned=None, re
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
             for checkpoint in folders:
                 for file in sorted(checkpoint.rglob("*")):
-                    if file.is_file():  # weights stored as they are (float weights hardly deflate; a large
-                        # model's deflate would cost minutes), the configs and reports deflated
+                    if file.is_file():  # weights stored as they are (float weights hardly deflate; deflating
+                        # costs time in proportion to the model's size), the configs and reports deflated
                         handle.write(file, Path(checkpoint.name) / file.relative_to(checkpoint),
                                      compress_type=zipfile.ZIP_STORED if file.suffix in WEIGHT_SUFFIXES else None)
         for checkpoint in folders:

@@ -435,7 +435,7 @@ def test_structured_export_has_a_config_of_its_real_shapes(tiny_model, tmp_path)
     with zipfile.ZipFile(archive) as handle:
         handle.extractall(tmp_path)
         kinds = {info.filename: info.compress_type for info in handle.infolist()}
-    # weights stored as they are (a large model's deflate would take minutes), text deflated
+    # weights stored as they are (float weights hardly deflate), text deflated
     assert {kinds[n] for n in kinds if n.endswith(".safetensors")} == {zipfile.ZIP_STORED}
     assert kinds["pruned-model/unet/config.json"] == zipfile.ZIP_DEFLATED
     folder = tmp_path / "pruned-model"

@@ -1,7 +1,10 @@
 """DiffPrune Studio: Gradio entry point (local `make app` and Hugging Face Spaces).
 
 Environment: ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` (default 127.0.0.1:7860),
-``DIFFPRUNE_THREADS`` (torch intra-op threads on CPU), ``DIFFPRUNE_RESULTS_DIR`` (results store).
+``DIFFPRUNE_THREADS`` (torch intra-op threads on CPU), ``DIFFPRUNE_RESULTS_DIR`` (results store),
+``DIFFPRUNE_DTYPE`` (dtype models are loaded in: ``auto``, the checkpoint's own, by default),
+``DIFFPRUNE_MAX_PARAMS`` and ``DIFFPRUNE_MAX_MEMORY_GB`` (the largest model this server loads and the
+memory it plans with; ``core.fit``).
 
 The page is served before torch and diffusers are imported (``diffprune_ui.catalog``); a
 background thread then imports the engine and loads the default model, so the first screen's

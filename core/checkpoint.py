@@ -127,9 +127,15 @@ def rebuild_unet(unet_directory, structure: dict, component: str = "unet", famil
     return adapter.rebuild(component, unet_directory, structure)
 
 
-def load_pruned_pipeline(directory):
-    """Load a directory written by ``PruneResult.save`` (used by ``core.pipeline.load_pipeline``)."""
+def load_pruned_pipeline(directory, dtype=None):
+    """Load a directory written by ``PruneResult.save`` (used by ``core.pipeline.load_pipeline``).
+
+    ``dtype`` None keeps every tensor in the dtype it was saved in (``save_pretrained`` writes the
+    model's own dtype, so an fp16 pruned model stays fp16); a torch dtype converts every component."""
     from diffusers import DiffusionPipeline
+
+    from .dtypes import (cast_module, checkpoint_dtypes, denoiser_component, enforce_dtypes, from_pretrained_dtype,
+                         read_safetensors_header)
 
     directory = Path(directory)
     marker = read_marker(directory)
@@ -141,15 +147,43 @@ def load_pruned_pipeline(directory):
         folder = directory / name
         if not (folder / "config.json").exists():
             raise ValueError(f"pruned checkpoint {str(directory)!r}: {name}/config.json is missing")
-        if not (folder / "diffusion_pytorch_model.safetensors").exists():
+        weights = folder / "diffusion_pytorch_model.safetensors"
+        if not weights.exists():
             raise ValueError(f"pruned checkpoint {str(directory)!r}: {name}/diffusion_pytorch_model.safetensors is missing")
         # Always rebuilt through the adapter: it validates the safetensors file (a truncated file
         # is a ValueError, not a crash inside diffusers) and restores shapes no config can express.
-        rebuilt[name] = rebuild_unet(folder, entry.get("structure") or {}, name, family)
+        module = rebuild_unet(folder, entry.get("structure") or {}, name, family)
+        if dtype is not None:
+            rebuilt[name] = cast_module(module, dtype)
+        else:
+            rebuilt[name] = _saved_dtypes(module, read_safetensors_header(weights))
+    if dtype is None:
+        saved = checkpoint_dtypes(directory)
+        denoiser = denoiser_component(saved) or next(iter(components))
+        dtype = {**saved, "default": saved.get(denoiser, torch.float32)}
     try:
-        return DiffusionPipeline.from_pretrained(str(directory), local_files_only=True, **rebuilt)
+        pipeline = DiffusionPipeline.from_pretrained(str(directory), local_files_only=True, **rebuilt,
+                                                     **from_pretrained_dtype(dtype))
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, json.JSONDecodeError) as error:
         raise ValueError(f"pruned checkpoint {str(directory)!r} could not be loaded: {str(error).splitlines()[0][:160]}") from error
+    # The rebuilt networks hold their saved dtypes already; the others as asked.
+    enforce_dtypes({name: module for name, module in pipeline.components.items() if name not in rebuilt}, dtype)
+    return pipeline
+
+
+def _saved_dtypes(module, header: dict):
+    """Every parameter and buffer of a rebuilt ``module`` back in the dtype its safetensors
+    ``header`` records (the rebuild creates float32 tensors and copies the saved values in)."""
+    from .dtypes import SAFETENSORS_DTYPES
+
+    tensors = dict(module.named_parameters())
+    tensors.update(module.named_buffers())
+    for name, tensor in tensors.items():
+        entry = header.get(name)
+        saved = SAFETENSORS_DTYPES.get(entry.get("dtype"), (None,))[0] if isinstance(entry, dict) else None
+        if saved is not None and tensor.is_floating_point() and str(tensor.dtype) != f"torch.{saved}":
+            tensor.data = tensor.data.to(getattr(torch, saved))
+    return module
 
 
 def load_report_totals(directory) -> dict | None:

@@ -9,6 +9,9 @@ exit code 2 and one line ``diffprune: error: ...``; Ctrl-C with 130.
 
 ``--model``, ``--dense-model`` and ``--teacher`` take a local diffusers directory, a directory
 written by ``diffprune prune``/``finetune``, a hub id, or ``default`` (the embedded model).
+Commands that load a model take ``--dtype`` (``auto``, the default, keeps the checkpoint's dtype);
+``prune`` and ``sweep`` refuse a model whose run would not fit in memory (``core.fit``) before
+loading it.
 """
 from __future__ import annotations
 
@@ -146,10 +149,19 @@ def _model_source(text: str | None):
     return None if text in (None, DEFAULT_MODEL) else text
 
 
-def _load(text: str | None, device: str):
+def _load(text: str | None, device: str, dtype: str = "auto"):
     from .pipeline import load_pipeline
 
-    return load_pipeline(_model_source(text), device=device)
+    return load_pipeline(_model_source(text), device=device, dtype=dtype)
+
+
+def _check_fit(text: str | None, criteria, device: str, dtype: str = "auto") -> None:
+    """Refuse (``core.fit.FitError``, exit 2) a model whose pruning with any of ``criteria`` would
+    not fit in memory or that exceeds the server's caps, from its configs alone: before loading."""
+    from .fit import check_fit
+
+    for criterion in dict.fromkeys(criteria):
+        check_fit(_model_source(text), criterion, device, dtype)
 
 
 def _marker_spec(text: str | None) -> dict | None:
@@ -273,7 +285,8 @@ def _cmd_prune(args) -> int:
 
     device = _setup(args)
     spec = spec_from_args(args, device)  # validated before the model is loaded
-    pipeline = _load(args.model, device)
+    _check_fit(args.model, [spec.criterion], device, args.dtype)
+    pipeline = _load(args.model, device, args.dtype)
     with _ProgressBar(f"pruning ({spec.label})", args.quiet) as bar:
         result = prune(pipeline, spec, progress=bar)
     path = result.save(args.output)
@@ -301,8 +314,8 @@ def _cmd_eval(args) -> int:
     if args.reference == DENSE_REFERENCE and args.dense_model is None and any(m in ("fid", "kid") for m in args.metrics):
         raise ValueError("--reference dense needs --dense-model (the unpruned model to compare against)")
     store = None if args.no_store else ResultStore(args.results_dir)
-    pipeline = _load(args.model, device)
-    dense = _load(args.dense_model, device) if args.dense_model is not None else None
+    pipeline = _load(args.model, device, args.dtype)
+    dense = _load(args.dense_model, device, args.dtype) if args.dense_model is not None else None
     with _ProgressBar("evaluating", args.quiet) as bar:
         row = evaluate(pipeline, args.num_samples, args.steps, seed=args.seed or 0, metrics=args.metrics,
                        reference=args.reference, dense_pipeline=dense, progress=bar, store=store,
@@ -320,7 +333,7 @@ def _cmd_sample(args) -> int:
     from .pipeline import make_grid, sample_images
 
     device = _setup(args)
-    pipeline = _load(args.model, device)
+    pipeline = _load(args.model, device, args.dtype)
     with _ProgressBar("sampling", args.quiet) as bar:
         images = sample_images(pipeline, args.num_images, args.steps, seed=args.seed or 0,
                                class_label=args.class_label, prompt=args.prompt, progress=bar)
@@ -367,7 +380,8 @@ def _cmd_sweep(args) -> int:
     device = _setup(args)
     specs = sweep_specs(args, device)
     store = ResultStore(args.results_dir)
-    pipeline = _load(args.model, device)
+    _check_fit(args.model, [spec.criterion for spec in specs], device, args.dtype)
+    pipeline = _load(args.model, device, args.dtype)
     # Exactly the settings the UI's sweep passes (metrics in METRICS order), so both share stored rows.
     eval_settings = dict(num_samples=args.num_samples, num_inference_steps=args.steps, seed=args.seed or 0,
                          metrics=tuple(m for m in METRICS if m in args.metrics), reference=args.reference)
@@ -395,7 +409,7 @@ def _cmd_finetune(args) -> int:
     device = _setup(args)
     if args.teacher is not None and not args.distill:
         raise ValueError("--teacher applies only with --distill")
-    pipeline = _load(args.model, device)
+    pipeline = _load(args.model, device, args.dtype)
     spec_fields, spec = _marker_spec(args.model), None
     if spec_fields is not None:
         try:
@@ -408,7 +422,7 @@ def _cmd_finetune(args) -> int:
 
     channels, size, _ = adapter_of(pipeline).image_shape(pipeline)
     images = load_image_folder(args.images, size, channels) if args.images is not None else None
-    teacher = _load(args.teacher, device) if args.distill else None
+    teacher = _load(args.teacher, device, args.dtype) if args.distill else None
     output = Path(args.output).expanduser()
     with _accelerate_on(device), _ProgressBar("fine-tuning", args.quiet) as bar:
         result = finetune(
@@ -453,6 +467,14 @@ def _common_options() -> argparse.ArgumentParser:
     group.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
     group.add_argument("--quiet", action="store_true", help="no progress bar")
     return common
+
+
+def _add_dtype_option(parser) -> None:
+    from .dtypes import AUTO, DTYPES
+
+    parser.add_argument("--dtype", choices=(AUTO, *DTYPES), default=AUTO,
+                        help="dtype the model is loaded in (default auto: the checkpoint's own, e.g. fp16 stays fp16); "
+                             "on a CPU without fp16 arithmetic float16 runs much slower than float32 or bfloat16")
 
 
 def _add_calibration_options(parser, with_criterion_params: bool) -> None:
@@ -511,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--calibration-prompts", type=_prompt_file, default=None, metavar="FILE",
                        help="text-to-image models: a text file of calibration prompts, one a line "
                             "(default: the shipped captions)")
+    _add_dtype_option(prune)
     prune.set_defaults(handler=_cmd_prune)
 
     evaluation = commands.add_parser("eval", parents=[common], help="measure FID/KID, latency, parameters and MACs",
@@ -523,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--scheduler", choices=("ddim", "ddpm"), default="ddim")
     evaluation.add_argument("--no-store", action="store_true", help="neither read nor write the results store")
     evaluation.add_argument("--json-out", default=None, help="write the result row as JSON to this file")
+    _add_dtype_option(evaluation)
     evaluation.set_defaults(handler=_cmd_eval)
 
     sample = commands.add_parser("sample", parents=[common], help="sample a grid of images from a model",
@@ -538,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "(default: the shipped captions)")
     sample.add_argument("--columns", type=_positive_int, default=4, help="grid columns (default 4)")
     sample.add_argument("--scale", type=_positive_int, default=4, help="pixel upscaling of the grid (default 4)")
+    _add_dtype_option(sample)
     sample.set_defaults(handler=_cmd_sample)
 
     sweep = commands.add_parser(
@@ -553,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_options(sweep)
     _add_calibration_options(sweep, with_criterion_params=False)
     sweep.add_argument("--csv-out", default=None, help="write the sweep table (every column) as CSV")
+    _add_dtype_option(sweep)
     sweep.set_defaults(handler=_cmd_sweep)
 
     tune = commands.add_parser("finetune", parents=[common], help="recovery fine-tuning of a pruned checkpoint",
@@ -578,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="steps between checkpoints (0: only at the end)")
     tune.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --output/checkpoints")
     tune.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    _add_dtype_option(tune)
     tune.set_defaults(handler=_cmd_finetune)
 
     train = commands.add_parser("train-base", parents=[common], help="train the embedded default DDPM on Fashion-MNIST")

@@ -14,6 +14,7 @@ adapter -> copy -> calibrate (``core.criteria.calibrate``) -> score -> cut (``co
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
@@ -25,10 +26,12 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .allocator import release_freed_memory, return_large_allocations
 from .calibration import (  # noqa: F401 - calibration_images is re-exported for callers of the engine
     GENERATED_CALIBRATION_STEPS, calibration_images, calibration_pixels, decode_for_autoencoder, encode_samples,
 )
 from .criteria import CRITERIA, calibrate, compute_scores, copy_scheduler
+from .criteria.scores import LayerScores, score_summary
 from .granularities import GRANULARITIES
 from .measure import count_model
 from .pipeline import adapter_of, pick_device, takes_prompts
@@ -37,8 +40,24 @@ from .spec import PruneSpec
 ProgressFn = Callable[[float, str], None]
 # Calibration statistics do not depend on the granularity or the sparsity, so a sweep (or the app,
 # when the user moves the sparsity slider) reuses them: key = model weights + calibration settings.
+# Statistics are as large as the model (a gradient per weight), so only small models' are kept:
+# at most this many entries, and none whose tensors exceed CALIBRATION_CACHE_BYTES in all (a
+# billion-parameter model's statistics would otherwise stay resident after its run).
 CALIBRATION_CACHE_SIZE = 4
+CALIBRATION_CACHE_BYTES = 256 * 2**20
 _CALIBRATION_CACHE: dict = {}
+
+
+def _statistics_bytes(stats_by: dict) -> int:
+    total = 0
+    for stats in stats_by.values():
+        for table in (stats.gradients, stats.taylor_per_batch_sum):
+            total += sum(t.numel() * t.element_size() for t in table.values())
+    return total
+
+
+def _module_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
 def _calibration_key(unet_in, spec: PruneSpec, device) -> str:
@@ -130,6 +149,35 @@ def count_macs(unet: nn.Module) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------
 # the facade
 # ----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def offloaded(pipeline, device, keep=()):
+    """On a GPU: the pipeline's other networks (text encoders, autoencoder) moved to the CPU while
+    the body runs (they produced the calibration inputs and are not needed until sampling), then
+    moved back, also on error. The denoiser being pruned is the engine's copy; the pipeline's own
+    denoiser stays where it is. Nothing to do on the CPU."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    from .models import adapter_for
+
+    adapter = adapter_for(pipeline)
+    moved = {}
+    for name, component in getattr(pipeline, "components", {}).items():
+        if name in keep or name == adapter.denoiser_name or not isinstance(component, nn.Module):
+            continue
+        parameter = next(component.parameters(), None)
+        if parameter is not None and parameter.device.type == "cuda":
+            moved[name] = parameter.device
+            component.to("cpu")
+    if moved:
+        torch.cuda.empty_cache()
+    try:
+        yield
+    finally:
+        for name, where in moved.items():
+            pipeline.components[name].to(where)
+
+
 def _stage(progress: ProgressFn | None, start: float, end: float) -> ProgressFn | None:
     if progress is None:
         return None
@@ -161,6 +209,7 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
     adapter = adapter_of(pipeline)
     started = time.perf_counter()
     device = pick_device(spec.device)
+    return_large_allocations()  # per-layer temporaries go back to the system when freed (core.allocator)
     criterion = CRITERIA[spec.criterion]
     granularity = GRANULARITIES[spec.granularity_name]
     names = _check_components(adapter, pipeline, spec, criterion, granularity)
@@ -171,7 +220,9 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
                              "model takes none: leave them None")
         prompts = dict(prompts=list(spec.calibration_prompts))
     denoiser_name = adapter.denoiser_name
-    copies = {name: copy.deepcopy(getattr(pipeline, name)).to(device=device, dtype=torch.float32).eval() for name in names}
+    # The private copies keep the caller's dtype (an fp16 model stays fp16: the scores are computed
+    # one layer at a time in float32, the stored model is not upcast).
+    copies = {name: copy.deepcopy(getattr(pipeline, name)).to(device=device).eval() for name in names}
     for name, module in copies.items():  # refuse before any expensive calibration
         adapter.check_cut(name, module, spec.granularity_name)
         granularity.check(module, spec)
@@ -184,9 +235,11 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
     stats_by, scores_by, calibration_source, calibration_seconds, calibration_cached = {}, {}, None, 0.0, False
     if criterion.needs_calibration and criterion.reconstruct is None:
         calibration_started = time.perf_counter()
-        key = _calibration_key(getattr(pipeline, denoiser_name), spec, device) + repr(names)
+        cacheable = sum(_module_bytes(copies[name]) for name in names) <= CALIBRATION_CACHE_BYTES
+        key = _calibration_key(getattr(pipeline, denoiser_name), spec, device) + repr(names) if cacheable else None
         if key in _CALIBRATION_CACHE:
-            stats_by, calibration_source = copy.deepcopy(_CALIBRATION_CACHE[key])
+            # read-only from here on: scoring reads the statistics and never changes them
+            stats_by, calibration_source = _CALIBRATION_CACHE[key]
             calibration_cached = True
             if progress is not None:
                 progress(0.8, "calibration reused (same model and calibration settings)")
@@ -200,26 +253,32 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
                 if name == denoiser_name:
                     if samples is None:
                         samples = encode_samples(pipeline, pixels, spec)
-                    batches = list(samples.to(device).split(spec.calibration_batch_size))
+                    dtype = next(module.parameters()).dtype
+                    batches = list(samples.to(device=device, dtype=dtype).split(spec.calibration_batch_size))
                     generator = torch.Generator().manual_seed(int(spec.seed) + 3)
                     conditionings = [adapter.sample_conditioning(pipeline, int(b.shape[0]), generator, **prompts)
                                      for b in batches]
-                    stats_by[name] = calibrate(
-                        module, copy_scheduler(pipeline.scheduler), batches, criterion.loss, spec.schedule,
-                        dict(spec.schedule_params), criterion.zero_grad_per_batch, spec.seed, progress, part,
-                        adapter=adapter, component=name, conditionings=conditionings,
-                    )
+                    # the text encoders and the autoencoder have done their part: off the GPU while
+                    # the denoiser's passes run
+                    with offloaded(pipeline, device, keep=names):
+                        stats_by[name] = calibrate(
+                            module, copy_scheduler(pipeline.scheduler), batches, criterion.loss, spec.schedule,
+                            dict(spec.schedule_params), criterion.zero_grad_per_batch, spec.seed, progress, part,
+                            adapter=adapter, component=name, conditionings=conditionings,
+                        )
                 else:  # an autoencoder: its own reconstruction loss on pixel images, one pass per batch
-                    images = decode_for_autoencoder(pipeline, pixels, samples, spec).to(device)
+                    images = decode_for_autoencoder(pipeline, pixels, samples, spec).to(
+                        device=device, dtype=next(module.parameters()).dtype)
                     batches = list(images.split(spec.calibration_batch_size))
                     stats_by[name] = calibrate(
                         module, copy_scheduler(pipeline.scheduler), batches, "reconstruction", "custom",
                         {"timesteps": [[0, 1.0]]}, criterion.zero_grad_per_batch, spec.seed, progress, part,
                         adapter=adapter, component=name,
                     )
-            while len(_CALIBRATION_CACHE) >= CALIBRATION_CACHE_SIZE:
-                _CALIBRATION_CACHE.pop(next(iter(_CALIBRATION_CACHE)))
-            _CALIBRATION_CACHE[key] = copy.deepcopy((stats_by, calibration_source))
+            if key is not None and _statistics_bytes(stats_by) <= CALIBRATION_CACHE_BYTES:
+                while len(_CALIBRATION_CACHE) >= CALIBRATION_CACHE_SIZE:
+                    _CALIBRATION_CACHE.pop(next(iter(_CALIBRATION_CACHE)))
+                _CALIBRATION_CACHE[key] = (stats_by, calibration_source)
         calibration_seconds = time.perf_counter() - calibration_started
 
     if criterion.reconstruct is not None:  # obs, gradflow: own calibration, may rewrite weights
@@ -238,6 +297,10 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
             scores_by[name] = compute_scores(criterion, module, stats_by.get(name), dict(spec.criterion_params), spec.seed,
                                              adapter, name)
 
+    release_freed_memory()  # calibration's activations and graphs are gone
+    for scores in scores_by.values():  # the report's score summary, read before the cut changes the weights
+        if isinstance(scores, LayerScores):
+            scores.summarize_all()
     outcomes, plain = {}, True
     share = 0.12 / len(names)
     for index, name in enumerate(names):
@@ -345,7 +408,7 @@ def _build_report(spec, before, after, scores, outcome, stats, structural) -> Pr
     for name, layer in before.items():
         done = after.get(name)
         kept = (done["weights"] if structural else done["nonzero"]) if done else 0
-        score = scores.get(name)
+        summary = score_summary(scores, name)
         rows.append(dict(
             name=name, type=layer["type"], prunable=name in scores,
             params_before=layer["params"], params_after=done["params"] if done else 0,
@@ -355,9 +418,9 @@ def _build_report(spec, before, after, scores, outcome, stats, structural) -> Pr
             shape_before=str(layer["shape"]), shape_after=str(done["shape"]) if done else "",
             units_before=outcome.units_before.get(name, layer["shape"][0]),
             units_after=outcome.units_after.get(name, done["shape"][0] if done else 0),
-            importance_mean=float(score.float().mean()) if score is not None else np.nan,
-            importance_min=float(score.min()) if score is not None else np.nan,
-            importance_max=float(score.max()) if score is not None else np.nan,
+            importance_mean=summary[0] if summary is not None else np.nan,
+            importance_min=summary[1] if summary is not None else np.nan,
+            importance_max=summary[2] if summary is not None else np.nan,
         ))
     report = PruneReport(layers=pd.DataFrame(rows), importance=dict(outcome.importance))
     if stats is not None:

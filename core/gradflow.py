@@ -141,6 +141,7 @@ def gradient_flow_importance(unet, parameters: dict, effective: dict, batches, n
     inner = sum((g * g.detach()).sum() for g in gradients)
     hessian_gradient = torch.autograd.grad(inner, [effective[n] for n in names])
     grads = {n: g.detach() for n, g in zip(names, gradients)}
+    del gradients, inner  # the double-backward graph goes with them
     return float(loss.detach()), grads, {n: hg.detach() for n, hg in zip(names, hessian_gradient)}
 
 
@@ -163,6 +164,7 @@ def gradflow_prune(
     seed: int = 0,  # fixed noise of the calibration batches
     layers: dict | None = None,  # name -> module (default: the engine's prunable layers)
     apply: bool = True,  # write the hard mask into the weights of ``unet`` (in place)
+    keep_masks: bool = True,  # keep every layer's mask and scores in the report (False: scores computed per layer on access)
     progress: ProgressFn | None = None,
 ) -> GradflowReport:
     """Progressive soft pruning of ``unet`` along the gradient flow (see the module docstring)."""
@@ -196,7 +198,9 @@ def gradflow_prune(
 
     parameter_names = {f"{name}.weight": name for name in layers}
     base = {name: p.detach() for name, p in unet.named_parameters() if name not in parameter_names}
-    weights = {name: module.weight.detach().clone() for name, module in layers.items()}
+    # the weights themselves (not copies): the flow substitutes w * m through functional_call and
+    # leaves the modules' weights alone until ``apply`` writes the result
+    weights = {name: module.weight.detach() for name, module in layers.items()}
     soft = {name: torch.ones_like(w) for name, w in weights.items()}
     was_training = unet.training
     unet.eval()
@@ -206,20 +210,24 @@ def gradflow_prune(
         for iteration in range(1, iterations + 1):
             level = sparsity_at(iteration, iterations, sparsity, sparsity_schedule)
             effective = {f"{name}.weight": (weights[name] * soft[name]).requires_grad_(True) for name in layers}
+            importance = {}  # the previous iteration's, no longer needed
             loss, grads, hessian_gradients = gradient_flow_importance(
                 unet, base, effective, batches, noise_scheduler, report.timestep_weights, noises)
-            # I = |w * (H g)| with the full weight w: the size of the first-order change of ||g||^2 from removing
-            # (or, for an already faded weight, restoring) it, at the current masked model.
-            importance = {name: (weights[name] * hessian_gradients[f"{name}.weight"]).abs() for name in layers}
-            target = {name: hard_mask(importance[name], level) for name in layers}
+            del effective
             grad_norm = 0.0
             with torch.no_grad():
+                # one layer at a time, each layer's g and H g freed once used
                 for name in layers:
-                    gradient = grads[f"{name}.weight"]
+                    # I = |w * (H g)| with the full weight w: the size of the first-order change of ||g||^2 from
+                    # removing (or, for an already faded weight, restoring) it, at the current masked model.
+                    importance[name] = (weights[name] * hessian_gradients.pop(f"{name}.weight")).abs()
+                    target = hard_mask(importance[name], level)
+                    gradient = grads.pop(f"{name}.weight")
                     grad_norm += float(gradient.pow(2).sum())
                     d_loss_d_mask = weights[name] * gradient  # chain rule through w_eff = w * m
-                    step = d_loss_d_mask + stiffness * (soft[name] - target[name].to(soft[name].dtype))
+                    step = d_loss_d_mask + stiffness * (soft[name] - target.to(soft[name].dtype))
                     soft[name] = (soft[name] - step_size * step).clamp_(0.0, 1.0)
+                    del gradient, d_loss_d_mask, step, target
             report.iterations.append(dict(iteration=iteration, sparsity=level, loss=loss, grad_norm=grad_norm ** 0.5,
                                           mask_mean=float(sum(s.sum() for s in soft.values()) /
                                                           sum(s.numel() for s in soft.values()))))
@@ -227,7 +235,7 @@ def gradflow_prune(
                 progress(iteration / iterations, f"gradient flow {iteration}/{iterations}: sparsity {level:.3f}, loss {loss:.4f}")
     finally:
         unet.train(was_training)
-    for name in layers:
+    def final_scores(name, module=None):
         # The hard mask is read off the soft mask the flow produced (ties broken by the last
         # importance); N:M applies its pattern only here, the intermediate targets are per layer.
         ranks = torch.empty(importance[name].numel(), device=importance[name].device)
@@ -235,9 +243,16 @@ def gradflow_prune(
             importance[name].numel(), dtype=ranks.dtype, device=ranks.device)
         key = soft[name] + 1e-3 * (ranks / max(1, importance[name].numel())).view_as(importance[name])
         final = hard_mask(key, sparsity, n, m)
-        report.masks[name] = final
-        report.importance[name] = importance[name]
-        report.scores[name] = final.to(key.dtype) * 2.0 + key  # kept > pruned; soft mask order within
+        return final, final.to(key.dtype) * 2.0 + key  # kept > pruned; soft mask order within
+
+    report.importance = importance
+    if keep_masks or apply:
+        for name in layers:
+            report.masks[name], report.scores[name] = final_scores(name)
+    else:  # one layer at a time, when a granularity asks (the engine's path)
+        from .criteria.scores import LayerScores
+
+        report.scores = LayerScores(layers, lambda name, module: final_scores(name)[1])
     if apply:
         with torch.no_grad():
             for name, module in layers.items():
@@ -287,7 +302,7 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
         step_size=float(params["step_size"]), stiffness=float(params["stiffness"]),
         schedule=spec.schedule, schedule_params=dict(spec.schedule_params),
         batch_size=int(spec.calibration_batch_size), num_batches=int(spec.calibration_batches), seed=int(spec.seed),
-        layers=prunable_layers(unet), apply=False, progress=progress,
+        layers=prunable_layers(unet), apply=False, keep_masks=False, progress=progress,
     )
     stats = CalibrationStats(timestep_weights=list(report.timestep_weights), num_images=int(images.shape[0]))
     return report.scores, stats, source

@@ -55,7 +55,6 @@ Layout conventions:
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -637,6 +636,7 @@ def obs_prune_unet(
     heads_to_remove: dict | None = None,  # "head": attention name -> number of heads (overrides head_ratio)
     neurons_to_remove: dict | None = None,  # "head": FeedForward name -> number of neurons (overrides ffn_ratio)
     shrink: bool = True,  # "head": physically remove heads / neurons (False: compensate and zero only)
+    keep_masks: bool = True,  # keep each layer's boolean mask in the report (False: the weights' zeros say it)
     progress: ProgressFn | None = None,
 ) -> ObsReport:
     """Prune ``unet`` in place with OBS-Diff; the caller passes a copy if it keeps the dense model.
@@ -754,7 +754,8 @@ def obs_prune_unet(
                 if granularity == "N:M":
                     options.update(n=n, m=m)
                 result = prune_layer(hook_layers[name], hessian.to(hook_layers[name].weight.device), sparsity, **options)
-                report.masks[name] = result.mask
+                if keep_masks:
+                    report.masks[name] = result.mask
                 report.layer_errors[name] = result.error
                 report.dampings[name] = result.damping
             del hessian
@@ -836,21 +837,19 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
     scheduler = copy_scheduler(pipeline.scheduler)
     layers = prunable_layers(unet)
     if granularity == "unstructured":
-        report = obs_prune_unet(unet, scheduler, sparsity=float(spec.sparsity), layers=layers, **options)
+        report = obs_prune_unet(unet, scheduler, sparsity=float(spec.sparsity), layers=layers, keep_masks=False,
+                                **options)
     elif granularity == "N:M":
         n, m = spec.nm_pattern
-        report = obs_prune_unet(unet, scheduler, granularity="N:M", n=n, m=m, layers=layers, **options)
+        report = obs_prune_unet(unet, scheduler, granularity="N:M", n=n, m=m, layers=layers, keep_masks=False,
+                                **options)
     elif granularity in ("head", "ffn"):
-        from .granularities import GRANULARITIES
+        from .granularities.ffn import neurons_to_remove
+        from .granularities.head import heads_to_remove
 
-        # the engine's own rule says how many units each module loses (asked on a copy); OBS
-        # chooses which and compensates
-        probe_unet = copy.deepcopy(unet)
-        ones = {name: torch.ones_like(module.weight) for name, module in prunable_layers(probe_unet).items()}
-        probe = GRANULARITIES[granularity].apply(probe_unet, ones, spec)
-        del probe_unet
-        remove = {name: int(before) - int(probe.units_after.get(name, before))
-                  for name, before in probe.units_before.items()}
+        # the engine's own rule says how many units each module loses (structure only, no copy of
+        # the model); OBS chooses which and compensates
+        remove = (heads_to_remove if granularity == "head" else neurons_to_remove)(unet, spec)
         counts = dict(heads_to_remove=remove) if granularity == "head" else dict(neurons_to_remove=remove)
         report = obs_prune_unet(unet, scheduler, granularity="head", shrink=False, **counts, **options)
     elif granularity == "channel":
@@ -861,24 +860,22 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
         return scores, stats, _trajectory_source(unet, len(timestep_weights))
     else:
         raise ValueError(f"criterion 'obs' supports granularities {list(OBS_GRANULARITIES)}, got {granularity!r}")
-    scores = {}
-    for name, module in layers.items():
-        weight = module.weight.detach().abs()
-        scores[name] = 1.0 + weight / weight.max().clamp_min(1e-12)
-        if name in report.masks:
-            scores[name] = scores[name] * report.masks[name].to(weight.dtype)
+    from .criteria.scores import LayerScores
     from .models import adapter_for_module
 
+    # Rows and columns of the heads / FFN neurons OBS removed, per layer: they score 0.
+    zero_rows: dict = {}
+    zero_columns: dict = {}
     adapter, component = adapter_for_module(unet)
     groups = adapter.head_groups(component, unet)
     for name, heads in report.removed_heads.items():
         group = groups[name]
         for head in heads:
-            rows = slice(head * group.head_dim, (head + 1) * group.head_dim)
+            rows = list(range(head * group.head_dim, (head + 1) * group.head_dim))
             for layer in group.rows:
-                scores[layer][rows] = 0.0
+                zero_rows.setdefault(layer, []).extend(rows)
             for layer in group.columns:
-                scores[layer][:, rows] = 0.0
+                zero_columns.setdefault(layer, []).extend(rows)
     if report.removed_neurons:
         from .models.transformer_cuts import ffn_layers
 
@@ -887,9 +884,26 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
         for name, neurons in report.removed_neurons.items():
             up, down, gated = ffn_layers(modules[name])
             hidden = down.in_features
-            rows = list(neurons) + ([n + hidden for n in neurons] if gated else [])
-            scores[names[id(up)]][rows] = 0.0
-            scores[names[id(down)]][:, list(neurons)] = 0.0
+            zero_rows.setdefault(names[id(up)], []).extend(list(neurons) + ([n + hidden for n in neurons] if gated else []))
+            zero_columns.setdefault(names[id(down)], []).extend(list(neurons))
+    masked = granularity in ("unstructured", "N:M")
+
+    def score_layer(name, module):
+        # kept weights score 1 + |w'| / max|w'| (w' compensated), pruned ones 0. OBS has already
+        # zeroed the weights it pruned (unstructured, N:M), so the mask is read off the weights;
+        # a kept weight that happens to be exactly 0 scores 0 too, which leaves the cut weights
+        # the same (every weight scoring 0 is 0), and no mask the size of the model is kept.
+        weight = module.weight.detach().float().abs()
+        score = 1.0 + weight / weight.max().clamp_min(1e-12)
+        if masked:
+            score = score * (weight != 0).to(score.dtype)
+        if name in zero_rows:
+            score[zero_rows[name]] = 0.0
+        if name in zero_columns:
+            score[:, zero_columns[name]] = 0.0
+        return score
+
+    scores = LayerScores(layers, score_layer)
     stats = CalibrationStats(timestep_weights=list(report.timestep_weights), num_images=options["num_images"])
     return scores, stats, _trajectory_source(unet, len(report.timestep_weights))
 

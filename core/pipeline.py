@@ -54,15 +54,26 @@ def prunable_components(pipeline) -> tuple:
     return tuple(adapter_of(pipeline).prunable_components(pipeline))
 
 
-def load_pipeline(source: str | Path | None = None, device: str | torch.device | None = None):
+def load_pipeline(source: str | Path | None = None, device: str | torch.device | None = None, dtype=None):
     """Load a diffusion pipeline on ``device`` (CUDA when available, else CPU).
 
     ``source`` is ``None`` (the embedded default model), the name of an embedded model
     (``core.default_model.EMBEDDED_MODELS``: ``"ddpm-fashion-mnist"``, ``"dit-fashion-mnist"``), a local diffusers directory, a
     directory written by ``PruneResult.save``, or a Hugging Face hub id. The pipeline must belong to
     a registered model family (``core.models``); anything else is refused with one line naming them.
+
+    ``dtype``: ``None`` / ``"auto"`` keeps each component's dtype as saved (read from its
+    safetensors headers, so an fp16 checkpoint stays fp16 instead of being loaded as float32;
+    float32 when the headers say nothing); ``"float32"``, ``"float16"``, ``"bfloat16"`` (or the
+    torch dtype) loads every component in that dtype. A hub id or a local directory is checked
+    against the server's size caps (``core.fit``: ``DIFFPRUNE_MAX_PARAMS``,
+    ``DIFFPRUNE_MAX_MEMORY_GB``) from its configs alone, before any weight is downloaded.
     """
+    from .dtypes import resolve_dtype
+    from .fit import check_size_cap
+
     torch_device = pick_device(device)
+    requested = resolve_dtype(dtype)
     if source is not None and not isinstance(source, (str, Path)):
         raise ValueError(f"source must be None, a directory or a hub id, got {type(source).__name__}")
     if source is not None and (not str(source).strip() or len(str(source)) > MAX_SOURCE_LENGTH):
@@ -79,11 +90,15 @@ def load_pipeline(source: str | Path | None = None, device: str | torch.device |
                          f"{error.strerror or error}") from error
     if is_dir:
         if (source_path / PRUNED_MARKER).exists():
-            pipeline = load_pruned_pipeline(source_path)
+            if not (source is None or embedded):
+                check_size_cap(source_path, requested)
+            pipeline = load_pruned_pipeline(source_path, dtype=requested)
         else:
             if not (source_path / "model_index.json").exists():
                 raise ValueError(f"{label!r} is a directory but not a diffusers pipeline (no model_index.json)")
-            pipeline = _from_pretrained(str(source_path), label, local_files_only=True)
+            if not (source is None or embedded):
+                check_size_cap(source_path, requested)
+            pipeline = _from_pretrained(str(source_path), label, local_files_only=True, dtype=requested)
     else:
         text = str(source)
         looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or source_path.suffix != ""
@@ -94,20 +109,48 @@ def load_pipeline(source: str | Path | None = None, device: str | torch.device |
         if not _HUB_ID.match(text):
             raise ValueError(f"source {text[:80]!r} is neither an existing directory nor a hub id ('owner/name', "
                              "letters, digits, '-', '_', '.', at most 96 characters per part)")
-        pipeline = _from_pretrained(text, label, local_files_only=False)
+        check_size_cap(text, requested)
+        pipeline = _from_pretrained(text, label, local_files_only=False, dtype=requested)
     adapter = adapter_of(pipeline, label)
-    pipeline.to(torch_device)
+    # diffusers warns that a float16 pipeline cannot run on a CPU; with this torch it does (slowly
+    # without fp16 arithmetic in the CPU): the dtype asked for is kept, never silently widened.
+    pipeline.to(torch_device, silence_dtype_warnings=True)
     pipeline.set_progress_bar_config(disable=True)
     for name in adapter.prunable_components(pipeline):
         getattr(pipeline, name).eval()
     return pipeline
 
 
-def _from_pretrained(name: str, label: str, local_files_only: bool):
+def loading_dtypes(directory, dtype=None):
+    """The ``dtype`` argument of ``DiffusionPipeline.from_pretrained`` for a local pipeline
+    directory: ``dtype`` itself when one is asked for; else each component's saved dtype (its
+    safetensors headers), components without readable weights in the denoiser's (float32 when
+    the denoiser's is unknown too). diffusers' own default would load every diffusers model as
+    float32, doubling an fp16 checkpoint's memory."""
+    import torch
+
+    from .dtypes import checkpoint_dtypes, denoiser_component, model_components, read_model_index
+
+    if dtype is not None:
+        return dtype
+    saved = checkpoint_dtypes(directory)
+    denoiser = denoiser_component(model_components(read_model_index(directory)))
+    return {**saved, "default": saved.get(denoiser, torch.float32)}
+
+
+def _from_pretrained(name: str, label: str, local_files_only: bool, dtype=None):
+    """``DiffusionPipeline.from_pretrained`` in ``dtype`` (None: the saved dtypes). A hub id is
+    downloaded first (the files diffusers would fetch itself) so the saved dtypes can be read
+    from the local files' headers."""
     from diffusers import DiffusionPipeline
 
+    from .dtypes import enforce_dtypes, from_pretrained_dtype
+
     try:
-        return DiffusionPipeline.from_pretrained(name, local_files_only=local_files_only)
+        folder = name if local_files_only else DiffusionPipeline.download(name)
+        dtypes = loading_dtypes(folder, dtype)
+        pipeline = DiffusionPipeline.from_pretrained(str(folder), local_files_only=True, **from_pretrained_dtype(dtypes))
+        enforce_dtypes(pipeline.components, dtypes)
     except ValueError as error:
         raise ValueError(f"could not load {label!r}: {str(error).splitlines()[0][:200]}") from error
     except (OSError, EnvironmentError, json.JSONDecodeError, KeyError, AttributeError, TypeError, RuntimeError) as error:
@@ -116,6 +159,9 @@ def _from_pretrained(name: str, label: str, local_files_only: bool):
             f"could not load {label!r} as a diffusers pipeline (unknown hub id, no network, or not a "
             f"diffusers model): {reason}"
         ) from error
+    if not local_files_only:
+        pipeline.register_to_config(_name_or_path=name)  # the hub id, as from_pretrained(hub id) records
+    return pipeline
 
 
 def _sampling_scheduler(pipeline, scheduler: str, adapter=None):

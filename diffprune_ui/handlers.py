@@ -185,21 +185,38 @@ def _denoiser(pipeline):
     return adapter_for(pipeline).denoiser(pipeline)
 
 
+def load_dtype() -> str:
+    """The dtype the app loads models in: ``DIFFPRUNE_DTYPE`` (``auto``, the default, keeps each
+    checkpoint's own; ``float32``, ``float16`` or ``bfloat16``), set by the server's owner."""
+    from core.dtypes import AUTO, DTYPES
+
+    value = os.environ.get("DIFFPRUNE_DTYPE", "").strip() or AUTO
+    if value not in (AUTO, *DTYPES):
+        raise ValueError(f"environment variable DIFFPRUNE_DTYPE must be one of {[AUTO, *DTYPES]}, got {_short(value)}")
+    return value
+
+
 def cached_pipeline(source):
-    """The dense pipeline of ``source``, loaded once per process; runs prune a copy, never this one."""
+    """The dense pipeline of ``source``, loaded once per process in the dtype :func:`load_dtype`
+    names (part of the cache key); runs prune a copy, never this one. A model over the server's size caps (``core.fit``) is refused
+    with the estimate in the message, before its weights are downloaded."""
     key = normalise_source(source)
     load_engine()
+    dtype = load_dtype()
     with _PIPELINE_LOCK:
-        if key not in _PIPELINES:
+        if (key, dtype) not in _PIPELINES:
             from core import load_pipeline
+            from core.fit import FitError
 
             try:
-                _PIPELINES[key] = load_pipeline(key)
+                _PIPELINES[key, dtype] = load_pipeline(key, dtype=dtype)
+            except FitError:
+                raise  # names the model's size and the cap: nothing about the server's files
             except Exception as error:  # noqa: BLE001 - any loading failure: one message, no internals
                 if key is None:
                     raise ValueError(f"the embedded default model could not be loaded: {str(error)[:120]}") from error
                 raise source_error(key) from None
-        return _PIPELINES[key]
+        return _PIPELINES[key, dtype]
 
 
 def get_store():
@@ -550,7 +567,7 @@ def calibration_prompts_update(source, text):
     text kept), hidden and emptied otherwise, as the grids' prompt box. Only an already loaded model
     is looked at (this runs outside the queue); otherwise the box is left as it is."""
     try:
-        key = normalise_source(source)
+        key = normalise_source(source), load_dtype()
     except ValueError:
         return gr.skip()
     with _PIPELINE_LOCK:
@@ -842,6 +859,7 @@ def validate_run(source, criterion, granularity, sparsity, schedule, threshold, 
     source that cannot be loaded, a granularity the model cannot take and recovery data that do
     not fit the model are field errors too). Raises ``gr.Error`` naming the field and what is allowed."""
     from core.criteria import CRITERIA
+    from core.fit import check_fit
     from core.granularity import GRANULARITIES
     from core.pipeline import adapter_of
     from core.recovery import RECOVERY_DEFAULTS, recovery_images
@@ -861,6 +879,8 @@ def validate_run(source, criterion, granularity, sparsity, schedule, threshold, 
             raise ValueError(f"export the one-shot model too must be true or false, got {_short(export_oneshot)}")
         dense = cached_pipeline(source)
         adapter = adapter_of(dense)
+        check_fit(dense, spec.criterion, device=next(_denoiser(dense).parameters()).device,
+                  label=f"model {model_label(source)}")
         adapter.check_cut(adapter.denoiser_name, _denoiser(dense), spec.granularity_name)
         GRANULARITIES[spec.granularity_name].check(_denoiser(dense), spec)
         class_label = class_label_of(dense, grid_class)

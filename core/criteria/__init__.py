@@ -153,16 +153,19 @@ def per_timestep_losses(loss_fn, unet, noise_scheduler, clean, noise, timesteps:
                         adapter=None, conditioning: dict | None = None) -> torch.Tensor:
     """``[loss_fn(..., t) for t in timesteps]`` computed in one batched forward pass.
 
-    The batch is repeated once per timestep; every sample is independent in these networks
-    (GroupNorm, attention within a sample), so each entry equals the single-timestep loss (up to
-    float summation order) while the CPU works on one large batch instead of many small ones.
+    The batch and its conditioning (``ModelAdapter.repeat_conditioning``: text embeddings, masks,
+    class labels... in the same order) are repeated once per timestep; every sample is independent
+    in these networks (GroupNorm, attention within a sample), so each entry equals the
+    single-timestep loss (up to float summation order) while the CPU works on one large batch
+    instead of many small ones.
     """
     adapter, _ = _rules(unet, adapter, "any")
     count, batch = len(timesteps), clean.shape[0]
     clean_all = clean.repeat(count, *([1] * (clean.dim() - 1))) if count > 1 else clean
     noise_all = noise.repeat(count, *([1] * (noise.dim() - 1))) if count > 1 else noise
+    conditioning_all = adapter.repeat_conditioning(conditioning, count, batch) if count > 1 else conditioning
     t_all = torch.tensor(timesteps, dtype=torch.long, device=clean.device).repeat_interleave(batch)
-    values = loss_fn(adapter, unet, noise_scheduler, clean_all, noise_all, t_all, conditioning)
+    values = loss_fn(adapter, unet, noise_scheduler, clean_all, noise_all, t_all, conditioning_all)
     return values.view(count, batch).mean(1)
 
 
@@ -248,7 +251,14 @@ def gradients_of(unet: nn.Module, layers: dict[str, nn.Module]):
 class GradientCollector:
     """The gradient criteria's work per pass of :func:`calibration_loop` (wanda's ``add_batch``):
     backward of the schedule-weighted loss, the layer x timestep table of first-order saliency
-    and, per batch, the Taylor term ``|w * g|``."""
+    and, per batch, the Taylor term ``|w * g|``.
+
+    Memory: the accumulated gradient lives in each weight's ``.grad`` (the model's dtype) and
+    nothing else the size of the model is kept, except nici's running sum over batches. A pass's
+    own gradient increment is read by a tensor hook during its backward (the gradient of that
+    backward alone, before it is added to ``.grad``), so no copy of the previous gradient is
+    needed to take differences. ``attach``/``detach`` add and remove the hooks (``collecting``).
+    """
 
     def __init__(
         self,
@@ -260,47 +270,82 @@ class GradientCollector:
     ):
         self.layers, self.stats, self.num_batches = layers, stats, num_batches
         self.zero_grad_per_batch, self.first_batch_losses_known = zero_grad_per_batch, first_batch_losses_known
-        self.previous = {name: torch.zeros_like(m.weight) for name, m in layers.items()}
+        self.column: int | None = None  # the timestep-table column of the backward in progress
+        self._handles: list = []
         for name in layers:
             stats.timestep_contributions.setdefault(name, {})
 
+    def _hook(self, name: str, weight: torch.Tensor):
+        table = self.stats.timestep_contributions[name]
+
+        def hook(increment: torch.Tensor) -> None:
+            # this backward's own gradient: the group's first-order saliency sum |w * g_t|
+            if self.column is not None:
+                term = (weight.detach().float() * increment.float()).abs().sum()
+                table[self.column] = table.get(self.column, 0.0) + float(term)
+        return hook
+
+    def attach(self) -> None:
+        for name, module in self.layers.items():
+            self._handles.append(module.weight.register_hook(self._hook(name, module.weight)))
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
     def start_batch(self, batch_index: int) -> None:
         if self.zero_grad_per_batch:
-            for name, module in self.layers.items():
+            for module in self.layers.values():
                 module.weight.grad = None
-                self.previous[name] = torch.zeros_like(module.weight)
 
     def add(self, calibration_pass: CalibrationPass) -> None:
         if calibration_pass.weighted:
-            (calibration_pass.weights * calibration_pass.losses).sum().backward()
-            # The gradient increment of this group: its timesteps' own first-order saliency
-            # (one column per group of timesteps, keyed by the group's first t).
-            first = calibration_pass.timesteps[0]
-            for name, module in self.layers.items():
-                grad = module.weight.grad
-                contribution = float((module.weight.detach() * (grad - self.previous[name])).abs().sum())
+            # One column per group of timesteps, keyed by the group's first t.
+            self.column = calibration_pass.timesteps[0]
+            for name in self.layers:
                 table = self.stats.timestep_contributions[name]
-                table[first] = table.get(first, 0.0) + contribution
-                self.previous[name] = grad.clone()
+                table[self.column] = table.get(self.column, 0.0)
+            try:
+                (calibration_pass.weights * calibration_pass.losses).sum().backward()
+            finally:
+                self.column = None
         if not (self.first_batch_losses_known and calibration_pass.batch_index == 0):
             for t, value in zip(calibration_pass.timesteps, calibration_pass.losses.detach().tolist()):
                 self.stats.losses.setdefault(t, []).append(value)
 
     def end_batch(self, batch_index: int) -> None:
-        if not (self.zero_grad_per_batch or batch_index == self.num_batches - 1):
+        # nici: |w * g_b| summed over batches; each batch's gradient is freed as soon as it is added
+        if not self.zero_grad_per_batch:
             return
         with torch.no_grad():
             for name, module in self.layers.items():
                 grad = module.weight.grad if module.weight.grad is not None else torch.zeros_like(module.weight)
-                term = (module.weight * grad).abs()
+                term = (module.weight.float() * grad.float()).abs() if module.weight.dtype != torch.float32 \
+                    else (module.weight * grad).abs()
                 if name in self.stats.taylor_per_batch_sum:
                     self.stats.taylor_per_batch_sum[name] += term
                 else:
                     self.stats.taylor_per_batch_sum[name] = term
+                module.weight.grad = None
 
     def gradients(self) -> dict[str, torch.Tensor]:
-        return {name: module.weight.grad.detach().clone() if module.weight.grad is not None
+        """The accumulated gradients, handed over (not copied): taylor and l1 score from them.
+        Empty for per-batch gradients (nici), whose statistics are the running sum."""
+        if self.zero_grad_per_batch:
+            return {}
+        return {name: module.weight.grad.detach() if module.weight.grad is not None
                 else torch.zeros_like(module.weight) for name, module in self.layers.items()}
+
+
+@contextlib.contextmanager
+def collecting(collector: GradientCollector):
+    """The collector's gradient hooks, removed on exit even when calibration raises."""
+    collector.attach()
+    try:
+        yield collector
+    finally:
+        collector.detach()
 
 
 def calibrate(
@@ -356,55 +401,56 @@ def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, s
 
     collector = GradientCollector(layers, stats, len(batches), zero_grad_per_batch,
                                   first_batch_losses_known=schedule.adaptive)
-    first_batch = 0
-    if schedule.adaptive:
-        # Threshold walk on the first batch, ``chunk`` timesteps per pass, decides the plan. Each
-        # pass runs with autograd on and becomes batch 0's gradient pass once the walk has gone past
-        # it (every visited t has weight 1): the walk costs no forward pass of its own. The pass in
-        # which the walk stops is backpropagated with weight 0 for the timesteps after the stop.
-        limit = schedule_params.get("max_timesteps") or schedule.defaults.get("max_timesteps") or num_train_timesteps
-        lookahead: dict[int, float] = {}
-        pending: list = []  # the walk's current pass: (timesteps, losses with their graph)
+    with collecting(collector):
+        first_batch = 0
+        if schedule.adaptive:
+            # Threshold walk on the first batch, ``chunk`` timesteps per pass, decides the plan. Each
+            # pass runs with autograd on and becomes batch 0's gradient pass once the walk has gone past
+            # it (every visited t has weight 1): the walk costs no forward pass of its own. The pass in
+            # which the walk stops is backpropagated with weight 0 for the timesteps after the stop.
+            limit = schedule_params.get("max_timesteps") or schedule.defaults.get("max_timesteps") or num_train_timesteps
+            lookahead: dict[int, float] = {}
+            pending: list = []  # the walk's current pass: (timesteps, losses with their graph)
 
-        def settle(visited: int) -> None:
-            if not pending:
-                return
-            ahead, losses = pending.pop()
-            weights = torch.tensor([1.0] * visited + [0.0] * (len(ahead) - visited), dtype=losses.dtype,
-                                   device=losses.device)
-            collector.add(CalibrationPass(0, [(t, 1.0) for t in ahead[:visited]], ahead, weights, losses, True))
+            def settle(visited: int) -> None:
+                if not pending:
+                    return
+                ahead, losses = pending.pop()
+                weights = torch.tensor([1.0] * visited + [0.0] * (len(ahead) - visited), dtype=losses.dtype,
+                                       device=losses.device)
+                collector.add(CalibrationPass(0, [(t, 1.0) for t in ahead[:visited]], ahead, weights, losses, True))
 
-        def loss_at(t: int) -> float:
-            if t not in lookahead:
-                settle(len(pending[0][0]) if pending else 0)  # the walk went past the whole previous pass
-                ahead = list(range(t, min(t + chunk, num_train_timesteps)))
-                report(t / limit / len(batches), f"calibrating t={t}..{ahead[-1]} (batch 1/{len(batches)}, until the threshold stops)")
-                losses = per_timestep_losses(loss_fn, unet, noise_scheduler, batches[0], noises[0], ahead,
-                                             adapter=adapter, conditioning=conditions[0])
-                pending.append((ahead, losses))
-                lookahead.update(zip(ahead, losses.detach().tolist()))
-            stats.losses.setdefault(t, []).append(lookahead[t])
-            return lookahead[t]
+            def loss_at(t: int) -> float:
+                if t not in lookahead:
+                    settle(len(pending[0][0]) if pending else 0)  # the walk went past the whole previous pass
+                    ahead = list(range(t, min(t + chunk, num_train_timesteps)))
+                    report(t / limit / len(batches), f"calibrating t={t}..{ahead[-1]} (batch 1/{len(batches)}, until the threshold stops)")
+                    losses = per_timestep_losses(loss_fn, unet, noise_scheduler, batches[0], noises[0], ahead,
+                                                 adapter=adapter, conditioning=conditions[0])
+                    pending.append((ahead, losses))
+                    lookahead.update(zip(ahead, losses.detach().tolist()))
+                stats.losses.setdefault(t, []).append(lookahead[t])
+                return lookahead[t]
 
-        collector.start_batch(0)
-        plan = schedule.resolve(num_train_timesteps, schedule_params, loss_at=loss_at)
-        if pending:
-            settle(plan[-1][0] - pending[0][0][0] + 1)
-        collector.end_batch(0)
-        stats.stopped_at = plan[-1][0]
-        first_batch = 1
-    else:
-        plan = schedule.resolve(num_train_timesteps, schedule_params)
-    calibration_loop(
-        unet, noise_scheduler, batches[first_batch:], noises[first_batch:], plan, loss_fn, collector.add,
-        adapter=adapter, conditionings=conditions[first_batch:], group_size=chunk,
-        on_batch_start=collector.start_batch, on_batch_end=collector.end_batch, progress=report,
-        progress_span=(first_batch / len(batches), 1.0), batch_offset=first_batch,
-    )
-    stats.timestep_weights = list(plan)
-    stats.timesteps_per_group = chunk
-    stats.gradients = collector.gradients()
-    return stats
+            collector.start_batch(0)
+            plan = schedule.resolve(num_train_timesteps, schedule_params, loss_at=loss_at)
+            if pending:
+                settle(plan[-1][0] - pending[0][0][0] + 1)
+            collector.end_batch(0)
+            stats.stopped_at = plan[-1][0]
+            first_batch = 1
+        else:
+            plan = schedule.resolve(num_train_timesteps, schedule_params)
+        calibration_loop(
+            unet, noise_scheduler, batches[first_batch:], noises[first_batch:], plan, loss_fn, collector.add,
+            adapter=adapter, conditionings=conditions[first_batch:], group_size=chunk,
+            on_batch_start=collector.start_batch, on_batch_end=collector.end_batch, progress=report,
+            progress_span=(first_batch / len(batches), 1.0), batch_offset=first_batch,
+        )
+        stats.timestep_weights = list(plan)
+        stats.timesteps_per_group = chunk
+        stats.gradients = collector.gradients()
+        return stats
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,17 +6,19 @@ from __future__ import annotations
 import math
 
 from .base import Criterion, register_criterion
+from .scores import LayerScores
 
 
 def l1_scores(layers, stats, params, seed):
     # Towards Tiny Diffusion: I(w) = alpha |w| + beta |dL/dw|, each term normalised per layer.
     alpha, beta = params["alpha"], params["beta"]
-    scores = {}
-    for name, module in layers.items():
-        weight = module.weight.detach().abs()
-        grad = stats.gradients[name].abs()
-        scores[name] = alpha * weight / weight.mean().clamp_min(1e-12) + beta * grad / grad.mean().clamp_min(1e-12)
-    return scores
+
+    def score_layer(name, module):
+        weight = module.weight.detach().float().abs()
+        grad = stats.gradients[name].float().abs()
+        return alpha * weight / weight.mean().clamp_min(1e-12) + beta * grad / grad.mean().clamp_min(1e-12)
+
+    return LayerScores(layers, score_layer)
 
 
 def _check_l1_not_all_zero(params):

@@ -4,11 +4,12 @@ batch, Taylor ``|w * g|`` per batch, summed over batches."""
 from __future__ import annotations
 
 from .base import Criterion, register_criterion
+from .scores import LayerScores
 
 
 def nici_scores(layers, stats, params, seed):
-    # NiCI-Pruning: Taylor importance per batch, summed over batches.
-    return {name: stats.taylor_per_batch_sum[name].clone() for name in layers}
+    # NiCI-Pruning: Taylor importance per batch, summed over batches (the sums calibration kept).
+    return LayerScores(layers, lambda name, module: stats.taylor_per_batch_sum[name].clone())
 
 
 register_criterion(Criterion("nici", nici_scores, loss="clean-image", default_schedule="interval", zero_grad_per_batch=True,

@@ -5,11 +5,12 @@ between batches), score ``|w * g|`` (the first-order Taylor term; Torch-Pruning
 from __future__ import annotations
 
 from .base import Criterion, register_criterion
+from .scores import LayerScores
 
 
 def taylor_scores(layers, stats, params, seed):
-    # Diff-Pruning: gradients accumulated over all timesteps (and batches), then |w * g|.
-    return {name: (module.weight.detach() * stats.gradients[name]).abs() for name, module in layers.items()}
+    # Diff-Pruning: gradients accumulated over all timesteps (and batches), then |w * g|, one layer at a time.
+    return LayerScores(layers, lambda name, module: module.weight.detach().float().mul(stats.gradients[name]).abs_())
 
 
 register_criterion(Criterion("taylor", taylor_scores, loss="denoising", default_schedule="threshold",

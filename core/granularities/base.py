@@ -80,9 +80,22 @@ class Granularity:
     description: str = ""
 
 
+# Heatmaps show one value per output unit; the input axis of a block importance is summed into at
+# most this many bins, so a large model's report does not hold a float32 copy of its linear layers.
+IMPORTANCE_INPUT_BINS = 64
+
+
 def _block_importance(score: torch.Tensor) -> np.ndarray:
-    """Per weight-block importance for heatmaps: output x input channel (kernel summed)."""
-    return score.reshape(score.shape[0], score.shape[1], -1).sum(-1).float().cpu().numpy()
+    """Per weight-block importance for heatmaps: output x input channel (kernel summed); wider
+    inputs are summed in ``IMPORTANCE_INPUT_BINS`` contiguous bins."""
+    blocks = score.reshape(score.shape[0], score.shape[1], -1)
+    blocks = blocks[..., 0] if blocks.shape[-1] == 1 else blocks.sum(-1)  # a view for linear layers
+    blocks = blocks.float()
+    width = blocks.shape[1]
+    if width > IMPORTANCE_INPUT_BINS:
+        bins = torch.arange(width, device=blocks.device) * IMPORTANCE_INPUT_BINS // width  # contiguous, equal-sized
+        blocks = blocks.new_zeros(blocks.shape[0], IMPORTANCE_INPUT_BINS).index_add_(1, bins, blocks)
+    return blocks.cpu().numpy()
 
 
 def other_granularities(model: nn.Module, spec, excluded: str) -> list:

@@ -32,13 +32,29 @@ class ConsumerScores(dict):
     compensate: Callable | None = None
 
 
+@torch.no_grad()
+def channel_sums(scores) -> dict:
+    """Layer name -> ``(per output channel, per input channel)`` sums of its per-weight scores.
+
+    What a channel's group score needs from each layer, reduced one layer at a time: the
+    per-weight scores (as large as the model) are never all resident, and every candidate plan of
+    the ratio search reads these two vectors instead of reducing the weights again."""
+    sums = {}
+    for name in scores:
+        score = scores[name]
+        sums[name] = (score.flatten(1).sum(1), score.transpose(0, 1).flatten(1).sum(1))
+        del score
+    return sums
+
+
 class WeightScoreImportance:
     """Torch-Pruning importance fed by per-weight scores: a channel's score is the sum, over its
     dependency group, of the scores of the conv/linear weights it owns (output rows or input
-    columns). Modules without prunable weights (norms, conv_in, conv_out) contribute nothing."""
+    columns). Modules without prunable weights (norms, conv_in, conv_out) contribute nothing.
+    The scores arrive reduced per layer (:func:`channel_sums`)."""
 
-    def __init__(self, scores_by_module: dict, input_side_only: bool = False):
-        self.scores_by_module = scores_by_module  # module -> per-weight score tensor
+    def __init__(self, sums_by_module: dict, input_side_only: bool = False):
+        self.sums_by_module = sums_by_module  # module -> (per output channel, per input channel) score sums
         self.input_side_only = input_side_only  # ConsumerScores: output rows contribute nothing
 
     @torch.no_grad()
@@ -48,8 +64,8 @@ class WeightScoreImportance:
         total = None
         for index, (dep, idxs) in enumerate(group):
             layer, prune_fn = dep.layer, dep.pruning_fn
-            score = self.scores_by_module.get(layer)
-            if score is None:
+            sums = self.sums_by_module.get(layer)
+            if sums is None:
                 continue
             root_idxs = group[index].root_idxs
             if any(r is None for r in root_idxs):
@@ -57,9 +73,9 @@ class WeightScoreImportance:
             if prune_fn in (tp.prune_conv_out_channels, tp.prune_linear_out_channels):
                 if self.input_side_only:
                     continue
-                local = score.flatten(1).sum(1)[idxs]
+                local = sums[0][idxs]
             elif prune_fn in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
-                local = score.transpose(0, 1).flatten(1).sum(1)[idxs]
+                local = sums[1][idxs]
             else:
                 continue
             if total is None:
@@ -85,7 +101,7 @@ class ChannelPlanner:
     ``(out - removed_out) * (in - removed_in) * kernel`` weights.
     """
 
-    def __init__(self, unet, scores_by_name: dict, adapter=None, component: str | None = None):
+    def __init__(self, unet, scores_by_name: dict, adapter=None, component: str | None = None, sums: dict | None = None):
         import torch_pruning as tp
 
         self.adapter, self.component = _rules(unet, adapter, component)
@@ -104,7 +120,7 @@ class ChannelPlanner:
         self.pruner = tp.pruner.BasePruner(
             unet,
             self.adapter.example_inputs(self.component, unet),
-            importance=WeightScoreImportance({modules[n]: s for n, s in scores_by_name.items()},
+            importance=WeightScoreImportance({modules[n]: s for n, s in (sums or channel_sums(scores_by_name)).items()},
                                              input_side_only=isinstance(scores_by_name, ConsumerScores)),
             pruning_ratio=0.0,  # set per call: local, every group loses the same fraction (Diff-Pruning)
             ignored_layers=kept,  # the image/latent interface (conv_out ...) is never cut (METHODS.md)
@@ -278,14 +294,15 @@ def apply_channel(unet, scores, spec, progress=None):
             f"(its narrowest group has {round(1 / (1 - limit))} channels); allowed: channel_ratio < {limit:.3f}"
         )
     units_before = {name: int(m.weight.shape[0]) for name, m in prunable_layers(unet).items()}
-    importance = {name: s.flatten(1).sum(1).float().cpu().numpy() for name, s in scores.items()}
+    sums = channel_sums(scores)
+    importance = {name: out.float().cpu().numpy() for name, (out, _) in sums.items()}
     outcome = GranularityOutcome(unet=unet, importance=importance, units_before=units_before)
     if spec.channel_ratio is None and spec.sparsity == 0:
         outcome.structural_ratio = 0.0
     else:
         if progress is not None:
             progress(0.0, "pruning: building the dependency graph")
-        planner = ChannelPlanner(unet, scores)
+        planner = ChannelPlanner(unet, scores, sums=sums)
         boost = None
         if spec.channel_ratio is not None:
             ratio = spec.channel_ratio

@@ -81,14 +81,26 @@ def _ffn_scores(model, name, ff, scores) -> torch.Tensor:
     return neuron + scores[names[id(down)]].double().cpu().sum(0)
 
 
-def apply_ffn(model, scores, spec, progress=None):
+def _ffn_plan(model, spec) -> tuple[dict, dict, float]:
+    """(FeedForward modules, their widths, the local ratio that reaches ``spec``): structure only."""
     check_ffn(model, spec)
     total = _prunable_total(model)
     ffs = _prunable_ffns(model)
     widths = {n: ffn_layers(ff)[1].in_features for n, ff in ffs.items()}
     per_neuron = {n: (lambda up, down, gated: up.in_features * (2 if gated else 1) + down.out_features)(*ffn_layers(ff))
                   for n, ff in ffs.items()}
-    ratio = _choose_ratio(widths, per_neuron, total, spec, "ffn")
+    return ffs, widths, _choose_ratio(widths, per_neuron, total, spec, "ffn")
+
+
+def neurons_to_remove(model, spec) -> dict:
+    """FeedForward name -> the number of hidden neurons ``apply_ffn`` removes for ``spec`` (the
+    count depends on the structure only; which neurons go is the scores' choice)."""
+    _, widths, ratio = _ffn_plan(model, spec)
+    return {name: _fraction_removed(width, ratio) for name, width in widths.items()}
+
+
+def apply_ffn(model, scores, spec, progress=None):
+    ffs, widths, ratio = _ffn_plan(model, spec)
     outcome = GranularityOutcome(unet=model, structural_ratio=ratio)
     for name, ff in ffs.items():
         neuron_scores = _ffn_scores(model, name, ff, scores)

@@ -49,12 +49,11 @@ def _heads_removed(heads: int, ratio: float) -> int:
     return min(heads - 1, int(math.floor(ratio * heads + 1e-9)))
 
 
-def apply_head(unet, scores, spec, progress=None):
+def _head_ratio(unet, spec) -> float:
+    """The fraction of heads every attention module loses for ``spec``: structure only."""
     check_head(unet, spec)
-    adapter, component = _rules(unet)
     before = prunable_parameter_count(unet)
     groups = _multihead(unet)
-    head_scores = {name: _head_scores(group, scores) for name, group in groups.items()}
 
     def sparsity_at(ratio: float) -> float:
         removed = sum(_heads_removed(g.heads, ratio) * g.weights_per_head for g in groups.values())
@@ -74,6 +73,21 @@ def apply_head(unet, scores, spec, progress=None):
                 f"allowed: sparsity in [0, {maximum + SPARSITY_TOLERANCE:.3f}] or a granularity in "
                 f"{_other_granularities(unet, spec)}"
             )
+    return ratio
+
+
+def heads_to_remove(unet, spec) -> dict:
+    """Attention name -> the number of heads ``apply_head`` removes for ``spec`` (the count
+    depends on the structure only; which heads go is the scores' choice)."""
+    ratio = _head_ratio(unet, spec)
+    return {name: _heads_removed(group.heads, ratio) for name, group in _multihead(unet).items()}
+
+
+def apply_head(unet, scores, spec, progress=None):
+    ratio = _head_ratio(unet, spec)
+    adapter, component = _rules(unet)
+    groups = _multihead(unet)
+    head_scores = {name: _head_scores(group, scores) for name, group in groups.items()}
     outcome = GranularityOutcome(unet=unet, structural_ratio=ratio)
     for name, group in groups.items():
         outcome.importance[name] = head_scores[name].float().numpy()

@@ -9,6 +9,9 @@ from ..criteria import prunable_layers
 from .base import Granularity, GranularityOutcome, _block_importance, register_granularity
 
 
+PAIRWISE_MAX_M = 8  # N:M patterns up to this M rank by pairwise comparison (nm_keep_mask)
+
+
 def _nm_view(tensor: torch.Tensor, m: int) -> torch.Tensor:
     """(out, in, kh, kw) -> (out*kh*kw*in/m, m): groups of m consecutive input channels."""
     if tensor.dim() == 4:
@@ -22,9 +25,20 @@ def nm_keep_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     kernel position, the ``(out, kh, kw, in)`` order of OBS's weight matrix). Ties are broken by
     position, so the mask is deterministic."""
     groups = _nm_view(scores.float(), m)
-    order = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
-    keep = torch.zeros_like(groups, dtype=torch.bool)
-    keep.scatter_(1, order, True)
+    if m <= PAIRWISE_MAX_M:
+        # Rank within each group by pairwise comparison (m*m passes over 1/m of the entries, one
+        # byte per entry): a weight's rank counts the higher-scored ones and the equal ones before
+        # it, the order of a stable descending sort, without its value copy and int64 indices.
+        rank = torch.zeros(groups.shape, dtype=torch.uint8, device=groups.device)
+        for i in range(m):
+            for j in range(m):
+                if i != j:
+                    rank[:, i] += (groups[:, j] > groups[:, i]) if j > i else (groups[:, j] >= groups[:, i])
+        keep = rank < n
+    else:
+        order = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
+        keep = torch.zeros_like(groups, dtype=torch.bool)
+        keep.scatter_(1, order, True)
     if scores.dim() == 4:
         out, inp, kh, kw = scores.shape
         return keep.reshape(out, kh, kw, inp).permute(0, 3, 1, 2)

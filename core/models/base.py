@@ -26,7 +26,9 @@ imports every module of the package, so nothing else has to change). What to ove
   ``"vae"`` or None), ``conditioning_names`` (text encoders, tokenizers: never pruned).
 * Conditioning: ``sample_conditioning`` draws the denoiser's extra keyword inputs for a batch
   (class labels, prompt embeddings); ``predict`` calls the denoiser by keyword with them;
-  ``guided_prediction`` (sampling only) may add classifier-free guidance.
+  ``guided_prediction`` (sampling only) may add classifier-free guidance; ``repeat_conditioning``
+  repeats a batch's conditioning for a forward pass over several timesteps of that batch (every
+  per-sample tensor, nested dicts included: override it for batch-free entries).
 * Training target: ``training_target`` reads the scheduler's ``prediction_type``
   (``epsilon``, ``v_prediction``, ``sample``) or, for flow-matching schedulers, ``flow``
   (``x_t = (1 - s) x0 + s eps``, target ``eps - x0``, timestep ``s * 1000``; SD3).
@@ -272,6 +274,24 @@ class ModelAdapter:
         """Number of classes of a class-conditional denoiser, None otherwise."""
         return None
 
+    def repeat_conditioning(self, conditioning: dict | None, count: int, batch_size: int | None = None) -> dict | None:
+        """``conditioning`` of a batch of ``batch_size`` samples for that batch repeated ``count``
+        times, as ``clean.repeat(count, ...)`` repeats it (every sample once, then all again): the
+        conditioning of one forward pass over several timesteps of the same batch.
+
+        Every per-sample tensor (``batch_size`` rows; any tensor with a batch dimension when
+        ``batch_size`` is None) is repeated along dimension 0, nested dicts of keyword inputs
+        (diffusers' ``added_cond_kwargs``) alike; non-tensor values, scalars and tensors of another
+        row count are left as they are. Explicit rows, not broadcasting: a conditioning of one
+        sample would otherwise meet a batch of ``count`` samples, which a cross-attention or a
+        masked attention cannot broadcast. Every family here keeps one row per sample in each
+        entry (prompt embeddings, pooled projections, attention masks, class labels, the null
+        condition and the guidance scale), so this rule serves them all; a family with shared,
+        batch-free entries overrides it."""
+        if not conditioning or count == 1:
+            return conditioning
+        return _repeat_per_sample(conditioning, count, batch_size)
+
     def predict(self, denoiser: nn.Module, sample: torch.Tensor, timesteps: torch.Tensor, conditioning: dict | None = None):
         """The denoiser's raw prediction, called by keyword. Conditioning tensors of batch B are
         repeated to the sample's batch k * B (the calibration batches repeat images per timestep)."""
@@ -429,7 +449,7 @@ class ModelAdapter:
         """Keyword inputs of one forward pass of ``module`` (batch 1): Torch-Pruning traces the
         graph with them and the MAC counter counts one image."""
         device = next(module.parameters()).device
-        sample = torch.zeros(1, *self.sample_shape(module), device=device)
+        sample = torch.zeros(1, *self.sample_shape(module), device=device, dtype=next(module.parameters()).dtype)
         return {"sample": sample, "timestep": torch.ones(1, dtype=torch.long, device=device)}
 
     def protected_layers(self, component: str, module: nn.Module) -> tuple:
@@ -516,19 +536,42 @@ def class_labels(class_label, batch_size: int, classes: int, generator: torch.Ge
     return torch.full((batch_size,), class_label, dtype=torch.long)
 
 
+def _repeat_rows(value: torch.Tensor, count: int) -> torch.Tensor:
+    """``value`` repeated ``count`` times along dimension 0 (all rows, then all rows again)."""
+    return value.repeat(count, *([1] * (value.dim() - 1)))
+
+
+def _repeat_per_sample(conditioning: dict, count: int, batch_size: int | None) -> dict:
+    """:meth:`ModelAdapter.repeat_conditioning`'s generic rule, recursing into nested dicts."""
+    out = {}
+    for key, value in conditioning.items():
+        if isinstance(value, dict):
+            value = _repeat_per_sample(value, count, batch_size)
+        elif (isinstance(value, torch.Tensor) and value.dim() >= 1
+              and (batch_size is None or value.shape[0] == batch_size)):
+            value = _repeat_rows(value, count)
+        out[key] = value
+    return out
+
+
 def _match_batch(conditioning: dict, sample: torch.Tensor) -> dict:
     """Conditioning rows matched to the sample's batch: as is, repeated (a batch repeated per
-    timestep) or the first rows (a shorter probe batch)."""
+    timestep, OBS's trajectories of several calibration batches drawn with one batch's
+    conditioning) or the first rows (a shorter probe batch); nested dicts alike. A single row is
+    repeated too rather than left to broadcasting, which cross-attention and masked attention
+    cannot do."""
     out = {}
     batch = sample.shape[0]
     for key, value in conditioning.items():
-        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] not in (batch, 1):
+        if isinstance(value, dict):
+            value = _match_batch(value, sample)
+        elif isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] != batch:
             if batch < value.shape[0]:
                 value = value[:batch]
             elif batch % value.shape[0]:
                 raise ValueError(f"conditioning {key!r} holds {value.shape[0]} rows for a batch of {batch}")
             else:
-                value = value.repeat(batch // value.shape[0], *([1] * (value.dim() - 1)))
+                value = _repeat_rows(value, batch // value.shape[0])
         out[key] = value
     return out
 

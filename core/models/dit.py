@@ -84,7 +84,7 @@ class DiTAdapter(GuidedAdapter):
 
     def denoiser_example_inputs(self, module):
         device = next(module.parameters()).device
-        return {"hidden_states": torch.zeros(1, *self.sample_shape(module), device=device),
+        return {"hidden_states": torch.zeros(1, *self.sample_shape(module), device=device, dtype=next(module.parameters()).dtype),
                 "timestep": torch.ones(1, dtype=torch.long, device=device),
                 "class_labels": torch.zeros(1, dtype=torch.long, device=device)}
 

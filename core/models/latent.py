@@ -79,7 +79,7 @@ class _LatentUNetAdapter(UNet2DAdapter):
         device = next(module.parameters()).device
         size = module.config.sample_size
         height, width = (size, size) if isinstance(size, int) else tuple(size)
-        return {"sample": torch.zeros(1, int(module.config.in_channels), int(height), int(width), device=device)}
+        return {"sample": torch.zeros(1, int(module.config.in_channels), int(height), int(width), device=device, dtype=next(module.parameters()).dtype)}
 
     def _interface(self, module) -> tuple:
         modules = dict(module.named_modules())

@@ -64,9 +64,9 @@ class PixArtAdapter(GuidedAdapter):
 
     def denoiser_example_inputs(self, module):
         device = next(module.parameters()).device
-        sample = torch.zeros(1, *self.sample_shape(module), device=device)
+        sample = torch.zeros(1, *self.sample_shape(module), device=device, dtype=next(module.parameters()).dtype)
         return {"hidden_states": sample, "timestep": torch.ones(1, dtype=torch.long, device=device),
-                "encoder_hidden_states": torch.zeros(1, 8, int(module.config.caption_channels), device=device),
+                "encoder_hidden_states": torch.zeros(1, 8, int(module.config.caption_channels), device=device, dtype=next(module.parameters()).dtype),
                 "encoder_attention_mask": torch.ones(1, 8, dtype=torch.long, device=device),
                 **self.extra_inputs(module, sample)}
 

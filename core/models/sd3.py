@@ -78,10 +78,10 @@ class SD3Adapter(GuidedAdapter):
     def denoiser_example_inputs(self, module):
         device = next(module.parameters()).device
         config = module.config
-        return {"hidden_states": torch.zeros(1, *self.sample_shape(module), device=device),
+        return {"hidden_states": torch.zeros(1, *self.sample_shape(module), device=device, dtype=next(module.parameters()).dtype),
                 "timestep": torch.ones(1, device=device),
-                "encoder_hidden_states": torch.zeros(1, 8, int(config.joint_attention_dim), device=device),
-                "pooled_projections": torch.zeros(1, int(config.pooled_projection_dim), device=device)}
+                "encoder_hidden_states": torch.zeros(1, 8, int(config.joint_attention_dim), device=device, dtype=next(module.parameters()).dtype),
+                "pooled_projections": torch.zeros(1, int(config.pooled_projection_dim), device=device, dtype=next(module.parameters()).dtype)}
 
 
 ADAPTERS.register(SD3Adapter)

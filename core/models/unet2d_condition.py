@@ -63,9 +63,9 @@ class StableDiffusionAdapter(GuidedAdapter):
         device = next(module.parameters()).device
         width = module.config.cross_attention_dim
         width = width if isinstance(width, int) else width[0]
-        return {"sample": torch.zeros(1, *self.sample_shape(module), device=device),
+        return {"sample": torch.zeros(1, *self.sample_shape(module), device=device, dtype=next(module.parameters()).dtype),
                 "timestep": torch.ones(1, dtype=torch.long, device=device),
-                "encoder_hidden_states": torch.zeros(1, 8, int(width), device=device)}
+                "encoder_hidden_states": torch.zeros(1, 8, int(width), device=device, dtype=next(module.parameters()).dtype)}
 
     # ------------------------------------------------------------------ structure (a UNet)
     def protected_layers(self, component, module):

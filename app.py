@@ -6,7 +6,7 @@ Environment: ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` (default 127.0.0.1:
 ``DIFFPRUNE_MAX_PARAMS`` and ``DIFFPRUNE_MAX_MEMORY_GB`` (the largest model this server loads and the
 memory it plans with; ``core.fit``).
 
-The page is served before torch and diffusers are imported (``diffprune_ui.catalog``); a
+The page is served before torch and diffusers are imported (``core.catalog``); a
 background thread then imports the engine and loads the default model, so the first screen's
 samples are ready soon after the page and the first click does not pay for the imports.
 """

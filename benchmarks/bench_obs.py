@@ -148,7 +148,7 @@ def _proxy_metrics(pruned, dense, args) -> dict:
 def part_channel(args) -> None:
     """obs on conv channels at 44% parameter sparsity, with and without the least-squares
     compensation of the reading layers (same cut), against taylor's channel cut: KID, no fine-tuning."""
-    from core import obs
+    from core.criteria import obs  # engine_reconstruct looks obs_channel_scores up here
     from core.engine import prune
     from core.pipeline import load_pipeline
     from core.spec import PruneSpec

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from core import CRITERIA, PruneSpec, evaluate, finetune, load_pipeline, prune, sample_images  # noqa: E402
 from core.data import CALIBRATION_IMAGES, load_image_set  # noqa: E402
-from core.granularity import parse_granularity  # noqa: E402
+from core.granularities import parse_granularity  # noqa: E402
 
 SETTINGS = (("channel", 0.3), ("channel", 0.5), ("channel", 0.7), ("unstructured", 0.5), ("unstructured", 0.7),
             ("2:4", None))

@@ -2,7 +2,8 @@
 
 Commands: ``prune`` (``core.engine.prune`` + ``PruneResult.save``), ``eval``
 (``core.evaluate.evaluate``), ``sweep`` (``core.sweep.sweep`` through a ``ResultStore``, so a
-rerun reuses every stored row), ``finetune`` (``core.finetune.finetune``) and ``train-base``.
+rerun reuses every stored row), ``finetune`` (``core.finetune.finetune``), ``train-base`` and
+``run`` (``core.run.run``: the app's whole workflow, prune to export, with the app's export).
 Every command takes ``--device``, ``--seed``, ``--threads`` and ``--quiet``; long steps draw the
 facade's ``progress(fraction, message)`` callbacks as a text bar on stderr. Bad input ends with
 exit code 2 and one line ``diffprune: error: ...``; Ctrl-C with 130.
@@ -12,6 +13,10 @@ written by ``diffprune prune``/``finetune``, a hub id, or ``default`` (the embed
 Commands that load a model take ``--dtype`` (``auto``, the default, keeps the checkpoint's dtype);
 ``prune`` and ``sweep`` refuse a model whose run would not fit in memory (``core.fit``) before
 loading it.
+
+The parser is built from ``core.catalog`` (the registries' names and defaults as JSON), so
+``diffprune --help`` and usage errors answer without importing torch; a command imports the engine
+when it runs.
 """
 from __future__ import annotations
 
@@ -456,6 +461,84 @@ def _cmd_train_base(args) -> int:
     return 0
 
 
+def _run_settings(args) -> dict:
+    """The ``core.run`` settings of ``diffprune run``'s flags (each validated, before any work)."""
+    from .export import DEFAULT_DENSE_LABEL, ExportSettings
+    from .run import EvaluationSettings, RecoverySettings, TimingSettings
+
+    source = _model_source(args.model)
+    metrics = tuple(m for m in args.metrics if m != "none")
+    reference = args.reference or ("fashion-mnist-test" if source is None else "dense")
+    grid_images = args.grid_images if args.grid_out is not None else 0
+    return dict(
+        recovery=RecoverySettings(steps=args.recovery_steps, lr=args.recovery_lr, batch_size=args.recovery_batch_size,
+                                  distill=args.distill, data=args.recovery_data),
+        evaluation=EvaluationSettings(num_samples=args.num_samples, steps=args.steps, metrics=metrics,
+                                      reference=reference, grid_images=grid_images, class_label=args.class_label,
+                                      prompt=args.prompt),
+        timing=TimingSettings(enabled=not args.no_timing, batch_size=args.latency_batch_size),
+        export=ExportSettings(out=args.out, include_oneshot=args.export_oneshot,
+                              dense_label=source or DEFAULT_DENSE_LABEL),
+    )
+
+
+def _print_run(result) -> None:
+    totals = result.pruned.report.totals
+    print(f"ran {result.spec.label} in {result.seconds:.1f} s ({totals['wall_time_s']:.1f} s pruning)")
+    print(f"  parameters  {totals['params_before']:,} -> {totals['params_after']:,} (ratio {totals['params_ratio']:.3f})")
+    print(f"  MACs        {totals['macs_before']:,} -> {totals['macs_after']:,} (ratio {totals['macs_ratio']:.3f})")
+    print(f"  sparsity    {totals['sparsity']:.1%} of prunable weights")
+    if result.recovered is not None:
+        loss = result.recovery.get("final_loss")
+        print(f"  recovery    {result.recovery['steps']:,} steps in {result.recovered.wall_time_s:.1f} s on "
+              f"{result.recovery['data']}" + (f", final loss {loss:.4f}" if loss is not None else ""))
+    elif result.recovery_stopped_at is not None:
+        print(f"  recovery    stopped at step {result.recovery_stopped_at:,}: the one-shot model is delivered")
+    for stage, row in result.evaluations.items():
+        quality = ", ".join(f"{name.upper()} {_format(row[name])}" for name in ("fid", "kid") if row.get(name) is not None)
+        print(f"  {stage:<11} {quality or 'no FID/KID asked'} ({row['num_samples']} samples, "
+              f"{row['num_inference_steps']} steps, reference {row['reference']}); non-zero weights "
+              f"{_format(row.get('nonzero_params'))}")
+    timing = result.timing
+    if timing:
+        noise = ", within timing noise" if timing["within_noise"] else ""
+        print(f"  speed-up    {timing['speedup']:.2f}x (range {timing['speedup_low']:.2f}-{timing['speedup_high']:.2f}x "
+              f"over {timing['rounds']} paired rounds{noise})")
+    if result.exported:
+        print(f"  exported    {result.export} ({', '.join(path.name + '/' for path in result.exported)})")
+
+
+def _cmd_run(args) -> int:
+    """``diffprune run``: prune, recover, evaluate, time and export in one ``core.run.run``, the
+    workflow of the app's Prune tab (its export holds the same files as the app's zip)."""
+    from .run import STAGES, run
+    from .store import ResultStore
+
+    device = _setup(args)
+    spec = spec_from_args(args, device)  # every flag validated before the model is loaded
+    settings = _run_settings(args)
+    if args.grid_out is not None and Path(args.grid_out).suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise ValueError(f"--grid-out must end in .png, .jpg, .jpeg or .webp, got {args.grid_out!r}")
+    settings["export"].check_target()
+    store = None if args.no_store else ResultStore(args.results_dir)
+    _check_fit(args.model, [spec.criterion], device, args.dtype)
+    pipeline = _load(args.model, device, args.dtype)
+    with _accelerate_on(device), _ProgressBar(f"run ({spec.label})", args.quiet) as bar:
+        result = run(pipeline, spec, **settings, progress=bar, store=store)
+    _print_run(result)
+    if args.grid_out is not None and result.images:
+        import torch
+
+        from .pipeline import make_grid
+
+        images = torch.cat([result.images[stage] for stage in STAGES if stage in result.images])
+        make_grid(images, columns=settings["evaluation"].grid_images, scale=2).save(Path(args.grid_out).expanduser())
+        print(f"  grids       {args.grid_out} (rows: {', '.join(s for s in STAGES if s in result.images)})")
+    for part, error in result.errors.items():
+        print(f"diffprune: run: {part} failed: {' '.join(str(error).split()) or type(error).__name__}", file=sys.stderr)
+    return 1 if result.errors else 0
+
+
 # ----------------------------------------------------------------------------------------------
 # parser
 # ----------------------------------------------------------------------------------------------
@@ -477,10 +560,11 @@ def _add_dtype_option(parser) -> None:
                              "on a CPU without fp16 arithmetic float16 runs much slower than float32 or bfloat16")
 
 
-def _add_calibration_options(parser, with_criterion_params: bool) -> None:
-    from .schedules import SCHEDULES
+def _add_calibration_options(parser, with_criterion_params: bool, registry: dict | None = None) -> None:
+    from .catalog import catalog
 
-    parser.add_argument("--schedule", choices=sorted(SCHEDULES), default=None,
+    schedules = (registry or catalog())["schedules"]
+    parser.add_argument("--schedule", choices=sorted(schedules), default=None,
                         help="timestep schedule of gradient criteria (default: the criterion's)")
     parser.add_argument("--schedule-params", type=_json_object, default=None,
                         help='JSON overrides of the schedule, e.g. \'{"threshold": 200}\'')
@@ -492,24 +576,84 @@ def _add_calibration_options(parser, with_criterion_params: bool) -> None:
                         help="auto, fashion-mnist-train, generated or an image folder (default auto)")
 
 
-def _add_eval_options(parser) -> None:
-    from .evaluate import METRICS
+def _add_eval_options(parser, registry: dict | None = None) -> None:
+    from .catalog import catalog
 
+    metrics = tuple((registry or catalog())["metrics"])
     parser.add_argument("--num-samples", type=_positive_int, default=64, help="images sampled per model (default 64)")
     parser.add_argument("--steps", type=_positive_int, default=50, help="DDIM sampling steps (default 50)")
-    parser.add_argument("--metrics", type=_comma_list(METRICS), default=list(METRICS),
-                        help=f"comma list of {','.join(METRICS)} (default all)")
+    parser.add_argument("--metrics", type=_comma_list(metrics), default=list(metrics),
+                        help=f"comma list of {','.join(metrics)} (default all)")
     parser.add_argument("--reference", default="fashion-mnist-test",
                         help="FID/KID reference: fashion-mnist-test, dense, or an image folder")
     parser.add_argument("--results-dir", default=None,
                         help="results store directory (default $DIFFPRUNE_RESULTS_DIR or ~/.cache/diffprune/results)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .criteria import CRITERIA
-    from .finetune import NICI_ALPHA, NICI_TAU
-    from .spec import PRESETS
+def _add_run_command(commands, common, registry: dict, model_help: str) -> None:
+    """``diffprune run``: its flags map one to one to ``PruneSpec`` and the ``core.run`` settings."""
+    recovery = registry["recovery_defaults"]
+    run = commands.add_parser(
+        "run", parents=[common], help="prune, recover, evaluate, time and export in one run (the app's workflow)",
+        description="The app's whole workflow on --model: prune, optionally recover (--recovery-steps), evaluate "
+                    "dense, one-shot and recovered, time dense against pruned (paired) and, with --out, export the "
+                    "same folders as the app's zip.")
+    run.add_argument("--model", default=None, help=model_help)
+    run.add_argument("--out", default=None, help="export directory (new or empty): pruned-model/ and, with "
+                                                 "--export-oneshot after a recovery, one-shot-model/")
+    base = run.add_mutually_exclusive_group()
+    base.add_argument("--spec", default=None, help="PruneSpec JSON (or YAML) file; flags given override its values")
+    base.add_argument("--preset", choices=sorted(registry["presets"]), default=None,
+                      help="a paper's recipe; flags override it")
+    run.add_argument("--criterion", choices=sorted(registry["criteria"]), default=None, help="default magnitude")
+    run.add_argument("--granularity", default=None, help="unstructured (default), channel, head, or N:M like 2:4")
+    run.add_argument("--sparsity", type=float, default=None, help="fraction of prunable weights removed (default 0.5)")
+    run.add_argument("--channel-ratio", type=float, default=None, help="channel/head: explicit structural ratio")
+    run.add_argument("--components", type=_comma_list(), default=None,
+                     help="pipeline networks to prune, comma list of attribute names (default: the denoiser)")
+    _add_calibration_options(run, with_criterion_params=True, registry=registry)
+    run.add_argument("--calibration-prompts", type=_prompt_file, default=None, metavar="FILE",
+                     help="text-to-image models: a text file of calibration prompts, one a line")
+    group = run.add_argument_group("recovery")
+    group.add_argument("--recovery-steps", type=_non_negative_int, default=0, help="fine-tuning steps (default 0: off)")
+    group.add_argument("--recovery-lr", type=float, default=recovery["lr"], help=f"default {recovery['lr']:g}")
+    group.add_argument("--recovery-batch-size", type=_positive_int, default=recovery["batch_size"],
+                       help=f"default {recovery['batch_size']}")
+    group.add_argument("--distill", action="store_true", help="NiCI-Pruning distillation from the dense model")
+    group.add_argument("--recovery-data", default="fashion-mnist-train",
+                       help="fashion-mnist-train (default), generated, or an image folder")
+    group = run.add_argument_group("evaluation")
+    group.add_argument("--num-samples", type=_positive_int, default=16, help="images per stage (default 16)")
+    group.add_argument("--steps", type=_positive_int, default=25, help="DDIM sampling steps (default 25)")
+    group.add_argument("--metrics", type=_comma_list(("fid", "kid", "none")), default=["kid"],
+                       help="comma list of fid,kid, or none (default kid); MACs and parameters are always counted")
+    group.add_argument("--reference", default=None, help="FID/KID reference: fashion-mnist-test, dense or an image "
+                                                         "folder (default: fashion-mnist-test for the default model, "
+                                                         "else dense)")
+    group.add_argument("--results-dir", default=None, help="results store directory (default $DIFFPRUNE_RESULTS_DIR "
+                                                           "or ~/.cache/diffprune/results)")
+    group.add_argument("--no-store", action="store_true", help="neither read nor write the results store")
+    group.add_argument("--grid-out", default=None, help="write every stage's sample grid (one row each) to this image")
+    group.add_argument("--grid-images", type=_positive_int, default=16, help="images per grid row (default 16)")
+    group.add_argument("--class", dest="class_label", type=_non_negative_int, default=None,
+                       help="class-conditional models: the class the grids show (default: uniform)")
+    group.add_argument("--prompt", default=None, help="text-to-image models: the prompt the grids show")
+    group = run.add_argument_group("timing and export")
+    group.add_argument("--no-timing", action="store_true", help="skip the paired latency measurement")
+    group.add_argument("--latency-batch-size", type=_positive_int, default=8, help="batch of the timed step (default 8)")
+    group.add_argument("--export-oneshot", action="store_true",
+                       help="with a recovery: export the one-shot model too (one-shot-model/)")
+    _add_dtype_option(run)
+    run.set_defaults(handler=_cmd_run)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser, built from the registries' catalog (``core.catalog``): ``--help`` and bad flags
+    answer without importing torch; a command imports the engine when it runs."""
+    from .catalog import catalog
+
+    registry = catalog()
+    criteria, presets, tuning = registry["criteria"], registry["presets"], registry["finetune_defaults"]
     common = _common_options()
     parser = _Parser(prog="diffprune", description="DiffPrune Studio: prune diffusion models and measure the result.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -521,15 +665,15 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--output", required=True, help="checkpoint directory to write (loadable with load_pipeline)")
     base = prune.add_mutually_exclusive_group()
     base.add_argument("--spec", default=None, help="PruneSpec JSON (or YAML) file; flags given override its values")
-    base.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a paper's recipe; flags override it")
-    prune.add_argument("--criterion", choices=sorted(CRITERIA), default=None, help="default magnitude")
+    base.add_argument("--preset", choices=sorted(presets), default=None, help="a paper's recipe; flags override it")
+    prune.add_argument("--criterion", choices=sorted(criteria), default=None, help="default magnitude")
     prune.add_argument("--granularity", default=None, help="unstructured (default), channel, head, or N:M like 2:4")
     prune.add_argument("--sparsity", type=float, default=None, help="fraction of prunable weights removed (default 0.5)")
     prune.add_argument("--channel-ratio", type=float, default=None, help="channel/head: explicit structural ratio")
     prune.add_argument("--components", type=_comma_list(), default=None,
                        help="pipeline networks to prune, comma list of attribute names (default: the denoiser; "
                             "e.g. unet,vqvae prunes an LDM's autoencoder too, its latent interface kept)")
-    _add_calibration_options(prune, with_criterion_params=True)
+    _add_calibration_options(prune, with_criterion_params=True, registry=registry)
     prune.add_argument("--calibration-prompts", type=_prompt_file, default=None, metavar="FILE",
                        help="text-to-image models: a text file of calibration prompts, one a line "
                             "(default: the shipped captions)")
@@ -541,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--model", default=None, help=model_help)
     evaluation.add_argument("--dense-model", default=None,
                             help="the unpruned model: speed-up for latency, and the reference for --reference dense")
-    _add_eval_options(evaluation)
+    _add_eval_options(evaluation, registry)
     evaluation.add_argument("--batch-size", type=_positive_int, default=64, help="sampling batch size (default 64)")
     evaluation.add_argument("--scheduler", choices=("ddim", "ddpm"), default="ddim")
     evaluation.add_argument("--no-store", action="store_true", help="neither read nor write the results store")
@@ -571,12 +715,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "interruption and stored rows are reused. A criterion/granularity pair the criterion does not "
                     "support fails at once (exit 2) with the allowed granularities.")
     sweep.add_argument("--model", default=None, help=model_help)
-    sweep.add_argument("--criteria", type=_comma_list(sorted(CRITERIA)), required=True, help="comma list of criteria")
+    sweep.add_argument("--criteria", type=_comma_list(sorted(criteria)), required=True, help="comma list of criteria")
     sweep.add_argument("--granularities", type=_comma_list(), default=["unstructured"],
                        help="comma list (default unstructured); N:M patterns ignore --sparsities")
     sweep.add_argument("--sparsities", type=_comma_list(convert=float), default=[0.5], help="comma list (default 0.5)")
-    _add_eval_options(sweep)
-    _add_calibration_options(sweep, with_criterion_params=False)
+    _add_eval_options(sweep, registry)
+    _add_calibration_options(sweep, with_criterion_params=False, registry=registry)
     sweep.add_argument("--csv-out", default=None, help="write the sweep table (every column) as CSV")
     _add_dtype_option(sweep)
     sweep.set_defaults(handler=_cmd_sweep)
@@ -594,8 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--ema", type=float, default=None, help="EMA decay in (0, 1); default no EMA")
     tune.add_argument("--distill", action="store_true", help="NiCI-Pruning knowledge distillation from --teacher")
     tune.add_argument("--teacher", default=None, help="dense teacher for --distill (default: the embedded model)")
-    tune.add_argument("--distill-alpha", type=float, default=NICI_ALPHA)
-    tune.add_argument("--distill-tau", type=float, default=NICI_TAU)
+    tune.add_argument("--distill-alpha", type=float, default=tuning["distill_alpha"])
+    tune.add_argument("--distill-tau", type=float, default=tuning["distill_tau"])
     tune.add_argument("--l1-penalty", type=float, default=0.0, help="lambda * sum |w| over prunable weights")
     tune.add_argument("--regrowth", type=float, default=0.0, help="per-step probability a pruned weight revives")
     tune.add_argument("--warmup-steps", type=_non_negative_int, default=0)
@@ -614,6 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--checkpoint-minutes", type=float, default=5.0)
     train.set_defaults(handler=_cmd_train_base)
+    _add_run_command(commands, common, registry, model_help)
     return parser
 
 

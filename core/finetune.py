@@ -15,7 +15,9 @@ the benchmarks and the tests:
   noisy input.
 * **Masks.** Unstructured and N:M results keep their zeros: the masks (``weight != 0`` of every
   prunable layer at the start, or the caller's) are re-applied after each optimizer step, and the
-  EMA weights are masked too.
+  EMA weights are masked too. A structural result (its granularity registered ``structural``:
+  ``channel``, ``head``, ``ffn``, ``block``) gets no masks: the removed units are gone, and a weight
+  that happens to be exactly zero in what is left is trained like any other.
 * **``l1`` recovery** (Towards Tiny Diffusion): optional ``l1_penalty * sum |w|`` over the prunable
   weights, and ``regrowth`` -- the probability per step that a pruned weight is revived (its mask
   bit set; it restarts from 0). The paper gives no values; both default to 0.
@@ -155,10 +157,24 @@ def _resolve_masks(masks, unet, spec) -> dict:
         return {name: mask.detach().bool().clone() for name, mask in masks.items()}
     if masks != "auto":
         raise ValueError(f"masks must be 'auto', None or a dict of layer -> bool tensor, got {masks!r}")
-    granularity = getattr(spec, "granularity_name", None) if spec is not None else None
-    if granularity in ("channel", "head"):
-        return {}  # structural: the removed weights are gone, nothing to keep at zero
+    if _structural(spec):
+        return {}  # the removed weights are gone, nothing to keep at zero
     return masks_from_zeros(unet)
+
+
+def _structural(spec) -> bool:
+    """Whether ``spec``'s granularity cuts whole units (the registry's ``structural`` flag; an N:M
+    pattern is looked up as ``"N:M"``). No spec, or a granularity not registered here: False, so the
+    zeros found in the weights are kept."""
+    if spec is None:
+        return False
+    from .granularities import GRANULARITIES, parse_granularity  # the package registers every granularity
+
+    try:
+        name, _ = parse_granularity(getattr(spec, "granularity", None))
+    except ValueError:
+        return False
+    return bool(GRANULARITIES[name].structural)
 
 
 def _teacher_unet(distill, teacher):
@@ -275,7 +291,7 @@ def finetune(
     distill_tau: float = NICI_TAU,
     images: torch.Tensor | None = None,  # training images N x C x H x W in [-1, 1] (default: shipped set)
     labels: torch.Tensor | None = None,  # class-conditional models: the class of each image (None: uniform draws)
-    masks="auto",  # "auto": zeros of an unstructured / N:M result stay zero; None; or layer -> bool
+    masks="auto",  # "auto": zeros of a non-structural (unstructured / N:M) result stay zero; None; or layer -> bool
     l1_penalty: float = 0.0,  # l1 recovery: lambda * sum |w| over prunable weights
     regrowth: float = 0.0,  # l1 recovery: per-step probability that a pruned weight is revived
     warmup_steps: int = 0,  # linear learning-rate warm-up

@@ -78,7 +78,7 @@ def sparsity_at(iteration: int, iterations: int, sparsity: float, schedule: str 
 def hard_mask(importance: torch.Tensor, sparsity: float, n: int = 0, m: int = 0) -> torch.Tensor:
     """Keep the most important weights: exactly ``round(sparsity * numel)`` pruned, or for N:M the
     N most important of every M consecutive input columns (conv: ``(out, kh, kw, in)`` layout,
-    as ``core/granularity.py`` and ``core/obs.py``). Ties broken by position (deterministic)."""
+    as ``core/granularities/nm.py`` and ``core/criteria/obs/``). Ties broken by position (deterministic)."""
     if n or m:
         from .granularities import nm_keep_mask  # the one N:M layout helper
 
@@ -184,7 +184,7 @@ def gradflow_prune(
         for name, module in layers.items():
             if module.weight.shape[1] % m:
                 raise ValueError(f"N:M {n}:{m}: layer {name!r} has {module.weight.shape[1]} input channels, not divisible by M={m}")
-    from .obs import resolve_timestep_weights
+    from .criteria.obs.hessians import resolve_timestep_weights
 
     report = GradflowReport()
     num_train_timesteps = int(noise_scheduler.config.num_train_timesteps)

@@ -42,8 +42,8 @@ class Registry(dict):
 
 # Model families (core/models/): one ModelAdapter per family of diffusers pipelines.
 ADAPTERS = Registry("model family")
-# Pruning methods: criteria (core/criteria.py, core/obs.py, core/gradflow.py), granularities
-# (core/granularity.py, and the transformer cuts) and timestep schedules (core/schedules.py).
+# Pruning methods: criteria (core/criteria/, obs included, and core/gradflow.py), granularities
+# (core/granularities/, one file each) and timestep schedules (core/schedules.py).
 CRITERIA = Registry("criterion")
 GRANULARITIES = Registry("granularity")
 SCHEDULES = Registry("schedule")

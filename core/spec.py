@@ -13,8 +13,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from . import obs as _obs  # noqa: F401,I001 - importing registers the criterion (obs before gradflow, as before)
-from . import gradflow as _gradflow  # noqa: F401,E402 - importing registers the criterion
+from . import gradflow as _gradflow  # noqa: F401,I001 - importing registers the criterion (after core.criteria's, obs included)
 from .criteria import CRITERIA
 from .granularities import GRANULARITIES, parse_granularity
 from .schedules import SCHEDULES, check_schedule_params

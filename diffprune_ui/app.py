@@ -80,11 +80,11 @@ def preset_updates(name: str):
 
 def build_demo() -> gr.Blocks:
     """The page. Whole-number fields use ``precision=None`` so that the handlers see what was sent
-    and refuse ``1.5`` instead of gradio rounding it. Built from the registries' catalog (``diffprune_ui.catalog``) so that serving it
+    and refuse ``1.5`` instead of gradio rounding it. Built from the registries' catalog (``core.catalog``) so that serving it
     does not wait for torch and diffusers; the handlers import the engine when first called."""
     from types import SimpleNamespace
 
-    from .catalog import catalog
+    from core.catalog import catalog
 
     registry = catalog()
     CRITERIA = {name: SimpleNamespace(name=name, **entry) for name, entry in registry["criteria"].items()}
@@ -262,9 +262,11 @@ def build_demo() -> gr.Blocks:
         estimate_triggers = [c.change for c in (criterion, granularity, schedule, threshold, interval_weights, num_steps,
                                                 num_timesteps, custom_text, calibration_batch_size, calibration_batches)]
         # Its own queue: an estimate never waits behind a prune (the per-pass rate is cached).
-        gr.on([demo.load, *estimate_triggers], handlers.calibration_estimate, estimate_inputs, cost_note,
-              show_progress="hidden", api_name="calibration_estimate", concurrency_id="estimate",
-              concurrency_limit=1, trigger_mode="always_last")
+        # Many controls: passed by name (inputs_kwargs), collected into one namespace by the handler.
+        gr.on([demo.load, *estimate_triggers], handlers.calibration_estimate, None, cost_note,
+              inputs_kwargs=dict(zip(handlers.ESTIMATE_CONTROLS, estimate_inputs)), show_progress="hidden",
+              api_name="calibration_estimate", concurrency_id="estimate", concurrency_limit=1,
+              trigger_mode="always_last")
         recovery_inputs = [source, recovery_steps, recovery_batch, distill]
         gr.on([demo.load, *(c.change for c in recovery_inputs[1:])], handlers.recovery_estimate, recovery_inputs,
               recovery_cost, show_progress="hidden", api_name="recovery_estimate", concurrency_id="estimate",
@@ -299,11 +301,13 @@ def build_demo() -> gr.Blocks:
         run_outputs = [status, summary, dense_grid, pruned_grid, slider, pair_index, pairs_state, importance_plot,
                        timestep_heatmap, layers_plot, used_plot, pareto_plot, sparsity_plot, export_file, recovery,
                        schedule_plot, recovered_grid, loss_plot, pair_kind, recovery_chart]
-        run_check = run_button.click(handlers.check_run, run_inputs, None, api_visibility="private", concurrency_id="check",
-                                     concurrency_limit=4)
+        run_controls = dict(zip(handlers.RUN_CONTROLS, run_inputs))
+        run_check = run_button.click(handlers.check_run, None, None, inputs_kwargs=run_controls, api_visibility="private",
+                                     concurrency_id="check", concurrency_limit=4)
         announced = run_check.success(handlers.announce_run, None, queue_note, api_visibility="private", queue=False)
-        run_event = announced.then(handlers.run_prune, run_inputs, run_outputs, api_name="run_prune",
-                                   concurrency_limit=1, concurrency_id="compute", show_progress_on=[status])
+        run_event = announced.then(handlers.run_prune_event, None, run_outputs, inputs_kwargs=run_controls,
+                                   api_name="run_prune", concurrency_limit=1, concurrency_id="compute",
+                                   show_progress_on=[status])
         run_event.then(lambda: "", None, queue_note, api_visibility="private", queue=False).then(
             handlers.dense_frontier, [source, num_samples, steps, seed, quality], pareto_plot, api_visibility="private",
             concurrency_limit=1, concurrency_id="compute", show_progress="minimal")
@@ -313,12 +317,13 @@ def build_demo() -> gr.Blocks:
 
         compare_inputs = [source, compare_criteria, compare_granularity, compare_sparsities, compare_samples,
                           compare_steps, seed, compare_quality, compare_latency, compare_recovery, *recovery_controls[1:]]
-        compare_check = compare_button.click(handlers.check_compare, compare_inputs, None, api_visibility="private",
-                                             concurrency_id="check", concurrency_limit=4)
+        compare_controls = dict(zip(handlers.COMPARE_CONTROLS, compare_inputs))
+        compare_check = compare_button.click(handlers.check_compare, None, None, inputs_kwargs=compare_controls,
+                                             api_visibility="private", concurrency_id="check", concurrency_limit=4)
         compare_event = compare_check.success(handlers.announce_run, None, compare_queue_note, api_visibility="private",
                                               queue=False).then(
-            handlers.run_compare, compare_inputs, [compare_table, compare_pareto, compare_sparsity],
-            api_name="run_compare", concurrency_limit=1, concurrency_id="compute", show_progress_on=[compare_table])
+            handlers.run_compare_event, None, [compare_table, compare_pareto, compare_sparsity],
+            inputs_kwargs=compare_controls, api_name="run_compare", concurrency_limit=1, concurrency_id="compute", show_progress_on=[compare_table])
         compare_event.then(lambda: "", None, compare_queue_note, api_visibility="private", queue=False)
         # First screen: the schedule curve and the stored/shipped charts, then the model's dense samples.
         demo.load(handlers.first_screen, [source, seed, steps, *schedule_inputs],

@@ -47,17 +47,56 @@ MAX_CALIBRATION_BATCH_SIZE = 256
 MAX_CALIBRATION_BATCHES = 64
 MAX_SOURCE_LENGTH = 200
 GRID_IMAGES = 16
-# The dense model at these fractions of the run's sampling steps: the baseline frontier.
-FRONTIER_FRACTIONS = (0.2, 0.4, 0.6, 0.8)
+
+# The Prune tab's controls, in the order the page passes them (and the API endpoint /run_prune
+# lists them). Handlers collect them into one namespace at the boundary (``collect_controls``),
+# so that no function takes them one parameter each.
+SPEC_CONTROLS = ("criterion", "granularity", "sparsity", "schedule", "threshold", "interval_weights", "num_steps",
+                 "w_min", "w_max", "num_timesteps", "custom_text", "calibration_batch_size", "calibration_batches",
+                 "seed")
+ESTIMATE_CONTROLS = ("source", *SPEC_CONTROLS)
+RUN_CONTROLS = ("source", *SPEC_CONTROLS[:-1], "num_samples", "steps", "seed", "quality", "recovery_steps",
+                "recovery_lr", "recovery_batch", "distill", "recovery_data", "recovery_files", "export_oneshot",
+                "grid_class", "grid_prompt", "calibration_prompts")
+RECOVERY_CONTROL_DEFAULTS = dict(recovery_steps=0, recovery_lr=None, recovery_batch=None, distill=False,
+                                 recovery_data="shipped training images", recovery_files=None)
+RUN_DEFAULTS = dict(RECOVERY_CONTROL_DEFAULTS, export_oneshot=False, grid_class=None, grid_prompt="",
+                    calibration_prompts="")
+# The Compare tab's controls, in the page's order (the API endpoint /run_compare).
+COMPARE_CONTROLS = ("source", "criteria", "granularity", "sparsities", "num_samples", "steps", "seed", "quality",
+                    "time_latency", "recovery_steps", "recovery_lr", "recovery_batch", "distill", "recovery_data",
+                    "recovery_files")
+COMPARE_DEFAULTS = dict(RECOVERY_CONTROL_DEFAULTS, quality="KID", time_latency=False)
 
 # Seconds of GPU lease per recovery step asked of ZeroGPU (a generous bound for the small models here).
 GPU_SECONDS_PER_RECOVERY_STEP = 0.1
 
 
+def collect_controls(names: tuple, values: tuple, named: dict, defaults: dict | None = None):
+    """The controls of one event as a namespace: ``values`` in the order of ``names`` (the page's),
+    then ``named`` ones; a missing control takes its entry in ``defaults`` (else a TypeError, as a
+    call missing an argument)."""
+    from types import SimpleNamespace
+
+    if len(values) > len(names):
+        raise TypeError(f"expected at most {len(names)} controls ({', '.join(names)}), got {len(values)}")
+    controls = dict(zip(names, values))
+    for name, value in named.items():
+        if name not in names or name in controls:
+            raise TypeError(f"control {name!r} is unknown or given twice; controls: {', '.join(names)}")
+        controls[name] = value
+    missing = [name for name in names if name not in controls and name not in (defaults or {})]
+    if missing:
+        raise TypeError(f"missing controls: {', '.join(missing)}")
+    return SimpleNamespace(**{name: controls[name] if name in controls else defaults[name] for name in names})
+
+
 def run_gpu_duration(*args, **kwargs) -> int:
-    """The ZeroGPU lease of one run: 300 s for prune + evaluation, plus the recovery budget
-    (argument 19 of ``run_prune``) at ``GPU_SECONDS_PER_RECOVERY_STEP``; at most 1 h."""
-    steps = kwargs.get("recovery_steps", args[18] if len(args) > 18 else 0)
+    """The ZeroGPU lease of one run: 300 s for prune + evaluation, plus the recovery budget (the
+    ``recovery_steps`` control, by name or at its place in ``RUN_CONTROLS``) at
+    ``GPU_SECONDS_PER_RECOVERY_STEP``; at most 1 h."""
+    index = RUN_CONTROLS.index("recovery_steps")
+    steps = kwargs.get("recovery_steps", args[index] if len(args) > index else 0)
     try:
         steps = max(0, int(steps))
     except (TypeError, ValueError):
@@ -104,8 +143,10 @@ def load_engine() -> None:
 
         if os.environ.get("DIFFPRUNE_THREADS"):
             torch.set_num_threads(int(os.environ["DIFFPRUNE_THREADS"]))
-        import core  # noqa: F401 - the facade imports every engine module
-        import core.engine  # noqa: F401
+        import core
+
+        for name in core.__all__:  # the facade is lazy: its public names import every engine module
+            getattr(core, name)
 
 
 class RunCancelled(Exception):
@@ -294,29 +335,31 @@ def _same(value, default) -> bool:
     return default is not None and not isinstance(default, str) and float(value) == float(default)
 
 
-def spec_from_controls(criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps, w_min,
-                       w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, seed):
+def spec_from_controls(*values, **named):
+    """The ``PruneSpec`` of the spec controls (``SPEC_CONTROLS``: in the page's order, or by name);
+    a ValueError names the bad field."""
     load_engine()
     from core.criteria import CRITERIA
     from core.spec import MAX_SPARSITY, PruneSpec
 
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {_short(criterion)}")
-    if not isinstance(granularity, str):
-        raise ValueError(f"granularity must be one of {granularity_choices(CRITERIA[criterion].granularities)}, "
-                         f"got {_short(granularity)}")
-    kwargs = dict(criterion=criterion, granularity=granularity, seed=whole_number("seed", seed, 0, MAX_SEED))
-    if ":" in granularity:
+    c = collect_controls(SPEC_CONTROLS, values, named)
+    if c.criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {_short(c.criterion)}")
+    if not isinstance(c.granularity, str):
+        raise ValueError(f"granularity must be one of {granularity_choices(CRITERIA[c.criterion].granularities)}, "
+                         f"got {_short(c.granularity)}")
+    kwargs = dict(criterion=c.criterion, granularity=c.granularity, seed=whole_number("seed", c.seed, 0, MAX_SEED))
+    if ":" in c.granularity:
         kwargs["sparsity"] = None  # N:M implies it
     else:
-        kwargs["sparsity"] = real_number("sparsity", sparsity, 0.0, MAX_SPARSITY)
-    if CRITERIA[criterion].needs_calibration:
-        kwargs["schedule"] = schedule
+        kwargs["sparsity"] = real_number("sparsity", c.sparsity, 0.0, MAX_SPARSITY)
+    if CRITERIA[c.criterion].needs_calibration:
+        kwargs["schedule"] = c.schedule
         kwargs["schedule_params"] = schedule_params_from_controls(
-            schedule, threshold, interval_weights, num_steps, w_min, w_max, num_timesteps, custom_text)
-        kwargs["calibration_batch_size"] = whole_number("calibration batch size", calibration_batch_size, 1,
+            c.schedule, c.threshold, c.interval_weights, c.num_steps, c.w_min, c.w_max, c.num_timesteps, c.custom_text)
+        kwargs["calibration_batch_size"] = whole_number("calibration batch size", c.calibration_batch_size, 1,
                                                         MAX_CALIBRATION_BATCH_SIZE)
-        kwargs["calibration_batches"] = whole_number("calibration batches", calibration_batches, 1,
+        kwargs["calibration_batches"] = whole_number("calibration batches", c.calibration_batches, 1,
                                                      MAX_CALIBRATION_BATCHES)
     return PruneSpec(**kwargs)
 
@@ -366,28 +409,26 @@ def distill_default(criterion) -> bool:
     return criterion == "nici"
 
 
-def calibration_estimate(source, criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps,
-                         w_min, w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches,
-                         seed) -> str:
+def calibration_estimate(*values, **named) -> str:
     """Before a run: how long the calibration will take here (passes x a per-pass time measured
-    once per model and batch size, then cached). Invalid settings show why instead (the run
-    button raises the same error as gr.Error)."""
+    once per model and batch size, then cached). Takes ``ESTIMATE_CONTROLS`` (the model source and
+    the spec controls). Invalid settings show why instead (the run button raises the same error
+    as gr.Error)."""
     load_engine()
     from core.criteria import CRITERIA
 
-    if criterion in CRITERIA and not CRITERIA[criterion].needs_calibration:
-        return f"*{criterion} needs no calibration: pruning takes seconds.*"
+    c = collect_controls(ESTIMATE_CONTROLS, values, named)
+    if c.criterion in CRITERIA and not CRITERIA[c.criterion].needs_calibration:
+        return f"*{c.criterion} needs no calibration: pruning takes seconds.*"
     from core.cost import describe_estimate, estimate_cost
 
     try:
-        spec = spec_from_controls(criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps,
-                                  w_min, w_max, num_timesteps, custom_text, calibration_batch_size,
-                                  calibration_batches, seed)
-        text = describe_estimate(estimate_cost(cached_pipeline(source), spec))
+        spec = spec_from_controls(**{name: getattr(c, name) for name in SPEC_CONTROLS})
+        text = describe_estimate(estimate_cost(cached_pipeline(c.source), spec))
     except (ValueError, TypeError) as error:
         return f"*cannot estimate: {str(error)[:160]}*"
     if not text:
-        return (f"*{criterion} calibrates with its own trajectories: its cost is measured by "
+        return (f"*{c.criterion} calibrates with its own trajectories: its cost is measured by "
                 "`benchmarks/bench_prune.py --parts cost` (OBS-Diff 16-23 s on the default model).*")
     return f"*{text}*"
 
@@ -423,7 +464,7 @@ def granularity_choices(granularities) -> list[str]:
 def model_granularity_choices(pipeline, granularities) -> list[str]:
     """``granularity_choices`` narrowed to those this model's family can cut (its adapter's
     ``check_cut`` and the granularity's own check), e.g. no ``channel`` on a DiT."""
-    from core.granularity import GRANULARITIES
+    from core.granularities import GRANULARITIES
     from core.models import adapter_for
     from core.spec import PruneSpec
 
@@ -528,7 +569,7 @@ MAX_CALIBRATION_PROMPTS_TEXT = 200_000  # characters in the box: thousands of ca
 def shipped_caption_count() -> int:
     """How many calibration captions ship (``core.prompts.CALIBRATION_PROMPTS``), for the box's label:
     from the page's catalog, so that torch is not imported before the page is served."""
-    from .catalog import catalog
+    from core.catalog import catalog
 
     return catalog()["shipped_captions"]
 
@@ -593,24 +634,6 @@ def dense_samples(source, steps: int, seed: int, class_label: int | None = None,
         _DENSE_SAMPLES[key] = sample_images(cached_pipeline(source), GRID_IMAGES, steps, seed, class_label=class_label,
                                             prompt=prompt)
     return _DENSE_SAMPLES[key]
-
-
-def sample_grids(source, pruned_pipeline, steps: int, seed: int, progress=None, class_label: int | None = None,
-                 prompt: str | None = None):
-    """Dense and pruned samples from the same initial noise and sampler (as ``core.compare_grid``),
-    the dense half taken from :func:`dense_samples`."""
-    from types import SimpleNamespace
-
-    from core import make_grid, sample_images
-    from core.pipeline import initial_noise
-
-    dense_images = dense_samples(source, steps, seed, class_label, prompt)
-    noise = initial_noise(cached_pipeline(source), GRID_IMAGES, seed)
-    pruned_images = sample_images(pruned_pipeline, GRID_IMAGES, steps, seed, noise=noise, progress=progress,
-                                  class_label=class_label, prompt=prompt)
-    return SimpleNamespace(dense_images=dense_images, pruned_images=pruned_images,
-                           dense_grid=make_grid(dense_images, columns=4, scale=4),
-                           pruned_grid=make_grid(pruned_images, columns=4, scale=4))
 
 
 def dense_preview(source, seed=0, steps=25, grid_class=ALL_CLASSES, grid_prompt=""):
@@ -775,12 +798,16 @@ def _end_compute(session: str) -> None:
     _CANCELLED.discard(session)
 
 
-def _progress_callback(progress, session, stage_offset: float, stage_span: float):
+def _progress_callback(progress, session):
+    """``core``'s ``progress(fraction, message)`` onto the page's bar. After the user pressed
+    Cancel it raises ``RunCancelled`` once (the mark is used up): ``core.run`` then stops the run,
+    or, while the recovery trains, only the recovery."""
     def callback(fraction: float, message: str) -> None:
         if session in _CANCELLED:
+            _CANCELLED.discard(session)
             raise RunCancelled("run cancelled")
         if progress is not None:
-            progress(stage_offset + stage_span * max(0.0, min(1.0, fraction)), desc=message)
+            progress(max(0.0, min(1.0, fraction)), desc=message)
     return callback
 
 
@@ -850,67 +877,67 @@ def _uploaded_folder(files) -> str:
     return str(folder)
 
 
-def validate_run(source, criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps, w_min,
-                 w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, num_samples, steps,
-                 seed, quality, recovery_steps=0, recovery_lr=None, recovery_batch=None, distill=False,
-                 recovery_data="shipped training images", recovery_files=None, export_oneshot=False,
-                 grid_class=ALL_CLASSES, grid_prompt="", calibration_prompts="") -> dict:
+def validate_run(*values, **named) -> dict:
     """Every field of a run, checked before anything changes on screen (the model is loaded: a
     source that cannot be loaded, a granularity the model cannot take and recovery data that do
-    not fit the model are field errors too). Raises ``gr.Error`` naming the field and what is allowed."""
+    not fit the model are field errors too). Takes the Prune tab's controls (``RUN_CONTROLS``: in
+    the page's order, or by name); returns the spec, the dense model and the ``core.run``
+    settings. Raises ``gr.Error`` naming the field and what is allowed."""
     from core.criteria import CRITERIA
     from core.fit import check_fit
-    from core.granularity import GRANULARITIES
+    from core.granularities import GRANULARITIES
     from core.pipeline import adapter_of
     from core.recovery import RECOVERY_DEFAULTS, recovery_images
+    from core.run import EvaluationSettings, RecoverySettings
 
+    c = collect_controls(RUN_CONTROLS, values, named, RUN_DEFAULTS)
     try:
-        normalise_source(source)
-        num_samples, steps = check_counts(num_samples, steps)
-        metrics = check_quality(quality)
-        spec = spec_from_controls(criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps,
-                                  w_min, w_max, num_timesteps, custom_text, calibration_batch_size,
-                                  calibration_batches, seed)
+        normalise_source(c.source)
+        num_samples, steps = check_counts(c.num_samples, c.steps)
+        metrics = check_quality(c.quality)
+        spec = spec_from_controls(**{name: getattr(c, name) for name in SPEC_CONTROLS})
         recovery = recovery_from_controls(
-            recovery_steps, RECOVERY_DEFAULTS["lr"] if recovery_lr is None else recovery_lr,
-            RECOVERY_DEFAULTS["batch_size"] if recovery_batch is None else recovery_batch, distill, recovery_data,
-            recovery_files)
-        if not isinstance(export_oneshot, bool):
-            raise ValueError(f"export the one-shot model too must be true or false, got {_short(export_oneshot)}")
-        dense = cached_pipeline(source)
+            c.recovery_steps, RECOVERY_DEFAULTS["lr"] if c.recovery_lr is None else c.recovery_lr,
+            RECOVERY_DEFAULTS["batch_size"] if c.recovery_batch is None else c.recovery_batch, c.distill,
+            c.recovery_data, c.recovery_files)
+        if not isinstance(c.export_oneshot, bool):
+            raise ValueError(f"export the one-shot model too must be true or false, got {_short(c.export_oneshot)}")
+        dense = cached_pipeline(c.source)
         adapter = adapter_of(dense)
         check_fit(dense, spec.criterion, device=next(_denoiser(dense).parameters()).device,
-                  label=f"model {model_label(source)}")
+                  label=f"model {model_label(c.source)}")
         adapter.check_cut(adapter.denoiser_name, _denoiser(dense), spec.granularity_name)
         GRANULARITIES[spec.granularity_name].check(_denoiser(dense), spec)
-        class_label = class_label_of(dense, grid_class)
-        prompt = grid_prompt_of(dense, grid_prompt)
-        prompts = calibration_prompts_of(dense, calibration_prompts)
+        class_label, prompt = class_label_of(dense, c.grid_class), grid_prompt_of(dense, c.grid_prompt)
+        prompts = calibration_prompts_of(dense, c.calibration_prompts)
         if prompts is not None and CRITERIA[spec.criterion].needs_calibration:  # else ignored, as the batch sizes
             spec = spec.replace(calibration_prompts=list(prompts))
         if recovery["steps"] and recovery["data"] != "generated":
             recovery_images(dense, recovery["data"])  # the data fit the model: checked before any work
+        evaluation = EvaluationSettings(num_samples=num_samples, steps=steps, metrics=metrics, grid_images=GRID_IMAGES,
+                                        reference=evaluation_reference(c.source), class_label=class_label,
+                                        prompt=prompt)
     except ValueError as error:
         raise _user_error(error) from error
-    return dict(spec=spec, num_samples=num_samples, steps=steps, metrics=metrics, dense=dense,
-                recovery=recovery if recovery["steps"] else None, export_oneshot=export_oneshot,
-                class_label=class_label, prompt=prompt)
+    return dict(source=c.source, spec=spec, dense=dense, metrics=metrics, evaluation=evaluation,
+                recovery=RecoverySettings(**recovery), export_oneshot=c.export_oneshot)
 
 
-def check_run(*controls) -> None:
+def check_run(*values, **named) -> None:
     """The page's validation step (no outputs): raises the field's ``gr.Error`` or returns."""
-    validate_run(*controls)
+    validate_run(*values, **named)
 
 
-def summary_table(result, dense_row: dict, pruned_row: dict, timing: dict | None, tuned=None,
-                  recovered_row: dict | None = None, recovery: dict | None = None):
-    """One column per stage: dense, one-shot (the pruned model as it left the pruner) and, after a
-    recovery, recovered (same architecture and zeros as one-shot: same parameters, MACs, latency)."""
+def summary_table(run):
+    """One column per stage of a ``core.run.RunResult``: dense, one-shot (the pruned model as it
+    left the pruner) and, after a recovery, recovered (same architecture and zeros as one-shot:
+    same parameters, MACs, latency)."""
     import pandas as pd
 
+    result, tuned, recovery, timing = run.pruned, run.recovered, run.recovery, run.timing
     totals = result.report.totals
     stages = ["dense", "one-shot"] + (["recovered"] if tuned is not None else [])
-    rows_of = [dense_row, pruned_row] + ([recovered_row or {}] if tuned is not None else [])
+    rows_of = [run.evaluations.get(stage) or {} for stage in stages]
 
     def fmt(value, pattern="{:,.0f}"):
         return "" if value is None else pattern.format(value)
@@ -918,6 +945,12 @@ def summary_table(result, dense_row: dict, pruned_row: dict, timing: dict | None
     def same(dense_value, pruned_value):  # the recovered model shares the one-shot architecture
         return [dense_value, pruned_value] + ([pruned_value] if tuned is not None else [])
 
+    def latency(kind):
+        steps, batch = timing["num_inference_steps"], timing["batch_size"]
+        return (f"{timing[f'{kind}_s_per_image']:.4f} s ({timing[f'{kind}_step_min_s'] * steps / batch:.4f}-"
+                f"{timing[f'{kind}_step_max_s'] * steps / batch:.4f})")
+
+    only_pruned = [""] if tuned is not None else []
     rows = [
         ["spec", "dense", result.spec.label] + ([f"{result.spec.label} + {recovery['steps']:,} recovery steps"]
                                                if tuned is not None else []),
@@ -928,38 +961,37 @@ def summary_table(result, dense_row: dict, pruned_row: dict, timing: dict | None
         ["structural ratio", *same("", fmt(totals.get("structural_ratio"), "{:.3f}"))],
     ]
     if timing:
-        steps = timing["num_inference_steps"]
-        pruned_latency = (f"{timing['pruned_s_per_image']:.4f} s ({timing['pruned_step_min_s'] * steps / timing['batch_size']:.4f}-"
-                          f"{timing['pruned_step_max_s'] * steps / timing['batch_size']:.4f})")
-        rows += [
-            [f"latency / image at {steps} steps (median; range)",
-             *same(f"{timing['dense_s_per_image']:.4f} s ({timing['dense_step_min_s'] * steps / timing['batch_size']:.4f}-"
-                   f"{timing['dense_step_max_s'] * steps / timing['batch_size']:.4f})", pruned_latency)],
-            ["speed-up (paired: dense / pruned)", *same("1.00x", speedup_text(timing))],
-        ]
+        rows += [[f"latency / image at {timing['num_inference_steps']} steps (median; range)",
+                  *same(latency("dense"), latency("pruned"))],
+                 ["speed-up (paired: dense / pruned)", *same("1.00x", speedup_text(timing))]]
     else:
         rows.append(["latency", *same("not timed", "not timed")])
     rows += [
         ["FID", *[fmt(r.get("fid"), "{:.2f}") for r in rows_of]],
         ["KID (± std)", *[kid_text(r) for r in rows_of]],
         ["samples / reference", *[f"{r.get('num_samples')} / {r.get('reference')}" for r in rows_of]],
-        ["pruning wall time", "", fmt(totals.get("wall_time_s"), "{:.1f} s")] + ([""] if tuned is not None else []),
-        ["timesteps used", "", timesteps_text(result)] + ([""] if tuned is not None else []),
+        ["pruning wall time", "", fmt(totals.get("wall_time_s"), "{:.1f} s")] + only_pruned,
+        ["timesteps used", "", timesteps_text(result)] + only_pruned,
     ]
     prompts = calibration_prompts_text(result)
     if prompts:
-        rows.append(["calibration prompts", "", prompts] + ([""] if tuned is not None else []))
+        rows.append(["calibration prompts", "", prompts] + only_pruned)
     if tuned is not None:
-        losses = tuned.losses
-        rows += [
-            ["recovery", "", "", f"{recovery['steps']:,} steps, lr {recovery['lr']:g}, batch {recovery['batch_size']}, "
-                                 + ("distilled from the dense model" if recovery["distill"] else "no distillation")],
-            ["recovery data", "", "", getattr(tuned, "data_label", recovery["data"])],
-            ["recovery wall time", "", "", f"{tuned.wall_time_s:.1f} s"],
-            ["recovery loss (first 10 -> last 10 steps)", "", "",
-             f"{losses['loss'].head(10).mean():.4f} -> {losses['loss'].tail(10).mean():.4f}" if len(losses) else ""],
-        ]
+        rows += _recovery_rows(tuned, recovery)
     return pd.DataFrame(rows, columns=["", *stages])
+
+
+def _recovery_rows(tuned, recovery: dict) -> list:
+    """The summary's recovery rows (the recovered column only)."""
+    losses = tuned.losses
+    return [
+        ["recovery", "", "", f"{recovery['steps']:,} steps, lr {recovery['lr']:g}, batch {recovery['batch_size']}, "
+                             + ("distilled from the dense model" if recovery["distill_from_dense"] else "no distillation")],
+        ["recovery data", "", "", recovery["data"]],
+        ["recovery wall time", "", "", f"{tuned.wall_time_s:.1f} s"],
+        ["recovery loss (first 10 -> last 10 steps)", "", "",
+         f"{losses['loss'].head(10).mean():.4f} -> {losses['loss'].tail(10).mean():.4f}" if len(losses) else ""],
+    ]
 
 
 def speedup_text(timing: dict) -> str:
@@ -1012,7 +1044,7 @@ def recovery_note(result, tuned=None, cancel_note: str = "") -> str:
     """Next to the grids: which stages are shown and, for a one-shot structured result, that such
     models need recovery (with the shipped 2,000-step comparison, README *OBS-Diff, gradient flow
     and fine-tuning*)."""
-    from core.granularity import GRANULARITIES
+    from core.granularities import GRANULARITIES
 
     if tuned is not None:
         return (f"**Dense | one-shot | recovered**, all from the same noise: the recovered model is the one-shot "
@@ -1034,89 +1066,16 @@ def recovery_note(result, tuned=None, cancel_note: str = "") -> str:
     return text
 
 
-def recovery_metadata(tuned, recovery: dict) -> dict:
-    """What an exported recovered model records about its recovery (checkpoint marker and zip)."""
-    losses = tuned.losses
-    return dict(steps=recovery["steps"], lr=recovery["lr"], batch_size=recovery["batch_size"],
-                distill_from_dense=recovery["distill"], data=getattr(tuned, "data_label", recovery["data"]),
-                wall_time_s=round(tuned.wall_time_s, 2),
-                final_loss=float(losses["loss"].tail(10).mean()) if len(losses) else None,
-                masks_kept=sorted(tuned.masks), tool="core.finetune.finetune")
+def _export_zip(run, work: Path, session: str) -> str:
+    """The run's export (``core.export``, written by ``core.run`` into ``work/models``) zipped in
+    ``work``: the recovered model when there is one (``pruned-model/``) and, on request, the
+    one-shot model (``one-shot-model/``); the zip name carries criterion, granularity, sparsity and
+    recovery steps. The session's previous export is deleted (each user keeps only the latest)."""
+    from core.export import archive_name, zip_folders
 
-
-def _write_model(result, folder: Path, usage_source: str, recovery: dict | None, losses=None) -> Path:
-    """One exported model folder: the checkpoint, the report CSVs and a usage note."""
-    import pandas as pd
-
-    from core.export_config import write_shape_config
-
-    checkpoint = result.save(folder, recovery=recovery)
-    write_shape_config(checkpoint)
-    report = result.report
-    report.layers.to_csv(checkpoint / "report_layers.csv", index=False)
-    if len(report.timestep_contributions):
-        report.timestep_contributions.to_csv(checkpoint / "report_timestep_contributions.csv")
-    report.timestep_weights.merge(report.calibration_loss, on="t", how="left").to_csv(
-        checkpoint / "report_timesteps.csv", index=False)
-    pd.DataFrame([report.totals]).to_csv(checkpoint / "report_totals.csv", index=False)
-    if losses is not None:
-        losses.to_csv(checkpoint / "recovery_losses.csv", index=False)
-    plain = report.totals.get("plain_diffusers_loadable")
-    stage = (f"Recovered: {recovery['steps']:,} fine-tuning steps after pruning (settings in "
-             "`diffprune_checkpoint.json`, key `recovery`; loss per step in `recovery_losses.csv`).\n\n"
-             if recovery else "One-shot: the pruned model as it left the pruner, no fine-tuning.\n\n")
-    (checkpoint / "USAGE.md").write_text(
-        "# Pruned model exported by DiffPrune Studio\n\n"
-        f"Spec: `{result.spec.to_json()}`\nDense model: {usage_source}\n\n" + stage
-        + f"```python\nfrom core import load_pipeline, sample_images\n"
-        f"pipe = load_pipeline('{folder.name}')\nimages = sample_images(pipe, 16, num_inference_steps=25, seed=0)\n```\n\n"
-        + ("Also loads with plain diffusers:\n\n```python\nfrom diffusers import DiffusionPipeline\n"
-           f"pipe = DiffusionPipeline.from_pretrained('{folder.name}')\n```\n" if plain else
-           "Its pruned shapes are not expressible as a plain diffusers config: the component configs describe the "
-           "real shapes (`layer_shapes`) under a DiffPrune class name, so plain diffusers refuses it instead of "
-           "building the dense shapes; load it with `core.load_pipeline`.\n"))
-    return checkpoint
-
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-
-
-def export_zip(result, usage_source: str, session: str = "local", tuned=None, recovery: dict | None = None,
-               include_oneshot: bool = False) -> str:
-    """Save the checkpoint with ``PruneResult.save`` and zip it with the report CSVs and a usage
-    note: the recovered model when there is one (``pruned-model/``, its recovery settings in the
-    metadata) and, on request, the one-shot model (``one-shot-model/``). The zip name carries
-    criterion, granularity, sparsity and recovery steps; the session's previous export is deleted
-    (each user keeps only the latest)."""
-    from dataclasses import replace
-
-    work = Path(tempfile.mkdtemp(prefix="export-", dir=_EXPORT_ROOT))
-    try:
-        folders = []
-        if tuned is not None:
-            recovered = replace(result, pipeline=tuned.pipeline)
-            folders.append(_write_model(recovered, work / "pruned-model", usage_source,
-                                        recovery_metadata(tuned, recovery), tuned.losses))
-            if include_oneshot:
-                folders.append(_write_model(result, work / "one-shot-model", usage_source, None))
-        else:
-            folders.append(_write_model(result, work / "pruned-model", usage_source, None))
-        sparsity = round(100 * float(result.report.totals["sparsity"]))
-        suffix = f"-recovered{recovery['steps']}" if tuned is not None else ""
-        name = f"pruned-{result.spec.criterion}-{result.spec.granularity.replace(':', 'of')}-{sparsity}pct{suffix}.zip"
-        archive = work / name
-        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
-            for checkpoint in folders:
-                for file in sorted(checkpoint.rglob("*")):
-                    if file.is_file():  # weights stored as they are (float weights hardly deflate; deflating
-                        # costs time in proportion to the model's size), the configs and reports deflated
-                        handle.write(file, Path(checkpoint.name) / file.relative_to(checkpoint),
-                                     compress_type=zipfile.ZIP_STORED if file.suffix in WEIGHT_SUFFIXES else None)
-        for checkpoint in folders:
-            shutil.rmtree(checkpoint)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    steps = run.recovery["steps"] if run.recovered is not None else 0
+    archive = zip_folders(run.exported, work / archive_name(run.spec, run.pruned.report.totals, steps))
+    shutil.rmtree(run.export, ignore_errors=True)
     previous = _LATEST_EXPORT.get(session)
     _LATEST_EXPORT[session] = work
     if previous is not None and previous != work:
@@ -1143,124 +1102,53 @@ def app_row(spec, settings: tuple, pruned_row: dict, timing: dict | None, totals
     )
 
 
-def _recover(result, dense, recovery: dict, seed: int, session: str, progress, offset: float, span: float):
-    """The recovery stage: ``core.finetune`` on the chosen data, with named progress (step, loss,
-    time left). Cancel during recovery stops it and keeps the one-shot result: returns
-    ``(None, note)``; else ``(FinetuneResult, "")``."""
-    from core.finetune import finetune
-    from core.recovery import recovery_data
+def _failure_text(error: Exception) -> str:
+    """The status line of a run that did not finish (every pane keeps its previous content)."""
+    if isinstance(error, RunCancelled):
+        return "Run cancelled; the previous results are kept."
+    first = str(error).splitlines()[0] if str(error) else ""
+    if isinstance(error, ValueError):  # a model-dependent refusal the checks could not foresee
+        return f"**Failed:** {first[:300]} The previous results are kept."
+    return f"**Failed** ({type(error).__name__}: {first[:200]}). The previous results are kept."
 
-    data_share = 0.15 if recovery["data"] == "generated" else 0.0
-    # a class-conditional model's images come with their classes where known (each trains with its own)
-    images, labels, label = recovery_data(dense, recovery["data"], seed,
-                                          progress=_progress_callback(progress, session, offset, span * data_share))
-    tell = _progress_callback(progress, session, offset + span * data_share, span * (1 - data_share))
-    started, reached = time.perf_counter(), {"step": 0}
 
-    def recovery_progress(fraction: float, message: str) -> None:
-        reached["step"] = round(fraction * recovery["steps"])
-        elapsed = time.perf_counter() - started
-        left = f", about {elapsed / fraction * (1 - fraction):.0f} s left" if fraction > 0 else ""
-        tell(fraction, message.replace("fine-tuning step", "recovery step") + left)
+def run_prune(*values, request=None, progress=None, **named):
+    """Prune a copy of the cached dense model, optionally recover it by fine-tuning, evaluate every
+    stage, time dense and pruned paired and export: one ``core.run.run``; then build every view.
+    Takes the Prune tab's controls (``RUN_CONTROLS``: in the page's order, or by name);
+    ``progress`` is a ``gr.Progress``-like callable, ``request`` names the session."""
+    from core.export import ExportSettings
+    from core.run import TimingSettings, run
 
-    tell(0.0, f"recovery: {recovery['steps']:,} steps on {label}")
+    checked = validate_run(*values, **named)  # raises gr.Error before anything changes
+    evaluation = checked["evaluation"]
+    session = getattr(request, "session_hash", None) or "local"
+    work = Path(tempfile.mkdtemp(prefix="export-", dir=_EXPORT_ROOT))
+    export = ExportSettings(out=str(work / "models"), include_oneshot=checked["export_oneshot"],
+                            dense_label=normalise_source(checked["source"]) or "embedded default model")
+    _start_compute(session)
     try:
-        tuned = finetune(result, recovery["steps"], lr=recovery["lr"], batch_size=recovery["batch_size"],
-                         distill=recovery["distill"], teacher=dense if recovery["distill"] else None, images=images,
-                         labels=labels, seed=seed, progress=recovery_progress)
-    except RunCancelled:
-        _CANCELLED.discard(session)  # only the recovery is cancelled: the one-shot result is evaluated and kept
-        return None, (f"Recovery cancelled at step {reached['step']:,} of {recovery['steps']:,}: "
-                      "the one-shot result is shown.")
-    tuned.data_label = label
-    return tuned, ""
+        dense_images = dense_samples(checked["source"], evaluation.steps, checked["spec"].seed, evaluation.class_label,
+                                     evaluation.prompt)
+        outcome = run(checked["dense"], checked["spec"], recovery=checked["recovery"], evaluation=evaluation,
+                      timing=TimingSettings(), export=export, progress=_progress_callback(progress, session),
+                      store=get_store(), dense_images=dense_images)
+        if outcome.errors:  # the app shows a run whole or not at all
+            raise next(iter(outcome.errors.values()))
+        archive = _export_zip(outcome, work, session)
+    except Exception as error:  # noqa: BLE001 - keep the server and the screen
+        shutil.rmtree(work, ignore_errors=True)
+        return _kept(_failure_text(error))
+    finally:
+        _end_compute(session)
+    return build_outputs(checked, outcome, archive)
 
 
 @gpu_run_task
-def run_prune(source, criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps, w_min,
-              w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, num_samples, steps,
-              seed, quality, recovery_steps=0, recovery_lr=None, recovery_batch=None, distill=False,
-              recovery_data="shipped training images", recovery_files=None, export_oneshot=False,
-              grid_class=ALL_CLASSES, grid_prompt="", calibration_prompts="", request: gr.Request = None,
-              progress=gr.Progress()):
-    """Prune a copy of the cached dense model, optionally recover it by fine-tuning, evaluate every
-    stage, time dense and pruned paired, build every view."""
-    from core import sample_images
-    from core.engine import prune
-    from core.evaluate import evaluate
-    from core.pipeline import initial_noise
-    from core.store import key_for, model_hash
-    from core.timing import paired_step_latency
-
-    controls = (source, criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps, w_min,
-                w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, num_samples, steps,
-                seed, quality, recovery_steps, recovery_lr, recovery_batch, distill, recovery_data, recovery_files,
-                export_oneshot, grid_class, grid_prompt, calibration_prompts)
-    checked = validate_run(*controls)  # raises gr.Error before anything changes
-    spec, num_samples, steps, metrics, dense = (checked[k] for k in ("spec", "num_samples", "steps", "metrics", "dense"))
-    recovery = checked["recovery"]
-    session = getattr(request, "session_hash", None) or "local"
-    # Shares of the progress bar: prune, recover, evaluate (dense, one-shot, recovered), grids, timing, export.
-    plan = dict(prune=0.45, recover=0.0, evaluate=0.12, grids=0.08) if not recovery else \
-        dict(prune=0.25, recover=0.45, evaluate=0.06, grids=0.04)
-    _start_compute(session)
-    started = time.perf_counter()
-    tuned, cancel_note, recovered_row, recovered_images = None, "", None, None
-    try:
-        at = 0.0
-        result = prune(dense, spec, progress=_progress_callback(progress, session, at, plan["prune"]))
-        at += plan["prune"]
-        if recovery:
-            tuned, cancel_note = _recover(result, dense, recovery, spec.seed, session, progress, at, plan["recover"])
-            at += plan["recover"]
-        reference = evaluation_reference(source)
-        store = get_store()
-        evaluation = dict(num_samples=num_samples, num_inference_steps=steps, seed=spec.seed,
-                          metrics=metrics + ("macs",), reference=reference, dense_pipeline=dense, store=store)
-        comparison = sample_grids(source, result.pipeline, steps, spec.seed,
-                                  progress=_progress_callback(progress, session, at, plan["grids"]),
-                                  class_label=checked["class_label"], prompt=checked["prompt"])
-        at += plan["grids"]
-        if tuned is not None:
-            noise = initial_noise(dense, GRID_IMAGES, spec.seed)
-            recovered_images = sample_images(tuned.pipeline, GRID_IMAGES, steps, spec.seed, noise=noise,
-                                             progress=_progress_callback(progress, session, at, plan["grids"]),
-                                             class_label=checked["class_label"], prompt=checked["prompt"])
-            at += plan["grids"]
-        # The grids are the evaluation's samples when it asks for the same ones (same count, noise,
-        # steps; evaluation draws uniform classes and the shipped captions, so not for a picked
-        # class or a grid prompt): scored, not sampled again.
-        reuse = num_samples == GRID_IMAGES and checked["prompt"] is None and checked["class_label"] is None
-        dense_row = evaluate(dense, **evaluation, images=comparison.dense_images if reuse else None,
-                             progress=_progress_callback(progress, session, at, plan["evaluate"]))
-        at += plan["evaluate"]
-        pruned_row = evaluate(result.pipeline, **evaluation, prune_spec=spec,
-                              images=comparison.pruned_images if reuse else None,
-                              progress=_progress_callback(progress, session, at, plan["evaluate"]))
-        at += plan["evaluate"]
-        if tuned is not None:
-            recovered_row = evaluate(tuned.pipeline, **evaluation, prune_spec=spec,
-                                     images=recovered_images if reuse else None,
-                                     progress=_progress_callback(progress, session, at, plan["evaluate"]))
-            at += plan["evaluate"]
-        _progress_callback(progress, session, at, 0.0)(0.0, "timing dense and pruned (paired)")
-        timing = paired_step_latency(dense, (tuned or result).pipeline, num_inference_steps=steps)
-        _progress_callback(progress, session, 0.97, 0.02)(0.0, "exporting")
-        archive = export_zip(result, normalise_source(source) or "embedded default model", session, tuned=tuned,
-                             recovery=recovery, include_oneshot=checked["export_oneshot"])
-    except RunCancelled:
-        return _kept("Run cancelled; the previous results are kept.")
-    except ValueError as error:  # a model-dependent refusal the checks could not foresee
-        return _kept(f"**Failed:** {str(error).splitlines()[0][:300]} The previous results are kept.")
-    except Exception as error:  # noqa: BLE001 - keep the server and the screen
-        return _kept(f"**Failed** ({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}). "
-                     "The previous results are kept.")
-    finally:
-        _end_compute(session)
-    stages = dict(tuned=tuned, recovered_row=recovered_row, recovered_images=recovered_images, recovery=recovery,
-                  cancel_note=cancel_note)
-    return build_outputs(source, result, dense_row, pruned_row, comparison, timing, archive, metrics,
-                         time.perf_counter() - started, model_hash(_denoiser(dense)), store, key_for, **stages)
+def run_prune_event(request: gr.Request = None, progress=gr.Progress(), **controls):
+    """:func:`run_prune` as the page and the API endpoint ``/run_prune`` call it: the controls by
+    name (gradio's ``inputs_kwargs``), the session and the progress bar from gradio."""
+    return run_prune(request=request, progress=progress, **controls)
 
 
 RUN_OUTPUTS = 20
@@ -1272,71 +1160,96 @@ def _kept(message: str):
     return (message,) + tuple(gr.skip() for _ in range(RUN_OUTPUTS - 1))
 
 
-def build_outputs(source, result, dense_row, pruned_row, comparison, timing, archive, metrics, seconds, dense_hash,
-                  store, key_for, tuned=None, recovered_row=None, recovered_images=None, recovery=None, cancel_note=""):
+def _store_app_rows(checked: dict, run, settings: tuple) -> list[dict]:
+    """This run's rows of the results charts (one-shot and, after a recovery, recovered), kept in
+    the results store under the run's settings."""
+    from core.store import key_for, model_hash
+
+    spec, totals, timing = run.spec, run.pruned.report.totals, run.timing
+    recovery = _recovery_key(checked["recovery"])
+    rows = [app_row(spec, settings, run.evaluations["one-shot"], timing, totals)]
+    if run.recovered is not None:
+        rows.append(app_row(spec, settings, run.evaluations["recovered"], timing, totals,
+                            finetune_steps=recovery["steps"]))
+    dense_hash = model_hash(_denoiser(checked["dense"]))
+    for entry in rows:
+        try:
+            get_store().put(key_for(dense_hash, {"app_run": 1, "settings": list(settings),
+                                                 "metrics": list(checked["metrics"]),
+                                                 "finetune_steps": entry["finetune_steps"],
+                                                 "recovery": recovery if entry["finetune_steps"] else None}, spec), entry)
+        except (OSError, ValueError):
+            pass  # the charts then lack this run's stored copy; "this run" is still drawn
+    return rows
+
+
+def _recovery_key(settings) -> dict:
+    """The recovery settings as stored rows and charts name them."""
+    return dict(steps=settings.steps, lr=settings.lr, batch_size=settings.batch_size, distill=settings.distill,
+                data=settings.data)
+
+
+def _pairs(run) -> tuple[dict, list]:
+    """The slider's state (every stage's grid images and the pair shown first) and the pairs offered."""
+    images = {stage: _to_pil(run.images[stage]) for stage in ("dense", "one-shot", "recovered") if stage in run.images}
+    kinds = [kind for kind in PAIR_KINDS if all(stage in images for stage in kind.split(" | "))]
+    return dict(images=images, kind=kinds[-1] if run.recovered is not None else kinds[0]), kinds
+
+
+def _status(run, quality_key: str, cancel_note: str) -> str:
+    spec, totals, rows = run.spec, run.pruned.report.totals, run.evaluations
+    stage_text = ""
+    if run.recovered is not None:
+        stage_text = (f" Recovered with {run.recovery['steps']:,} steps in {run.recovered.wall_time_s:.1f} s: "
+                      f"{quality_key.upper()} {_quality_text(rows['one-shot'], quality_key)} one-shot → "
+                      f"{_quality_text(rows['recovered'], quality_key)} recovered (dense "
+                      f"{_quality_text(rows['dense'], quality_key)}).")
+    return (f"**Done** in {run.seconds:.1f} s ({totals['wall_time_s']:.1f} s pruning): {spec.label}. "
+            f"Kept {totals['params_ratio']:.1%} of the parameters and {totals['macs_ratio']:.1%} of the MACs; "
+            f"{latency_sentence(run.timing)}." + stage_text + (f" {cancel_note}" if cancel_note else ""))
+
+
+def build_outputs(checked: dict, run, archive: str):
     """The run's views; each one that cannot be drawn becomes a note, the others and the export stay."""
     from core import make_grid
 
-    spec, report = result.spec, result.report
-    settings = (model_label(source), pruned_row["num_samples"], pruned_row["num_inference_steps"], pruned_row["reference"])
-    row = app_row(spec, settings, pruned_row, timing, report.totals)
-    rows = [row]
-    if tuned is not None:
-        rows.append(app_row(spec, settings, recovered_row, timing, report.totals, finetune_steps=recovery["steps"]))
-    for entry in rows:
-        try:
-            store.put(key_for(dense_hash, {"app_run": 1, "settings": list(settings), "metrics": list(metrics),
-                                           "finetune_steps": entry["finetune_steps"],
-                                           "recovery": recovery if entry["finetune_steps"] else None}, spec), entry)
-        except (OSError, ValueError):
-            pass  # the charts then lack this run's stored copy; "this run" is still drawn
-    images = {"dense": _to_pil(comparison.dense_images), "one-shot": _to_pil(comparison.pruned_images)}
-    if recovered_images is not None:
-        images["recovered"] = _to_pil(recovered_images)
-    kinds = [kind for kind in PAIR_KINDS if all(stage in images for stage in kind.split(" | "))]
-    pairs = dict(images=images, kind=kinds[-1] if tuned is not None else kinds[0])
-    current = [dict(entry, sparsity=report.totals["sparsity"]) for entry in rows]
+    spec, report, rows, tuned = run.spec, run.pruned.report, run.evaluations, run.recovered
+    recovery = _recovery_key(checked["recovery"])
+    settings = (model_label(checked["source"]), rows["one-shot"]["num_samples"], rows["one-shot"]["num_inference_steps"],
+                rows["one-shot"]["reference"])
+    current = [dict(entry, sparsity=report.totals["sparsity"]) for entry in _store_app_rows(checked, run, settings)]
+    metrics = checked["metrics"]
     quality_key = "kid" if "kid" in metrics else ("fid" if "fid" in metrics else "kid")
     pareto_figure, sparsity_figure = results_charts(settings, current, quality_key)
     timesteps = report.timestep_weights.merge(report.calibration_loss, on="t", how="left")
-    group_sizes = _group_sizes(report)
-    stage_text = ""
-    if tuned is not None:
-        stage_text = (f" Recovered with {recovery['steps']:,} steps in {tuned.wall_time_s:.1f} s: "
-                      f"{quality_key.upper()} {_quality_text(pruned_row, quality_key)} one-shot → "
-                      f"{_quality_text(recovered_row, quality_key)} recovered (dense {_quality_text(dense_row, quality_key)}).")
-    status = (f"**Done** in {seconds:.1f} s ({report.totals['wall_time_s']:.1f} s pruning): {spec.label}. "
-              f"Kept {report.totals['params_ratio']:.1%} of the parameters and {report.totals['macs_ratio']:.1%} of the MACs; "
-              f"{latency_sentence(timing)}." + stage_text + (f" {cancel_note}" if cancel_note else ""))
-    if spec.schedule == "threshold":
-        schedule_figure = safe_view(figures.threshold_walk, timesteps, report.totals.get("schedule_stopped_at"),
-                                    spec.schedule_params.get("threshold", 0.05))
-    else:
-        schedule_figure = gr.skip()
-    first = select_pair(0, pairs["kind"], pairs)
+    cancel_note = "" if run.recovery_stopped_at is None else (
+        f"Recovery cancelled at step {run.recovery_stopped_at:,} of {recovery['steps']:,}: the one-shot result is shown.")
+    pairs, kinds = _pairs(run)
+    schedule_figure = gr.skip() if spec.schedule != "threshold" else safe_view(
+        figures.threshold_walk, timesteps, report.totals.get("schedule_stopped_at"),
+        spec.schedule_params.get("threshold", 0.05))
     return (
-        status,
-        safe_view(summary_table, result, dense_row, pruned_row, timing, tuned, recovered_row, recovery),
-        comparison.dense_grid,
-        comparison.pruned_grid,
-        first,
-        gr.update(maximum=max(1, len(images["dense"]) - 1), value=0),
+        _status(run, quality_key, cancel_note),
+        safe_view(summary_table, run),
+        make_grid(run.images["dense"], columns=4, scale=4),
+        make_grid(run.images["one-shot"], columns=4, scale=4),
+        select_pair(0, pairs["kind"], pairs),
+        gr.update(maximum=max(1, len(pairs["images"]["dense"]) - 1), value=0),
         pairs,
         safe_view(figures.importance_heatmap, report.importance),
-        safe_view(figures.layer_timestep_heatmap, report.timestep_contributions, group_sizes),
+        safe_view(figures.layer_timestep_heatmap, report.timestep_contributions, _group_sizes(report)),
         safe_view(figures.layer_sparsity_bars, report.layers[report.layers["prunable"]]),
         safe_view(figures.timesteps_used, timesteps, title=_timesteps_title(report)),
         pareto_figure,
         sparsity_figure,
         archive,
-        recovery_note(result, tuned, cancel_note),
+        recovery_note(run.pruned, tuned, cancel_note),
         schedule_figure,
-        make_grid(recovered_images, columns=4, scale=4) if recovered_images is not None else None,
+        make_grid(run.images["recovered"], columns=4, scale=4) if tuned is not None else None,
         safe_view(figures.recovery_losses, tuned.losses, recovery) if tuned is not None else
         figures.empty_figure(cancel_note or "no recovery in this run (recovery steps = 0)"),
         gr.update(choices=kinds, value=pairs["kind"]),
-        safe_view(figures.recovery_comparison, shipped_recovery(), _run_recovery(spec, pruned_row, recovered_row,
-                                                                                 dense_row, recovery, quality_key)),
+        safe_view(figures.recovery_comparison, shipped_recovery(), _run_recovery(spec, rows, recovery, quality_key)),
     )
 
 
@@ -1345,12 +1258,13 @@ def _quality_text(row: dict | None, quality: str) -> str:
     return "n/a" if value is None else (f"{value:.4f}" if quality == "kid" else f"{value:.1f}")
 
 
-def _run_recovery(spec, pruned_row, recovered_row, dense_row, recovery, quality) -> dict | None:
+def _run_recovery(spec, rows: dict, recovery: dict, quality: str) -> dict | None:
     """This run's one-shot → recovered pair for the recovery chart (None without recovery)."""
+    pruned_row, recovered_row = rows["one-shot"], rows.get("recovered")
     if recovered_row is None or pruned_row.get(quality) is None:
         return None
     return dict(label=f"this run: {spec.criterion} · {spec.granularity}", quality=quality,
-                before=pruned_row.get(quality), after=recovered_row.get(quality), dense=dense_row.get(quality),
+                before=pruned_row.get(quality), after=recovered_row.get(quality), dense=rows["dense"].get(quality),
                 steps=recovery["steps"], samples=pruned_row.get("num_samples"))
 
 
@@ -1421,10 +1335,9 @@ def select_pair(index, kind, pairs=None):
 
 @gpu_task
 def dense_frontier(source, num_samples, steps, seed, quality, progress=gr.Progress()):
-    """After a run: the dense model at fewer sampling steps under the run's settings (stored, so
-    measured once per model and settings), then the quality-vs-latency chart redrawn with it."""
-    from core.evaluate import evaluate
-
+    """After a run: the dense model at fewer sampling steps under the run's settings
+    (``core.frontier``; stored, so measured once per model and settings), then the
+    quality-vs-latency chart redrawn with it."""
     try:
         num_samples, steps = check_counts(num_samples, steps)
         seed = whole_number("seed", seed, 0, MAX_SEED)
@@ -1434,33 +1347,15 @@ def dense_frontier(source, num_samples, steps, seed, quality, progress=gr.Progre
         return gr.skip()
     if not metrics:
         return gr.skip()
-    model, reference = model_label(source), evaluation_reference(source)
-    store = get_store()
-    counts = sorted({max(1, round(steps * f)) for f in FRONTIER_FRACTIONS} - {steps})
-    try:
-        from core.store import key_for, model_hash
+    from core.frontier import FrontierSettings, fewer_steps
+    from core.frontier import dense_frontier as measure_frontier
 
-        dense_hash = model_hash(_denoiser(dense))
-        for index, count in enumerate(counts):
-            key = key_for(dense_hash, {"frontier": 1, "model": model, "samples": num_samples, "steps": count,
-                                       "base_steps": steps, "reference": reference, "metrics": list(metrics)})
-            if store.get(key) is not None:
-                continue
-            progress(index / max(1, len(counts)), desc=f"dense at {count} steps (baseline frontier)")
-            row = evaluate(dense, num_samples=num_samples, num_inference_steps=count, seed=seed, metrics=metrics,
-                           reference=reference, dense_pipeline=dense, store=store)
-            # Latency of the sampler is one UNet forward per step: count / steps of the dense latency.
-            store.put(key, dict(frontier_of=model, num_samples=num_samples, num_inference_steps=count, base_steps=steps,
-                                reference=reference, fid=row.get("fid"), kid=row.get("kid"), kid_std=row.get("kid_std"),
-                                relative_latency=count / steps))
-        dense_key = key_for(dense_hash, {"frontier": 1, "model": model, "samples": num_samples, "steps": steps,
-                                         "base_steps": steps, "reference": reference, "metrics": list(metrics)})
-        if store.get(dense_key) is None:  # the run's own dense evaluation (same arguments: answered from the store)
-            row = evaluate(dense, num_samples=num_samples, num_inference_steps=steps, seed=seed,
-                           metrics=metrics + ("macs",), reference=reference, dense_pipeline=dense, store=store)
-            store.put(dense_key, dict(frontier_of=model, num_samples=num_samples, num_inference_steps=steps,
-                                      base_steps=steps, reference=reference, fid=row.get("fid"), kid=row.get("kid"),
-                                      kid_std=row.get("kid_std"), relative_latency=1.0))
+    model, reference = model_label(source), evaluation_reference(source)
+    try:
+        measure_frontier(dense, fewer_steps(steps) + [steps],
+                         FrontierSettings(num_samples=num_samples, base_steps=steps, seed=seed, metrics=metrics,
+                                          reference=reference, label=model),
+                         store=get_store(), progress=lambda fraction, message: progress(fraction, desc=message))
     except Exception:  # noqa: BLE001 - the frontier is an extra; the run's chart stays as it is
         return gr.skip()
     settings = (model, num_samples, steps, reference)
@@ -1508,42 +1403,42 @@ def parse_sparsities(text) -> list[float]:
     return sorted(set(values))
 
 
-def validate_compare(source, criteria, granularity, sparsities, num_samples, steps, seed, quality, time_latency,
-                     recovery_steps=0, recovery_lr=None, recovery_batch=None, distill=False,
-                     recovery_data="shipped training images", recovery_files=None):
-    """Every field of a sweep, checked before any work; ``recovery_steps`` > 0 applies the same
-    recovery (the Prune tab's recovery settings) to every row."""
+def validate_compare(*values, **named) -> dict:
+    """Every field of a sweep (``COMPARE_CONTROLS``: in the page's order, or by name), checked
+    before any work; ``recovery_steps`` > 0 applies the same recovery (the Prune tab's recovery
+    settings) to every row."""
     from core.criteria import CRITERIA
     from core.recovery import RECOVERY_DEFAULTS, recovery_images
     from core.spec import PruneSpec
 
+    c = collect_controls(COMPARE_CONTROLS, values, named, COMPARE_DEFAULTS)
     try:
         recovery = recovery_from_controls(
-            recovery_steps, RECOVERY_DEFAULTS["lr"] if recovery_lr is None else recovery_lr,
-            RECOVERY_DEFAULTS["batch_size"] if recovery_batch is None else recovery_batch, distill, recovery_data,
-            recovery_files)
-        normalise_source(source)
-        num_samples, steps = check_counts(num_samples, steps)
-        seed = whole_number("seed", seed, 0, MAX_SEED)
-        metrics = check_quality(quality)
-        if not criteria or not isinstance(criteria, (list, tuple)):
+            c.recovery_steps, RECOVERY_DEFAULTS["lr"] if c.recovery_lr is None else c.recovery_lr,
+            RECOVERY_DEFAULTS["batch_size"] if c.recovery_batch is None else c.recovery_batch, c.distill,
+            c.recovery_data, c.recovery_files)
+        normalise_source(c.source)
+        num_samples, steps = check_counts(c.num_samples, c.steps)
+        seed = whole_number("seed", c.seed, 0, MAX_SEED)
+        metrics = check_quality(c.quality)
+        if not c.criteria or not isinstance(c.criteria, (list, tuple)):
             raise ValueError(f"pick at least one criterion to compare (allowed: {sorted(CRITERIA)})")
-        levels = [None] if ":" in str(granularity) else parse_sparsities(sparsities)
-        specs = [PruneSpec(criterion=c, granularity=granularity, sparsity=level, seed=seed)
-                 for c in criteria for level in levels]
+        levels = [None] if ":" in str(c.granularity) else parse_sparsities(c.sparsities)
+        specs = [PruneSpec(criterion=criterion, granularity=c.granularity, sparsity=level, seed=seed)
+                 for criterion in c.criteria for level in levels]
         if len(specs) > 24:
             raise ValueError(f"a sweep may hold at most 24 runs (criteria x sparsities), got {len(specs)}")
-        dense = cached_pipeline(source)
+        dense = cached_pipeline(c.source)
         if recovery["steps"] and recovery["data"] != "generated":
             recovery_images(dense, recovery["data"])
     except ValueError as error:
         raise _user_error(error) from error
-    return dict(specs=specs, num_samples=num_samples, steps=steps, seed=seed, metrics=metrics, dense=dense,
-                time_latency=bool(time_latency), recovery=recovery if recovery["steps"] else None)
+    return dict(source=c.source, specs=specs, num_samples=num_samples, steps=steps, seed=seed, metrics=metrics,
+                dense=dense, time_latency=bool(c.time_latency), recovery=recovery if recovery["steps"] else None)
 
 
-def check_compare(*controls) -> None:
-    validate_compare(*controls)
+def check_compare(*values, **named) -> None:
+    validate_compare(*values, **named)
 
 
 def format_sweep(table, dense_row: dict | None):
@@ -1572,37 +1467,33 @@ def format_sweep(table, dense_row: dict | None):
     return pd.DataFrame(rows)
 
 
-@gpu_task
-def run_compare(source, criteria, granularity, sparsities, num_samples, steps, seed, quality="KID", time_latency=False,
-                recovery_steps=0, recovery_lr=None, recovery_batch=None, distill=False,
-                recovery_data="shipped training images", recovery_files=None, request: gr.Request = None,
-                progress=gr.Progress()):
+def run_compare(*values, request=None, progress=None, **named):
     """A sweep over criteria x sparsities through the results store (stored rows return instantly),
-    every row recovered with the same budget when ``recovery_steps`` > 0 (part of each row's key)."""
+    every row recovered with the same budget when ``recovery_steps`` > 0 (part of each row's key).
+    Takes the Compare tab's controls (``COMPARE_CONTROLS``: in the page's order, or by name)."""
     from core.evaluate import evaluate
     from core.sweep import sweep
 
-    checked = validate_compare(source, criteria, granularity, sparsities, num_samples, steps, seed, quality,
-                               time_latency, recovery_steps, recovery_lr, recovery_batch, distill, recovery_data,
-                               recovery_files)
+    checked = validate_compare(*values, **named)
     session = getattr(request, "session_hash", None) or "local"
     _start_compute(session)
     metrics = checked["metrics"] + (("latency",) if checked["time_latency"] else ()) + ("macs",)
     settings = dict(num_samples=checked["num_samples"], num_inference_steps=checked["steps"], seed=checked["seed"],
-                    metrics=metrics, reference=evaluation_reference(source))
+                    metrics=metrics, reference=evaluation_reference(checked["source"]))
     try:
         dense_metrics = tuple(m for m in metrics if m != "latency")
         dense_row = evaluate(checked["dense"], **{**settings, "metrics": dense_metrics}, store=get_store(),
                              dense_pipeline=checked["dense"])
         table = sweep(checked["dense"], checked["specs"], settings, store=get_store(),
-                      progress=lambda f, m: progress(f, desc=m), recovery=checked["recovery"])
+                      progress=(lambda f, m: progress(f, desc=m)) if progress is not None else None,
+                      recovery=checked["recovery"])
     except Exception as error:  # noqa: BLE001 - keep the previous sweep on screen
         message = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         gr.Warning(f"The sweep failed: {message}")
         return gr.skip(), gr.skip(), gr.skip()
     finally:
         _end_compute(session)
-    model = model_label(source)
+    model = model_label(checked["source"])
     chart_rows = table.assign(model=model, kid=table.get("kid"), measured_sparsity=table.get("prune_sparsity"),
                               source="this sweep")
     chart_rows = chart_rows.assign(num_samples=checked["num_samples"], num_inference_steps=checked["steps"],
@@ -1613,6 +1504,13 @@ def run_compare(source, criteria, granularity, sparsities, num_samples, steps, s
     return (format_sweep(table, dense_row),
             safe_view(figures.pareto, chart_rows, view_settings, None, quality_key, frontier),
             safe_view(figures.quality_vs_sparsity, chart_rows, view_settings, None, quality_key))
+
+
+@gpu_task
+def run_compare_event(request: gr.Request = None, progress=gr.Progress(), **controls):
+    """:func:`run_compare` as the page and the API endpoint ``/run_compare`` call it: the controls
+    by name (gradio's ``inputs_kwargs``), the session and the progress bar from gradio."""
+    return run_compare(request=request, progress=progress, **controls)
 
 
 def check_source(source, seed=0, steps=25) -> None:

@@ -106,7 +106,7 @@ def test_every_criterion_and_granularity_runs_or_is_refused(sd3, criterion, gran
 def test_obs_calibrates_on_the_flow_euler_trajectory(sd3):
     """OBS's trajectory walks the adapter's flow Euler step: the model sees ``x_s`` at ``s * 1000`` and
     predicts ``v = eps - x0``; ``x_{s'} = x_s + (s' - s) v``, ending at the clean sample (s' = 0)."""
-    from core import obs
+    from core.criteria import obs
 
     adapter = adapter_for(sd3)
     assert adapter.sampler_label == "flow Euler"

@@ -116,3 +116,54 @@ def test_bad_arguments_are_refused():
         finetune(pipeline, -1, 1e-3, 2, images=IMAGES)
     with pytest.raises(ValueError, match="PruneResult"):
         finetune(object(), 1, 1e-3, 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# masks="auto" follows the granularity registry's structural flag
+# ----------------------------------------------------------------------------------------------
+def pruned_dit(granularity: str, sparsity: float):
+    """The tiny DiT (tests/tiny_families.py) cut by magnitude at ``granularity``, with its pixels."""
+    import tiny_families
+
+    from core.engine import prune
+    from core.pipeline import adapter_of
+    from core.spec import PruneSpec
+
+    dit = tiny_families.build("dit")
+    result = prune(dit, PruneSpec(criterion="magnitude", granularity=granularity, sparsity=sparsity, device="cpu"))
+    channels, size, _ = adapter_of(dit).image_shape(dit)
+    pixels = torch.rand(4, channels, size, size, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    return result, pixels, torch.arange(4)
+
+
+@pytest.mark.parametrize("granularity, sparsity", [("ffn", 0.2), ("block", 0.35)])
+def test_auto_masks_freeze_nothing_after_a_structural_cut(granularity, sparsity):
+    """After an ``ffn`` or ``block`` cut the removed units are gone: a weight that is exactly zero in
+    what is left is an ordinary weight, and a fine-tuning step updates it."""
+    from core.criteria import prunable_layers
+    from core.granularities import GRANULARITIES
+
+    assert GRANULARITIES[granularity].structural
+    result, pixels, labels = pruned_dit(granularity, sparsity)
+    layers = prunable_layers(result.pipeline.transformer)
+    name = next(iter(layers))
+    with torch.no_grad():
+        layers[name].weight[:2, :4] = 0
+    tuned = finetune(result, 1, 1e-2, 2, images=pixels, labels=labels, seed=0)
+    assert tuned.masks == {}
+    updated = dict(tuned.pipeline.transformer.named_modules())[name].weight[:2, :4]
+    assert bool((updated != 0).all()), updated
+
+
+def test_auto_masks_keep_the_zeros_of_an_unstructured_cut():
+    result, pixels, labels = pruned_dit("unstructured", 0.5)
+    zeros = masks_from_zeros(result.pipeline.transformer)
+    assert zeros
+    before = {name: weight.clone() for name, weight in result.pipeline.transformer.state_dict().items()}
+    tuned = finetune(result, 1, 1e-2, 2, images=pixels, labels=labels, seed=0)
+    assert set(tuned.masks) == set(zeros)
+    modules = dict(tuned.pipeline.transformer.named_modules())
+    for name, mask in zeros.items():
+        weight = modules[name].weight
+        assert bool((weight[~mask] == 0).all()), name
+        assert not torch.equal(weight, before[f"{name}.weight"]), name  # the kept weights did train

@@ -1,11 +1,11 @@
-"""OBS-Diff (core/obs.py): compensation beats masking, N:M holds, convs work, H is always safe."""
+"""OBS-Diff (core/criteria/obs/): compensation beats masking, N:M holds, convs work, H is always safe."""
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-from core import obs
+from core.criteria import obs
 from tiny_families import attention_unet as tiny_unet
 
 
@@ -109,6 +109,37 @@ def test_singular_or_broken_hessian_never_gives_nan(kind):
     assert float((~result.mask).float().mean()) == 0.5
     heads = obs.obs_remove_column_groups(weight, hessian, [list(range(i, i + 4)) for i in range(0, 16, 4)], 2)
     assert torch.isfinite(heads.weight).all()
+
+
+@pytest.mark.parametrize("pattern", [None, (2, 4)])
+def test_dead_input_columns_are_pruned_first_whatever_the_input_scale(pattern):
+    """Inputs that are zero for every calibration sample (``H_ii = 0``): as in SparseGPT's
+    ``fasterprune`` their weights are set to 0 and spend the pruning budget first (unstructured:
+    saliency 0; N:M: the pruned slots of their group), so the mask is the same when the live
+    inputs are scaled by 0.05 (a dead column's Hessian diagonal used to be a fixed 1, which ranks
+    its weights against the live ones differently at every scale)."""
+    inputs = correlated_inputs(features=64)
+    dead = [3, 4, 17, 40, 41, 63]  # at most 2 per group of 4 consecutive columns
+    inputs[:, dead] = 0.0
+    weight = torch.randn(16, 64, generator=torch.Generator().manual_seed(5))
+    options = dict(n=pattern[0], m=pattern[1]) if pattern else {}
+    masks = []
+    for scale in (1.0, 0.05):
+        layer = nn.Linear(64, 16, bias=False)
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+        with obs.collect_hessians({"layer": layer}) as collector, torch.no_grad():
+            layer(inputs * scale)
+        hessian = collector.hessian("layer")
+        assert torch.all(torch.diagonal(hessian)[dead] == 0)
+        result = obs.prune_layer(layer, hessian, 0.5, **options)
+        assert torch.all(layer.weight[:, dead] == 0)  # zeroed, as the reference does
+        assert not result.mask[:, dead].any()  # and counted as pruned, within the budget
+        assert float((~result.mask).float().mean()) == 0.5
+        if pattern:
+            assert torch.all(result.mask.reshape(16, -1, 4).sum(-1) == 2)
+        masks.append(result.mask)
+    assert torch.equal(masks[0], masks[1])
 
 
 def test_damping_is_retried_when_cholesky_fails():

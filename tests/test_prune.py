@@ -15,7 +15,7 @@ import core.criteria as criteria_module
 from core.criteria import CRITERIA, prunable_layers
 from core.default_model import DEFAULT_MODEL_DIR
 from core.engine import clear_calibration_cache, prune
-from core.granularity import attention_modules
+from core.granularities import attention_modules
 from core.pipeline import load_pipeline, sample_images
 from core.spec import PruneSpec
 

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 from core.criteria import CRITERIA
-from core.granularity import GRANULARITIES
+from core.granularities import GRANULARITIES
 from core.spec import PRESETS, PruneSpec
 
 

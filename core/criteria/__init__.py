@@ -1,12 +1,14 @@
 """Pruning criteria: each one turns a UNet (and, for the gradient criteria, calibration
 statistics) into one score per prunable weight; low score = pruned first.
 
-Layout: this ``__init__`` holds what every criterion shares (the prunable layers, the calibration
-losses, the one calibration loop ``calibration_loop`` -- also run by ``core/gradflow.py`` and timed by
-``core/cost.py`` -- and the gradient criteria's ``calibrate`` on top of it); ``base.py`` the
-``Criterion`` record; one file per method registers it in ``core.registry.CRITERIA``.
+Layout: this ``__init__`` holds what the gradient criteria share (the calibration losses, the one
+calibration loop ``calibration_loop`` -- also run by ``core/gradflow.py`` and timed by
+``core/cost.py`` -- and the gradient criteria's ``calibrate`` on top of it); ``common.py`` what
+every criterion and the engine share (the prunable layers, ``CalibrationStats``), re-exported here;
+``base.py`` the ``Criterion`` record; one file per method registers it in ``core.registry.CRITERIA``
+(``obs/``, OBS-Diff, is a package: its Hessians, its per-layer solver, its structured compensation).
 
-A granularity (``core/granularity.py``) then aggregates the per-weight scores into the unit it
+A granularity (``core/granularities/``) then aggregates the per-weight scores into the unit it
 prunes (an N:M group, an output channel with its dependency group, an attention head), so that
 criteria, schedules and granularities stay orthogonal (``../shared/STYLE.md`` principle 5).
 
@@ -25,6 +27,8 @@ Definitions follow ``../shared/METHODS.md``:
 * ``l1``        -- Towards Tiny Diffusion: ``I(w) = alpha |w| + beta |dL/dw|`` with each term
   normalised by its per-layer mean (the paper gives no values: defaults alpha = beta = 1); the
   gradient is that of the denoising loss over the criterion's schedule (default ``uniform``).
+* ``obs``       -- OBS-Diff: timestep-aware Hessians of every layer's inputs and SparseGPT's
+  (Frantar & Alistarh, ICML 2023) per-layer OBS prune with weight compensation (``obs/``).
 
 Prunable parameters (the same set for every criterion and granularity): the ``weight`` of every
 ``nn.Conv2d`` and ``nn.Linear`` in the UNet except ``conv_in`` and ``conv_out`` (the image-facing
@@ -35,8 +39,7 @@ and normalisation parameters are not prunable.
 from __future__ import annotations
 
 import contextlib
-import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -44,43 +47,12 @@ from torch import nn
 
 from ..schedules import SCHEDULES
 from ..registry import CRITERIA  # noqa: F401 - filled by the method files
+from .common import (EXCLUDED_LAYERS, CalibrationStats, _rules, copy_scheduler,  # noqa: F401 - shared names
+                     protected_layer_names, prunable_layers, prunable_parameter_count)
 
-# The pixel UNet's never-pruned layers; other families name theirs in their adapter
-# (``ModelAdapter.protected_layers``). Kept for callers that read the constant.
-EXCLUDED_LAYERS = ("conv_in", "conv_out")
 # Calibration batches this many samples (timesteps x images) into one forward/backward pass: the
 # same accumulated gradient as one pass per timestep, 3-5x faster on a CPU for small batches.
 CALIBRATION_CHUNK_SAMPLES = 64
-
-
-def _rules(module: nn.Module, adapter=None, component: str | None = None):
-    from ..models import adapter_for_module
-
-    if adapter is None or component is None:
-        found, owned = adapter_for_module(module)
-        adapter, component = adapter or found, component or owned
-    return adapter, component
-
-
-def protected_layer_names(module: nn.Module, adapter=None, component: str | None = None) -> tuple:
-    """Conv/linear layers of ``module`` whose weights are never pruned (its family's adapter says which)."""
-    adapter, component = _rules(module, adapter, component)
-    return tuple(adapter.protected_layers(component, module))
-
-
-def prunable_layers(unet: nn.Module, adapter=None, component: str | None = None) -> dict[str, nn.Module]:
-    """Name -> module of the layers whose ``weight`` is prunable (see module docstring): every
-    ``nn.Conv2d`` and ``nn.Linear`` except the family's protected layers."""
-    protected = set(protected_layer_names(unet, adapter, component))
-    return {
-        name: module
-        for name, module in unet.named_modules()
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in protected
-    }
-
-
-def prunable_parameter_count(unet: nn.Module) -> int:
-    return sum(module.weight.numel() for module in prunable_layers(unet).values())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,20 +78,6 @@ def reconstruction_loss(adapter, autoencoder, noise_scheduler, clean, noise, tim
 
 
 LOSSES = {"denoising": denoising_loss, "clean-image": clean_image_loss, "reconstruction": reconstruction_loss}
-
-
-@dataclass
-class CalibrationStats:
-    """What the calibration pass measured, per prunable layer (names as in ``prunable_layers``)."""
-
-    gradients: dict[str, torch.Tensor] = field(default_factory=dict)  # accumulated dL/dw (last reset)
-    taylor_per_batch_sum: dict[str, torch.Tensor] = field(default_factory=dict)  # sum_b |w * g_b|
-    timestep_contributions: dict[str, dict[int, float]] = field(default_factory=dict)  # layer -> t -> sum|w * g_t|
-    timestep_weights: list = field(default_factory=list)  # [(t, weight)] actually used
-    losses: dict[int, list] = field(default_factory=dict)  # t -> loss per batch
-    stopped_at: int | None = None  # threshold schedule: the last visited t
-    num_images: int = 0
-    timesteps_per_group: int = 1  # timesteps per backward pass (columns of timestep_contributions)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,8 +273,10 @@ class GradientCollector:
                 self.stats.losses.setdefault(t, []).append(value)
 
     def end_batch(self, batch_index: int) -> None:
-        # nici: |w * g_b| summed over batches; each batch's gradient is freed as soon as it is added
-        if not self.zero_grad_per_batch:
+        # nici: |w * g_b| summed over batches; each batch's gradient is freed as soon as it is added.
+        # With one batch the sum is that batch's term: the gradient is kept and the criterion
+        # computes |w * g| one layer at a time (no float32 sum the size of the model).
+        if not self.zero_grad_per_batch or self.num_batches == 1:
             return
         with torch.no_grad():
             for name, module in self.layers.items():
@@ -331,8 +291,8 @@ class GradientCollector:
 
     def gradients(self) -> dict[str, torch.Tensor]:
         """The accumulated gradients, handed over (not copied): taylor and l1 score from them.
-        Empty for per-batch gradients (nici), whose statistics are the running sum."""
-        if self.zero_grad_per_batch:
+        Empty for per-batch gradients over several batches (nici), whose statistics are the running sum."""
+        if self.zero_grad_per_batch and self.num_batches > 1:
             return {}
         return {name: module.weight.grad.detach() if module.weight.grad is not None
                 else torch.zeros_like(module.weight) for name, module in self.layers.items()}
@@ -454,11 +414,11 @@ def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, s
 
 
 # ----------------------------------------------------------------------------------------------
-# The criteria: one file per method in this package, each registering itself (random.py,
-# magnitude.py, taylor.py, nici.py, l1.py; obs and gradflow in core/obs.py and core/gradflow.py)
+# The criteria: one file (or package) per method, each registering itself (random.py,
+# magnitude.py, taylor.py, nici.py, l1.py, obs/; gradflow in core/gradflow.py)
 # ----------------------------------------------------------------------------------------------
 from .base import ALL_GRANULARITIES, Criterion, register_criterion  # noqa: E402,F401
-from . import random, magnitude, taylor, nici, l1  # noqa: E402,F401,I001 - registration order = menu order
+from . import random, magnitude, taylor, nici, l1, obs  # noqa: E402,F401,I001 - registration order = menu order
 
 
 def compute_scores(criterion: Criterion, unet: nn.Module, stats: CalibrationStats | None, params: dict, seed: int,
@@ -466,8 +426,3 @@ def compute_scores(criterion: Criterion, unet: nn.Module, stats: CalibrationStat
     layers = prunable_layers(unet, adapter, component)
     with torch.no_grad():
         return criterion.score(layers, stats, criterion.check_params(params), seed)
-
-
-def copy_scheduler(scheduler):
-    """A private copy: ``add_noise`` moves its tables to the sample's device (a mutation)."""
-    return copy.deepcopy(scheduler)

@@ -35,7 +35,7 @@ class Criterion:
     checks: dict = field(default_factory=dict)  # param name -> validator
     description: str = ""
     # (unet, pipeline, spec, progress) -> (scores, stats, calibration_source): criteria that run
-    # their own calibration and may rewrite weights (obs, gradflow; core/obs.py, core/gradflow.py)
+    # their own calibration and may rewrite weights (obs, gradflow; core/criteria/obs/, core/gradflow.py)
     reconstruct: Callable | None = None
     check_all: Callable | None = None  # validates the merged params together (e.g. not every weight 0)
 

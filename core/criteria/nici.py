@@ -8,7 +8,10 @@ from .scores import LayerScores
 
 
 def nici_scores(layers, stats, params, seed):
-    # NiCI-Pruning: Taylor importance per batch, summed over batches (the sums calibration kept).
+    # NiCI-Pruning: Taylor importance per batch, summed over batches (the sums calibration kept);
+    # one batch: that batch's |w * g|, computed one layer at a time from its gradient.
+    if not stats.taylor_per_batch_sum:
+        return LayerScores(layers, lambda name, module: module.weight.detach().float().mul(stats.gradients[name]).abs_())
     return LayerScores(layers, lambda name, module: stats.taylor_per_batch_sum[name].clone())
 
 

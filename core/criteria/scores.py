@@ -60,6 +60,16 @@ which a cut changes).
             self.summarize(name)
 
 
+class ConsumerScores(dict):
+    """Per-weight scores whose channel importance is counted on the input side only: a channel
+    scores the error its removal causes in the layers that read it (OBS-Diff's unit error), not
+    the weights of the layer that writes it. ``compensate(unet, removed)``, when set, is called
+    after the cut with ``removed = {layer name: {"out": [...], "in": [...]}}`` (indices of the
+    original shapes) so that the criterion can update the remaining weights."""
+
+    compensate: Callable | None = None
+
+
 def score_summary(scores, name: str) -> tuple[float, float, float] | None:
     """``(mean, min, max)`` of layer ``name``'s scores for the report, or None when it has none;
     from :class:`LayerScores`' summary, or computed from a plain dict of tensors."""

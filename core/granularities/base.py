@@ -71,13 +71,17 @@ class GranularityOutcome:
 @dataclass(frozen=True)
 class Granularity:
     """A registered granularity. ``apply(unet, scores, spec, progress) -> GranularityOutcome``;
-    ``check(unet, spec)`` raises ValueError before any calibration when the model cannot take it."""
+    ``check(unet, spec)`` raises ValueError before any calibration when the model cannot take it.
+    ``units_to_remove(unet, spec) -> {module name: count}``, where the count of units a cut removes
+    depends on the structure only (heads, FFN neurons): a criterion that chooses the units itself
+    (``obs``) removes exactly that many."""
 
     name: str
     apply: Callable
     check: Callable
     structural: bool
     description: str = ""
+    units_to_remove: Callable | None = None
 
 
 # Heatmaps show one value per output unit; the input axis of a block importance is summed into at

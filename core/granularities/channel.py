@@ -7,29 +7,19 @@ evenly, and the adapter's fix-ups re-synchronise the cached sizes."""
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..criteria import _rules, prunable_layers
+from ..criteria.scores import ConsumerScores
 from .base import SPARSITY_TOLERANCE, Granularity, GranularityOutcome, _no_check, register_granularity
 
 
 # The uniform-ratio search stops once its bracket is narrower than this (one step of a channel
 # group up to 1,000 wide); the k-smallest-groups search after it refines the rest.
 UNIFORM_RATIO_RESOLUTION = 1e-3
-
-
-class ConsumerScores(dict):
-    """Per-weight scores whose channel importance is counted on the input side only: a channel
-    scores the error its removal causes in the layers that read it (OBS-Diff's unit error), not
-    the weights of the layer that writes it. ``compensate(unet, removed)``, when set, is called
-    after the cut with ``removed = {layer name: {"out": [...], "in": [...]}}`` (indices of the
-    original shapes) so that the criterion can update the remaining weights."""
-
-    compensate: Callable | None = None
 
 
 @torch.no_grad()
@@ -86,6 +76,34 @@ class WeightScoreImportance:
         return total.float()
 
 
+class _TracedOp:
+    """Stands in for a traced autograd node once the dependency graph is built (not None: a slice
+    op with a node is one Torch-Pruning adjusts)."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def name(self) -> str:
+        return self._name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+def release_traced_graph(graph) -> None:
+    """Drop Torch-Pruning's references to the autograd graph of its tracing pass once the
+    dependency graph is built (its shapes and index mappings are read by then). That graph holds
+    the trace's activations and, through its leaves, every original parameter: kept, it keeps a
+    whole copy of the model alive while the cut replaces each weight with a smaller one."""
+    for node in graph.module2node.values():
+        node.grad_fn = None
+        operation = node.module
+        for attribute in ("grad_fn", "_grad_fn"):
+            traced = getattr(operation, attribute, None)
+            if hasattr(traced, "next_functions"):  # an autograd node (Torch-Pruning's slice / element-wise ops)
+                setattr(operation, attribute, _TracedOp(traced.name()))
+
+
 def example_inputs(unet, adapter=None, component: str | None = None) -> dict:
     """Keyword inputs of one forward pass (batch 1), from the family's adapter."""
     adapter, component = _rules(unet, adapter, component)
@@ -129,6 +147,7 @@ class ChannelPlanner:
             prune_num_heads=False,
             prune_head_dims=True,
         )
+        release_traced_graph(self.pruner.DG)
         self.before = sum(m.weight.numel() for m in self.prunable)
         # While the model is unchanged, Torch-Pruning's full-index groups are the same for every
         # candidate ratio (only the chosen indices differ): trace them once, not once per plan.

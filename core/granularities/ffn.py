@@ -114,5 +114,6 @@ def apply_ffn(model, scores, spec, progress=None):
     return outcome
 
 
-ENTRY = Granularity("ffn", apply_ffn, check_ffn, True, "hidden neurons of the feed-forward blocks (ff, ff_context)")
+ENTRY = Granularity("ffn", apply_ffn, check_ffn, True, "hidden neurons of the feed-forward blocks (ff, ff_context)",
+                    units_to_remove=neurons_to_remove)
 register_granularity(ENTRY)

@@ -104,4 +104,5 @@ def apply_head(unet, scores, spec, progress=None):
 
 
 
-register_granularity(Granularity("head", apply_head, check_head, True, "whole attention heads"))
+register_granularity(Granularity("head", apply_head, check_head, True, "whole attention heads",
+                                 units_to_remove=heads_to_remove))

@@ -1,6 +1,6 @@
 """The model-adapter contract: everything the engine needs to know about one family of pipelines.
 
-The engine (``core.engine``, ``core.criteria``, ``core.granularity``, ``core.obs``, ``core.evaluate``
+The engine (``core.engine``, ``core.criteria``, ``core.granularities``, ``core.evaluate``
 ...) never names a diffusers model class or attribute. It asks the pipeline's adapter::
 
     adapter = adapter_for(pipeline)            # core.models: the registered family that matches

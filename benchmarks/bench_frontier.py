@@ -1,16 +1,17 @@
-"""Issue 17: is pruning worth it? Pruned + recovered models against the dense model sampled with fewer steps.
+"""Is pruning worth it? Pruned + recovered models against the dense model sampled with fewer steps.
 
 Every user already has one speed-up for free: fewer DDIM steps. A pruned model is worth shipping
 only if, at its best step count, it has a lower FID than the dense model *at equal measured
 latency*. This benchmark puts both on one quality-vs-latency plane:
 
-* **Dense frontier** -- the dense model at ``--dense-steps`` (4, 6, 8, 12, 25, 50) DDIM steps.
+* **Dense frontier** -- the dense model at ``--dense-steps`` (4, 6, 8, 12, 25, 50) DDIM steps
+  (``core.frontier.dense_frontier``, the app's frontier function).
 * **Candidates** -- ``--candidates`` (``criterion:sparsity[:kd]``, comma-separated; default obs 20 %,
   obs 30 %, nici 20 % with NiCI's distillation from the dense teacher, taylor 20 %, then nici 30 %,
-  taylor 30 % if the run gets that far): structured channel pruning through ``core.engine.prune``,
-  then ``--finetune-steps`` recovery steps with the app's defaults (``core.recovery.RECOVERY_DEFAULTS``:
-  lr 2e-4, batch 8) on the shipped Fashion-MNIST training images, evaluated at ``--pruned-steps``
-  (8, 12, 50).
+  taylor 30 % if the run gets that far): structured channel pruning, then ``--finetune-steps``
+  recovery steps with the app's defaults (``core.recovery.RECOVERY_DEFAULTS``: lr 2e-4, batch 8) on
+  the shipped Fashion-MNIST training images -- the app's workflow, ``core.run.run`` -- evaluated at
+  ``--pruned-steps`` (8, 12, 50).
 * Every row: FID and KID (with its std) of ``--num-samples`` samples (seed 0) against the 1,000
   shipped test images, and the paired one-step speed-up against the dense model
   (``core.timing.paired_step_latency``, dense and pruned interleaved, median and range of the
@@ -207,14 +208,24 @@ def _latency(dense, pipeline, steps: int, args) -> dict:
                                min_rounds=min(4, args.latency_rounds), seed=args.seed)
 
 
+def _quality(pipeline, steps: int, args, is_dense: bool) -> dict:
+    """FID and KID at ``steps``: the dense model's through the frontier function the app uses."""
+    from core.evaluate import evaluate
+    from core.frontier import FrontierSettings, dense_frontier
+
+    if is_dense:
+        settings = FrontierSettings(num_samples=args.num_samples, base_steps=BASE_STEPS, seed=args.seed,
+                                    metrics=("fid", "kid"), reference=REFERENCE)
+        return dense_frontier(pipeline, [steps], settings).iloc[0].to_dict()
+    return evaluate(pipeline, num_samples=args.num_samples, num_inference_steps=steps, seed=args.seed,
+                    metrics=("fid", "kid"), reference=REFERENCE)
+
+
 def _measure(pipeline, dense, steps: int, args, base: dict, is_dense: bool) -> dict:
     import torch
 
-    from core.evaluate import evaluate
-
     started = time.perf_counter()
-    metrics = evaluate(pipeline, num_samples=args.num_samples, num_inference_steps=steps, seed=args.seed,
-                       metrics=("fid", "kid"), reference=REFERENCE)
+    metrics = _quality(pipeline, steps, args, is_dense)
     eval_s = time.perf_counter() - started
     timing = _latency(dense, pipeline, steps, args)
     row = dict(base, num_inference_steps=steps, num_samples=args.num_samples, seed=args.seed, reference=REFERENCE,
@@ -243,10 +254,10 @@ def _key(label: str, steps: int, args) -> str:
 def run(args) -> None:
     import torch
 
-    from core.engine import prune
-    from core.finetune import finetune
     from core.pipeline import load_pipeline
-    from core.recovery import RECOVERY_DEFAULTS, recovery_images
+    from core.recovery import RECOVERY_DEFAULTS
+    from core.run import EvaluationSettings, RecoverySettings, TimingSettings
+    from core.run import run as run_workflow
     from core.spec import PruneSpec
 
     results, csv_path = Path(args.results), Path(args.csv)
@@ -257,7 +268,6 @@ def run(args) -> None:
     late = set(_steps(args.late_steps))
     candidates = parse_candidates(args.candidates)
     recovered: dict = {}  # label -> (pipeline, base row), kept between the early and the late phase
-    images = None
 
     def measure(label, pipeline, steps, base, is_dense):
         key = _key(label, steps, args)
@@ -269,33 +279,36 @@ def run(args) -> None:
         write_csv(done, csv_path)
 
     def candidate(spec: dict):
-        nonlocal images
+        """Prune and recover one candidate: the app's workflow (``core.run``), without its grids,
+        quality evaluation and timing (measured per step count below)."""
         label = candidate_label(spec["criterion"], spec["sparsity"], args.finetune_steps, spec["distill"])
         if label in recovered:
             return label, *recovered[label]
-        started = time.perf_counter()
-        result = prune(dense, PruneSpec(criterion=spec["criterion"], granularity="channel", sparsity=spec["sparsity"],
-                                        seed=args.seed))
-        prune_s = time.perf_counter() - started
-        totals = result.report.totals
-        if images is None:
-            images, _ = recovery_images(dense, args.data)
-        started = time.perf_counter()
-        tuned = finetune(result, args.finetune_steps, lr=RECOVERY_DEFAULTS["lr"], batch_size=RECOVERY_DEFAULTS["batch_size"],
-                         distill=spec["distill"], teacher=dense if spec["distill"] else None, images=images,
-                         seed=args.seed, output_dir=Path(args.runs_dir) / label.replace(" ", "_").replace("%", "pct")
-                         .replace("+", ""), checkpoint_every=max(1, args.finetune_steps // 4))
+        recovery = RecoverySettings(
+            steps=args.finetune_steps, lr=RECOVERY_DEFAULTS["lr"], batch_size=RECOVERY_DEFAULTS["batch_size"],
+            distill=spec["distill"], data=args.data, checkpoint_every=max(1, args.finetune_steps // 4),
+            checkpoint_dir=str(Path(args.runs_dir) / label.replace(" ", "_").replace("%", "pct").replace("+", "")))
+        outcome = run_workflow(dense, PruneSpec(criterion=spec["criterion"], granularity="channel",
+                                                sparsity=spec["sparsity"], seed=args.seed),
+                               recovery=recovery, evaluation=EvaluationSettings(metrics=(), grid_images=0),
+                               timing=TimingSettings(enabled=False))
+        if outcome.errors:
+            raise next(iter(outcome.errors.values()))
+        totals, tuned = outcome.pruned.report.totals, outcome.recovered
+        losses = tuned.losses if tuned is not None else None
         base = dict(label=label, criterion=spec["criterion"], granularity="channel", sparsity=spec["sparsity"],
                     measured_sparsity=totals["sparsity"], finetune_steps=args.finetune_steps, distill=spec["distill"],
-                    macs_ratio=totals["macs_ratio"], params_ratio=totals["params_ratio"], prune_s=round(prune_s, 1),
-                    finetune_s=round(time.perf_counter() - started, 1), finetune_resumed_from=tuned.resumed_from,
+                    macs_ratio=totals["macs_ratio"], params_ratio=totals["params_ratio"],
+                    prune_s=round(totals["wall_time_s"], 1),
+                    finetune_s=round(tuned.wall_time_s, 1) if tuned is not None else 0.0,
+                    finetune_resumed_from=tuned.resumed_from if tuned is not None else None,
                     finetune_lr=RECOVERY_DEFAULTS["lr"], finetune_batch_size=RECOVERY_DEFAULTS["batch_size"],
-                    final_loss=float(tuned.losses["loss"].tail(100).mean()) if len(tuned.losses) else None,
+                    final_loss=float(losses["loss"].tail(100).mean()) if losses is not None and len(losses) else None,
                     recovery_data=args.data)
-        recovered[label] = (tuned.pipeline, base)
-        print(f"{label}: pruned in {prune_s:.0f} s, recovered in {base['finetune_s']:.0f} s "
+        recovered[label] = (outcome.delivered, base)
+        print(f"{label}: pruned in {base['prune_s']:.0f} s, recovered in {base['finetune_s']:.0f} s "
               f"(MACs x{totals['macs_ratio']:.3f}, params x{totals['params_ratio']:.3f})", flush=True)
-        return label, tuned.pipeline, base
+        return label, outcome.delivered, base
 
     def pending(spec, steps):
         label = candidate_label(spec["criterion"], spec["sparsity"], args.finetune_steps, spec["distill"])

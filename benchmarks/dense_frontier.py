@@ -10,21 +10,23 @@ Measures, on the embedded default model and with the benchmark suite's quick-mod
 (48 samples, seed 0, DDIM, against the 1,000 Fashion-MNIST test images), FID and KID at every
 step count in ``--steps``, and the sampler's latency at each step count, timed interleaved
 (round-robin over the step counts, one warm-up round, median of ``--repeats`` rounds) so that
-load drifts hit every step count alike. ``relative_latency`` is the median latency divided by the
-median latency at ``--base-steps`` (the suite's 10), i.e. on the same axis as ``1 / speedup`` of
-the suite's pruned rows. Writes ``assets/results/dense_steps.csv`` (read by the app's charts).
+load drifts hit every step count alike: ``core.frontier.dense_frontier`` with ``latency="sampler"``,
+the app's frontier function. ``relative_latency`` is the median latency divided by the median
+latency at ``--base-steps`` (the suite's 10), i.e. on the same axis as ``1 / speedup`` of the
+suite's pruned rows. Writes ``assets/results/dense_steps.csv`` (read by the app's charts).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+COLUMNS = ["num_inference_steps", "fid", "kid", "kid_std", "latency_median_s_per_image", "latency_min_s_per_image",
+           "latency_max_s_per_image", "relative_latency", "base_steps", "num_samples", "seed", "reference", "threads"]
 
 
 def main(argv=None) -> int:
@@ -39,41 +41,21 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "assets" / "results" / "dense_steps.csv"))
     args = parser.parse_args(argv)
 
-    import pandas as pd
     import torch
 
-    from core import evaluate, load_pipeline, sample_images
+    from core.frontier import FrontierSettings, dense_frontier
+    from core.pipeline import load_pipeline
 
     torch.set_num_threads(args.threads)
     steps = sorted({int(s) for s in args.steps.split(",")} | {args.base_steps})
     dense = load_pipeline(None, device="cpu")
     started = time.perf_counter()
-    rows = []
-    for count in steps:
-        row = evaluate(dense, num_samples=args.num_samples, num_inference_steps=count, seed=args.seed,
-                       metrics=("fid", "kid"), reference="fashion-mnist-test")
-        rows.append(dict(num_inference_steps=count, fid=row["fid"], kid=row["kid"], kid_std=row["kid_std"]))
-        print(f"dense at {count} steps: FID {row['fid']:.1f}, KID {row['kid']:.4f} ± {row['kid_std']:.4f}", flush=True)
-
-    def time_sampler(count: int) -> float:
-        t0 = time.perf_counter()
-        sample_images(dense, args.latency_batch_size, count, args.seed, batch_size=args.latency_batch_size)
-        return (time.perf_counter() - t0) / args.latency_batch_size
-
-    for count in steps:  # warm-up round
-        time_sampler(count)
-    times = {count: [] for count in steps}
-    for _ in range(args.repeats):
-        for count in steps:
-            times[count].append(time_sampler(count))
-    base = statistics.median(times[args.base_steps])
-    for row in rows:
-        samples = times[row["num_inference_steps"]]
-        row.update(latency_median_s_per_image=statistics.median(samples), latency_min_s_per_image=min(samples),
-                   latency_max_s_per_image=max(samples), relative_latency=statistics.median(samples) / base,
-                   base_steps=args.base_steps, num_samples=args.num_samples, seed=args.seed,
-                   reference="fashion-mnist-test", threads=args.threads)
-    table = pd.DataFrame(rows)
+    settings = FrontierSettings(num_samples=args.num_samples, base_steps=args.base_steps, seed=args.seed,
+                                metrics=("fid", "kid"), reference="fashion-mnist-test", latency="sampler",
+                                repeats=args.repeats, latency_batch_size=args.latency_batch_size)
+    table = dense_frontier(dense, steps, settings, progress=lambda fraction, message: print(message, flush=True))
+    table["threads"] = args.threads
+    table = table[COLUMNS]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
     print(table.to_string(index=False))

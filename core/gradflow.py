@@ -193,7 +193,8 @@ def gradflow_prune(
     device = next(unet.parameters()).device
     generator = torch.Generator().manual_seed(int(seed))
     order = torch.randperm(images.shape[0], generator=generator)[: batch_size * num_batches]
-    batches = [b.to(device) for b in images[order].float().split(batch_size)]
+    dtype = next(unet.parameters()).dtype  # the model's own dtype (an fp16 model calibrates in fp16)
+    batches = [b.to(device=device, dtype=dtype) for b in images[order].float().split(batch_size)]
     noises = calibration_noises(batches, generator)
 
     parameter_names = {f"{name}.weight": name for name in layers}

@@ -12,6 +12,12 @@ Three rules hold for every handler a user can trigger:
 * **Every figure is measured.** Latency comes from one paired, interleaved timing
   (``core.timing``), quality from ``core.evaluate``; nothing shown is a cached guess.
 
+* **One run, defined in core.** A run is ``core.run.run`` (prune, recover, grids, evaluations,
+  timing, export through ``core.export``), the dense frontier ``core.frontier.dense_frontier``:
+  the same calls as ``diffprune run`` and the benchmarks. Handlers only map widgets to their
+  settings and their results to views; the many widget values of an event are collected into one
+  namespace at the boundary (``collect_controls``; the page passes them by name).
+
 Handlers are plain functions, tested without a browser (``tests/test_app_handlers.py``).
 """
 from __future__ import annotations
@@ -25,8 +31,6 @@ import shutil
 import sys
 import tempfile
 import threading
-import time
-import zipfile
 from pathlib import Path
 
 import gradio as gr

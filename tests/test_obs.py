@@ -115,9 +115,8 @@ def test_singular_or_broken_hessian_never_gives_nan(kind):
 def test_dead_input_columns_are_pruned_first_whatever_the_input_scale(pattern):
     """Inputs that are zero for every calibration sample (``H_ii = 0``): as in SparseGPT's
     ``fasterprune`` their weights are set to 0 and spend the pruning budget first (unstructured:
-    saliency 0; N:M: the pruned slots of their group), so the mask is the same when the live
-    inputs are scaled by 0.05 (a dead column's Hessian diagonal used to be a fixed 1, which ranks
-    its weights against the live ones differently at every scale)."""
+    saliency 0; N:M: the pruned slots of their group), and the damping comes from the live
+    columns, so the mask is the same when every input is scaled by 0.05."""
     inputs = correlated_inputs(features=64)
     dead = [3, 4, 17, 40, 41, 63]  # at most 2 per group of 4 consecutive columns
     inputs[:, dead] = 0.0

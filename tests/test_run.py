@@ -251,6 +251,24 @@ def test_the_cli_run_refuses_bad_settings_with_exit_2(tiny_model, tmp_path, caps
         assert code == 2 and message in err and err.count("\n") == 1, err
 
 
+def test_the_cli_run_help_lists_its_settings_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import contextlib, io, sys\nfrom core.cli import main\nout = io.StringIO()\n"
+            "try:\n    with contextlib.redirect_stdout(out):\n        main(['run', '--help'])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'diffusers', 'gradio') if m in sys.modules))\nprint(out.getvalue())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    heavy, text = done.stdout.split("\n", 1)
+    assert heavy == "[]"
+    for flag in ("--out", "--recovery-steps", "--distill", "--num-samples", "--metrics", "--no-timing",
+                 "--export-oneshot", "--preset", "--grid-out"):
+        assert flag in text, flag
+
+
 # ------------------------------------------------------------------------------ the dense frontier
 def test_dense_frontier_relative_latency_and_the_store(tiny, tmp_path, monkeypatch):
     from core.store import ResultStore
@@ -280,3 +298,17 @@ def test_dense_frontier_timed_sampler_is_relative_to_the_base_steps(tiny):
     base = table.set_index("num_inference_steps").loc[2]
     assert base["relative_latency"] == pytest.approx(1.0)
     assert (table["latency_min_s_per_image"] <= table["latency_median_s_per_image"]).all()
+
+
+def test_the_dense_frontier_benchmark_writes_the_table_the_app_reads(tmp_path):
+    import pandas as pd
+
+    from benchmarks import dense_frontier as bench
+
+    out = tmp_path / "dense_steps.csv"
+    assert bench.main(["--steps", "1", "--base-steps", "2", "--num-samples", "4", "--repeats", "1",
+                       "--latency-batch-size", "1", "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == bench.COLUMNS and list(table["num_inference_steps"]) == [1, 2]
+    assert table.set_index("num_inference_steps").loc[2, "relative_latency"] == pytest.approx(1.0)
+    assert table[["fid", "kid"]].notna().all().all()

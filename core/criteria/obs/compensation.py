@@ -238,7 +238,7 @@ def obs_channel_scores(unet: nn.Module, noise_scheduler, layers: dict, *, schedu
         for name, original in originals.items():
             entry = removed.get(name, {})
             if not entry.get("in"):
-                continue  # no input removed: the kept rows are exactly as before
+                continue  # no input removed: the kept rows are the dense ones
             module = modules[name]
             positions = module.weight[0].numel() // module.weight.shape[1]  # kernel positions (1 for Linear)
             in_channels = original.shape[1] // positions

@@ -9,8 +9,9 @@ consecutive columns of a row), and after each pruned column the later columns ar
 
 Weights on dead columns (an input that is zero for every calibration sample, ``H_ii = 0``) are
 set to 0 first, as ``fasterprune`` does: their saliency is then 0, so they are pruned first and
-count against the layer's budget (N:M: they take their group's pruned slots first), and the mask
-does not depend on the scale of the other inputs.
+count against the layer's budget (N:M: they take their group's pruned slots first). Their
+Hessian diagonal is the live columns' mean rather than ``fasterprune``'s 1, so that the damping
+scales with the inputs and the mask does not depend on their scale.
 
 N:M means N weights *kept* in every group of M (NVIDIA's and the engine's convention; for 2:4
 and 4:8 it coincides with SparseGPT's ``prunen:prunem``). Masks are boolean tensors of the
@@ -68,9 +69,10 @@ def sparsegpt_prune(
     N:M: in each row, the M - N smallest of every M consecutive columns are pruned (N kept).
     Dead columns (``H_ii = 0``: an input that is zero for every calibration sample) have their
     weights set to 0 first, as SparseGPT's ``fasterprune`` does (``W[:, dead] = 0``): saliency 0,
-    so they are pruned first and count against the budget; their diagonal in the damped inverse
-    is the live columns' mean, so that the damping, and with it the mask, does not depend on the
-    scale of the inputs. Sparsity 0 (unstructured) returns the weights unchanged.
+    so they are pruned first and count against the budget. Their Hessian diagonal is set to the
+    live columns' mean (SparseGPT sets 1), so that the damping ``percdamp * mean(diag H)``, and
+    with it the mask, does not depend on the scale of the inputs. Sparsity 0 (unstructured)
+    returns the weights unchanged.
     """
     rows, columns = weight.shape
     if n or m:

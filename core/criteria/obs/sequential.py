@@ -242,7 +242,7 @@ def _structured_targets(unet: nn.Module) -> dict:
     attentions = {name: m for name, m in attention_modules(unet).items() if int(getattr(m, "heads", 1)) > 1}
     feed_forwards = feed_forward_modules(unet)
     targets = {}
-    for name, module in unet.named_modules():  # forward-definition order, as before
+    for name, module in unet.named_modules():  # definition order
         if name in attentions:
             targets[name] = ("attention", module)
         elif name in feed_forwards:

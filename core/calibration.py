@@ -82,7 +82,7 @@ def encode_samples(pipeline, pixels: torch.Tensor, spec) -> torch.Tensor:
                       for chunk in pixels.split(max(1, spec.calibration_batch_size))])
 
 
-def calibration_images(pipeline, unet, spec, progress: ProgressFn | None = None) -> tuple[torch.Tensor, str]:
+def calibration_images(pipeline, denoiser, spec, progress: ProgressFn | None = None) -> tuple[torch.Tensor, str]:
     """The denoiser's calibration inputs (images for pixel models, latents for latent models:
     calibration images encoded by the autoencoder) and the source used."""
     pixels, samples, source = calibration_pixels(pipeline, spec, progress)

@@ -6,8 +6,9 @@ Layout of a checkpoint directory (``PruneResult.save``)::
                                    -- the diffusers layout written by ``save_pretrained``
     diffprune_checkpoint.json      -- marker: format, spec, totals, whether plain diffusers can load
                                       it, and the structure needed to rebuild pruned shapes
-    report/                        -- layers.csv, timestep_*.csv, calibration_loss.csv,
-                                      importance.safetensors
+    report/                        -- layers.csv, timestep_*.csv, calibration_loss.csv, totals.json,
+                                      importance.safetensors: the run's one report (an export,
+                                      ``core.export``, adds no copy of it)
 
 Plain ``DiffusionPipeline.from_pretrained`` loads the directory whenever the pruned shapes are
 expressible as a ``UNet2DModel`` config: always for ``unstructured`` and ``N:M`` (the zeros are in
@@ -117,14 +118,15 @@ def read_marker(directory) -> dict:
     return marker
 
 
-def rebuild_unet(unet_directory, structure: dict, component: str = "unet", family: str | None = None):
+def rebuild_component(directory, structure: dict, component: str | None = None, family: str | None = None):
     """A network from its (original) config, resized to the shapes in its safetensors file and the
-    head counts / GroupNorm groups recorded in ``structure`` (the family's adapter rebuilds it)."""
+    head counts / GroupNorm groups recorded in ``structure`` (the family's adapter rebuilds it);
+    ``component`` None: the family's denoiser."""
     from .models.base import ModelAdapter
     from .registry import ADAPTERS
 
     adapter = ADAPTERS[family] if family in ADAPTERS else ModelAdapter()
-    return adapter.rebuild(component, unet_directory, structure)
+    return adapter.rebuild(component or adapter.denoiser_name, directory, structure)
 
 
 def load_pruned_pipeline(directory, dtype=None):
@@ -152,7 +154,7 @@ def load_pruned_pipeline(directory, dtype=None):
             raise ValueError(f"pruned checkpoint {str(directory)!r}: {name}/diffusion_pytorch_model.safetensors is missing")
         # Always rebuilt through the adapter: it validates the safetensors file (a truncated file
         # is a ValueError, not a crash inside diffusers) and restores shapes no config can express.
-        module = rebuild_unet(folder, entry.get("structure") or {}, name, family)
+        module = rebuild_component(folder, entry.get("structure") or {}, name, family)
         if dtype is not None:
             rebuilt[name] = cast_module(module, dtype)
         else:

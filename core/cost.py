@@ -59,21 +59,21 @@ def measure_rate(pipeline, spec: PruneSpec, repeats: int = 2) -> float:
     key = (id(denoiser), batch, criterion.loss, str(device), torch.get_num_threads())
     if key in _RATE_CACHE:
         return _RATE_CACHE[key]
-    unet = copy.deepcopy(denoiser).to(device=device, dtype=torch.float32).eval()
-    layers = prunable_layers(unet, adapter, adapter.denoiser_name)
+    model = copy.deepcopy(denoiser).to(device=device, dtype=torch.float32).eval()
+    layers = prunable_layers(model, adapter, adapter.denoiser_name)
     # content is irrelevant to the time: noise of the denoiser's input shape stands in for the data
-    clean, noise = adapter.noise(unet, batch, 0).to(device), adapter.noise(unet, batch, 1).to(device)
+    clean, noise = adapter.noise(model, batch, 0).to(device), adapter.noise(model, batch, 1).to(device)
     conditioning = adapter.sample_conditioning(pipeline, batch, torch.Generator().manual_seed(0))
     count = timesteps_per_pass(batch)
     timesteps = [int(t) for t in torch.linspace(0, int(pipeline.scheduler.config.num_train_timesteps) - 1, count)]
     scheduler = copy.deepcopy(pipeline.scheduler)
     loss_fn = LOSSES[criterion.loss]
     seconds = []
-    with gradients_of(unet, layers):
+    with gradients_of(model, layers):
         for _ in range(repeats + 1):  # the first pass warms up the allocator and kernels
             collector = GradientCollector(layers, CalibrationStats(), 1, criterion.zero_grad_per_batch)
             started = time.perf_counter()
-            calibration_loop(unet, scheduler, [clean], [noise], [(t, 1.0) for t in timesteps], loss_fn, collector.add,
+            calibration_loop(model, scheduler, [clean], [noise], [(t, 1.0) for t in timesteps], loss_fn, collector.add,
                              adapter=adapter, conditionings=[conditioning], group_size=count)
             if device.type == "cuda":
                 torch.cuda.synchronize()

@@ -19,19 +19,9 @@ EMBEDDED_MODELS = {
                           "latent DiT (6 blocks x 4 heads) + AutoencoderKL, class-conditional, 10 classes (trained on a GPU)"),
 }
 
-# diffusers UNet2DModel config: 28x28 -> 14x14 -> 7x7, attention at 14x14 and 7x7.
-# attention_head_dim=32 gives 2 heads at 64 channels and 4 heads at 128 channels.
-DEFAULT_UNET_CONFIG = dict(
-    sample_size=28,
-    in_channels=1,
-    out_channels=1,
-    layers_per_block=1,
-    block_out_channels=(32, 64, 128),
-    down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    attention_head_dim=32,
-    norm_num_groups=8,
-)
+# The model family of the embedded default model; its architecture is that family's default
+# (``ModelAdapter.new_denoiser``), which ``diffprune train-base`` trains.
+DEFAULT_FAMILY = "pixel-unet"
 
 # DDPM training noise schedule (Ho et al. 2020: T=1000, linear betas 1e-4 .. 0.02).
 DEFAULT_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="linear")

@@ -195,11 +195,17 @@ def checkpoint_dtypes(directory) -> dict:
     return out
 
 
+# The pipeline attributes that hold the denoiser in the registered families (``ModelAdapter.denoiser_name``),
+# spelled out: this module reads folders before any network is loaded and imports no model code.
+# tests/test_import_graph.py checks the list against the adapters.
+DENOISER_COMPONENTS = ("transformer", "unet")
+
+
 def denoiser_component(names) -> str | None:
-    """The denoiser among a pipeline's component names: ``transformer`` or ``unet`` (the first
-    present), else None."""
+    """The denoiser among a pipeline's component names: the first of ``DENOISER_COMPONENTS``
+    present, else None."""
     names = list(names)
-    return next((name for name in ("transformer", "unet") if name in names), None)
+    return next((name for name in DENOISER_COMPONENTS if name in names), None)
 
 
 def hub_weights(repo_id: str, component: str, library: str | None = None) -> WeightsSummary | None:

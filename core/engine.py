@@ -60,7 +60,7 @@ def _module_bytes(module: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def _calibration_key(unet_in, spec: PruneSpec, device) -> str:
+def _calibration_key(denoiser_in, spec: PruneSpec, device) -> str:
     from .store import canonical_json, model_hash
 
     settings = dict(criterion=spec.criterion, schedule=spec.schedule, schedule_params=spec.schedule_params,
@@ -68,7 +68,7 @@ def _calibration_key(unet_in, spec: PruneSpec, device) -> str:
                     calibration_batch_size=spec.calibration_batch_size, seed=spec.seed, device=str(device))
     if spec.calibration_prompts is not None:
         settings["calibration_prompts"] = list(spec.calibration_prompts)
-    return model_hash(unet_in) + canonical_json(settings)
+    return model_hash(denoiser_in) + canonical_json(settings)
 
 
 def clear_calibration_cache() -> None:
@@ -120,14 +120,14 @@ class PruneResult:
 # measuring (one counter: core.measure)
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
-def measure(unet: nn.Module, adapter=None, component: str | None = None) -> tuple[dict[str, dict], int, int]:
+def measure(model: nn.Module, adapter=None, component: str | None = None) -> tuple[dict[str, dict], int, int]:
     """Per conv/linear layer its type, parameter and weight counts, non-zero weights, MACs and
     shape; the total MACs (conv, linear and attention matmuls) and the total parameter count --
     all from ``core.measure.count_model``, the counter that ``evaluate`` and the app use too."""
-    counted = count_model(unet, adapter, component)
+    counted = count_model(model, adapter, component)
     macs = dict(zip(counted.layers["name"], counted.layers["macs"]))
     layers = {}
-    for name, module in unet.named_modules():
+    for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             layers[name] = dict(
                 type=type(module).__name__,
@@ -140,9 +140,9 @@ def measure(unet: nn.Module, adapter=None, component: str | None = None) -> tupl
     return layers, counted.macs, counted.params
 
 
-def count_macs(unet: nn.Module) -> tuple[int, int]:
+def count_macs(model: nn.Module) -> tuple[int, int]:
     """(MACs for one input, parameters): conv, linear and attention matmuls (``core.measure``)."""
-    counted = count_model(unet)
+    counted = count_model(model)
     return counted.macs, counted.params
 
 
@@ -308,7 +308,7 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
             progress(0.85 + index * share, "pruning" + (f" {name}" if len(names) > 1 else ""))
         outcome = granularity.apply(copies[name], scores_by[name], spec, _stage(progress, 0.85 + index * share,
                                                                                 0.85 + (index + 1) * share))
-        module = outcome.unet.eval()
+        module = outcome.model.eval()
         for parameter in module.parameters():
             parameter.requires_grad_(True)
             parameter.grad = None

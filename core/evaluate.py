@@ -196,7 +196,7 @@ def evaluate(
         if dense_shape != (channels, size, _):
             raise ValueError(f"dense_pipeline differs in its image shape ({dense_shape} vs {(channels, size, _)})")
 
-    unet_hash = pipeline_hash(pipeline)
+    pipeline_digest = pipeline_hash(pipeline)
     dense_hash = pipeline_hash(dense_pipeline) if dense_pipeline is not None and "latency" in requested else None
     settings = {
         "version": EVALUATION_VERSION, "metrics": list(requested), "num_samples": num_samples,
@@ -210,7 +210,7 @@ def evaluate(
     if "latency" in requested:
         settings.update(latency={"batch_size": latency_batch_size, "repeats": latency_repeats, "warmup": latency_warmup},
                         device=str(_device(adapter, pipeline)), threads=torch.get_num_threads(), dense_model_hash=dense_hash)
-    key = key_for(unet_hash, settings, prune_spec)
+    key = key_for(pipeline_digest, settings, prune_spec)
     if store is not None:
         stored = store.get(key)
         if stored is not None:
@@ -229,7 +229,7 @@ def evaluate(
     phases = _Progress(progress, plan)
     row: dict = dict.fromkeys(RESULT_KEYS)
     row.update(num_samples=num_samples, num_inference_steps=num_inference_steps, seed=seed, scheduler=scheduler,
-               metrics=list(requested), model_hash=unet_hash, prune_spec=jsonable(prune_spec), class_label=class_label)
+               metrics=list(requested), model_hash=pipeline_digest, prune_spec=jsonable(prune_spec), class_label=class_label)
 
     if wants_fid:
         feature_device = _device(adapter, pipeline)

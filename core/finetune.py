@@ -101,11 +101,11 @@ def step_batch(images: torch.Tensor, batch_size: int, num_train_timesteps: int, 
     return indices, timesteps, noise
 
 
-def masks_from_zeros(unet: nn.Module, layers: dict | None = None) -> dict:
+def masks_from_zeros(denoiser: nn.Module, layers: dict | None = None) -> dict:
     """``weight != 0`` for every prunable layer holding exact zeros (an unstructured / N:M result);
     dense layers get no mask."""
     if layers is None:
-        layers = _prunable(unet)
+        layers = _prunable(denoiser)
     masks = {}
     for name, module in layers.items():
         mask = module.weight.detach() != 0
@@ -114,18 +114,18 @@ def masks_from_zeros(unet: nn.Module, layers: dict | None = None) -> dict:
     return masks
 
 
-def apply_masks(unet: nn.Module, masks: dict) -> None:
-    modules = dict(unet.named_modules())
+def apply_masks(denoiser: nn.Module, masks: dict) -> None:
+    modules = dict(denoiser.named_modules())
     with torch.no_grad():
         for name, mask in masks.items():
             weight = modules[name].weight
             weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
 
 
-def _prunable(unet: nn.Module) -> dict:
+def _prunable(denoiser: nn.Module) -> dict:
     from .criteria import prunable_layers  # one definition of "prunable" for the whole engine
 
-    return prunable_layers(unet)
+    return prunable_layers(denoiser)
 
 
 def _default_images(pipeline) -> torch.Tensor:
@@ -150,7 +150,7 @@ def _split(result_or_pipeline):
     raise ValueError(f"finetune needs a PruneResult or a diffusion pipeline, got {type(result_or_pipeline).__name__}")
 
 
-def _resolve_masks(masks, unet, spec) -> dict:
+def _resolve_masks(masks, denoiser, spec) -> dict:
     if masks is None:
         return {}
     if isinstance(masks, dict):
@@ -159,7 +159,7 @@ def _resolve_masks(masks, unet, spec) -> dict:
         raise ValueError(f"masks must be 'auto', None or a dict of layer -> bool tensor, got {masks!r}")
     if _structural(spec):
         return {}  # the removed weights are gone, nothing to keep at zero
-    return masks_from_zeros(unet)
+    return masks_from_zeros(denoiser)
 
 
 def _structural(spec) -> bool:
@@ -177,7 +177,7 @@ def _structural(spec) -> bool:
     return bool(GRANULARITIES[name].structural)
 
 
-def _teacher_unet(distill, teacher):
+def _teacher_denoiser(distill, teacher):
     if distill is None or distill is False:
         return None
     source = teacher if distill is True else distill
@@ -187,10 +187,10 @@ def _teacher_unet(distill, teacher):
         from .pipeline import adapter_of
 
         source = adapter_of(source).denoiser(source)
-    unet = source
-    if not isinstance(unet, nn.Module):
+    denoiser = source
+    if not isinstance(denoiser, nn.Module):
         raise ValueError(f"the distillation teacher must be a pipeline or a UNet, got {type(source).__name__}")
-    return unet
+    return denoiser
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ def _checkpoints(output_dir: Path) -> list:
     return sorted(found)
 
 
-def _save_checkpoint(output_dir: Path, step: int, pipeline, unet, export, optimizer, ema_shadow, masks, losses, spec,
+def _save_checkpoint(output_dir: Path, step: int, pipeline, denoiser, export, optimizer, ema_shadow, masks, losses, spec,
                      settings):
     from safetensors.torch import save_file
 
@@ -214,7 +214,7 @@ def _save_checkpoint(output_dir: Path, step: int, pipeline, unet, export, optimi
         shutil.rmtree(staging)
     _save_pipeline(pipeline, export, staging, spec)
     tensors, groups = {}, []
-    names = [name for name, _ in unet.named_parameters()]
+    names = [name for name, _ in denoiser.named_parameters()]
     state = optimizer.state_dict()
     for index, values in state["state"].items():
         for key, value in values.items():
@@ -222,7 +222,7 @@ def _save_checkpoint(output_dir: Path, step: int, pipeline, unet, export, optimi
                 tensors[f"optimizer.{names[int(index)]}.{key}"] = value.detach().cpu().contiguous()
     for group in state["param_groups"]:
         groups.append({k: v for k, v in group.items() if k != "params"})
-    for name, value in unet.state_dict().items():  # the raw training weights (the pipeline may hold the EMA)
+    for name, value in denoiser.state_dict().items():  # the raw training weights (the pipeline may hold the EMA)
         tensors[f"model.{name}"] = value.detach().cpu().contiguous()
     for name, value in (ema_shadow or {}).items():
         tensors[f"ema.{name}"] = value.detach().cpu().contiguous()
@@ -236,26 +236,26 @@ def _save_checkpoint(output_dir: Path, step: int, pipeline, unet, export, optimi
     staging.rename(final)  # a checkpoint exists only once it is complete
 
 
-def _save_pipeline(pipeline, unet, directory: Path, spec) -> None:
+def _save_pipeline(pipeline, denoiser, directory: Path, spec) -> None:
     from .checkpoint import save_pruned_pipeline
     from .pipeline import adapter_of
 
     adapter = adapter_of(pipeline)
-    snapshot = adapter.replace_components(pipeline, {adapter.denoiser_name: unet})
+    snapshot = adapter.replace_components(pipeline, {adapter.denoiser_name: denoiser})
     save_pruned_pipeline(snapshot, directory, spec=spec)
 
 
-def _load_checkpoint(path: Path, unet, optimizer, ema_shadow, masks) -> tuple[int, list]:
+def _load_checkpoint(path: Path, denoiser, optimizer, ema_shadow, masks) -> tuple[int, list]:
     from safetensors.torch import load_file
 
     state_json = json.loads((path / STATE_JSON).read_text())
     tensors = load_file(str(path / STATE_TENSORS))
     weights = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
-    missing, unexpected = unet.load_state_dict(weights, strict=False)
+    missing, unexpected = denoiser.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {path} does not match the model being fine-tuned "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    names = [name for name, _ in unet.named_parameters()]
+    names = [name for name, _ in denoiser.named_parameters()]
     optimizer_state = {"state": {}, "param_groups": []}
     for index, name in enumerate(names):
         entry = {key.split(".")[-1]: value for key, value in tensors.items()
@@ -329,22 +329,22 @@ def finetune(
     from .pipeline import adapter_of
 
     adapter = adapter_of(pipeline)
-    teacher_source = _teacher_unet(distill, teacher)
+    teacher_source = _teacher_denoiser(distill, teacher)
     accelerator = Accelerator(mixed_precision=mixed_precision)
     device = accelerator.device
     if batch_size % accelerator.num_processes:
         raise ValueError(f"batch_size {batch_size} must be divisible by the {accelerator.num_processes} processes")
     local_batch = batch_size // accelerator.num_processes
 
-    unet = _float32(copy.deepcopy(adapter.denoiser(pipeline)).to(device)).train()
-    for parameter in unet.parameters():
+    denoiser = _float32(copy.deepcopy(adapter.denoiser(pipeline)).to(device)).train()
+    for parameter in denoiser.parameters():
         parameter.requires_grad_(True)
-    layer_masks = {name: mask.to(device) for name, mask in _resolve_masks(masks, unet, spec).items()}
-    apply_masks(unet, layer_masks)
-    teacher_unet = None
+    layer_masks = {name: mask.to(device) for name, mask in _resolve_masks(masks, denoiser, spec).items()}
+    apply_masks(denoiser, layer_masks)
+    teacher_denoiser = None
     if teacher_source is not None:
-        teacher_unet = _float32(copy.deepcopy(teacher_source).to(device)).eval()
-        teacher_unet.requires_grad_(False)
+        teacher_denoiser = _float32(copy.deepcopy(teacher_source).to(device)).eval()
+        teacher_denoiser.requires_grad_(False)
     scheduler = pipeline.scheduler
     num_train_timesteps = int(scheduler.config.num_train_timesteps)
     images = (_default_images(pipeline) if images is None else images).float().cpu()
@@ -358,10 +358,10 @@ def finetune(
     if adapter.is_latent():  # latent models train on the autoencoder's latents of the images
         encoder_generator = torch.Generator().manual_seed(int(seed) + 7)
         images = torch.cat([adapter.encode(pipeline, chunk, encoder_generator).float().cpu() for chunk in images.split(64)])
-    prunable_names = list(_prunable(unet))
+    prunable_names = list(_prunable(denoiser))
 
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    ema_shadow = {name: p.detach().clone() for name, p in unet.named_parameters()} if ema else None
+    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=lr, weight_decay=0.0)
+    ema_shadow = {name: p.detach().clone() for name, p in denoiser.named_parameters()} if ema else None
     losses: list = []
     start_step, resumed_from = 0, None
     out_path = Path(output_dir) if output_dir is not None else None
@@ -371,25 +371,25 @@ def finetune(
         if resume and found:
             done, path = max((entry for entry in found if entry[0] <= steps), default=(None, None))
             if path is not None:
-                start_step, losses = _load_checkpoint(path, unet, optimizer, ema_shadow, layer_masks)
+                start_step, losses = _load_checkpoint(path, denoiser, optimizer, ema_shadow, layer_masks)
                 layer_masks = {name: mask.to(device) for name, mask in layer_masks.items()}
                 losses = losses[:start_step]
                 resumed_from = start_step
     lr_lambda = (lambda step: min(1.0, (step + 1) / warmup_steps)) if warmup_steps else (lambda step: 1.0)
-    model, optimizer = accelerator.prepare(unet, optimizer)
+    model, optimizer = accelerator.prepare(denoiser, optimizer)
     for group in optimizer.param_groups:
         group["lr"] = lr * lr_lambda(start_step)
     noise_scheduler = copy.deepcopy(scheduler)  # add_noise moves its tables to the sample's device
-    modules = dict(unet.named_modules())
-    settings = dict(steps=steps, lr=lr, batch_size=batch_size, ema=ema, distill=teacher_unet is not None,
+    modules = dict(denoiser.named_modules())
+    settings = dict(steps=steps, lr=lr, batch_size=batch_size, ema=ema, distill=teacher_denoiser is not None,
                     distill_alpha=distill_alpha, distill_tau=distill_tau, l1_penalty=l1_penalty,
                     regrowth=regrowth, warmup_steps=warmup_steps, seed=seed)
 
     def save(step: int) -> None:
         if out_path is None or not accelerator.is_main_process:
             return
-        export = _ema_copy(unet, ema_shadow) if ema_shadow is not None else unet
-        _save_checkpoint(out_path, step, pipeline, unet, export, optimizer, ema_shadow, layer_masks, losses, spec,
+        export = _ema_copy(denoiser, ema_shadow) if ema_shadow is not None else denoiser
+        _save_checkpoint(out_path, step, pipeline, denoiser, export, optimizer, ema_shadow, layer_masks, losses, spec,
                          settings)
 
     for step in range(start_step, steps):
@@ -411,10 +411,10 @@ def finetune(
             denoising = F.mse_loss(prediction.float(), target)
             loss = denoising
             distillation = torch.zeros((), device=device)
-            if teacher_unet is not None:
+            if teacher_denoiser is not None:
                 with torch.no_grad():
                     target = adapter.trim_prediction(
-                        adapter.predict(teacher_unet, noisy, model_timesteps, conditioning), target)
+                        adapter.predict(teacher_denoiser, noisy, model_timesteps, conditioning), target)
                 distillation = nici_distillation_loss(prediction, target, distill_alpha, distill_tau)
                 loss = loss + distillation
             l1_term = torch.zeros((), device=device)
@@ -433,10 +433,10 @@ def finetune(
             for name in sorted(layer_masks):
                 revive = torch.rand(layer_masks[name].shape, generator=generator) < regrowth
                 layer_masks[name] = layer_masks[name] | revive.to(layer_masks[name].device)
-        apply_masks(unet, layer_masks)
+        apply_masks(denoiser, layer_masks)
         if ema_shadow is not None:
             with torch.no_grad():
-                for name, parameter in unet.named_parameters():
+                for name, parameter in denoiser.named_parameters():
                     ema_shadow[name].mul_(ema).add_(parameter.detach(), alpha=1 - ema)
                 for name, mask in layer_masks.items():
                     ema_shadow[f"{name}.weight"].mul_(mask.to(ema_shadow[f"{name}.weight"].dtype))
@@ -468,9 +468,9 @@ def _float32(module: nn.Module) -> nn.Module:
     return module if all(p.dtype == torch.float32 for p in module.parameters()) else module.float()
 
 
-def _ema_copy(unet: nn.Module, ema_shadow: dict) -> nn.Module:
-    """A copy of ``unet`` holding the EMA weights."""
-    copied = copy.deepcopy(unet)
+def _ema_copy(denoiser: nn.Module, ema_shadow: dict) -> nn.Module:
+    """A copy of ``denoiser`` holding the EMA weights."""
+    copied = copy.deepcopy(denoiser)
     with torch.no_grad():
         for name, parameter in copied.named_parameters():
             parameter.copy_(ema_shadow[name])

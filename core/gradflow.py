@@ -102,13 +102,13 @@ def _math_attention():
         yield
 
 
-def gradient_flow_importance(unet, parameters: dict, effective: dict, batches, noise_scheduler, timestep_weights,
+def gradient_flow_importance(denoiser, parameters: dict, effective: dict, batches, noise_scheduler, timestep_weights,
                              noises) -> tuple[float, dict, dict]:
     """Loss, ``g = dL/dw_eff`` and ``H g`` at the effective weights (double backward).
 
     The loss is built by the criteria's calibration loop (``core.criteria.calibration_loop``:
     the family's denoising loss, one timestep per pass, zero-weight timesteps skipped) run on
-    ``unet`` with its prunable weights replaced by ``effective``; the callback keeps each pass's
+    ``denoiser`` with its prunable weights replaced by ``effective``; the callback keeps each pass's
     graph, ``a_t / sum a * L_t / batches``, for the double backward.
     """
     from torch.func import functional_call
@@ -116,13 +116,13 @@ def gradient_flow_importance(unet, parameters: dict, effective: dict, batches, n
     from .criteria import calibration_loop, denoising_loss
     from .models import adapter_for_module
 
-    adapter = adapter_for_module(unet)[0]  # the family's forward process, target and keyword call
+    adapter = adapter_for_module(denoiser)[0]  # the family's forward process, target and keyword call
     names = list(effective)
     total_weight = sum(weight for _, weight in timestep_weights if weight > 0)
     loss = 0.0
 
     def network(**inputs):
-        return functional_call(unet, {**parameters, **effective}, (), inputs)
+        return functional_call(denoiser, {**parameters, **effective}, (), inputs)
 
     def add(calibration_pass) -> None:
         nonlocal loss
@@ -146,7 +146,7 @@ def gradient_flow_importance(unet, parameters: dict, effective: dict, batches, n
 
 
 def gradflow_prune(
-    unet: nn.Module,
+    denoiser: nn.Module,
     noise_scheduler,
     images: torch.Tensor,
     *,
@@ -163,11 +163,11 @@ def gradflow_prune(
     num_batches: int = 1,
     seed: int = 0,  # fixed noise of the calibration batches
     layers: dict | None = None,  # name -> module (default: the engine's prunable layers)
-    apply: bool = True,  # write the hard mask into the weights of ``unet`` (in place)
+    apply: bool = True,  # write the hard mask into the weights of ``denoiser`` (in place)
     keep_masks: bool = True,  # keep every layer's mask and scores in the report (False: scores computed per layer on access)
     progress: ProgressFn | None = None,
 ) -> GradflowReport:
-    """Progressive soft pruning of ``unet`` along the gradient flow (see the module docstring)."""
+    """Progressive soft pruning of ``denoiser`` along the gradient flow (see the module docstring)."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
@@ -179,7 +179,7 @@ def gradflow_prune(
     from .criteria import calibration_noises, prunable_layers
 
     if layers is None:
-        layers = prunable_layers(unet)
+        layers = prunable_layers(denoiser)
     if n or m:
         for name, module in layers.items():
             if module.weight.shape[1] % m:
@@ -190,21 +190,21 @@ def gradflow_prune(
     num_train_timesteps = int(noise_scheduler.config.num_train_timesteps)
     params = {"num_timesteps": 4} if schedule == "uniform" and schedule_params is None else (schedule_params or {})
     report.timestep_weights = resolve_timestep_weights(schedule, params, num_train_timesteps)
-    device = next(unet.parameters()).device
+    device = next(denoiser.parameters()).device
     generator = torch.Generator().manual_seed(int(seed))
     order = torch.randperm(images.shape[0], generator=generator)[: batch_size * num_batches]
-    dtype = next(unet.parameters()).dtype  # the model's own dtype (an fp16 model calibrates in fp16)
+    dtype = next(denoiser.parameters()).dtype  # the model's own dtype (an fp16 model calibrates in fp16)
     batches = [b.to(device=device, dtype=dtype) for b in images[order].float().split(batch_size)]
     noises = calibration_noises(batches, generator)
 
     parameter_names = {f"{name}.weight": name for name in layers}
-    base = {name: p.detach() for name, p in unet.named_parameters() if name not in parameter_names}
+    base = {name: p.detach() for name, p in denoiser.named_parameters() if name not in parameter_names}
     # the weights themselves (not copies): the flow substitutes w * m through functional_call and
     # leaves the modules' weights alone until ``apply`` writes the result
     weights = {name: module.weight.detach() for name, module in layers.items()}
     soft = {name: torch.ones_like(w) for name, w in weights.items()}
-    was_training = unet.training
-    unet.eval()
+    was_training = denoiser.training
+    denoiser.eval()
     target = {}
     importance = {}
     try:
@@ -213,7 +213,7 @@ def gradflow_prune(
             effective = {f"{name}.weight": (weights[name] * soft[name]).requires_grad_(True) for name in layers}
             importance = {}  # the previous iteration's, no longer needed
             loss, grads, hessian_gradients = gradient_flow_importance(
-                unet, base, effective, batches, noise_scheduler, report.timestep_weights, noises)
+                denoiser, base, effective, batches, noise_scheduler, report.timestep_weights, noises)
             del effective
             grad_norm = 0.0
             with torch.no_grad():
@@ -235,7 +235,7 @@ def gradflow_prune(
             if progress is not None:
                 progress(iteration / iterations, f"gradient flow {iteration}/{iterations}: sparsity {level:.3f}, loss {loss:.4f}")
     finally:
-        unet.train(was_training)
+        denoiser.train(was_training)
     def final_scores(name, module=None):
         # The hard mask is read off the soft mask the flow produced (ties broken by the last
         # importance); N:M applies its pattern only here, the intermediate targets are per layer.
@@ -282,8 +282,8 @@ def _check(name, kind, low=None, high=None, choices=None):
     return check
 
 
-def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | None = None):
-    """Run the gradient flow on the engine's private ``unet``; return ``(scores, stats, source)``.
+def engine_reconstruct(denoiser: nn.Module, pipeline, spec, progress: ProgressFn | None = None):
+    """Run the gradient flow on the engine's private ``denoiser``; return ``(scores, stats, source)``.
 
     Calibration images come from the engine (``spec.calibration_data``); the per-weight scores
     (final hard mask > soft mask > importance) are cut by whatever granularity the spec names.
@@ -294,16 +294,16 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
     from .calibration import calibration_images
 
     params = dict(spec.criterion_params)
-    images, source = calibration_images(pipeline, unet, spec, progress)
+    images, source = calibration_images(pipeline, denoiser, spec, progress)
     n, m = spec.nm_pattern if spec.granularity_name == "N:M" else (0, 0)
     sparsity = (1 - n / m) if m else (spec.sparsity if spec.sparsity is not None else 0.5)
     report = gradflow_prune(
-        unet, copy_scheduler(pipeline.scheduler), images, sparsity=float(sparsity), n=n, m=m,
+        denoiser, copy_scheduler(pipeline.scheduler), images, sparsity=float(sparsity), n=n, m=m,
         iterations=params["iterations"], sparsity_schedule=params["sparsity_schedule"],
         step_size=float(params["step_size"]), stiffness=float(params["stiffness"]),
         schedule=spec.schedule, schedule_params=dict(spec.schedule_params),
         batch_size=int(spec.calibration_batch_size), num_batches=int(spec.calibration_batches), seed=int(spec.seed),
-        layers=prunable_layers(unet), apply=False, keep_masks=False, progress=progress,
+        layers=prunable_layers(denoiser), apply=False, keep_masks=False, progress=progress,
     )
     stats = CalibrationStats(timestep_weights=list(report.timestep_weights), num_images=int(images.shape[0]))
     return report.scores, stats, source

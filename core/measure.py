@@ -89,11 +89,33 @@ def layer_macs(module: nn.Module, adapter=None, component: str | None = None, in
                 handles.append(child.register_forward_hook(layer_hook(name)))
             elif name in attention_names:
                 handles.append(child.register_forward_hook(attention_hook(name), with_kwargs=True))
-        module(**(inputs if inputs is not None else adapter.example_inputs(component, module)))
+        _shape_forward(module, inputs if inputs is not None else adapter.example_inputs(component, module))
     finally:
         for handle in handles:
             handle.remove()
     return macs
+
+
+def _shape_forward(module: nn.Module, inputs: dict) -> None:
+    """One forward pass for its shapes only: on the ``meta`` device (every parameter, buffer and
+    input replaced by a data-free tensor of its shape and dtype, through ``functional_call``), so
+    counting a billion-parameter model costs no arithmetic (an fp16 UNet's forward on a CPU
+    without fp16 arithmetic takes minutes). The hooks see the same shapes; a model whose forward
+    needs real values (a data-dependent branch) runs for real instead."""
+    from torch.func import functional_call
+
+    def to_meta(value):
+        return torch.empty_like(value, device="meta") if isinstance(value, torch.Tensor) else value
+
+    state = {name: to_meta(tensor) for name, tensor in
+             list(module.named_parameters(remove_duplicate=False)) + list(module.named_buffers(remove_duplicate=False))}
+    meta_inputs = {key: to_meta(value) for key, value in inputs.items()}
+    try:
+        functional_call(module, state, (), meta_inputs, tie_weights=False, strict=False)
+        return
+    except (NotImplementedError, RuntimeError, TypeError, ValueError):
+        pass  # some op has no meta kernel or reads a value: count with the real forward
+    module(**inputs)
 
 
 def count_model(module: nn.Module, adapter=None, component: str | None = None) -> ModelCount:

@@ -171,12 +171,12 @@ def _sampling_scheduler(pipeline, scheduler: str, adapter=None):
     return adapter.sampling_scheduler(pipeline, scheduler)
 
 
-def unet_noise(unet, num_images: int, seed: int) -> torch.Tensor:
-    """Gaussian noise of ``num_images`` inputs of the denoiser ``unet``, drawn on the CPU from
+def denoiser_noise(denoiser, num_images: int, seed: int) -> torch.Tensor:
+    """Gaussian noise of ``num_images`` inputs of the denoiser ``denoiser``, drawn on the CPU from
     ``seed`` so it is the same on every device."""
     from .models import adapter_for_module
 
-    return adapter_for_module(unet)[0].noise(unet, num_images, seed)
+    return adapter_for_module(denoiser)[0].noise(denoiser, num_images, seed)
 
 
 def initial_noise(pipeline, num_images: int, seed: int) -> torch.Tensor:

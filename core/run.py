@@ -178,14 +178,16 @@ class RunResult:
     """Everything one run produced.
 
     * ``pruned``: the ``PruneResult`` (one-shot model, report, spec); ``recovered``: the
-      ``FinetuneResult`` of the recovery (None without one, or when it was stopped or failed) and
-      ``recovery``: what the export records about it.
+      ``FinetuneResult`` of the recovery (None without one, or when it was stopped or failed),
+      ``recovery``: what the export records about it, ``recovery_data``: what it trained on, and
+      ``recovery_stopped_at``: the step a cancellation stopped it at.
     * ``images``: stage (``dense``, ``one-shot``, ``recovered``) -> grid samples (N x C x H x W in [-1, 1]).
     * ``evaluations``: stage -> the ``core.evaluate`` row.
     * ``timing``: the paired latency (``core.timing``), None when not timed.
     * ``export``: the export directory and ``exported`` the model folders in it (``core.export``).
     * ``errors``: part (``recovery``, ``grids``, ``evaluation``, ``timing``, ``export``) -> the
       exception that part failed with; the other parts are complete.
+    * ``seconds``: the wall time of the run.
     """
 
     spec: PruneSpec

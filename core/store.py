@@ -85,7 +85,7 @@ def key_for(model_hash: str, eval_settings: dict, prune_spec=None) -> str:
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
-def model_hash(unet) -> str:
+def model_hash(model) -> str:
     """SHA-256 over the model's config JSON and every state_dict tensor (name, dtype, shape, bytes).
 
     Deterministic across processes and devices; independent of where the model was loaded from
@@ -93,11 +93,11 @@ def model_hash(unet) -> str:
     """
     import torch
     digest = hashlib.sha256()
-    config = getattr(unet, "config", None)
+    config = getattr(model, "config", None)
     config_dict = {k: v for k, v in dict(config or {}).items() if k not in _VOLATILE_CONFIG_KEYS}
     digest.update(json.dumps(jsonable(config_dict), sort_keys=True).encode())
-    digest.update(type(unet).__name__.encode())
-    for name, tensor in sorted(unet.state_dict().items()):
+    digest.update(type(model).__name__.encode())
+    for name, tensor in sorted(model.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         if tensor.numel():

@@ -74,8 +74,8 @@ def paired_step_latency(dense_pipeline, pruned_pipeline, num_inference_steps: in
             _step_time(pruned, sample, timestep)
         for index in range(rounds):
             order = (("dense", dense), ("pruned", pruned)) if index % 2 == 0 else (("pruned", pruned), ("dense", dense))
-            for name, unet in order:
-                times[name].append(_step_time(unet, sample, timestep))
+            for name, net in order:
+                times[name].append(_step_time(net, sample, timestep))
             if index + 1 >= min_rounds and time.perf_counter() - started > budget_s:
                 break
     ratios = [d / p for d, p in zip(times["dense"], times["pruned"])]

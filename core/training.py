@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import load_fashion_mnist, uint8_to_tensor
-from .default_model import DEFAULT_SCHEDULER_CONFIG, DEFAULT_UNET_CONFIG
+from .default_model import DEFAULT_FAMILY, DEFAULT_SCHEDULER_CONFIG
 
 
 @dataclass(frozen=True)
@@ -45,18 +45,20 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 
 
-def _export_pipeline(unet, scheduler, directory: Path) -> None:
-    from diffusers import DDPMPipeline
-
-    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(directory, safe_serialization=True)
+def _export_pipeline(adapter, denoiser, scheduler, directory: Path) -> None:
+    adapter.new_pipeline(denoiser, scheduler).save_pretrained(directory, safe_serialization=True)
 
 
 def train_base(config: TrainConfig, log: Callable[[str], None] = print) -> Path:
     """Train (or resume) the default DDPM; returns the directory of the exported EMA pipeline."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
+
+    from .models import ADAPTERS
+
+    adapter = ADAPTERS[DEFAULT_FAMILY]
 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -66,14 +68,14 @@ def train_base(config: TrainConfig, log: Callable[[str], None] = print) -> Path:
     set_seed(config.seed)
 
     images = uint8_to_tensor(load_fashion_mnist("train"))
-    unet = UNet2DModel(**DEFAULT_UNET_CONFIG)
+    denoiser = adapter.new_denoiser()
     scheduler = DDPMScheduler(**DEFAULT_SCHEDULER_CONFIG)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=config.learning_rate, weight_decay=0.0)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / config.warmup_steps)
     )
-    ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True, power=3 / 4)
-    unet, optimizer, lr_schedule = accelerator.prepare(unet, optimizer, lr_schedule)
+    ema = EMAModel(denoiser.parameters(), decay=config.ema_decay, use_ema_warmup=True, power=3 / 4)
+    denoiser, optimizer, lr_schedule = accelerator.prepare(denoiser, optimizer, lr_schedule)
     ema.to(accelerator.device)
 
     state_path = out / "checkpoint"
@@ -101,12 +103,12 @@ def train_base(config: TrainConfig, log: Callable[[str], None] = print) -> Path:
         tmp = progress_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"step": step, "config": asdict(config)}))
         tmp.replace(progress_path)
-        ema_unet = UNet2DModel(**DEFAULT_UNET_CONFIG)
-        ema.copy_to(ema_unet.parameters())
-        _export_pipeline(ema_unet, scheduler, out / "pipeline")
+        ema_denoiser = adapter.new_denoiser()
+        ema.copy_to(ema_denoiser.parameters())
+        _export_pipeline(adapter, ema_denoiser, scheduler, out / "pipeline")
         log(f"checkpoint at step {step}")
 
-    unet.train()
+    denoiser.train()
     while step < config.steps:
         index = torch.randint(0, len(images), (config.batch_size,), generator=generator)
         clean = images[index]
@@ -116,13 +118,13 @@ def train_base(config: TrainConfig, log: Callable[[str], None] = print) -> Path:
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=generator)
         timesteps = timesteps.to(accelerator.device)
         noisy = scheduler.add_noise(clean, noise, timesteps)
-        loss = F.mse_loss(unet(noisy, timesteps).sample, noise)
+        loss = F.mse_loss(adapter.predict(denoiser, noisy, timesteps), noise)
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(unet.parameters(), 1.0)
+        accelerator.clip_grad_norm_(denoiser.parameters(), 1.0)
         optimizer.step()
         lr_schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        ema.step(unet.parameters())
+        ema.step(denoiser.parameters())
         step += 1
         running += loss.item()
         if step % config.log_every == 0:

@@ -1,6 +1,6 @@
 """Event handlers of the Gradio app: read controls, call the ``core`` facade, return figures.
 
-Three rules hold for every handler a user can trigger:
+Four rules hold for every handler a user can trigger:
 
 * **Validate first.** ``validate_run`` / ``validate_compare`` check every field (and load the
   model) before anything on screen changes; a bad field is one short ``gr.Error`` naming the
@@ -11,7 +11,6 @@ Three rules hold for every handler a user can trigger:
   after validation keeps every pane (``gr.skip()``) and says what happened in the status line.
 * **Every figure is measured.** Latency comes from one paired, interleaved timing
   (``core.timing``), quality from ``core.evaluate``; nothing shown is a cached guess.
-
 * **One run, defined in core.** A run is ``core.run.run`` (prune, recover, grids, evaluations,
   timing, export through ``core.export``), the dense frontier ``core.frontier.dense_frontier``:
   the same calls as ``diffprune run`` and the benchmarks. Handlers only map widgets to their

@@ -22,7 +22,7 @@ PARAMETER_EXCEPTIONS = {
     "measure_latency_pair": "the benchmarks' latency instrument, keyword options with defaults",
     "compare_grid": "a keyword convenience of the public facade (dense vs pruned grid)",
     "gradflow_prune": "the gradient-flow method's published hyper-parameters, keyword with defaults",
-    "obs_prune_unet": "the OBS-Diff method's published hyper-parameters, keyword with defaults",
+    "obs_prune_denoiser": "the OBS-Diff method's published hyper-parameters, keyword with defaults",
     "sparsegpt_prune": "the SparseGPT solver's numerical options (block size, damping), keyword with defaults",
     "obs_channel_scores": "the OBS channel scorer's numerical options, keyword with defaults",
     # Internal plumbing of the calibration loop and the engine: the values of one pass handed down

@@ -112,7 +112,7 @@ def test_obs_calibrates_on_the_flow_euler_trajectory(sd3):
     assert adapter.sampler_label == "flow Euler"
     weights = obs.resolve_timestep_weights("log-decrease", {"num_steps": 3}, 1000)
     assert [t for t, _ in weights] == [999, 500, 0]
-    noise = obs.unet_noise(sd3.transformer, 2, 0)
+    noise = obs.denoiser_noise(sd3.transformer, 2, 0)
     conditioning = adapter.sample_conditioning(sd3, 2, torch.Generator().manual_seed(0))
     seen = []
     handle = sd3.transformer.register_forward_pre_hook(lambda m, a, k: seen.append(k["timestep"].clone()), with_kwargs=True)

@@ -236,7 +236,7 @@ def test_trajectory_through_the_adapter_is_the_same_ddim_as_before():
                     dict(clip_sample=True)):
         scheduler = DDPMScheduler(num_train_timesteps=1000, **options)
         unet = tiny_unet()
-        noise = obs.unet_noise(unet, 2, 0)
+        noise = obs.denoiser_noise(unet, 2, 0)
         trajectory = obs.sampling_trajectory(unet, scheduler, weights, noise)
         adapter, alphas = adapter_for_module(unet)[0], scheduler.alphas_cumprod.to(torch.float64)
         sample = noise.clone()
@@ -266,7 +266,7 @@ def test_feedforward_neurons_removed_with_gated_activation():
     assert feedforward(torch.randn(2, 3, 8)).shape == (2, 3, 8)
 
 
-def test_obs_prune_unet_unstructured_exact_sparsity_and_groupwise_calibration():
+def test_obs_prune_denoiser_unstructured_exact_sparsity_and_groupwise_calibration():
     unet = tiny_unet()
     from diffusers import DDPMScheduler
 
@@ -275,9 +275,9 @@ def test_obs_prune_unet_unstructured_exact_sparsity_and_groupwise_calibration():
               if name.startswith("down_blocks.0.") and isinstance(module, (nn.Conv2d, nn.Linear))}
     options = dict(sparsity=0.5, num_images=2, schedule_params={"num_steps": 3})
     one_group = copy.deepcopy(unet)
-    report_one = obs.obs_prune_unet(one_group, scheduler, num_groups=1,
+    report_one = obs.obs_prune_denoiser(one_group, scheduler, num_groups=1,
                                     layers={n: dict(one_group.named_modules())[n] for n in layers}, **options)
-    report = obs.obs_prune_unet(unet, scheduler, num_groups=2, layers=layers, **options)
+    report = obs.obs_prune_denoiser(unet, scheduler, num_groups=2, layers=layers, **options)
     assert len(report.groups) == 2 and sum(len(g) for g in report.groups) == len(layers)
     assert [t for t, _ in report.timestep_weights] == [999, 500, 0]
     assert report.timestep_weights[0][1] == pytest.approx(1.2) and report.timestep_weights[-1][1] == pytest.approx(0.8)
@@ -293,11 +293,11 @@ def test_obs_prune_unet_unstructured_exact_sparsity_and_groupwise_calibration():
         assert torch.isfinite(unet(torch.randn(2, 1, 8, 8), torch.tensor([5, 700])).sample).all()
 
 
-def test_obs_prune_unet_heads_updates_attention_and_runs():
+def test_obs_prune_denoiser_heads_updates_attention_and_runs():
     from diffusers import DDPMScheduler
 
     unet = tiny_unet()
-    report = obs.obs_prune_unet(unet, DDPMScheduler(num_train_timesteps=1000), granularity="head", sparsity=0.5,
+    report = obs.obs_prune_denoiser(unet, DDPMScheduler(num_train_timesteps=1000), granularity="head", sparsity=0.5,
                                 num_images=1, schedule_params={"num_steps": 2})
     attentions = {n: m for n, m in unet.named_modules() if type(m).__name__ == "Attention"}
     assert set(report.removed_heads) == set(attentions)
@@ -313,7 +313,7 @@ def test_obs_refuses_adaptive_schedule_and_bad_granularity():
     with pytest.raises(ValueError, match="schedule"):
         obs.resolve_timestep_weights("threshold", None, 1000)
     with pytest.raises(ValueError, match="granularity"):
-        obs.obs_prune_unet(tiny_unet(), DDPMScheduler(), granularity="channel")
+        obs.obs_prune_denoiser(tiny_unet(), DDPMScheduler(), granularity="channel")
 
 
 def test_obs_through_the_engine_compensates_kept_weights():

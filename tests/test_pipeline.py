@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from core.default_model import DEFAULT_MODEL_DIR, DEFAULT_UNET_CONFIG
+from core.default_model import DEFAULT_FAMILY, DEFAULT_MODEL_DIR
 from core.pipeline import load_pipeline, pick_device, sample_images
 
 
@@ -37,7 +37,11 @@ def test_default_model_is_shipped_in_diffusers_format():
     assert (DEFAULT_MODEL_DIR / "unet" / "diffusion_pytorch_model.safetensors").exists()
     assert (DEFAULT_MODEL_DIR / "scheduler" / "scheduler_config.json").exists()
     config = json.loads((DEFAULT_MODEL_DIR / "unet" / "config.json").read_text())
-    assert list(config["block_out_channels"]) == list(DEFAULT_UNET_CONFIG["block_out_channels"])
+    from core.models import ADAPTERS
+
+    trained = ADAPTERS[DEFAULT_FAMILY].new_denoiser()  # what ``diffprune train-base`` trains
+    assert list(config["block_out_channels"]) == list(trained.config.block_out_channels)
+    assert type(trained).__name__ == config["_class_name"]
 
 
 def test_default_model_architecture(default_pipeline):

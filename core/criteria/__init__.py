@@ -1,4 +1,4 @@
-"""Pruning criteria: each one turns a UNet (and, for the gradient criteria, calibration
+"""Pruning criteria: each one turns a network (and, for the gradient criteria, calibration
 statistics) into one score per prunable weight; low score = pruned first.
 
 Layout: this ``__init__`` holds what the gradient criteria share (the calibration losses, the one
@@ -58,16 +58,16 @@ CALIBRATION_CHUNK_SAMPLES = 64
 # ----------------------------------------------------------------------------------------------
 # Calibration losses: per-sample values (shape N) of one forward pass through the adapter
 # ----------------------------------------------------------------------------------------------
-def denoising_loss(adapter, unet, noise_scheduler, clean, noise, timesteps, conditioning=None) -> torch.Tensor:
-    """Standard diffusion loss ``MSE(model(x_t, t), target)`` with the target of the scheduler's
+def denoising_loss(adapter, denoiser, noise_scheduler, clean, noise, timesteps, conditioning=None) -> torch.Tensor:
+    """Standard diffusion loss ``MSE(denoiser(x_t, t), target)`` with the target of the scheduler's
     ``prediction_type`` (epsilon for the DDPMs of Diff-Pruning and Towards Tiny Diffusion)."""
-    return adapter.denoising_loss(unet, noise_scheduler, clean, noise, timesteps, conditioning)
+    return adapter.denoising_loss(denoiser, noise_scheduler, clean, noise, timesteps, conditioning)
 
 
-def clean_image_loss(adapter, unet, noise_scheduler, clean, noise, timesteps, conditioning=None) -> torch.Tensor:
+def clean_image_loss(adapter, denoiser, noise_scheduler, clean, noise, timesteps, conditioning=None) -> torch.Tensor:
     """NiCI-Pruning's loss ``MSE(eps_theta(x0, t), x0)``: the clean image goes in without noise and
     the prediction is compared with it (public code: ``mse_loss(model(clean, t).sample, clean)``)."""
-    prediction = adapter.predict(unet, clean, adapter.model_timesteps(noise_scheduler, timesteps), conditioning)
+    prediction = adapter.predict(denoiser, clean, adapter.model_timesteps(noise_scheduler, timesteps), conditioning)
     return (adapter.trim_prediction(prediction, clean) - clean).pow(2).flatten(1).mean(1)
 
 
@@ -107,7 +107,7 @@ def calibration_noises(batches: list[torch.Tensor], generator: torch.Generator) 
     return [torch.randn(b.shape, generator=generator).to(b.device, b.dtype) for b in batches]
 
 
-def per_timestep_losses(loss_fn, unet, noise_scheduler, clean, noise, timesteps: list[int], *,
+def per_timestep_losses(loss_fn, denoiser, noise_scheduler, clean, noise, timesteps: list[int], *,
                         adapter=None, conditioning: dict | None = None) -> torch.Tensor:
     """``[loss_fn(..., t) for t in timesteps]`` computed in one batched forward pass.
 
@@ -117,13 +117,13 @@ def per_timestep_losses(loss_fn, unet, noise_scheduler, clean, noise, timesteps:
     single-timestep loss (up to float summation order) while the CPU works on one large batch
     instead of many small ones.
     """
-    adapter, _ = _rules(unet, adapter, "any")
+    adapter, _ = _rules(denoiser, adapter, "any")
     count, batch = len(timesteps), clean.shape[0]
     clean_all = clean.repeat(count, *([1] * (clean.dim() - 1))) if count > 1 else clean
     noise_all = noise.repeat(count, *([1] * (noise.dim() - 1))) if count > 1 else noise
     conditioning_all = adapter.repeat_conditioning(conditioning, count, batch) if count > 1 else conditioning
     t_all = torch.tensor(timesteps, dtype=torch.long, device=clean.device).repeat_interleave(batch)
-    values = loss_fn(adapter, unet, noise_scheduler, clean_all, noise_all, t_all, conditioning_all)
+    values = loss_fn(adapter, denoiser, noise_scheduler, clean_all, noise_all, t_all, conditioning_all)
     return values.view(count, batch).mean(1)
 
 
@@ -188,13 +188,13 @@ def calibration_loop(
 
 
 @contextlib.contextmanager
-def gradients_of(unet: nn.Module, layers: dict[str, nn.Module]):
+def gradients_of(model: nn.Module, layers: dict[str, nn.Module]):
     """Autograd on for the prunable weights only, cleared; on exit (even on error) every
     parameter's ``requires_grad`` is restored and its gradient dropped (Torch-Pruning traces the
     graph through autograd afterwards)."""
-    flags = {parameter: parameter.requires_grad for parameter in unet.parameters()}
+    flags = {parameter: parameter.requires_grad for parameter in model.parameters()}
     try:
-        for parameter in unet.parameters():
+        for parameter in model.parameters():
             parameter.requires_grad_(False)
         for module in layers.values():
             module.weight.requires_grad_(True)
@@ -309,7 +309,7 @@ def collecting(collector: GradientCollector):
 
 
 def calibrate(
-    unet: nn.Module,
+    model: nn.Module,
     noise_scheduler,
     batches: list[torch.Tensor],
     loss_name: str,
@@ -320,8 +320,8 @@ def calibrate(
     progress: Callable[[float, str], None] | None = None,
     progress_span: tuple[float, float] = (0.0, 1.0),
     *,
-    adapter=None,  # the model family (default: the one that owns ``unet``)
-    component: str | None = None,  # the pipeline attribute of ``unet`` ("unet", "vqvae")
+    adapter=None,  # the model family (default: the one that owns ``model``)
+    component: str | None = None,  # the pipeline attribute of ``model`` ("unet", "vqvae")
     conditionings: list | None = None,  # per batch: the denoiser's conditioning (class labels)
 ) -> CalibrationStats:
     """Accumulate weighted gradients of ``loss_name`` over the schedule's timesteps.
@@ -335,17 +335,17 @@ def calibrate(
     walk decides where to stop from the first batch's losses, whose passes are that batch's
     gradient passes too.
     One fixed noise tensor per batch (Diff-Pruning), drawn on the CPU from ``seed``.
-    ``unet`` is the engine's private copy: its gradients and ``requires_grad`` flags are changed.
+    ``model`` is the engine's private copy: its gradients and ``requires_grad`` flags are changed.
     """
-    adapter, component = _rules(unet, adapter, component)
+    adapter, component = _rules(model, adapter, component)
     loss_fn = LOSSES[loss_name]
-    layers = prunable_layers(unet, adapter, component)
-    with gradients_of(unet, layers):
-        return _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, schedule_params,
+    layers = prunable_layers(model, adapter, component)
+    with gradients_of(model, layers):
+        return _calibrate(model, noise_scheduler, batches, loss_fn, layers, schedule_name, schedule_params,
                           zero_grad_per_batch, seed, progress, progress_span, adapter, conditionings)
 
 
-def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, schedule_params,
+def _calibrate(model, noise_scheduler, batches, loss_fn, layers, schedule_name, schedule_params,
                zero_grad_per_batch, seed, progress, progress_span, adapter, conditionings) -> CalibrationStats:
     stats = CalibrationStats(num_images=sum(int(b.shape[0]) for b in batches))
     num_train_timesteps = int(noise_scheduler.config.num_train_timesteps)
@@ -385,7 +385,7 @@ def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, s
                     settle(len(pending[0][0]) if pending else 0)  # the walk went past the whole previous pass
                     ahead = list(range(t, min(t + chunk, num_train_timesteps)))
                     report(t / limit / len(batches), f"calibrating t={t}..{ahead[-1]} (batch 1/{len(batches)}, until the threshold stops)")
-                    losses = per_timestep_losses(loss_fn, unet, noise_scheduler, batches[0], noises[0], ahead,
+                    losses = per_timestep_losses(loss_fn, model, noise_scheduler, batches[0], noises[0], ahead,
                                                  adapter=adapter, conditioning=conditions[0])
                     pending.append((ahead, losses))
                     lookahead.update(zip(ahead, losses.detach().tolist()))
@@ -402,7 +402,7 @@ def _calibrate(unet, noise_scheduler, batches, loss_fn, layers, schedule_name, s
         else:
             plan = schedule.resolve(num_train_timesteps, schedule_params)
         calibration_loop(
-            unet, noise_scheduler, batches[first_batch:], noises[first_batch:], plan, loss_fn, collector.add,
+            model, noise_scheduler, batches[first_batch:], noises[first_batch:], plan, loss_fn, collector.add,
             adapter=adapter, conditionings=conditions[first_batch:], group_size=chunk,
             on_batch_start=collector.start_batch, on_batch_end=collector.end_batch, progress=report,
             progress_span=(first_batch / len(batches), 1.0), batch_offset=first_batch,
@@ -421,8 +421,8 @@ from .base import ALL_GRANULARITIES, Criterion, register_criterion  # noqa: E402
 from . import random, magnitude, taylor, nici, l1, obs  # noqa: E402,F401,I001 - registration order = menu order
 
 
-def compute_scores(criterion: Criterion, unet: nn.Module, stats: CalibrationStats | None, params: dict, seed: int,
+def compute_scores(criterion: Criterion, model: nn.Module, stats: CalibrationStats | None, params: dict, seed: int,
                    adapter=None, component: str | None = None):
-    layers = prunable_layers(unet, adapter, component)
+    layers = prunable_layers(model, adapter, component)
     with torch.no_grad():
         return criterion.score(layers, stats, criterion.check_params(params), seed)

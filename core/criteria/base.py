@@ -34,7 +34,7 @@ class Criterion:
     defaults: dict = field(default_factory=dict)  # criterion_params and their defaults
     checks: dict = field(default_factory=dict)  # param name -> validator
     description: str = ""
-    # (unet, pipeline, spec, progress) -> (scores, stats, calibration_source): criteria that run
+    # (denoiser, pipeline, spec, progress) -> (scores, stats, calibration_source): criteria that run
     # their own calibration and may rewrite weights (obs, gradflow; core/criteria/obs/, core/gradflow.py)
     reconstruct: Callable | None = None
     check_all: Callable | None = None  # validates the merged params together (e.g. not every weight 0)

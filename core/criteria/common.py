@@ -38,19 +38,19 @@ def protected_layer_names(module: nn.Module, adapter=None, component: str | None
     return tuple(adapter.protected_layers(component, module))
 
 
-def prunable_layers(unet: nn.Module, adapter=None, component: str | None = None) -> dict[str, nn.Module]:
+def prunable_layers(model: nn.Module, adapter=None, component: str | None = None) -> dict[str, nn.Module]:
     """Name -> module of the layers whose ``weight`` is prunable (see module docstring): every
     ``nn.Conv2d`` and ``nn.Linear`` except the family's protected layers."""
-    protected = set(protected_layer_names(unet, adapter, component))
+    protected = set(protected_layer_names(model, adapter, component))
     return {
         name: module
-        for name, module in unet.named_modules()
+        for name, module in model.named_modules()
         if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in protected
     }
 
 
-def prunable_parameter_count(unet: nn.Module) -> int:
-    return sum(module.weight.numel() for module in prunable_layers(unet).values())
+def prunable_parameter_count(model: nn.Module) -> int:
+    return sum(module.weight.numel() for module in prunable_layers(model).values())
 
 
 @dataclass

@@ -63,7 +63,7 @@ which a cut changes).
 class ConsumerScores(dict):
     """Per-weight scores whose channel importance is counted on the input side only: a channel
     scores the error its removal causes in the layers that read it (OBS-Diff's unit error), not
-    the weights of the layer that writes it. ``compensate(unet, removed)``, when set, is called
+    the weights of the layer that writes it. ``compensate(model, removed)``, when set, is called
     after the cut with ``removed = {layer name: {"out": [...], "in": [...]}}`` (indices of the
     original shapes) so that the criterion can update the remaining weights."""
 

@@ -14,7 +14,7 @@
   a head's score is the sum of its weights' scores; ``Attention.heads``/``inner_dim`` are updated.
 
 Masked granularities multiply the mask into the weight, so an exported checkpoint contains the
-zeros. Structural ones return a physically smaller UNet.
+zeros. Structural ones return a physically smaller network.
 """
 from __future__ import annotations
 

@@ -35,22 +35,22 @@ def parse_granularity(text) -> tuple[str, tuple[int, int] | None]:
     raise ValueError(f"granularity must be one of {allowed}, got {text!r}")
 
 
-def attention_modules(unet: nn.Module) -> dict:
-    """Name -> attention module of ``unet`` (the adapter's definition)."""
-    adapter, component = _rules(unet)
-    return adapter.attention_modules(component, unet)
+def attention_modules(model: nn.Module) -> dict:
+    """Name -> attention module of ``model`` (the adapter's definition)."""
+    adapter, component = _rules(model)
+    return adapter.attention_modules(component, model)
 
 
-def sync_diffusers_attributes(unet: nn.Module, adapter=None, component: str | None = None) -> None:
+def sync_diffusers_attributes(model: nn.Module, adapter=None, component: str | None = None) -> None:
     """After a structural cut: the family's fix-ups (cached sizes made consistent with the weights)."""
-    adapter, component = _rules(unet, adapter, component)
-    adapter.fix_up(component, unet)
+    adapter, component = _rules(model, adapter, component)
+    adapter.fix_up(component, model)
 
 
-def plain_diffusers_config(unet: nn.Module, base_config: dict, adapter=None, component: str | None = None) -> dict | None:
+def plain_diffusers_config(model: nn.Module, base_config: dict, adapter=None, component: str | None = None) -> dict | None:
     """The diffusers config that rebuilds exactly these shapes, or None when none exists."""
-    adapter, component = _rules(unet, adapter, component)
-    return adapter.plain_config(component, unet, base_config)
+    adapter, component = _rules(model, adapter, component)
+    return adapter.plain_config(component, model, base_config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -58,9 +58,9 @@ def plain_diffusers_config(unet: nn.Module, base_config: dict, adapter=None, com
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class GranularityOutcome:
-    """What a granularity did: the (pruned) UNet and what the report needs."""
+    """What a granularity did: the (pruned) network and what the report needs."""
 
-    unet: nn.Module
+    model: nn.Module
     importance: dict = field(default_factory=dict)  # layer -> np.ndarray (per channel / head / weight block)
     structural_ratio: float | None = None
     units_before: dict = field(default_factory=dict)  # layer -> number of units (channels, heads)
@@ -70,9 +70,9 @@ class GranularityOutcome:
 
 @dataclass(frozen=True)
 class Granularity:
-    """A registered granularity. ``apply(unet, scores, spec, progress) -> GranularityOutcome``;
-    ``check(unet, spec)`` raises ValueError before any calibration when the model cannot take it.
-    ``units_to_remove(unet, spec) -> {module name: count}``, where the count of units a cut removes
+    """A registered granularity. ``apply(model, scores, spec, progress) -> GranularityOutcome``;
+    ``check(model, spec)`` raises ValueError before any calibration when the model cannot take it.
+    ``units_to_remove(model, spec) -> {module name: count}``, where the count of units a cut removes
     depends on the structure only (heads, FFN neurons): a criterion that chooses the units itself
     (``obs``) removes exactly that many."""
 
@@ -131,7 +131,7 @@ def other_granularities(model: nn.Module, spec, excluded: str) -> list:
 _EXPLAINING: list = []  # granularities whose refusal is being explained (other_granularities)
 
 
-def _no_check(unet, spec):
+def _no_check(model, spec):
     return None
 
 

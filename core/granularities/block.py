@@ -1,5 +1,6 @@
 """``block``: whole blocks, scored by the chosen criterion (mean score of a block's prunable weights:
-blocks differ in size).
+blocks differ in size). The removable units, the cut and the config update come from the
+family's adapter (``ModelAdapter.block_units`` / ``remove_blocks``, ``core.models``):
 
 * Transformers (DiT, PixArt, SD3): ``transformer_blocks`` (TinyFusion's depth pruning); SD3's
   ``context_pre_only`` last block is kept. The config's ``num_layers`` (and SD3.5's
@@ -18,100 +19,15 @@ new layer name to its name in the dense model.
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import nn
 
-from ..criteria import prunable_layers
-from ..models.transformer_cuts import remove_blocks, removable_blocks
+from ..criteria import _rules, prunable_layers
 from .base import SPARSITY_TOLERANCE, Granularity, GranularityOutcome, other_granularities, register_granularity
 
 
-def _unet_block_units(model) -> list[dict]:
-    """Removable depth units of a ``UNet2DConditionModel``: the mid block, and (down stage i,
-    layer j) with its mirrored up layer ``L_i - 1 - j`` (the one that reads its skip connection)
-    where a config with one layer fewer in that stage has the same remaining shapes."""
-    units = []
-    if getattr(model, "mid_block", None) is not None:
-        units.append({"name": "mid_block", "modules": [model.mid_block], "kind": "mid"})
-    layers = model.config.layers_per_block
-    layers = [layers] * len(model.down_blocks) if isinstance(layers, int) else list(layers)
-    config = dict(model.config)
-    for stage, block in enumerate(model.down_blocks):
-        count = len(block.resnets)
-        if count < 2:
-            continue
-        up = model.up_blocks[len(model.down_blocks) - 1 - stage]
-        for layer in range(count):
-            mirror = count - 1 - layer
-            modules = [block.resnets[layer], up.resnets[mirror]]
-            for owner, index in ((block, layer), (up, mirror)):
-                attentions = getattr(owner, "attentions", None)
-                if attentions is not None and len(attentions) > index:
-                    modules.append(attentions[index])
-            units.append({"name": f"down_blocks.{stage}.layer{layer}", "modules": modules, "kind": "layer",
-                          "stage": stage, "layer": layer, "mirror": mirror})
-    # keep only the units whose removal a config can express (checked one at a time, on meta tensors)
-    expressible = []
-    for unit in units:
-        if unit["kind"] == "mid":
-            expressible.append(unit)
-            continue
-        trial_layers = list(layers)
-        trial_layers[unit["stage"]] -= 1
-        shapes = _unet_shapes_without(model, [unit])
-        candidate = _config_shapes(type(model), config, {"layers_per_block": trial_layers})
-        if candidate is not None and candidate == shapes:
-            expressible.append(unit)
-    return expressible
-
-
-def _config_shapes(cls, config, overrides):
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if not k.startswith("_")}
-    config.update(overrides)
-    try:
-        with torch.device("meta"):
-            model = cls.from_config(config)
-    except Exception:  # noqa: BLE001 - an inexpressible layout raises anything from a shape check
-        return None
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def _unet_shapes_without(model, units) -> dict:
-    """State-dict shapes (renumbered as a fresh model would name them) after removing ``units``."""
-    drop = {id(m) for unit in units for m in unit["modules"]}
-    shapes = {}
-    for prefix, blocks in (("down_blocks", model.down_blocks), ("up_blocks", model.up_blocks)):
-        for b, block in enumerate(blocks):
-            for name, child in block.named_children():
-                if isinstance(child, nn.ModuleList) and name in ("resnets", "attentions"):
-                    kept = [m for m in child if id(m) not in drop]
-                    for i, m in enumerate(kept):
-                        for key, value in m.state_dict().items():
-                            shapes[f"{prefix}.{b}.{name}.{i}.{key}"] = tuple(value.shape)
-                else:
-                    for key, value in child.state_dict().items():
-                        shapes[f"{prefix}.{b}.{name}.{key}"] = tuple(value.shape)
-    for name, child in model.named_children():
-        if name in ("down_blocks", "up_blocks") or (name == "mid_block" and id(child) in drop):
-            continue
-        for key, value in child.state_dict().items():
-            shapes[f"{name}.{key}"] = tuple(value.shape)
-    return shapes
-
-
-def _block_units(model) -> list[dict]:
-    if hasattr(model, "transformer_blocks"):
-        blocks = model.transformer_blocks
-        return [{"name": f"transformer_blocks.{i}", "modules": [blocks[i]], "kind": "transformer", "index": i}
-                for i in removable_blocks(model)]
-    if hasattr(model, "down_blocks") and hasattr(model, "up_blocks") and hasattr(model.config, "layers_per_block"):
-        return _unet_block_units(model)
-    return []
-
-
 def check_block(model, spec):
-    units = _block_units(model)
-    if len(units) < 1 or (hasattr(model, "transformer_blocks") and len(model.transformer_blocks) < 2):
+    adapter, component = _rules(model)
+    units = adapter.block_units(component, model)
+    if len(units) < 1 or adapter.max_blocks_removed(component, model, units) < 1:
         raise ValueError(f"granularity 'block' finds no removable block in this {type(model).__name__} (a transformer needs "
                          "two blocks or more; a UNet a mid block or a stage with two layers or more); allowed: "
                          f"{other_granularities(model, spec, 'block')}")
@@ -128,8 +44,10 @@ def _unit_score(unit, names, scores) -> float:
 
 
 def _compatible(chosen: list, unit: dict) -> bool:
-    """A UNet stage may lose only one layer per pass (shapes are checked per single removal)."""
-    return unit["kind"] != "layer" or all(c.get("stage") != unit["stage"] for c in chosen)
+    """Units that share an ``exclusive`` key are never removed together (a UNet stage loses one
+    layer per pass: its shapes are checked per single removal)."""
+    key = unit.get("exclusive")
+    return key is None or all(c.get("exclusive") != key for c in chosen)
 
 
 EXHAUSTIVE_BLOCK_UNITS = 12  # up to this many units every compatible subset is tried (2**12 sums)
@@ -167,57 +85,34 @@ def apply_block(model, scores, spec, progress=None):
     check_block(model, spec)
     if spec.channel_ratio is not None:
         raise ValueError("channel_ratio does not apply to granularity 'block'; give sparsity")
+    adapter, component = _rules(model)
     prunable = prunable_layers(model)
     names = {id(m): n for n, m in prunable.items()}
     total = sum(m.weight.numel() for m in prunable.values())
-    units = _block_units(model)
+    units = adapter.block_units(component, model)
     for unit in units:
         unit["weights"] = _unit_weights(unit, set(names))
         unit["score"] = _unit_score(unit, names, scores)
-    # a transformer keeps at least one block
-    most = len(model.transformer_blocks) - 1 if hasattr(model, "transformer_blocks") else len(units)
+    most = adapter.max_blocks_removed(component, model, units)  # e.g. a transformer keeps one block
     best, reachable, tolerance = _choose_blocks(units, total, spec.sparsity, most)
     if best is None:
         steps = ", ".join(f"{r:.3f}" for r in reachable)
         raise ValueError(f"sparsity {spec.sparsity:g} cannot be reached with granularity 'block' on this model: whole "
                          f"blocks remove {steps} of the prunable parameters; allowed: a sparsity within {tolerance:.3f} "
                          "of one of those, or a finer granularity ('ffn', 'head', 'unstructured')")
-    outcome = GranularityOutcome(unet=model, structural_ratio=len(best) / max(1, len(units)))
+    outcome = GranularityOutcome(model=model, structural_ratio=len(best) / max(1, len(units)))
     outcome.importance["blocks"] = np.array([u["score"] for u in units], dtype=np.float32)
     outcome.notes["blocks"] = {u["name"]: u["score"] for u in units}
     outcome.notes["removed_blocks"] = [u["name"] for u in best]
     old_names = {id(module): name for name, module in model.named_modules()}
-    if hasattr(model, "transformer_blocks"):
-        outcome.units_before["transformer_blocks"] = len(model.transformer_blocks)
-        gone = {u["index"] for u in best}
-        remove_blocks(model, [i for i in range(len(model.transformer_blocks)) if i not in gone])
-        outcome.units_after["transformer_blocks"] = len(model.transformer_blocks)
-    else:
-        outcome.units_before["layers"] = sum(len(b.resnets) for b in model.down_blocks) + (model.mid_block is not None)
-        _remove_unet_units(model, best)
-        outcome.units_after["layers"] = sum(len(b.resnets) for b in model.down_blocks) + (model.mid_block is not None)
+    outcome.units_before.update(adapter.block_counts(component, model))
+    adapter.remove_blocks(component, model, best)
+    outcome.units_after.update(adapter.block_counts(component, model))
     # the kept blocks are renumbered (a ModuleList has no gaps): new layer name -> name in the dense
     # model, so that per-layer reports compare a layer with itself
     outcome.notes["renamed_layers"] = {name: old_names[id(module)] for name, module in model.named_modules()
                                        if old_names.get(id(module), name) != name}
     return outcome
-
-
-def _remove_unet_units(model, units) -> None:
-    drop = {id(m) for unit in units for m in unit["modules"]}
-    for blocks in (model.down_blocks, model.up_blocks):
-        for block in blocks:
-            for attribute in ("resnets", "attentions"):
-                modules = getattr(block, attribute, None)
-                if isinstance(modules, nn.ModuleList):
-                    setattr(block, attribute, nn.ModuleList([m for m in modules if id(m) not in drop]))
-            if hasattr(block, "num_layers"):
-                block.num_layers = len(block.resnets)
-    updates = {"layers_per_block": [len(block.resnets) for block in model.down_blocks]}
-    if any(u["kind"] == "mid" for u in units):
-        model.mid_block = None
-        updates["mid_block_type"] = None
-    model.register_to_config(**updates)
 
 
 # Registry entries. They are registered where the engine assembles its granularity registry (the

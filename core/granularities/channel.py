@@ -104,10 +104,10 @@ def release_traced_graph(graph) -> None:
                 setattr(operation, attribute, _TracedOp(traced.name()))
 
 
-def example_inputs(unet, adapter=None, component: str | None = None) -> dict:
+def example_inputs(model, adapter=None, component: str | None = None) -> dict:
     """Keyword inputs of one forward pass (batch 1), from the family's adapter."""
-    adapter, component = _rules(unet, adapter, component)
-    return adapter.example_inputs(component, unet)
+    adapter, component = _rules(model, adapter, component)
+    return adapter.example_inputs(component, model)
 
 
 class ChannelPlanner:
@@ -119,25 +119,25 @@ class ChannelPlanner:
     ``(out - removed_out) * (in - removed_in) * kernel`` weights.
     """
 
-    def __init__(self, unet, scores_by_name: dict, adapter=None, component: str | None = None, sums: dict | None = None):
+    def __init__(self, model, scores_by_name: dict, adapter=None, component: str | None = None, sums: dict | None = None):
         import torch_pruning as tp
 
-        self.adapter, self.component = _rules(unet, adapter, component)
-        self.unet = unet
-        for parameter in unet.parameters():  # the graph is traced through autograd
+        self.adapter, self.component = _rules(model, adapter, component)
+        self.model = model
+        for parameter in model.parameters():  # the graph is traced through autograd
             parameter.requires_grad_(True)
-        modules = dict(unet.named_modules())
-        self.prunable = {modules[name]: name for name in prunable_layers(unet, self.adapter, self.component)}
+        modules = dict(model.named_modules())
+        self.prunable = {modules[name]: name for name in prunable_layers(model, self.adapter, self.component)}
         num_heads = {}
-        for group in self.adapter.head_groups(self.component, unet).values():
+        for group in self.adapter.head_groups(self.component, model).values():
             for linear in group.rows.values():
                 if group.heads > 1:
                     num_heads[linear] = group.heads
-        kept = [modules[name] for name in self.adapter.channel_kept_layers(self.component, unet) if name in modules]
-        groups = {modules[name]: count for name, count in self.adapter.channel_groups(self.component, unet).items()}
+        kept = [modules[name] for name in self.adapter.channel_kept_layers(self.component, model) if name in modules]
+        groups = {modules[name]: count for name, count in self.adapter.channel_groups(self.component, model).items()}
         self.pruner = tp.pruner.BasePruner(
-            unet,
-            self.adapter.example_inputs(self.component, unet),
+            model,
+            self.adapter.example_inputs(self.component, model),
             importance=WeightScoreImportance({modules[n]: s for n, s in (sums or channel_sums(scores_by_name)).items()},
                                              input_side_only=isinstance(scores_by_name, ConsumerScores)),
             pruning_ratio=0.0,  # set per call: local, every group loses the same fraction (Diff-Pruning)
@@ -235,7 +235,7 @@ class ChannelPlanner:
         self._full_groups.clear()
         for group in self._groups(ratio, boost) or []:
             group.prune()
-        self.adapter.fix_up(self.component, self.unet)
+        self.adapter.fix_up(self.component, self.model)
 
     def search(self, target: float, upper: float, progress=None):
         """Reach ``target`` prunable-parameter sparsity: bisect the uniform ratio; if its steps are
@@ -295,33 +295,33 @@ class ChannelPlanner:
         return best
 
 
-def max_channel_ratio(unet) -> float:
+def max_channel_ratio(model) -> float:
     """The largest ratio that leaves every channel group (GroupNorm group, attention head,
     layer) at least one channel: Torch-Pruning keeps ``int(width * (1 - ratio))`` per group."""
-    widths = [m.num_channels // m.num_groups for m in unet.modules() if isinstance(m, nn.GroupNorm)]
-    adapter, component = _rules(unet)
-    widths += [group.head_dim for group in adapter.head_groups(component, unet).values()]
-    widths += [m.weight.shape[0] for m in prunable_layers(unet).values()]
+    widths = [m.num_channels // m.num_groups for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    adapter, component = _rules(model)
+    widths += [group.head_dim for group in adapter.head_groups(component, model).values()]
+    widths += [m.weight.shape[0] for m in prunable_layers(model).values()]
     return 1.0 - 1.0 / min(widths)
 
 
-def apply_channel(unet, scores, spec, progress=None):
-    limit = max_channel_ratio(unet)
+def apply_channel(model, scores, spec, progress=None):
+    limit = max_channel_ratio(model)
     if spec.channel_ratio is not None and spec.channel_ratio >= limit:
         raise ValueError(
             f"channel_ratio {spec.channel_ratio:g} would remove all channels of a layer or group of this model "
             f"(its narrowest group has {round(1 / (1 - limit))} channels); allowed: channel_ratio < {limit:.3f}"
         )
-    units_before = {name: int(m.weight.shape[0]) for name, m in prunable_layers(unet).items()}
+    units_before = {name: int(m.weight.shape[0]) for name, m in prunable_layers(model).items()}
     sums = channel_sums(scores)
     importance = {name: out.float().cpu().numpy() for name, (out, _) in sums.items()}
-    outcome = GranularityOutcome(unet=unet, importance=importance, units_before=units_before)
+    outcome = GranularityOutcome(model=model, importance=importance, units_before=units_before)
     if spec.channel_ratio is None and spec.sparsity == 0:
         outcome.structural_ratio = 0.0
     else:
         if progress is not None:
             progress(0.0, "pruning: building the dependency graph")
-        planner = ChannelPlanner(unet, scores, sums=sums)
+        planner = ChannelPlanner(model, scores, sums=sums)
         boost = None
         if spec.channel_ratio is not None:
             ratio = spec.channel_ratio
@@ -338,18 +338,18 @@ def apply_channel(unet, scores, spec, progress=None):
         if ratio > 0 or boost is not None:
             compensate = getattr(scores, "compensate", None)
             if compensate is not None:  # indices of the original shapes, taken before the cut
-                modules = {module: name for name, module in unet.named_modules()}
+                modules = {module: name for name, module in model.named_modules()}
                 removed = {modules[module]: {side: sorted(indices) for side, indices in entry.items()}
                            for module, entry in planner.plan(ratio, boost).items() if module in modules}
             planner.prune(ratio, boost)
             if compensate is not None:
                 if progress is not None:
                     progress(0.97, "pruning: compensating the remaining weights")
-                compensate(unet, removed)
+                compensate(model, removed)
         outcome.structural_ratio = ratio
         if boost is not None:
             outcome.notes["boosted_groups"] = {"ratio": boost[0], "count": boost[1], "of": len(planner.roots)}
-    outcome.units_after = {name: int(m.weight.shape[0]) for name, m in prunable_layers(unet).items()}
+    outcome.units_after = {name: int(m.weight.shape[0]) for name, m in prunable_layers(model).items()}
     return outcome
 
 

@@ -101,7 +101,7 @@ def neurons_to_remove(model, spec) -> dict:
 
 def apply_ffn(model, scores, spec, progress=None):
     ffs, widths, ratio = _ffn_plan(model, spec)
-    outcome = GranularityOutcome(unet=model, structural_ratio=ratio)
+    outcome = GranularityOutcome(model=model, structural_ratio=ratio)
     for name, ff in ffs.items():
         neuron_scores = _ffn_scores(model, name, ff, scores)
         outcome.importance[name] = neuron_scores.float().numpy()

@@ -11,26 +11,26 @@ from ..criteria import _rules, prunable_parameter_count
 from .base import SPARSITY_TOLERANCE, Granularity, GranularityOutcome, other_granularities, register_granularity, sync_diffusers_attributes
 
 
-def _head_groups(unet) -> dict:
-    adapter, component = _rules(unet)
-    return adapter.head_groups(component, unet)
+def _head_groups(model) -> dict:
+    adapter, component = _rules(model)
+    return adapter.head_groups(component, model)
 
 
-def _multihead(unet) -> dict:
-    return {name: g for name, g in _head_groups(unet).items() if g.heads >= 2 and g.has_key}
+def _multihead(model) -> dict:
+    return {name: g for name, g in _head_groups(model).items() if g.heads >= 2 and g.has_key}
 
 
-def _other_granularities(unet, spec) -> list:
-    return other_granularities(unet, spec, "head")
+def _other_granularities(model, spec) -> list:
+    return other_granularities(model, spec, "head")
 
 
-def check_head(unet, spec):
-    if not _multihead(unet):
-        found = {name: g.heads for name, g in _head_groups(unet).items()}
+def check_head(model, spec):
+    if not _multihead(model):
+        found = {name: g.heads for name, g in _head_groups(model).items()}
         raise ValueError(
             "granularity 'head' needs a model with multi-head attention (Attention.heads >= 2); "
             f"this model's attention layers have heads {found or 'none'}; allowed granularities: "
-            f"{_other_granularities(unet, spec)}"
+            f"{_other_granularities(model, spec)}"
         )
 
 
@@ -49,11 +49,11 @@ def _heads_removed(heads: int, ratio: float) -> int:
     return min(heads - 1, int(math.floor(ratio * heads + 1e-9)))
 
 
-def _head_ratio(unet, spec) -> float:
+def _head_ratio(model, spec) -> float:
     """The fraction of heads every attention module loses for ``spec``: structure only."""
-    check_head(unet, spec)
-    before = prunable_parameter_count(unet)
-    groups = _multihead(unet)
+    check_head(model, spec)
+    before = prunable_parameter_count(model)
+    groups = _multihead(model)
 
     def sparsity_at(ratio: float) -> float:
         removed = sum(_heads_removed(g.heads, ratio) * g.weights_per_head for g in groups.values())
@@ -71,24 +71,24 @@ def _head_ratio(unet, spec) -> float:
                 f"sparsity {spec.sparsity:g} cannot be reached with granularity 'head' on this model: removing whole "
                 f"attention heads reaches at most {maximum:.3f} of the prunable parameters (closest {sparsity_at(ratio):.3f}); "
                 f"allowed: sparsity in [0, {maximum + SPARSITY_TOLERANCE:.3f}] or a granularity in "
-                f"{_other_granularities(unet, spec)}"
+                f"{_other_granularities(model, spec)}"
             )
     return ratio
 
 
-def heads_to_remove(unet, spec) -> dict:
+def heads_to_remove(model, spec) -> dict:
     """Attention name -> the number of heads ``apply_head`` removes for ``spec`` (the count
     depends on the structure only; which heads go is the scores' choice)."""
-    ratio = _head_ratio(unet, spec)
-    return {name: _heads_removed(group.heads, ratio) for name, group in _multihead(unet).items()}
+    ratio = _head_ratio(model, spec)
+    return {name: _heads_removed(group.heads, ratio) for name, group in _multihead(model).items()}
 
 
-def apply_head(unet, scores, spec, progress=None):
-    ratio = _head_ratio(unet, spec)
-    adapter, component = _rules(unet)
-    groups = _multihead(unet)
+def apply_head(model, scores, spec, progress=None):
+    ratio = _head_ratio(model, spec)
+    adapter, component = _rules(model)
+    groups = _multihead(model)
     head_scores = {name: _head_scores(group, scores) for name, group in groups.items()}
-    outcome = GranularityOutcome(unet=unet, structural_ratio=ratio)
+    outcome = GranularityOutcome(model=model, structural_ratio=ratio)
     for name, group in groups.items():
         outcome.importance[name] = head_scores[name].float().numpy()
         outcome.units_before[name] = group.heads
@@ -96,9 +96,9 @@ def apply_head(unet, scores, spec, progress=None):
         if removed:
             order = torch.argsort(head_scores[name], stable=True)
             drop = set(order[:removed].tolist())
-            adapter.cut_heads(component, unet, name, [h for h in range(group.heads) if h not in drop])
+            adapter.cut_heads(component, model, name, [h for h in range(group.heads) if h not in drop])
         outcome.units_after[name] = int(group.module.heads)
-    sync_diffusers_attributes(unet)
+    sync_diffusers_attributes(model)
     return outcome
 
 

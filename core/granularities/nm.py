@@ -45,9 +45,9 @@ def nm_keep_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return keep.reshape(scores.shape)
 
 
-def check_nm(unet, spec):
+def check_nm(model, spec):
     n, m = spec.nm_pattern
-    for name, module in prunable_layers(unet).items():
+    for name, module in prunable_layers(model).items():
         width = module.weight.shape[1]
         if width % m:
             raise ValueError(
@@ -56,11 +56,11 @@ def check_nm(unet, spec):
             )
 
 
-def apply_nm(unet, scores, spec, progress=None):
+def apply_nm(model, scores, spec, progress=None):
     n, m = spec.nm_pattern
-    check_nm(unet, spec)
-    outcome = GranularityOutcome(unet=unet)
-    for name, module in prunable_layers(unet).items():
+    check_nm(model, spec)
+    outcome = GranularityOutcome(model=model)
+    for name, module in prunable_layers(model).items():
         score = scores[name]
         mask = nm_keep_mask(score, n, m)
         with torch.no_grad():

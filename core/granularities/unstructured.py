@@ -46,9 +46,9 @@ def lowest_mask(score: torch.Tensor, count: int) -> torch.Tensor:
     return lowest.view_as(score)
 
 
-def apply_unstructured(unet, scores, spec, progress=None):
-    outcome = GranularityOutcome(unet=unet)
-    for name, module in prunable_layers(unet).items():
+def apply_unstructured(model, scores, spec, progress=None):
+    outcome = GranularityOutcome(model=model)
+    for name, module in prunable_layers(model).items():
         score = scores[name]
         count = int(round(spec.sparsity * score.numel()))
         pruned = lowest_mask(score.float(), count).to(module.weight.device)

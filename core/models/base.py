@@ -4,10 +4,10 @@ The engine (``core.engine``, ``core.criteria``, ``core.granularities``, ``core.e
 ...) never names a diffusers model class or attribute. It asks the pipeline's adapter::
 
     adapter = adapter_for(pipeline)            # core.models: the registered family that matches
-    unet = adapter.denoiser(pipeline)          # the network that predicts noise / velocity / x0
+    denoiser = adapter.denoiser(pipeline)      # the network that predicts noise / velocity / x0
     cond = adapter.sample_conditioning(pipeline, batch, generator)   # {} or {"class_labels": ...}
     x_t = adapter.add_noise(scheduler, x0, eps, t)                   # or flow interpolation
-    loss = mse(adapter.predict(unet, x_t, t, cond), adapter.training_target(scheduler, x0, eps, t))
+    loss = mse(adapter.predict(denoiser, x_t, t, cond), adapter.training_target(scheduler, x0, eps, t))
     z = adapter.encode(pipeline, images)       # pixel families: identity; latent: autoencoder
     images = adapter.decode(pipeline, z)       # always float N x C x H x W in [-1, 1]
 
@@ -41,7 +41,11 @@ imports every module of the package, so nothing else has to change). What to ove
   agree with the cut weights); ``check_cut`` (refuse a cut the model cannot take, with a
   ValueError naming the reason); ``plain_config`` (a diffusers config that reloads the cut
   shapes, or None) and ``structure`` / ``rebuild`` (what the checkpoint needs to rebuild shapes no
-  config can express).
+  config can express); ``shape_config`` (the widths an honest config of a cut checkpoint states).
+* Depth (granularity ``block``): ``block_units`` (removable blocks, or layers with their mirror),
+  ``max_blocks_removed``, ``remove_blocks``, ``block_counts``; default: nothing removable.
+* Training from scratch (``diffprune train-base``): ``new_denoiser`` (the family's default
+  architecture) and ``new_pipeline`` (what the trained denoiser ships in).
 * Engine helpers built on the above (rarely overridden): ``denoising_loss`` (per-sample loss of
   the family's target), ``conditioned`` (a context manager whose forward pre-hook feeds the
   conditioning to code that calls the network positionally: OBS, gradflow), ``bind``,
@@ -515,6 +519,48 @@ class ModelAdapter:
         """The network saved in ``directory`` (its original config and cut safetensors), rebuilt at
         the stored shapes with the recorded head counts and GroupNorm groups."""
         return rebuild_from_safetensors(directory, structure, lambda module: self.fix_up(component, module))
+
+    def shape_config(self, component: str, dense_config: dict, shapes: dict) -> dict:
+        """Entries that the honest config of a cut network (``core.export_config``) states instead
+        of the dense config's, read from the cut weights' ``shapes`` (safetensors key -> shape).
+        Default: diffusers' per-block output widths where the config lists them (UNets), else none."""
+        from .unet_cuts import down_block_widths
+
+        return down_block_widths(dense_config, shapes)
+
+    # ------------------------------------------------------------------ depth (granularity "block")
+    def block_units(self, component: str, module: nn.Module) -> list:
+        """The removable depth units of ``module``, each a dict with ``name`` (unique; reports and
+        ties use it), ``modules`` (removed with the unit: their prunable weights are its size and
+        score), ``kind`` (a word for reports) and ``exclusive`` (None, or a key: units sharing a key
+        are never removed by one cut); other keys are the family's own, read back by
+        :meth:`remove_blocks`. Default: none (granularity ``block`` refuses the network)."""
+        return []
+
+    def max_blocks_removed(self, component: str, module: nn.Module, units: list) -> int:
+        """How many of ``units`` (:meth:`block_units`) one cut may remove; default all of them."""
+        return len(units)
+
+    def remove_blocks(self, component: str, module: nn.Module, units: list) -> None:
+        """Remove ``units`` (some of :meth:`block_units`) from ``module`` in place, its config
+        following so that ``from_config`` rebuilds the new depth."""
+        if units:
+            raise ValueError(f"the {self.name} family has no removable blocks")
+
+    def block_counts(self, component: str, module: nn.Module) -> dict:
+        """``{unit: count}`` of the depth a block cut changes (the report's units before / after)."""
+        return {}
+
+    # ------------------------------------------------------------------ training from scratch
+    def new_denoiser(self, config: dict | None = None) -> nn.Module:
+        """A freshly initialised denoiser of this family from a diffusers ``config`` (None: the
+        family's default architecture, where it has one), for training from scratch."""
+        raise ValueError(f"the {self.name} family builds no denoiser for training")
+
+    def new_pipeline(self, denoiser: nn.Module, scheduler):
+        """A pipeline of this family holding ``denoiser`` and ``scheduler`` (what a trained model is
+        saved as)."""
+        raise ValueError(f"the {self.name} family assembles no pipeline from a trained denoiser")
 
 
 def class_labels(class_label, batch_size: int, classes: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -25,7 +25,7 @@ import re
 import torch
 from torch import nn
 
-from . import autoencoders
+from . import autoencoders, transformer_cuts
 from .base import ModelAdapter, _match_batch, _output
 
 UNCOND = "uncond_"
@@ -219,6 +219,28 @@ class GuidedAdapter(ModelAdapter):
 
     def channel_kept_layers(self, component, module):
         return self.protected_layers(component, module)
+
+    # ------------------------------------------------------------------ depth: whole transformer blocks
+    def block_units(self, component, module):
+        if component != self.denoiser_name:
+            return super().block_units(component, module)
+        return transformer_cuts.block_units(module)
+
+    def max_blocks_removed(self, component, module, units):
+        """A transformer keeps at least one block."""
+        if component != self.denoiser_name:
+            return super().max_blocks_removed(component, module, units)
+        return transformer_cuts.block_counts(module)["transformer_blocks"] - 1
+
+    def remove_blocks(self, component, module, units):
+        if component != self.denoiser_name:
+            return super().remove_blocks(component, module, units)
+        transformer_cuts.remove_block_units(module, units)
+
+    def block_counts(self, component, module):
+        if component != self.denoiser_name:
+            return super().block_counts(component, module)
+        return transformer_cuts.block_counts(module)
 
     # ------------------------------------------------------------------ the autoencoder, when named in components
     @staticmethod

@@ -18,7 +18,7 @@ from torch import nn
 from ..registry import ADAPTERS
 from . import autoencoders
 from .autoencoders import is_autoencoder, is_kl, is_vq
-from .base import _plain_config_by_rebuild
+from .base import ModelAdapter, _plain_config_by_rebuild
 from .unet2d import UNet2DAdapter, _ddpm_family_scheduler, is_unet2d
 
 # The latent interface of an autoencoder: weights and output channels never cut.
@@ -53,9 +53,9 @@ class _LatentUNetAdapter(UNet2DAdapter):
             return self.autoencoder_candidates[0]
         return None
 
-    @staticmethod
-    def _is_denoiser(component, module) -> bool:
-        return is_unet2d(module)
+    # The pixel family's default architecture and DDPMPipeline do not apply to latents.
+    new_denoiser = ModelAdapter.new_denoiser
+    new_pipeline = ModelAdapter.new_pipeline
 
     # ------------------------------------------------------------------ latents
     def image_shape(self, pipeline) -> tuple:

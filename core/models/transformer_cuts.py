@@ -14,7 +14,9 @@ cuts below keep the residual width and change only what they own:
 * :func:`remove_ffn_neurons` -- hidden neurons of a ``FeedForward`` (``ff``, ``ff_context``): rows
   of the up-projection (both halves of a gated GEGLU/SwiGLU one) and columns of the down-projection.
 * :func:`remove_blocks` -- whole transformer blocks; the config's ``num_layers`` (and SD3.5's
-  ``dual_attention_layers``) updated so plain diffusers ``from_pretrained`` rebuilds the result.
+  ``dual_attention_layers``) updated so plain diffusers ``from_pretrained`` rebuilds the result;
+  :func:`block_units` / :func:`remove_block_units` offer them to granularity ``block`` (through the
+  transformer families' adapters).
 
 Every function checks its indices and raises a short ValueError naming the argument.
 """
@@ -219,3 +221,22 @@ def remove_blocks(model: nn.Module, keep: Sequence[int]) -> None:
     if dual:
         updates["dual_attention_layers"] = tuple(new for new, old in enumerate(kept) if old in set(dual))
     model.register_to_config(**updates)
+
+
+def block_units(model: nn.Module) -> list[dict]:
+    """The removable blocks of a transformer as ``ModelAdapter.block_units`` describes them: one
+    unit per block of :func:`removable_blocks` (``kind`` ``"transformer"``, ``index`` its position)."""
+    blocks = transformer_blocks(model)
+    return [{"name": f"transformer_blocks.{i}", "modules": [blocks[i]], "kind": "transformer", "exclusive": None,
+             "index": i} for i in removable_blocks(model)]
+
+
+def remove_block_units(model: nn.Module, units) -> None:
+    """Remove the blocks of ``units`` (from :func:`block_units`) in place (:func:`remove_blocks`)."""
+    gone = {unit["index"] for unit in units}
+    remove_blocks(model, [i for i in range(len(transformer_blocks(model))) if i not in gone])
+
+
+def block_counts(model: nn.Module) -> dict:
+    """``{"transformer_blocks": n}``: the depth a block cut changes."""
+    return {"transformer_blocks": len(transformer_blocks(model))}

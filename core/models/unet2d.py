@@ -10,7 +10,23 @@ import torch
 from torch import nn
 
 from ..registry import ADAPTERS
+from . import unet_cuts
 from .base import ModelAdapter, _plain_config_by_rebuild, class_labels
+
+# The embedded default model's architecture (``core.default_model``; ``diffprune train-base``
+# trains it): 28x28 -> 14x14 -> 7x7, attention at 14x14 and 7x7; attention_head_dim=32 gives
+# 2 heads at 64 channels and 4 heads at 128 channels.
+DEFAULT_ARCHITECTURE = dict(
+    sample_size=28,
+    in_channels=1,
+    out_channels=1,
+    layers_per_block=1,
+    block_out_channels=(32, 64, 128),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=32,
+    norm_num_groups=8,
+)
 
 
 def is_unet2d(module) -> bool:
@@ -43,6 +59,10 @@ class UNet2DAdapter(ModelAdapter):
 
     def owns(self, module):
         return "unet" if is_unet2d(module) else None
+
+    @staticmethod
+    def _is_denoiser(component, module) -> bool:
+        return is_unet2d(module)
 
     @staticmethod
     def _class_embedding_supported(unet) -> bool:
@@ -110,6 +130,34 @@ class UNet2DAdapter(ModelAdapter):
             else:
                 overrides["attention_head_dim"] = head_dim
         return _plain_config_by_rebuild(module, base_config, overrides)
+
+    # ------------------------------------------------------------------ depth: BK-SDM layers (unet_cuts)
+    def block_units(self, component, module):
+        if not self._is_denoiser(component, module):
+            return super().block_units(component, module)
+        return unet_cuts.block_units(module)
+
+    def remove_blocks(self, component, module, units):
+        if not self._is_denoiser(component, module):
+            return super().remove_blocks(component, module, units)
+        unet_cuts.remove_block_units(module, units)
+
+    def block_counts(self, component, module):
+        if not self._is_denoiser(component, module):
+            return super().block_counts(component, module)
+        return unet_cuts.block_counts(module)
+
+    # ------------------------------------------------------------------ training from scratch
+    def new_denoiser(self, config=None):
+        """A freshly initialised ``UNet2DModel`` (default: :data:`DEFAULT_ARCHITECTURE`)."""
+        from diffusers import UNet2DModel
+
+        return UNet2DModel(**(DEFAULT_ARCHITECTURE if config is None else config))
+
+    def new_pipeline(self, denoiser, scheduler):
+        from diffusers import DDPMPipeline
+
+        return DDPMPipeline(unet=denoiser, scheduler=scheduler)
 
 
 ADAPTERS.register(UNet2DAdapter)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import ADAPTERS
+from . import unet_cuts
 from .base import _plain_config_by_rebuild
 from .guided import UNCOND, GuidedAdapter
 
@@ -78,6 +79,25 @@ class StableDiffusionAdapter(GuidedAdapter):
 
     def check_cut(self, component, module, granularity):
         return None
+
+    # ------------------------------------------------------------------ depth: BK-SDM layers (unet_cuts)
+    def block_units(self, component, module):
+        if component != self.denoiser_name:
+            return super().block_units(component, module)
+        return unet_cuts.block_units(module)
+
+    def max_blocks_removed(self, component, module, units):
+        return len(units)
+
+    def remove_blocks(self, component, module, units):
+        if component != self.denoiser_name:
+            return super().remove_blocks(component, module, units)
+        unet_cuts.remove_block_units(module, units)
+
+    def block_counts(self, component, module):
+        if component != self.denoiser_name:
+            return super().block_counts(component, module)
+        return unet_cuts.block_counts(module)
 
     def plain_config(self, component, module, base_config):
         """The UNet2DConditionModel config of these shapes: ``block_out_channels`` from the down

@@ -27,7 +27,7 @@ from torch import nn
 
 from ...models import adapter_for_module
 from ...models.transformer_cuts import ffn_layers
-from ...pipeline import unet_noise  # noqa: F401 - the seeded noise of the calibration trajectories
+from ...pipeline import denoiser_noise  # noqa: F401 - the seeded noise of the calibration trajectories
 from ...registry import GRANULARITIES
 from ..base import Criterion, register_criterion
 from ..common import CalibrationStats, copy_scheduler, prunable_layers
@@ -39,7 +39,7 @@ from .hessians import (DEFAULT_MAX_RETRIES, DEFAULT_PERCDAMP, DampingInfo, Hessi
                        damped_inverse, layer_inputs, matrix_to_weight, resolve_timestep_weights, sampling_trajectory,
                        supported_layer, weight_matrix)
 from .reconstruction import DEFAULT_BLOCKSIZE, LayerPruneResult, check_n_m, prune_layer, reconstruction_error, sparsegpt_prune
-from .sequential import DEFAULT_NUM_GROUPS, ObsReport, forward_order, head_prune_modules, obs_prune_unet, split_groups
+from .sequential import DEFAULT_NUM_GROUPS, ObsReport, forward_order, head_prune_modules, obs_prune_denoiser, split_groups
 
 __all__ = [
     "OBS_GRANULARITIES", "engine_reconstruct",
@@ -53,7 +53,7 @@ __all__ = [
     "ColumnGroupResult", "obs_channel_scores", "obs_remove_column_groups", "prune_attention_heads",
     "prune_feedforward_neurons",
     # sequential
-    "DEFAULT_NUM_GROUPS", "ObsReport", "forward_order", "head_prune_modules", "obs_prune_unet", "split_groups",
+    "DEFAULT_NUM_GROUPS", "ObsReport", "forward_order", "head_prune_modules", "obs_prune_denoiser", "split_groups",
 ]
 
 OBS_GRANULARITIES = ("unstructured", "N:M", "head", "ffn", "channel")
@@ -74,8 +74,8 @@ def _check_percdamp(value):
         raise ValueError(f"criterion_params.percdamp of criterion 'obs' must be in (0, 1), got {value!r}")
 
 
-def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | None = None):
-    """Run OBS-Diff on the engine's private ``unet`` as ``spec`` says; return
+def engine_reconstruct(denoiser: nn.Module, pipeline, spec, progress: ProgressFn | None = None):
+    """Run OBS-Diff on the engine's private ``denoiser`` as ``spec`` says; return
     ``(scores, stats, calibration_source)``.
 
     The weights are compensated here; the scores make the engine's granularity cut exactly what
@@ -97,33 +97,33 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
                    num_groups=params["num_groups"], blocksize=params["blocksize"], percdamp=params["percdamp"],
                    progress=progress)
     scheduler = copy_scheduler(pipeline.scheduler)
-    layers = prunable_layers(unet)
+    layers = prunable_layers(denoiser)
     if granularity == "unstructured":
-        report = obs_prune_unet(unet, scheduler, sparsity=float(spec.sparsity), layers=layers, keep_masks=False,
+        report = obs_prune_denoiser(denoiser, scheduler, sparsity=float(spec.sparsity), layers=layers, keep_masks=False,
                                 **options)
     elif granularity == "N:M":
         n, m = spec.nm_pattern
-        report = obs_prune_unet(unet, scheduler, granularity="N:M", n=n, m=m, layers=layers, keep_masks=False,
+        report = obs_prune_denoiser(denoiser, scheduler, granularity="N:M", n=n, m=m, layers=layers, keep_masks=False,
                                 **options)
     elif granularity in ("head", "ffn"):
         # the registered granularity's own rule says how many units each module loses (structure
         # only, no copy of the model); OBS chooses which and compensates
-        remove = GRANULARITIES[granularity].units_to_remove(unet, spec)
+        remove = GRANULARITIES[granularity].units_to_remove(denoiser, spec)
         counts = dict(heads_to_remove=remove) if granularity == "head" else dict(neurons_to_remove=remove)
-        report = obs_prune_unet(unet, scheduler, granularity="head", shrink=False, **counts, **options)
+        report = obs_prune_denoiser(denoiser, scheduler, granularity="head", shrink=False, **counts, **options)
     elif granularity == "channel":
         scores, timestep_weights = obs_channel_scores(
-            unet, scheduler, layers, schedule=spec.schedule, schedule_params=dict(spec.schedule_params),
+            denoiser, scheduler, layers, schedule=spec.schedule, schedule_params=dict(spec.schedule_params),
             num_images=options["num_images"], seed=int(spec.seed), percdamp=params["percdamp"], progress=progress)
         stats = CalibrationStats(timestep_weights=list(timestep_weights), num_images=options["num_images"])
-        return scores, stats, _trajectory_source(unet, len(timestep_weights))
+        return scores, stats, _trajectory_source(denoiser, len(timestep_weights))
     else:
         raise ValueError(f"criterion 'obs' supports granularities {list(OBS_GRANULARITIES)}, got {granularity!r}")
     # Rows and columns of the heads / FFN neurons OBS removed, per layer: they score 0.
     zero_rows: dict = {}
     zero_columns: dict = {}
-    adapter, component = adapter_for_module(unet)
-    groups = adapter.head_groups(component, unet)
+    adapter, component = adapter_for_module(denoiser)
+    groups = adapter.head_groups(component, denoiser)
     for name, heads in report.removed_heads.items():
         group = groups[name]
         for head in heads:
@@ -133,8 +133,8 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
             for layer in group.columns:
                 zero_columns.setdefault(layer, []).extend(rows)
     if report.removed_neurons:
-        names = {id(module): name for name, module in unet.named_modules()}
-        modules = dict(unet.named_modules())
+        names = {id(module): name for name, module in denoiser.named_modules()}
+        modules = dict(denoiser.named_modules())
         for name, neurons in report.removed_neurons.items():
             up, down, gated = ffn_layers(modules[name])
             hidden = down.in_features
@@ -159,12 +159,12 @@ def engine_reconstruct(unet: nn.Module, pipeline, spec, progress: ProgressFn | N
 
     scores = LayerScores(layers, score_layer)
     stats = CalibrationStats(timestep_weights=list(report.timestep_weights), num_images=options["num_images"])
-    return scores, stats, _trajectory_source(unet, len(report.timestep_weights))
+    return scores, stats, _trajectory_source(denoiser, len(report.timestep_weights))
 
 
-def _trajectory_source(unet: nn.Module, num_steps: int) -> str:
+def _trajectory_source(denoiser: nn.Module, num_steps: int) -> str:
     """The calibration source line: which sampler walked the dense model's trajectories."""
-    return f"generated ({num_steps}-step {adapter_for_module(unet)[0].sampler_label} trajectories of the dense model)"
+    return f"generated ({num_steps}-step {adapter_for_module(denoiser)[0].sampler_label} trajectories of the dense model)"
 
 
 def _scores_by_reconstruction(layers, stats, params, seed):

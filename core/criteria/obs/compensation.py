@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ...models.transformer_cuts import ffn_layers, head_projections, remove_heads
-from ...pipeline import unet_noise
+from ...pipeline import denoiser_noise
 from ..scores import ConsumerScores
 from .hessians import (DEFAULT_MAX_RETRIES, DEFAULT_PERCDAMP, DampingInfo, ProgressFn, _prepare_hessian, collect_hessians,
                        damped_inverse, matrix_to_weight, resolve_timestep_weights, sampling_trajectory, supported_layer,
@@ -191,7 +191,7 @@ def prune_feedforward_neurons(ff: nn.Module, hessian: torch.Tensor, num_remove: 
 # ----------------------------------------------------------------------------------------------
 # Conv channels: input-side OBS errors, least-squares compensation after the engine's cut
 # ----------------------------------------------------------------------------------------------
-def obs_channel_scores(unet: nn.Module, noise_scheduler, layers: dict, *, schedule: str = "log-decrease",
+def obs_channel_scores(denoiser: nn.Module, noise_scheduler, layers: dict, *, schedule: str = "log-decrease",
                        schedule_params: dict | None = None, num_images: int = 4, seed: int = 0,
                        percdamp: float = DEFAULT_PERCDAMP, progress: ProgressFn | None = None):
     """Channel OBS (see the module docstring): ``ConsumerScores`` for the engine's channel cut,
@@ -203,21 +203,21 @@ def obs_channel_scores(unet: nn.Module, noise_scheduler, layers: dict, *, schedu
     """
     num_train_timesteps = int(noise_scheduler.config.num_train_timesteps)
     timestep_weights = resolve_timestep_weights(schedule, schedule_params, num_train_timesteps)
-    noise = unet_noise(unet, num_images, seed)
+    noise = denoiser_noise(denoiser, num_images, seed)
     readers = {name: module for name, module in layers.items() if supported_layer(module)}
     # Layers whose outputs are never cut (the pixel UNet's conv_out) still read cut channels:
     # they are compensated too (the adapter names them).
     from ...models import adapter_for_module
 
-    adapter, component = adapter_for_module(unet)
-    modules = dict(unet.named_modules())
-    for name in adapter.channel_kept_layers(component, unet):
+    adapter, component = adapter_for_module(denoiser)
+    modules = dict(denoiser.named_modules())
+    for name in adapter.channel_kept_layers(component, denoiser):
         if name in modules and supported_layer(modules[name]):
             readers[name] = modules[name]
     if progress is not None:
         progress(0.0, "obs: sampling the dense calibration trajectory, collecting Hessians")
     with collect_hessians(readers) as collector, torch.no_grad():
-        sampling_trajectory(unet, noise_scheduler, timestep_weights, noise,
+        sampling_trajectory(denoiser, noise_scheduler, timestep_weights, noise,
                             before_step=lambda weight: setattr(collector, "timestep_weight", weight))
     originals, hessians = {}, {}
     scores = ConsumerScores()
@@ -233,8 +233,8 @@ def obs_channel_scores(unet: nn.Module, noise_scheduler, layers: dict, *, schedu
             scores[name] = matrix_to_weight(saliency.to(module.weight.dtype), module).to(module.weight.device)
     del collector
 
-    def compensate(pruned_unet: nn.Module, removed: dict) -> None:
-        modules = dict(pruned_unet.named_modules())
+    def compensate(pruned: nn.Module, removed: dict) -> None:
+        modules = dict(pruned.named_modules())
         for name, original in originals.items():
             entry = removed.get(name, {})
             if not entry.get("in"):

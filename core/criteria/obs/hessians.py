@@ -234,9 +234,9 @@ def resolve_timestep_weights(schedule: str, schedule_params: dict | None, num_tr
 
 
 @torch.no_grad()
-def sampling_trajectory(unet: nn.Module, noise_scheduler, timestep_weights: list, noise: torch.Tensor,
+def sampling_trajectory(denoiser: nn.Module, noise_scheduler, timestep_weights: list, noise: torch.Tensor,
                         before_step: Callable[[float], None] | None = None) -> list:
-    """Deterministic sampling of ``unet`` through the given training timesteps (noisiest first)
+    """Deterministic sampling of ``denoiser`` through the given training timesteps (noisiest first)
     with its family's sampler step (``ModelAdapter.sampler_step``: DDIM with eta = 0, or flow Euler
     for SD3); returns ``[(x_t, t, weight)]``, the model inputs at each step (OBS-Diff calibrates on
     the dense model's own sampling trajectory). The network is called through the adapter
@@ -245,15 +245,15 @@ def sampling_trajectory(unet: nn.Module, noise_scheduler, timestep_weights: list
     hooked during sampling)."""
     from ...models import adapter_for_module
 
-    adapter = adapter_for_module(unet)[0]
-    device, dtype = unet.device, unet.dtype
+    adapter = adapter_for_module(denoiser)[0]
+    device, dtype = denoiser.device, denoiser.dtype
     sample = noise.to(device=device, dtype=dtype)
     steps = []
     for index, (t, weight) in enumerate(timestep_weights):
         steps.append((sample.clone(), int(t), float(weight)))
         if before_step is not None:
             before_step(float(weight))
-        prediction = adapter.predict(unet, sample, _model_timesteps(adapter, noise_scheduler, sample, int(t)))
+        prediction = adapter.predict(denoiser, sample, _model_timesteps(adapter, noise_scheduler, sample, int(t)))
         next_t = int(timestep_weights[index + 1][0]) if index + 1 < len(timestep_weights) else None
         sample = adapter.sampler_step(noise_scheduler, prediction, sample, int(t), next_t)
     return steps

@@ -19,7 +19,7 @@ from torch import nn
 
 from ...models import adapter_for_module, attention_modules, feed_forward_modules
 from ...models.transformer_cuts import ffn_layers
-from ...pipeline import unet_noise
+from ...pipeline import denoiser_noise
 from ..common import prunable_layers
 from .compensation import prune_attention_heads, prune_feedforward_neurons
 from .hessians import (DEFAULT_PERCDAMP, ProgressFn, _model_timesteps, collect_hessians, resolve_timestep_weights,
@@ -31,7 +31,7 @@ DEFAULT_NUM_GROUPS = 4  # OBS-Diff group-wise sequential pruning
 
 @dataclass
 class ObsReport:
-    """What :func:`obs_prune_unet` did."""
+    """What :func:`obs_prune_denoiser` did."""
 
     masks: dict = field(default_factory=dict)  # layer -> bool mask (True = kept); unstructured / N:M
     layer_errors: dict = field(default_factory=dict)  # layer -> reconstruction error after OBS
@@ -44,19 +44,19 @@ class ObsReport:
     prune_seconds: float = 0.0
 
 
-def forward_order(unet: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor, t: int,
+def forward_order(denoiser: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor, t: int,
                   noise_scheduler=None) -> list:
     """Layer names in the order the forward pass first calls them (``t`` a training timestep,
     given to the network as its family's model timestep when ``noise_scheduler`` is given)."""
     order: list = []
     timesteps = torch.tensor([t], device=example.device)
     if noise_scheduler is not None:
-        timesteps = _model_timesteps(adapter_for_module(unet)[0], noise_scheduler, example[:1], t)
+        timesteps = _model_timesteps(adapter_for_module(denoiser)[0], noise_scheduler, example[:1], t)
     handles = [module.register_forward_hook(lambda mod, a, o, name=name: order.append(name) if name not in order else None)
                for name, module in layers.items()]
     try:
         with torch.no_grad():
-            unet(example[:1], timesteps)
+            denoiser(example[:1], timesteps)
     finally:
         for handle in handles:
             handle.remove()
@@ -72,12 +72,12 @@ def split_groups(names: list, num_groups: int) -> list:
     return [names[bounds[i]:bounds[i + 1]] for i in range(count)]
 
 
-def _default_layers(unet: nn.Module) -> dict:
-    return prunable_layers(unet)  # one definition of "prunable" for the whole engine
+def _default_layers(denoiser: nn.Module) -> dict:
+    return prunable_layers(denoiser)  # one definition of "prunable" for the whole engine
 
 
-def obs_prune_unet(
-    unet: nn.Module,
+def obs_prune_denoiser(
+    denoiser: nn.Module,
     noise_scheduler,
     *,
     sparsity: float = 0.5,  # unstructured: fraction of each layer's weights removed
@@ -100,7 +100,7 @@ def obs_prune_unet(
     keep_masks: bool = True,  # keep each layer's boolean mask in the report (False: the weights' zeros say it)
     progress: ProgressFn | None = None,
 ) -> ObsReport:
-    """Prune ``unet`` in place with OBS-Diff; the caller passes a copy if it keeps the dense model.
+    """Prune ``denoiser`` in place with OBS-Diff; the caller passes a copy if it keeps the dense model.
 
     Calibration: ``num_images`` trajectories sampled by the model itself with its family's
     deterministic sampler step (DDIM; flow Euler on SD3: ``ModelAdapter.sampler_step``) through the
@@ -121,13 +121,13 @@ def obs_prune_unet(
 
     num_train_timesteps = int(noise_scheduler.config.num_train_timesteps)
     report.timestep_weights = resolve_timestep_weights(schedule, schedule_params, num_train_timesteps)
-    noise = unet_noise(unet, num_images, seed)
-    device = next(unet.parameters()).device
+    noise = denoiser_noise(denoiser, num_images, seed)
+    device = next(denoiser.parameters()).device
     first_t = report.timestep_weights[0][0]
-    first_input = noise[:1].to(device=device, dtype=next(unet.parameters()).dtype)
+    first_input = noise[:1].to(device=device, dtype=next(denoiser.parameters()).dtype)
 
     if granularity == "head":
-        targets = _structured_targets(unet)
+        targets = _structured_targets(denoiser)
         if heads_to_remove is not None or neurons_to_remove is not None:
             # the engine's cuts say how many units each module loses: its 'head' granularity
             # removes heads only, its 'ffn' granularity FFN neurons only (pruning the other kind
@@ -142,20 +142,20 @@ def obs_prune_unet(
         # The output projections that read an attention's heads are the model adapter's
         # (``HeadGroup.columns``), the image stream's first: the first is the group's consumer, a
         # second one (joint attention, SD3: the context stream's) is hooked and compensated with it.
-        adapter, component = adapter_for_module(unet)
-        head_groups = adapter.head_groups(component, unet)
+        adapter, component = adapter_for_module(denoiser)
+        head_groups = adapter.head_groups(component, denoiser)
         readers = {name: list(head_groups[name].columns.items()) for name, (kind, _) in targets.items()
                    if kind == "attention"}
         consumer = {name: (readers[name][0][1] if kind == "attention" else ffn_layers(module)[1])
                     for name, (kind, module) in targets.items()}
         context_consumer = {name: readers[name][1] for name in readers if len(readers[name]) > 1}  # (layer name, module)
-        order = forward_order(unet, consumer, first_input, first_t, noise_scheduler)
+        order = forward_order(denoiser, consumer, first_input, first_t, noise_scheduler)
         hook_layers = consumer
     else:
         context_consumer = {}
-        hook_layers = layers if layers is not None else _default_layers(unet)
+        hook_layers = layers if layers is not None else _default_layers(denoiser)
         hook_layers = {name: module for name, module in hook_layers.items() if supported_layer(module)}
-        order = forward_order(unet, hook_layers, first_input, first_t, noise_scheduler)
+        order = forward_order(denoiser, hook_layers, first_input, first_t, noise_scheduler)
     report.groups = split_groups(order, num_groups)
     head_ratio = sparsity if head_ratio is None else head_ratio
     ffn_ratio = head_ratio if ffn_ratio is None else ffn_ratio
@@ -170,7 +170,7 @@ def obs_prune_unet(
             if trajectory is None:
                 # the first group sees the dense model: calibrate it while sampling the trajectory
                 tell(0.0, f"sampling the dense calibration trajectory, calibrating group 1/{len(report.groups)}")
-                trajectory = sampling_trajectory(unet, noise_scheduler, report.timestep_weights, noise,
+                trajectory = sampling_trajectory(denoiser, noise_scheduler, report.timestep_weights, noise,
                                                  before_step=lambda weight: setattr(collector, "timestep_weight", weight))
             else:
                 tell(base, f"calibrating group {group_index + 1}/{len(report.groups)} ({len(group)} layers)")
@@ -179,12 +179,12 @@ def obs_prune_unet(
                 # output projections run in either order)
                 last = targets[group[-1]][1] if granularity == "head" else hook_layers[group[-1]]
                 stopper = last.register_forward_hook(_stop_forward) if group_index < len(report.groups) - 1 else None
-                adapter = adapter_for_module(unet)[0]
+                adapter = adapter_for_module(denoiser)[0]
                 try:
                     for sample, t, weight in trajectory:
                         collector.timestep_weight = weight
                         try:
-                            unet(sample, _model_timesteps(adapter, noise_scheduler, sample, t))
+                            denoiser(sample, _model_timesteps(adapter, noise_scheduler, sample, t))
                         except _StopForward:
                             pass
                 finally:
@@ -237,12 +237,12 @@ def _stop_forward(module, args, output):
     raise _StopForward
 
 
-def _structured_targets(unet: nn.Module) -> dict:
+def _structured_targets(denoiser: nn.Module) -> dict:
     """Attention modules with 2+ heads and diffusers FeedForward blocks, by name -> (kind, module)."""
-    attentions = {name: m for name, m in attention_modules(unet).items() if int(getattr(m, "heads", 1)) > 1}
-    feed_forwards = feed_forward_modules(unet)
+    attentions = {name: m for name, m in attention_modules(denoiser).items() if int(getattr(m, "heads", 1)) > 1}
+    feed_forwards = feed_forward_modules(denoiser)
     targets = {}
-    for name, module in unet.named_modules():  # definition order
+    for name, module in denoiser.named_modules():  # definition order
         if name in attentions:
             targets[name] = ("attention", module)
         elif name in feed_forwards:
@@ -250,6 +250,6 @@ def _structured_targets(unet: nn.Module) -> dict:
     return targets
 
 
-def head_prune_modules(unet: nn.Module) -> dict:
+def head_prune_modules(denoiser: nn.Module) -> dict:
     """Public view of what ``granularity='head'`` acts on: name -> 'attention' | 'feedforward'."""
-    return {name: kind for name, (kind, _) in _structured_targets(unet).items()}
+    return {name: kind for name, (kind, _) in _structured_targets(denoiser).items()}

@@ -294,7 +294,9 @@ def _cmd_prune(args) -> int:
     pipeline = _load(args.model, device, args.dtype)
     with _ProgressBar(f"pruning ({spec.label})", args.quiet) as bar:
         result = prune(pipeline, spec, progress=bar)
-    path = result.save(args.output)
+    from .export import DEFAULT_DENSE_LABEL, write_model
+
+    path = write_model(result, args.output, dense_label=str(args.model) if args.model else DEFAULT_DENSE_LABEL)  # as the app exports
     totals = result.report.totals
     print(f"pruned {spec.label} in {totals['wall_time_s']:.1f} s")
     print(f"  parameters  {totals['params_before']:,} -> {totals['params_after']:,} "

@@ -157,7 +157,7 @@ def test_channel_planner_traces_groups_once_and_plans_as_torch_pruning_does(attn
     for ratio, boost in ((0.2, None), (0.4, None), (0.2, (0.4, 3)), (0.4, None)):
         fresh = ChannelPlanner(copy.deepcopy(attn_pipeline.unet), scores)
         fresh.pruner.DG.__dict__.pop("get_all_groups")  # Torch-Pruning's own tracing, every call
-        names = {m: n for n, m in fresh.unet.named_modules()}
+        names = {m: n for n, m in fresh.model.named_modules()}
         expected = {names.get(m, repr(m)): e for m, e in fresh.plan(ratio, boost).items()}
         names = {m: n for n, m in unet.named_modules()}
         assert {names.get(m, repr(m)): e for m, e in cached.plan(ratio, boost).items()} == expected

@@ -11,15 +11,15 @@
   samples, the schedule curve, the charts) has been computed, asked for as soon as the page is
   served, as the browser does (target: 5 s); then, in a fresh process, each of its parts in turn
   (``first_screen_parts_s``: the imports, the model load, the samples, the charts);
-- quick run: the issue's quick run on the default model (taylor, channel 30 %, default
+- quick run: the app's quick run on the default model (taylor, channel 30 %, default
   calibration, 16 samples, 25 steps, KID) through ``gradio_client`` (target: 40 s), then the same
   at 50 % (target: 10 s: calibration, dense evaluation and dense grid reused); the seconds the
   paired latency measurement took are read from the summary (target: 5 s);
-- quick run with recovery (issue 13): the same quick run at 30 % with the app's default recovery
+- quick run with recovery: the same quick run at 30 % with the app's default recovery
   settings (``core.recovery.RECOVERY_DEFAULTS``: prune + recover + 16 samples of every stage +
   KID), end to end through the launched app, with seed 1 so that nothing of the first runs is
   reused (target: 180 s on a 2-core CPU).
-- the embedded DiT (issue 16): its first screen after switching the source box to it, its quick
+- the embedded DiT: its first screen after switching the source box to it, its quick
   run (taylor, 30 % of the FFN neurons, 16 samples, 25 steps, KID) and the same at 20 %, against
   the same targets.
 
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
                              wall_s=round(wall, 2),
                              latency_timing_s=float(timed.group(1)) if timed else None, speedup=speedup,
                              status=outputs[0]))
-        # issue 16: the same quick path on the embedded DiT (structured: 30 % of the FFN neurons),
+        # the same quick path on the embedded DiT (structured: 30 % of the FFN neurons),
         # after switching the model in the source box; then the same at another sparsity
         t0 = time.perf_counter()
         client.predict(DIT, 0, 25, "threshold", 0.05, "1,1,1,1", 25, 0.8, 1.2, 10, "0:1", api_name="/first_screen")

@@ -1,4 +1,4 @@
-"""Benchmarks of issue 16 on the embedded latent DiT (``load_pipeline("dit-fashion-mnist")``).
+"""Benchmarks on the embedded latent DiT (``load_pipeline("dit-fashion-mnist")``).
 
 Parts (``--parts``, comma-separated, run in the order given; rows go to ``benchmarks/results/dit.jsonl``, one JSON row per
 measured model, keyed so that a re-run skips what is already measured: the benchmark resumes):
@@ -152,7 +152,7 @@ def run(args) -> None:
 
 
 def table() -> str:
-    """The measured rows as a markdown table (for the README and BENCHMARKS.md)."""
+    """The measured rows as a markdown table (for docs/benchmarks.md and BENCHMARKS.md)."""
     rows = list(_done().values())
     dense = next((r for r in rows if r["part"] == "dense"), None)
     parts = ["dense", "granularities", "finetune", "obs-structured", "vae"]

@@ -35,7 +35,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_frontier.py --threads 1            # the measurement (hours on 2 CPU cores)
     .venv/bin/python benchmarks/bench_frontier.py --table                # markdown table + verdict
-    .venv/bin/python benchmarks/bench_frontier.py --quick --results /tmp/f.jsonl --csv /tmp/f.csv
+    .venv/bin/python benchmarks/bench_frontier.py --quick --results runs/f.jsonl --csv runs/f.csv
 
 Every figure is measured by this script on this machine; nothing is copied from the papers.
 """

@@ -1,4 +1,4 @@
-"""Benchmarks of issue 6: OBS-Diff against magnitude / taylor, its cost, and fine-tuned recovery.
+"""OBS-Diff benchmarks: OBS-Diff against magnitude / taylor, its cost, and fine-tuned recovery.
 
 Parts (``--parts``, comma-separated; each writes its section of ``benchmarks/results/obs.json``):
 

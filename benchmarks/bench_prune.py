@@ -1,4 +1,4 @@
-"""Pruning-engine benchmarks for issue 4's targets (measured, not timed tests).
+"""Pruning-engine benchmarks against the engine's targets (measured, not timed tests).
 
 Parts (``--parts``, default all):
 

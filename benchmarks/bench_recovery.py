@@ -1,4 +1,4 @@
-"""Recovery in the app (issue 13, item 7): what the default recovery budget buys.
+"""Recovery in the app: what the default recovery budget buys.
 
 On the embedded default model (``load_pipeline()``: a pixel DDPM on Fashion-MNIST 28x28) pruned
 to 44 % of its channels (``PruneSpec(criterion, granularity="channel", sparsity=0.44)``), KID and
@@ -232,7 +232,7 @@ def _seconds(value) -> str:
 
 
 def table(args) -> str:
-    """The rows of the current settings as a markdown table (for the README)."""
+    """The rows of the current settings as a markdown table (for docs/benchmarks.md)."""
     settings_id = _settings_id(_settings(args))
     rows = [r for r in _done(Path(args.results)).values() if r.get("settings_id") == settings_id]
     if not rows:

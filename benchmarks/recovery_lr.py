@@ -1,4 +1,4 @@
-"""Which learning rate the app's default recovery budget should use (issue 13).
+"""Which learning rate the app's default recovery budget should use.
 
     python benchmarks/recovery_lr.py
 

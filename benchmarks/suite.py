@@ -356,7 +356,42 @@ def dit_section() -> list:
 
     if not bench_dit.RESULTS.exists():
         return []
-    return ["## Embedded latent DiT (`benchmarks/bench_dit.py`, one-shot)", "", bench_dit.table(), ""]
+    return ["## Embedded latent DiT (`benchmarks/bench_dit.py`, one-shot and after 40 fine-tuning steps; commands and "
+            "reading in [docs/benchmarks.md](docs/benchmarks.md#the-embedded-dit-every-criterion-at-every-granularity))",
+            "", bench_dit.table(), ""]
+
+
+OUTPUT_OPTIONS = ("--out-dir", "--csv", "--markdown")
+
+
+def recorded_command(argv) -> str:
+    """The command as the published table records it. Paths inside the repository are written
+    relative to it; an output location outside it (``--out-dir``, ``--csv``, ``--markdown`` choose
+    where files go, not what is measured) is left out, so no machine's local paths are published."""
+    def inside(value: str):
+        path = Path(value)
+        if not path.is_absolute():
+            return value
+        try:
+            return str(path.resolve().relative_to(ROOT))
+        except ValueError:
+            return None
+
+    argv, words, index = list(argv), [], 0
+    while index < len(argv):
+        name, equals, value = argv[index].partition("=")
+        if name in OUTPUT_OPTIONS:
+            if not equals:
+                value = argv[index + 1] if index + 1 < len(argv) else ""
+                index += 1
+            index += 1
+            kept = inside(value)
+            if kept is not None:
+                words += [name, kept]
+            continue
+        words.append(inside(argv[index]) or argv[index])
+        index += 1
+    return " ".join(["python", "benchmarks/suite.py", *words])
 
 
 def main(argv=None) -> int:
@@ -377,7 +412,7 @@ def main(argv=None) -> int:
     parser.add_argument("--merge", action="store_true",
                         help="replace only the --criteria rows of the existing --csv (the rest of the table is kept)")
     args = parser.parse_args(argv)
-    args.command = " ".join(["python", "benchmarks/suite.py", *(sys.argv[1:] if argv is None else argv)])
+    args.command = recorded_command(sys.argv[1:] if argv is None else argv)
     table = run(args)
     write_outputs(table, args)
     return 0

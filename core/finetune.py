@@ -1,12 +1,12 @@
 """Recovery fine-tuning of a pruned diffusion model, on accelerate.
 
 Every paper recovers quality with fine-tuning after pruning, so methods are compared under an
-identical fine-tuning budget (issue 6). One function, :func:`finetune`, used by the CLI, the UI,
+identical fine-tuning budget. One function, :func:`finetune`, used by the CLI, the UI,
 the benchmarks and the tests:
 
 * **Loss.** The standard DDPM objective ``MSE(eps_theta(x_t, t), eps)`` (Ho et al. 2020; the
   loss Diff-Pruning fine-tunes with). Optional **knowledge distillation** from the dense teacher
-  as NiCI-Pruning defines it (``../shared/METHODS.md``, ``nici``):
+  as NiCI-Pruning defines it:
   ``alpha * tau^2 * KL(log_softmax(student / tau) || log_softmax(teacher / tau))`` where the
   softmax runs over each flattened spatial map (one distribution per image and channel over its
   ``H * W`` positions), written in PyTorch's ``F.kl_div(student_log, teacher_log,

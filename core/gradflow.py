@@ -1,9 +1,9 @@
 """Gradient-flow iterative pruning: progressive soft masks moved along the gradient flow of an
 energy function, ending in a hard mask at the target sparsity.
 
-The method ("iterative pruning based on gradient flow" for diffusion models, 2025; seed text in
-``../shared/seeds/``) has **no public code**; this is an implementation from its description and
-``../shared/METHODS.md`` (section ``gradflow``). What is implemented, exactly:
+The method ("iterative pruning based on gradient flow" for diffusion models, 2025) has **no
+public code**; this is an implementation from its description (``docs/methods.md``). What is
+implemented, exactly:
 
 * **Model.** The prunable weights are used as ``w * m`` with a continuous mask ``m in [0, 1]``
   (initially 1); ``w`` stays fixed while pruning (recovery is :func:`core.finetune.finetune`).
@@ -17,10 +17,10 @@ The method ("iterative pruning based on gradient flow" for diffusion models, 202
   pruned model keeps the gradient flow of the dense one, so fine-tuning converges as it did.
   Why not GraSP's signed score ``S = -w * (H g)`` (Wang et al., ICLR 2020, made for networks at
   initialisation)? Pruning the weights whose removal raises the gradient norm most removes, in
-  a *trained* model, the weights whose removal raises the loss most: an earlier version of this
-  module did that, and its 2:4 model of the default model scored KID 0.460 and 0.485 after 40
-  fine-tuning steps (``python benchmarks/suite.py --mode quick``, 2026-11-24; 0.300 and 0.038 with
-  the score below, BENCHMARKS.md); Lubana & Dick show the magnitude
+  a *trained* model, the weights whose removal raises the loss most: with the signed score the
+  2:4 model of the default model scores KID 0.460, and 0.485 after 40 fine-tuning steps, in the
+  quick suite (``python benchmarks/suite.py --mode quick``; 0.300 and 0.038 with the score below,
+  BENCHMARKS.md); Lubana & Dick show the magnitude
   ``|w * (H g)|`` is the gradient-norm-preserving measure. ``H g`` is a Hessian-vector product by
   double backward (attention runs on PyTorch's math SDPA kernel, whose double backward exists).
   ``g`` and ``H g`` are taken at the current masked weights ``w * m``, so the scores follow the
@@ -263,7 +263,7 @@ def gradflow_prune(
 
 
 # ----------------------------------------------------------------------------------------------
-# Engine adapter (issue 4's registry)
+# Engine adapter (the criteria registry)
 # ----------------------------------------------------------------------------------------------
 def _check(name, kind, low=None, high=None, choices=None):
     def check(value):

@@ -1,7 +1,7 @@
 """Timestep schedules: which timesteps a criterion calibrates on, and with what weight.
 
 A schedule is a plain function ``(num_train_timesteps, **params) -> list[(t, weight)]``
-(``../shared/METHODS.md``, "Timestep schedules"). Criteria accumulate their statistic as
+(``docs/methods.md``, "Timestep schedules"). Criteria accumulate their statistic as
 ``sum_t weight_t * stat_t``: the weight multiplies each timestep's loss before backward.
 
 ``threshold`` (Diff-Pruning) is adaptive: it depends on the model and data, so its function

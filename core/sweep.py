@@ -1,4 +1,4 @@
-"""Sweeps: prune and evaluate a list of specs through the results store (issue 3's ``ResultStore``).
+"""Sweeps: prune and evaluate a list of specs through the results store (``core.store.ResultStore``).
 
 Each finished row is stored under ``key_for(pipeline_hash(dense pipeline), {"sweep": 1, **eval_settings},
 spec)`` before the next spec starts, so a stored row returns instantly (no pruning, no sampling)

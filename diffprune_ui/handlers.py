@@ -42,7 +42,7 @@ DEFAULT_MODEL_DIR = ASSETS_DIR / "ddpm-fashion-mnist"
 SHIPPED_RESULTS = ASSETS_DIR / "results" / "benchmarks.csv"
 SHIPPED_DENSE_STEPS = ASSETS_DIR / "results" / "dense_steps.csv"
 SHIPPED_RECOVERY = ROOT / "benchmarks" / "results" / "obs.json"
-SHIPPED_FRONTIER = ASSETS_DIR / "results" / "frontier.csv"  # benchmarks/bench_frontier.py (issue 17)
+SHIPPED_FRONTIER = ASSETS_DIR / "results" / "frontier.csv"  # benchmarks/bench_frontier.py
 MAX_SAMPLES = 256  # per run in the app; larger evaluations belong to the CLI / benchmarks
 MAX_STEPS = 200
 MAX_SEED = 2**31 - 1
@@ -1045,8 +1045,8 @@ def calibration_prompts_text(result) -> str:
 
 def recovery_note(result, tuned=None, cancel_note: str = "") -> str:
     """Next to the grids: which stages are shown and, for a one-shot structured result, that such
-    models need recovery (with the shipped 2,000-step comparison, README *OBS-Diff, gradient flow
-    and fine-tuning*)."""
+    models need recovery (with the shipped 2,000-step comparison, docs/benchmarks.md *The same
+    2,000-step budget for every method*)."""
     from core.granularities import GRANULARITIES
 
     if tuned is not None:
@@ -1272,7 +1272,7 @@ def _run_recovery(spec, rows: dict, recovery: dict, quality: str) -> dict | None
 
 
 def shipped_recovery() -> list[dict]:
-    """The shipped 2,000-step recovery comparison (README; ``benchmarks/results/obs.json``): one
+    """The shipped 2,000-step recovery comparison (docs/benchmarks.md; ``benchmarks/results/obs.json``): one
     entry per method with FID one-shot and recovered, and the dense FID."""
     try:
         shipped = json.loads(SHIPPED_RECOVERY.read_text())["finetune"]

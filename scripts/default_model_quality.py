@@ -6,7 +6,7 @@
   images (shipped Inception features);
 - floor: 1,000 real training images vs the same 1,000 test images (what a perfect model of the
   data distribution would score at this sample count: FID is biased at n = 1,000).
-The issue's target: model FID <= 3x the floor. Writes ``assets/default_model_quality.json``.
+Target: model FID <= 3x the floor. Writes ``assets/default_model_quality.json``.
 """
 from __future__ import annotations
 

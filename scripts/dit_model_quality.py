@@ -9,7 +9,7 @@
 - VAE reconstruction: the 1,000 test images padded, encoded (posterior mean), decoded, cropped:
   the ceiling the autoencoder puts on any latent model;
 - floor: 1,000 real training images vs the same 1,000 test images.
-Issue 16's target: model FID <= 3x the floor. Writes ``assets/dit_model_quality.json``.
+Target: model FID <= 3x the floor. Writes ``assets/dit_model_quality.json``.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Samples per class of the embedded DiT for the README: one row per class, 8 samples each.
+"""Samples per class of the embedded DiT for docs/embedded-models.md: one row per class, 8 samples each.
 
     .venv/bin/python scripts/dit_samples_grid.py [--guidance 1.5] [--steps 50]
 

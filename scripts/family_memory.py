@@ -1,4 +1,4 @@
-"""Peak memory of pruning the text-to-image / transformer families (issue 15, item 8).
+"""Peak memory of pruning the text-to-image / transformer families.
 
 Two parts:
 

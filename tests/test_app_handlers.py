@@ -146,7 +146,7 @@ def test_bad_hub_id_is_a_short_error_without_hub_internals():
 def test_first_screen_shows_samples_curve_and_charts(tiny_model):
     grid, card, curve, pareto, by_sparsity, recovery, classes, prompt, frontier = handlers.first_screen(
         tiny_model, 0, 2, *SCHEDULE_DEFAULTS)
-    # issue 17: the shipped dense frontier (the dense model at fewer steps) as a line labelled by steps
+    # the shipped dense frontier (the dense model at fewer steps) as a line labelled by steps
     line = next(trace for trace in frontier.data if trace.name == "dense, fewer steps (free)")
     assert [int(t) for t in line.text][:3] == [4, 6, 8] and list(line.x) == sorted(line.x)
     assert isinstance(grid, Image.Image)
@@ -602,7 +602,7 @@ def test_layer_timestep_heatmap_normalises_a_short_last_group():
     assert list(figure.data[0].x) == ["t=0 (+3)", "t=4 (+3)", "t=8"]
 
 
-# ------------------------------------------------------------------------------ recovery (issue 13)
+# ------------------------------------------------------------------------------ recovery
 def _marker(folder) -> dict:
     import json
 

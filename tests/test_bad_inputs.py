@@ -1,4 +1,4 @@
-"""Bad inputs found by sending a few hundred of them to the API (issue 14, item 7): each is a short
+"""Bad inputs found by sending a few hundred of them to the API: each is a short
 ``ValueError`` naming the field, raised before any work starts, and the CLI prints one line and
 no traceback for them."""
 import json

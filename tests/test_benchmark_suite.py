@@ -60,7 +60,7 @@ def test_suite_rows_outputs_and_resume(tiny_model, tmp_path, monkeypatch):
 
 
 def test_bench_frontier_quick_rows_verdict_and_resume(tiny_model, tmp_path):
-    """Issue 17: bench_frontier's --quick mode (dense at 1 and 2 steps, one pruned + 2-step recovered
+    """bench_frontier's --quick mode (dense at 1 and 2 steps, one pruned + 2-step recovered
     candidate at 2 steps) writes one row per (model, steps), the app's CSV columns and the verdict."""
     from benchmarks import bench_frontier
 
@@ -97,7 +97,7 @@ def test_bench_frontier_quick_rows_verdict_and_resume(tiny_model, tmp_path):
 
 
 def test_bench_recovery_quick_rows_and_resume(tiny_model, tmp_path, capsys):
-    """benchmarks/bench_recovery.py --quick (issue 13): one row per method and recovery budget plus the
+    """benchmarks/bench_recovery.py --quick: one row per method and recovery budget plus the
     dense row, finite numbers, cumulative recovery time; a re-run skips the rows already written and
     re-measures only a missing one, resuming its fine-tuning from the checkpoint."""
     import math

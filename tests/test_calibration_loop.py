@@ -1,4 +1,4 @@
-"""The one calibration loop (issue 14): ``core.criteria.calibration_loop`` is what the gradient
+"""The one calibration loop: ``core.criteria.calibration_loop`` is what the gradient
 criteria, ``core/gradflow.py`` and the cost estimate all run."""
 import pytest
 import torch

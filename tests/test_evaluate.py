@@ -1,4 +1,4 @@
-"""The evaluation entry point (issue 3): one call, every metric, stored results, clear errors."""
+"""The evaluation entry point: one call, every metric, stored results, clear errors."""
 import time
 
 import pytest

@@ -113,7 +113,7 @@ def test_unreachable_head_sparsity_suggests_only_granularities_dit_accepts(dit, 
 
 def test_obs_head_cut_removes_heads_only_as_other_criteria_do(dit, monkeypatch):
     """``obs`` at granularity ``head`` removes the heads the spec asks for and no FFN neuron: the same
-    parameter count as magnitude's head cut (the README's open bug: obs once halved the FFNs too)."""
+    parameter count as magnitude's head cut (a head cut must not shrink the FFNs too)."""
     checks.wired_granularities(monkeypatch)
     results = {}
     for criterion in ("magnitude", "obs"):

@@ -1,4 +1,4 @@
-"""Model adapters on tiny random pipelines built here (issue 14): an LDM with a VQModel, a latent
+"""Model adapters on tiny random pipelines built here: an LDM with a VQModel, a latent
 UNet with an AutoencoderKL, a class-conditional UNet and a ``scale_shift`` UNet.
 
 Each is saved with ``save_pretrained`` and loaded through ``load_pipeline``; samples are decoded
@@ -294,7 +294,7 @@ def test_class_conditional_calibrates_samples_and_evaluates_by_class(pipelines, 
 # ------------------------------------------------------------------------------------------ scale/shift
 @pytest.mark.parametrize("sparsity", [0.1, 0.3, 0.5, 0.9])
 def test_scale_shift_channel_pruning_keeps_the_halves_paired(pipelines, sparsity):
-    """Issue 14, item 6: 0.1 and 0.5 crashed inside torch's GroupNorm; now each cut keeps the scale
+    """Channel pruning of a ``scale_shift`` UNet at any sparsity: each cut keeps the scale
     and shift halves of every time_emb_proj paired with norm2 and its groups whole, or is refused."""
     pipeline = pipelines["scale-shift"]
     try:

@@ -1,4 +1,4 @@
-"""One parameter/MAC counter (issue 14): the prune report, ``evaluate``, ``count_macs`` and
+"""One parameter/MAC counter: the prune report, ``evaluate``, ``count_macs`` and
 ``metrics.count_model`` give the same numbers for one model, attention matmuls counted once."""
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Measuring instruments (issue 3): Inception features, FID/KID, latency, MAC counting, sample grids.
+"""Measuring instruments: Inception features, FID/KID, latency, MAC counting, sample grids.
 
 Inception runs at a few images per second on a 2-core CPU and torchmetrics' FID needs an
 eigen-decomposition of a 2048 x 2048 matrix (~20 s here), so features are computed once per

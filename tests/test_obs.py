@@ -240,7 +240,7 @@ def test_trajectory_through_the_adapter_is_the_same_ddim_as_before():
         trajectory = obs.sampling_trajectory(unet, scheduler, weights, noise)
         adapter, alphas = adapter_for_module(unet)[0], scheduler.alphas_cumprod.to(torch.float64)
         sample = noise.clone()
-        for index, (t, weight) in enumerate(weights):  # the hand-written DDIM of issue 14, verbatim
+        for index, (t, weight) in enumerate(weights):  # a hand-written DDIM, step by step
             assert torch.equal(trajectory[index][0], sample) and trajectory[index][1:] == (t, weight)
             with torch.no_grad():
                 epsilon = adapter.epsilon_from_prediction(scheduler, unet(sample, torch.full((2,), t)).sample, sample, t)

@@ -1,4 +1,4 @@
-"""Loading and sampling (issue 2): the default model, local save_pretrained models, bad input."""
+"""Loading and sampling: the default model, local save_pretrained models, bad input."""
 import json
 
 import pytest

@@ -1,6 +1,6 @@
 """The pruning facade on tiny random diffusers UNets (and the shipped default model).
 
-Properties from issue 4: every criterion x granularity runs; sparsity reached; N:M pattern in
+Properties: every criterion x granularity runs; sparsity reached; N:M pattern in
 every group; exported zeros; structured models physically smaller and consistent; save/load
 identical; determinism; caller's model untouched; sparsity 0 equals dense; progress/cancel.
 """
@@ -20,7 +20,7 @@ from core.pipeline import load_pipeline, sample_images
 from core.spec import PruneSpec
 
 FAST_SCHEDULE = {"schedule": "custom", "schedule_params": {"timesteps": [[10, 1.0], [400, 0.5]]}}
-# The criteria of this engine; obs and gradflow (issue 6, criteria with their own ``reconstruct``)
+# The criteria of this engine; obs and gradflow (criteria with their own ``reconstruct``)
 # are exercised by their own test files.
 ENGINE_CRITERIA = sorted(name for name, c in CRITERIA.items() if getattr(c, "reconstruct", None) is None)
 GRANULARITY_CASES = {"unstructured": 0.5, "2:4": None, "4:8": None, "channel": 0.44, "head": 0.05}

@@ -1,4 +1,4 @@
-"""Timestep schedules match METHODS.md on known values."""
+"""Timestep schedules match their definitions (docs/methods.md) on known values."""
 import math
 
 import pytest

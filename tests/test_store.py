@@ -1,4 +1,4 @@
-"""Results store (issue 3): keys, model hashes, persistence, DataFrame, surviving a killed writer."""
+"""Results store: keys, model hashes, persistence, DataFrame, surviving a killed writer."""
 import json
 import os
 import signal

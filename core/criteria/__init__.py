@@ -10,9 +10,9 @@ every criterion and the engine share (the prunable layers, ``CalibrationStats``)
 
 A granularity (``core/granularities/``) then aggregates the per-weight scores into the unit it
 prunes (an N:M group, an output channel with its dependency group, an attention head), so that
-criteria, schedules and granularities stay orthogonal (``../shared/STYLE.md`` principle 5).
+criteria, schedules and granularities stay orthogonal.
 
-Definitions follow ``../shared/METHODS.md``:
+Definitions (references and checks: ``docs/methods.md``):
 
 * ``random``    -- uniform random scores from a generator seeded by ``spec.seed``.
 * ``magnitude`` -- ``|w|^p``; summed over a channel's group this is Torch-Pruning's

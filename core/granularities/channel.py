@@ -141,7 +141,7 @@ class ChannelPlanner:
             importance=WeightScoreImportance({modules[n]: s for n, s in (sums or channel_sums(scores_by_name)).items()},
                                              input_side_only=isinstance(scores_by_name, ConsumerScores)),
             pruning_ratio=0.0,  # set per call: local, every group loses the same fraction (Diff-Pruning)
-            ignored_layers=kept,  # the image/latent interface (conv_out ...) is never cut (METHODS.md)
+            ignored_layers=kept,  # the image/latent interface (conv_out ...) is never cut
             out_channel_groups=groups,  # outputs cut evenly per group (scale/shift halves, adapter)
             num_heads=num_heads,  # attention channels removed evenly per head; heads are kept
             prune_num_heads=False,

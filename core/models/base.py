@@ -101,7 +101,7 @@ def sync_diffusers_sizes(module: nn.Module) -> None:
 
     Torch-Pruning updates ``nn`` layers only; diffusers also caches ``Downsample2D.channels``,
     ``Upsample2D.channels``/``out_channels``, ``Attention.heads``/``inner_dim`` and the
-    ``ResnetBlock2D`` widths, and asserts on some of them in forward (METHODS.md, "pitfalls").
+    ``ResnetBlock2D`` widths, and asserts on some of them in forward.
     Works on any diffusers network built from these blocks (UNets, VQ/KL autoencoders).
     """
     from diffusers.models.downsampling import Downsample2D
@@ -124,7 +124,7 @@ def sync_diffusers_sizes(module: nn.Module) -> None:
                 resampler.channels = conv.in_channels
                 resampler.out_channels = conv.out_channels
             else:
-                # Reference bug (METHODS.md): compare instead of assign left out_channels stale.
+                # A pitfall of the reference code: comparing instead of assigning left out_channels stale.
                 resampler.channels = width
                 resampler.out_channels = width
     for child in module.modules():

@@ -2,7 +2,7 @@
 
 Torch-Pruning cannot be used here: with ``qk_norm="rms_norm"`` (SD3.5) its head removal crashes
 and its per-head-width pruning silently skips attention; cutting the residual width of DiT /
-PixArt breaks ``PatchEmbed.pos_embed`` and adaLN-single (METHODS.md, "Model families"). The three
+PixArt breaks ``PatchEmbed.pos_embed`` and adaLN-single (``docs/model-families.md``). The three
 cuts below keep the residual width and change only what they own:
 
 * :func:`remove_heads` -- whole heads of a diffusers ``Attention``: the rows of every projection

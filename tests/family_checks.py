@@ -28,6 +28,7 @@ CALIBRATED = {
 def wired_granularities(monkeypatch) -> None:
     import importlib
 
+    import core.granularities  # noqa: F401 - the registry complete (ffn and block register on import)
     from core.criteria import ALL_GRANULARITIES, CRITERIA
     from core.registry import GRANULARITIES
 

@@ -38,13 +38,13 @@ GIB = 2 ** 30
 # Extra peak of ``prune`` over the loaded pipeline: (multiple of the denoiser's bytes as loaded,
 # what is added on top: None, "activations" or "hessian").
 PEAK_FACTORS = {
-    "random": (1.25, None),  # the scores and masks of every prunable weight, next to the weights
-    "magnitude": (1.25, None),  # |w| scores and masks, as random
-    "taylor": (3.0, "activations"),  # the pruned copy, the accumulated gradients and |w g| scores
-    "nici": (3.0, "activations"),  # as taylor (per-batch Taylor scores summed)
-    "l1": (3.0, "activations"),  # as taylor (|w| and |g| terms)
-    "gradflow": (3.0, "activations"),  # as taylor (gradient-flow scores from the same backward pass)
-    "obs": (1.25, "hessian"),  # the weights being compensated and masks, plus one layer's Hessian
+    "random": (1.25, None),  # the pruned copy, and one layer's scores and masks at a time
+    "magnitude": (1.25, None),  # as random
+    "taylor": (3.0, "activations"),  # the pruned copy and the accumulated gradient; scores one layer at a time
+    "nici": (3.0, "activations"),  # as taylor with one calibration batch (several: a float32 running sum too)
+    "l1": (3.0, "activations"),  # as taylor
+    "gradflow": (5.0, "activations"),  # the copy, w * m, the soft mask, g with its graph and H g at once
+    "obs": (1.25, "hessian"),  # the weights compensated in place (no masks kept), plus the Hessians in flight
 }
 # Activations kept for one calibration backward pass, as a multiple of the denoiser's bytes: a
 # conservative estimate for batch 1 at the model's sample size (activations of a UNet at its own

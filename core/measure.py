@@ -107,6 +107,11 @@ def _shape_forward(module: nn.Module, inputs: dict) -> None:
     def to_meta(value):
         return torch.empty_like(value, device="meta") if isinstance(value, torch.Tensor) else value
 
+    if any(child._forward_pre_hooks for child in module.modules()):
+        # a pre-hook may write tensors onto the module (torch.nn.utils.prune sets ``weight`` from
+        # ``weight_orig * weight_mask``): on meta inputs it would leave meta tensors behind
+        module(**inputs)
+        return
     state = {name: to_meta(tensor) for name, tensor in
              list(module.named_parameters(remove_duplicate=False)) + list(module.named_buffers(remove_duplicate=False))}
     meta_inputs = {key: to_meta(value) for key, value in inputs.items()}

@@ -2,10 +2,8 @@
 
 Pruning works layer by layer: a layer's scores, masks and sums are made and freed, then the next
 layer's. glibc serves allocations below its (adaptive, up to 32 MiB) mmap threshold from its
-heap and keeps freed chunks there, so with layers of many sizes the resident set grows by about
-the model's size in memory that is free but never returned (measured on a 0.2 B-parameter fp16
-UNet: the resident set after ``taylor`` unstructured was 1.42 GiB above the loaded pipeline, of
-which 1.02 GiB went back with ``malloc_trim``). A fixed 1 MiB threshold makes every tensor of
+heap and keeps freed chunks there, so with layers of many sizes the resident set can grow by
+about the model's size in memory that is free but never returned. A fixed 1 MiB threshold makes every tensor of
 1 MiB or more its own mapping, returned when freed, so the resident set follows what is alive.
 Elsewhere (macOS, musl, Windows) these calls do nothing.
 """

@@ -142,8 +142,16 @@ def load_pruned_pipeline(directory, dtype=None):
     directory = Path(directory)
     marker = read_marker(directory)
     family = marker.get("family") or "pixel-unet"
-    components = marker.get("components") or {"unet": {"plain_diffusers_loadable": marker.get("plain_diffusers_loadable"),
-                                                       "structure": marker.get("structure") or {}}}
+    components = marker.get("components")
+    if not components:
+        # A marker without per-component entries describes the family's denoiser alone.
+        from .models import ADAPTERS
+
+        if family not in ADAPTERS:
+            raise ValueError(f"pruned checkpoint {str(directory)!r}: unknown model family {family!r}; "
+                             f"known: {', '.join(sorted(ADAPTERS))}")
+        components = {ADAPTERS[family].denoiser_name: {"plain_diffusers_loadable": marker.get("plain_diffusers_loadable"),
+                                                        "structure": marker.get("structure") or {}}}
     rebuilt = {}
     for name, entry in components.items():
         folder = directory / name

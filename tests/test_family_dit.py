@@ -150,3 +150,27 @@ def test_obs_ffn_cut_removes_the_neurons_obs_chose_and_compensates(dit, monkeypa
         assert len(set(kept)) == len(kept)
         torch.testing.assert_close(up, dense_up[kept])
         assert not torch.allclose(down, dense_down[:, kept])  # compensated, not only cut
+
+
+def test_a_marker_without_component_entries_rebuilds_the_familys_denoiser(dit, tmp_path, monkeypatch):
+    """Checkpoints whose marker has only the top-level ``structure`` (no ``components``) load through
+    the family's own denoiser attribute (here ``transformer``), not a fixed name."""
+    import json
+
+    from core.checkpoint import PRUNED_MARKER
+    from core.pipeline import load_pipeline
+
+    checks.wired_granularities(monkeypatch)
+    outcome, result = checks.prune_or_refuse(dit, checks.spec_for("magnitude", "head", **GRANULARITIES["head"]))
+    assert outcome == "ran", result
+    result.save(tmp_path)
+    marker_path = tmp_path / PRUNED_MARKER
+    marker = json.loads(marker_path.read_text())
+    assert marker["family"] == "dit" and "transformer" in marker["components"]
+    del marker["components"]
+    marker_path.write_text(json.dumps(marker))
+    loaded = load_pipeline(str(tmp_path))
+    expected = result.pipeline.transformer.state_dict()
+    got = loaded.transformer.state_dict()
+    assert set(got) == set(expected)
+    assert all(torch.equal(got[name], expected[name]) for name in expected)

@@ -25,7 +25,6 @@ too); ``unet`` is found as a word of an identifier (``teacher_unet``) or a part 
 """
 import ast
 import re
-import warnings
 from pathlib import Path
 
 CORE = Path(__file__).resolve().parent.parent / "core"
@@ -149,16 +148,6 @@ MODEL_CLASS_PATTERN = re.compile(r"UNet\w*Model|Transformer\w*Model|Autoencoder[
 LAYOUT_NAMES = ("down_blocks", "up_blocks", "mid_block", "transformer_blocks", "to_add_out", "block_out_channels")
 IDENTIFIER_LIKE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
-# Modules under another change in progress: their findings are reported as warnings, not failures,
-# until that change lands (then remove the entry; the test fails again on any finding).
-ALLOWED_FOR_NOW = {
-    "core/run.py": "the run orchestration is being rewritten in a separate change",
-    "core/export.py": "the export is being rewritten in a separate change",
-    "core/frontier.py": "the dense frontier is being rewritten in a separate change",
-    "core/cli.py": "the CLI is being rewritten in a separate change",
-    "core/checkpoint.py": "its report writing is being rewritten in a separate change; the loader's default for "
-                          "markers that predate per-component entries names the pixel family's component",
-}
 # Findings that stay, each with its reason: (module, name found) -> why generic code spells it.
 JUSTIFIED = {
     ("core/dtypes.py", "unet"): "DENOISER_COMPONENTS: the denoiser attributes of the registered families, read from "
@@ -229,15 +218,12 @@ def generic_modules() -> list:
 
 
 def test_generic_code_names_no_model_family_fact():
-    failures, pending = [], []
+    failures = []
     for path in generic_modules():
         relative = path.relative_to(CORE.parent).as_posix()
         for line, name, where in family_facts(path):
-            if (relative, name) in JUSTIFIED:
-                continue
-            (pending if relative in ALLOWED_FOR_NOW else failures).append(f"{relative}:{line}: {where} ({name})")
-    if pending:
-        warnings.warn("family facts in modules allowed for now:\n" + "\n".join(pending), stacklevel=1)
+            if (relative, name) not in JUSTIFIED:
+                failures.append(f"{relative}:{line}: {where} ({name})")
     assert not failures, ("model-family facts in generic code (move them into a core/models/ adapter method; "
                           "call the network denoiser or model):\n" + "\n".join(failures))
 
@@ -265,7 +251,6 @@ def f(unet, model):
 
 def test_exceptions_name_existing_modules():
     modules = {p.relative_to(CORE.parent).as_posix() for p in generic_modules()}
-    assert set(ALLOWED_FOR_NOW) <= modules
     assert {module for module, _ in JUSTIFIED} <= modules
     for (module, name), reason in JUSTIFIED.items():
         assert reason and any(found == name for _, found, _ in family_facts(CORE.parent / module)), \

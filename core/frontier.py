@@ -42,7 +42,9 @@ def _whole(name: str, value, low: int, high: int) -> None:
 @dataclass(frozen=True)
 class FrontierSettings:
     """How the frontier is measured: ``num_samples`` samples (seed ``seed``) per step count scored
-    with ``metrics`` (``fid``, ``kid``) against ``reference``; latency relative to ``base_steps``
+    with ``metrics`` (``fid``, ``kid``) against ``reference`` and sampled with ``scheduler`` (one of
+    ``core.pipeline.SCHEDULERS``: DDIM, DDPM or DPM-Solver++; each costs one denoiser call per
+    step, so ``latency="steps"`` holds for all of them); latency relative to ``base_steps``
     (``latency``: ``steps`` or ``sampler``, the latter timed over ``repeats`` rounds of
     ``latency_batch_size`` images). ``label`` names the model in the rows kept in a results store
     (None: nothing is kept, every call measures)."""
@@ -56,6 +58,7 @@ class FrontierSettings:
     repeats: int = 5
     latency_batch_size: int = 8
     label: str | None = None
+    scheduler: str = "ddim"
 
     def __post_init__(self):
         _whole("num_samples", self.num_samples, 2, 50_000)
@@ -72,6 +75,10 @@ class FrontierSettings:
             raise ValueError(f"frontier latency must be one of {list(LATENCY_MODES)}, got {self.latency!r}")
         _whole("repeats", self.repeats, 1, 1000)
         _whole("latency_batch_size", self.latency_batch_size, 1, 1024)
+        from .pipeline import SCHEDULERS
+
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"frontier scheduler must be one of {list(SCHEDULERS)}, got {self.scheduler!r}")
         if self.label is not None and (not isinstance(self.label, str) or not self.label):
             raise ValueError(f"frontier label must be None or a model name, got {self.label!r}")
 
@@ -92,7 +99,9 @@ def _store_key(dense_hash: str, count: int, settings: FrontierSettings) -> str:
 
     return key_for(dense_hash, {"frontier": FRONTIER_VERSION, "model": settings.label, "samples": settings.num_samples,
                                 "steps": count, "base_steps": settings.base_steps, "reference": settings.reference,
-                                "metrics": list(settings.metrics)})
+                                "metrics": list(settings.metrics),
+                                # DDIM rows keep the key they had before the sampler was a setting.
+                                **({"scheduler": settings.scheduler} if settings.scheduler != "ddim" else {})})
 
 
 def _point(pipeline, count: int, settings: FrontierSettings, store) -> dict:
@@ -102,8 +111,10 @@ def _point(pipeline, count: int, settings: FrontierSettings, store) -> dict:
 
     metrics = settings.metrics + (("macs",) if count == settings.base_steps else ())
     row = evaluate(pipeline, num_samples=settings.num_samples, num_inference_steps=count, seed=settings.seed,
-                   metrics=metrics, reference=settings.reference, dense_pipeline=pipeline, store=store)
-    return dict(frontier_of=settings.label, num_samples=settings.num_samples, num_inference_steps=count,
+                   metrics=metrics, reference=settings.reference, dense_pipeline=pipeline, store=store,
+                   scheduler=settings.scheduler)
+    return dict(frontier_of=settings.label, scheduler=settings.scheduler, num_samples=settings.num_samples,
+                num_inference_steps=count,
                 base_steps=settings.base_steps, reference=settings.reference, fid=row.get("fid"), kid=row.get("kid"),
                 kid_std=row.get("kid_std"), relative_latency=count / settings.base_steps)
 
@@ -116,7 +127,7 @@ def _sampler_latency(pipeline, counts: list[int], settings: FrontierSettings, pr
 
     def time_sampler(count: int) -> float:
         started = time.perf_counter()
-        sample_images(pipeline, batch, count, settings.seed, batch_size=batch)
+        sample_images(pipeline, batch, count, settings.seed, batch_size=batch, scheduler=settings.scheduler)
         return (time.perf_counter() - started) / batch
 
     if progress is not None:

@@ -80,6 +80,8 @@ def test_user_prompts_and_bad_conditioning_inputs(sd3):
         adapter.sample_conditioning(sd3, 2, class_label=3)
     with pytest.raises(ValueError, match="ddpm"):
         adapter.sampling_scheduler(sd3, "ddpm")
+    with pytest.raises(ValueError, match="dpm-solver"):
+        adapter.sampling_scheduler(sd3, "dpm-solver++")
 
 
 @pytest.mark.parametrize("granularity", sorted(GRANULARITIES))

@@ -70,6 +70,25 @@ def test_batching_does_not_change_samples(default_pipeline):
     assert torch.allclose(whole, split, atol=1e-5)
 
 
+def test_dpm_solver_samples_are_batch_independent_and_follow_their_own_trajectory(default_pipeline):
+    """DPM-Solver++ keeps earlier predictions between steps; every batch restarts it, so splitting
+    the images differently gives the same samples. Its second-order steps differ from DDIM's."""
+    whole = sample_images(default_pipeline, 4, 5, seed=3, scheduler="dpm-solver++", batch_size=4)
+    split = sample_images(default_pipeline, 4, 5, seed=3, scheduler="dpm-solver++", batch_size=3)
+    assert torch.allclose(whole, split, atol=1e-5)
+    assert torch.equal(whole, sample_images(default_pipeline, 4, 5, seed=3, scheduler="dpm-solver++", batch_size=4))
+    ddim = sample_images(default_pipeline, 4, 5, seed=3, scheduler="ddim", batch_size=4)
+    assert (whole - ddim).abs().max() > 0.05
+    from diffusers import DPMSolverMultistepScheduler
+
+    from core.pipeline import _sampling_scheduler
+
+    sampler = _sampling_scheduler(default_pipeline, "dpm-solver++")
+    assert isinstance(sampler, DPMSolverMultistepScheduler)
+    assert sampler.config.algorithm_type == "dpmsolver++" and sampler.config.solver_order == 2
+    assert sampler.config.beta_schedule == default_pipeline.scheduler.config.beta_schedule
+
+
 def test_local_save_pretrained_pipeline_loads(tiny_dir):
     pipeline = load_pipeline(tiny_dir, device="cpu")
     assert isinstance(pipeline.unet, UNet2DModel)

@@ -441,12 +441,9 @@ class ModelAdapter:
 
     # ------------------------------------------------------------------ sampling
     def sampling_scheduler(self, pipeline, name: str):
-        """A fresh scheduler for sampling: ``"ddim"`` or ``"ddpm"`` built from the pipeline's own
-        scheduler config (same betas and prediction type)."""
-        from diffusers import DDIMScheduler, DDPMScheduler
-
-        cls = DDIMScheduler if name == "ddim" else DDPMScheduler
-        return cls.from_config(self.scheduler(pipeline).config)
+        """A fresh scheduler for sampling: ``"ddim"``, ``"ddpm"`` or ``"dpm-solver++"`` built from the
+        pipeline's own scheduler config (same betas and prediction type)."""
+        return sampler_from_config(name, self.scheduler(pipeline).config)
 
     # ------------------------------------------------------------------ structure
     def example_inputs(self, component: str, module: nn.Module) -> dict:
@@ -708,3 +705,15 @@ def rebuild_from_safetensors(directory, structure: dict, fix_up) -> nn.Module:
     except RuntimeError as error:
         raise ValueError(f"pruned checkpoint {str(directory)!r}: weights do not fit the rebuilt model ({str(error)[:160]})") from error
     return module.eval()
+
+
+def sampler_from_config(name: str, config) -> object:
+    """The sampler ``name`` ("ddim", "ddpm", "dpm-solver++") built from a DDPM-family scheduler
+    ``config`` (its betas, prediction type and timestep spacing). DPM-Solver++ is diffusers'
+    ``DPMSolverMultistepScheduler`` with ``algorithm_type="dpmsolver++"``, second order, lower
+    order at the last steps (its defaults)."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    if name == "dpm-solver++":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+    return (DDIMScheduler if name == "ddim" else DDPMScheduler).from_config(config)

@@ -69,14 +69,14 @@ class GuidedAdapter(ModelAdapter):
         return autoencoders.decode(self.autoencoder(pipeline), latents)
 
     def sampling_scheduler(self, pipeline, name):
-        """DDIM or DDPM from the pipeline scheduler's config. diffusers' ``_use_default_values``
+        """DDIM, DDPM or DPM-Solver++ from the pipeline scheduler's config. diffusers' ``_use_default_values``
         (present in a scheduler built in memory, absent once saved) would make ``from_config``
         fall back to DDIM's own defaults (``timestep_spacing``...) before a save and not after, so
         it is dropped: a pipeline and its saved copy sample alike."""
-        from diffusers import DDIMScheduler, DDPMScheduler
+        from .base import sampler_from_config
 
         config = {k: v for k, v in dict(self.scheduler(pipeline).config).items() if k != "_use_default_values"}
-        return (DDIMScheduler if name == "ddim" else DDPMScheduler).from_config(config)
+        return sampler_from_config(name, config)
 
     # ------------------------------------------------------------------ conditioning
     def encode_conditioning(self, pipeline, prompts: list, device) -> dict:

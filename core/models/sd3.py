@@ -70,8 +70,8 @@ class SD3Adapter(GuidedAdapter):
                 UNCOND + "encoder_hidden_states": negative, UNCOND + "pooled_projections": negative_pooled}
 
     def sampling_scheduler(self, pipeline, name):
-        if name == "ddpm":
-            raise ValueError("scheduler 'ddpm' does not apply to a flow-matching model (SD3); use 'ddim' "
+        if name != "ddim":
+            raise ValueError(f"scheduler {name!r} does not apply to a flow-matching model (SD3); use 'ddim' "
                              "(deterministic: the pipeline's own flow Euler scheduler)")
         return FlowSampler(copy.deepcopy(self.scheduler(pipeline)))
 

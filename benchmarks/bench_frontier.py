@@ -6,7 +6,8 @@ latency*. This benchmark puts both on one quality-vs-latency plane:
 
 * **Dense frontier** -- the dense model at ``--dense-steps`` (4, 6, 8, 12, 25, 50) DDIM steps
   (``core.frontier.dense_frontier``, the app's frontier function).
-* **Candidates** -- ``--candidates`` (``criterion:sparsity[:kd]``, comma-separated; default obs 20 %,
+* **Candidates** -- ``--candidates`` (``criterion[:granularity]:sparsity[:kd]``, comma-separated,
+  granularity channel unless given; default obs 20 %,
   obs 30 %, nici 20 % with NiCI's distillation from the dense teacher, taylor 20 %, then nici 30 %,
   taylor 30 % if the run gets that far): structured channel pruning, then ``--finetune-steps``
   recovery steps with the app's defaults (``core.recovery.RECOVERY_DEFAULTS``: lr 2e-4, batch 8) on
@@ -57,10 +58,12 @@ RESULTS = ROOT / "benchmarks" / "results" / "frontier.jsonl"
 CSV = ROOT / "assets" / "results" / "frontier.csv"
 RUNS = ROOT / "runs" / "bench_frontier"
 
-CSV_COLUMNS = ["label", "criterion", "granularity", "sparsity", "measured_sparsity", "finetune_steps", "distill",
+CSV_COLUMNS = ["model", "scheduler", "label", "criterion", "granularity", "sparsity", "measured_sparsity", "finetune_steps", "distill",
                "num_inference_steps", "num_samples", "fid", "kid", "kid_std", "speedup", "speedup_low", "speedup_high",
                "relative_latency", "relative_latency_low", "relative_latency_high", "macs_ratio", "params_ratio"]
 VERDICT_COLUMNS = ["frontier_fid", "fid_minus_frontier", "frontier_best_fid"]
+# Rows measured before the model and sampler were recorded: the default model, DDIM.
+ROW_DEFAULTS = {"model": "default", "scheduler": "ddim"}
 DEFAULT_CANDIDATES = "obs:0.2,obs:0.3,nici:0.2:kd,taylor:0.2,nici:0.3:kd,taylor:0.3"
 REFERENCE = "fashion-mnist-test"
 BASE_STEPS = 50  # relative latency 1 = the dense model at the default 50 DDIM steps
@@ -78,17 +81,39 @@ def _append(path: Path, row: dict) -> None:
 
 
 def parse_candidates(text: str) -> list[dict]:
+    """``criterion[:granularity]:sparsity[:kd]`` items, comma-separated (granularity default channel)."""
     candidates = []
     for item in filter(None, (part.strip() for part in text.split(","))):
-        criterion, sparsity, *rest = item.split(":")
-        if rest not in ([], ["kd"]):
-            raise SystemExit(f"--candidates: {item!r} must be criterion:sparsity with an optional :kd")
-        candidates.append(dict(criterion=criterion, sparsity=float(sparsity), distill=rest == ["kd"]))
+        fields = item.split(":")
+        distill = fields[-1] == "kd"
+        fields = fields[:-1] if distill else fields
+        if len(fields) == 2:
+            fields = [fields[0], "channel", fields[1]]
+        if len(fields) != 3:
+            raise SystemExit(f"--candidates: {item!r} must be criterion[:granularity]:sparsity with an optional :kd")
+        try:
+            sparsity = float(fields[2])
+        except ValueError:
+            raise SystemExit(f"--candidates: {item!r}: the sparsity {fields[2]!r} is not a number") from None
+        candidates.append(dict(criterion=fields[0], granularity=fields[1], sparsity=sparsity, distill=distill))
     return candidates
 
 
-def candidate_label(criterion: str, sparsity: float, finetune_steps: int, distill: bool) -> str:
-    return f"{criterion} channel {round(sparsity * 100)}% +{finetune_steps} steps{' KD' if distill else ''}"
+def candidate_label(criterion: str, sparsity: float, finetune_steps: int, distill: bool, granularity: str = "channel") -> str:
+    return f"{criterion} {granularity} {round(sparsity * 100)}% +{finetune_steps} steps{' KD' if distill else ''}"
+
+
+def _label(spec: dict, steps: int) -> str:
+    return candidate_label(spec["criterion"], spec["sparsity"], steps, spec["distill"], spec.get("granularity", "channel"))
+
+
+def _training_dir(spec: dict, args) -> Path:
+    """One recovery folder per candidate for every budget: a longer budget resumes from the last
+    checkpoint of a shorter one (``core.finetune`` draws each step's data from (seed, step) only,
+    so the result equals one uninterrupted run of the longer budget)."""
+    model = Path(args.model).name if args.model else "default"
+    name = f"{model}_{spec['criterion']}_{spec.get('granularity', 'channel')}_{round(spec['sparsity'] * 100)}pct"
+    return Path(args.runs_dir) / (name + ("_kd" if spec["distill"] else "") + f"_seed{args.seed}")
 
 
 def _steps(text: str) -> list[int]:
@@ -110,8 +135,19 @@ def _interpolate(points: list[tuple[float, float]], x: float) -> float:
 
 def with_verdict(table):
     """The rows (a DataFrame of CSV_COLUMNS) with the dense frontier's FID at each point's relative
-    latency (linear interpolation between the dense points), the difference (negative: the pruned
-    point beats the dense model at equal latency) and the best dense FID at any latency no larger."""
+    latency (linear interpolation between the dense points of the same model and sampler), the
+    difference (negative: the pruned point beats the dense model at equal latency) and the best dense
+    FID at any latency no larger."""
+    import pandas as pd
+
+    table = table.copy()
+    if not len(table):
+        return table.reindex(columns=list(table.columns) + VERDICT_COLUMNS)
+    groups = [_verdict_of_group(group) for _, group in table.groupby(["model", "scheduler"], sort=False, dropna=False)]
+    return pd.concat(groups).loc[table.index]
+
+
+def _verdict_of_group(table):
     import pandas as pd
 
     table = table.copy()
@@ -133,11 +169,13 @@ def with_verdict(table):
 def frame(rows: dict):
     import pandas as pd
 
-    table = pd.DataFrame([{c: r.get(c) for c in CSV_COLUMNS} for r in rows.values()], columns=CSV_COLUMNS)
+    table = pd.DataFrame([{c: r.get(c, ROW_DEFAULTS.get(c)) for c in CSV_COLUMNS} for r in rows.values()],
+                         columns=CSV_COLUMNS)
     if not len(table):
         return table.reindex(columns=CSV_COLUMNS + VERDICT_COLUMNS)
     table["_dense"] = table["criterion"] != "dense"
-    table = table.sort_values(["_dense", "label", "num_inference_steps"]).drop(columns="_dense").reset_index(drop=True)
+    table = table.sort_values(["model", "scheduler", "_dense", "label", "num_inference_steps"]).drop(columns="_dense")
+    table = table.reset_index(drop=True)
     return with_verdict(table)
 
 
@@ -147,12 +185,26 @@ def write_csv(rows: dict, path: Path) -> None:
 
 
 def table_markdown(rows: dict) -> str:
+    """One markdown table with its verdict per model and sampler."""
     table = frame(rows)
     if not len(table):
         return "(no rows measured yet)"
+    sections = []
+    for (model, scheduler), group in table.groupby(["model", "scheduler"], sort=False):
+        members = {key: row for key, row in rows.items()
+                   if (row.get("model", "default"), row.get("scheduler", "ddim")) == (model, scheduler)}
+        sections.append(f"### {model}, {SAMPLER_NAMES.get(scheduler, scheduler)}\n\n" + _group_markdown(group, members))
+    return "\n\n".join(sections)
+
+
+SAMPLER_NAMES = {"ddim": "DDIM", "dpm-solver++": "DPM-Solver++", "ddpm": "DDPM"}
+
+
+def _group_markdown(table, rows: dict) -> str:
+    sampler = SAMPLER_NAMES.get(table["scheduler"].iloc[0], table["scheduler"].iloc[0])
     dense_rows = table[table["criterion"] == "dense"].sort_values("relative_latency")
     points = list(zip(dense_rows["relative_latency"].astype(float), dense_rows["fid"].astype(float)))
-    lines = ["| model | DDIM steps | FID | KID ± std | speed-up per step [range] | latency vs dense@50 [range] | "
+    lines = [f"| model | {sampler} steps | FID | KID ± std | speed-up per step [range] | latency vs dense@50 [range] | "
              "dense FID at equal latency [over the latency range] | FID - dense | best dense FID at ≤ latency |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for _, r in table.iterrows():
@@ -188,7 +240,7 @@ def table_markdown(rows: dict) -> str:
 
         step_ms = sorted(r["dense_step_s"] * 1000 for r in rows.values())
         lines.append("")
-        lines.append(f"{dense['num_samples']} DDIM samples per row (seed {dense['seed']}), FID/KID against the 1,000 "
+        lines.append(f"{dense['num_samples']} {sampler} samples per row (seed {dense['seed']}), FID/KID against the 1,000 "
                      f"shipped Fashion-MNIST test images. Dense one-step latency (batch of {dense['latency_batch_size']}, "
                      f"{dense['threads']} torch thread, {dense['processor']}): median {statistics.median(step_ms):.0f} ms "
                      f"over the {len(step_ms)} rows' paired measurements (range {step_ms[0]:.0f}-{step_ms[-1]:.0f} ms: "
@@ -215,10 +267,10 @@ def _quality(pipeline, steps: int, args, is_dense: bool) -> dict:
 
     if is_dense:
         settings = FrontierSettings(num_samples=args.num_samples, base_steps=BASE_STEPS, seed=args.seed,
-                                    metrics=("fid", "kid"), reference=REFERENCE)
+                                    metrics=("fid", "kid"), reference=REFERENCE, scheduler=args.scheduler)
         return dense_frontier(pipeline, [steps], settings).iloc[0].to_dict()
     return evaluate(pipeline, num_samples=args.num_samples, num_inference_steps=steps, seed=args.seed,
-                    metrics=("fid", "kid"), reference=REFERENCE)
+                    metrics=("fid", "kid"), reference=REFERENCE, scheduler=args.scheduler)
 
 
 def _measure(pipeline, dense, steps: int, args, base: dict, is_dense: bool) -> dict:
@@ -228,7 +280,8 @@ def _measure(pipeline, dense, steps: int, args, base: dict, is_dense: bool) -> d
     metrics = _quality(pipeline, steps, args, is_dense)
     eval_s = time.perf_counter() - started
     timing = _latency(dense, pipeline, steps, args)
-    row = dict(base, num_inference_steps=steps, num_samples=args.num_samples, seed=args.seed, reference=REFERENCE,
+    row = dict(base, model=args.model or "default", scheduler=args.scheduler, num_inference_steps=steps,
+               num_samples=args.num_samples, seed=args.seed, reference=REFERENCE,
                fid=float(metrics["fid"]), kid=float(metrics["kid"]), kid_std=float(metrics["kid_std"]),
                dense_step_s=timing["dense_step_s"], latency_batch_size=timing["batch_size"],
                latency_rounds=timing["rounds"], eval_s=round(eval_s, 1), threads=torch.get_num_threads(),
@@ -248,7 +301,9 @@ def _measure(pipeline, dense, steps: int, args, base: dict, is_dense: bool) -> d
 
 
 def _key(label: str, steps: int, args) -> str:
-    return f"{label}|steps={steps}|n={args.num_samples}|seed={args.seed}|model={args.model or 'default'}"
+    # DDIM rows keep the key they had before the sampler was an option.
+    sampler = f"|scheduler={args.scheduler}" if args.scheduler != "ddim" else ""
+    return f"{label}|steps={steps}|n={args.num_samples}|seed={args.seed}|model={args.model or 'default'}{sampler}"
 
 
 def run(args) -> None:
@@ -278,17 +333,18 @@ def run(args) -> None:
         done[key] = row
         write_csv(done, csv_path)
 
-    def candidate(spec: dict):
-        """Prune and recover one candidate: the app's workflow (``core.run``), without its grids,
-        quality evaluation and timing (measured per step count below)."""
-        label = candidate_label(spec["criterion"], spec["sparsity"], args.finetune_steps, spec["distill"])
+    def candidate(spec: dict, budget: int):
+        """Prune and recover one candidate for ``budget`` steps: the app's workflow (``core.run``),
+        without its grids, quality evaluation and timing (measured per step count below)."""
+        label = _label(spec, budget)
         if label in recovered:
             return label, *recovered[label]
+        granularity = spec.get("granularity", "channel")
         recovery = RecoverySettings(
-            steps=args.finetune_steps, lr=RECOVERY_DEFAULTS["lr"], batch_size=RECOVERY_DEFAULTS["batch_size"],
-            distill=spec["distill"], data=args.data, checkpoint_every=max(1, args.finetune_steps // 4),
-            checkpoint_dir=str(Path(args.runs_dir) / label.replace(" ", "_").replace("%", "pct").replace("+", "")))
-        outcome = run_workflow(dense, PruneSpec(criterion=spec["criterion"], granularity="channel",
+            steps=budget, lr=RECOVERY_DEFAULTS["lr"], batch_size=RECOVERY_DEFAULTS["batch_size"],
+            distill=spec["distill"], data=args.data, checkpoint_every=max(1, min(budget // 4, 1000)),
+            checkpoint_dir=str(_training_dir(spec, args)))
+        outcome = run_workflow(dense, PruneSpec(criterion=spec["criterion"], granularity=granularity,
                                                 sparsity=spec["sparsity"], seed=args.seed),
                                recovery=recovery, evaluation=EvaluationSettings(metrics=(), grid_images=0),
                                timing=TimingSettings(enabled=False))
@@ -296,8 +352,8 @@ def run(args) -> None:
             raise next(iter(outcome.errors.values()))
         totals, tuned = outcome.pruned.report.totals, outcome.recovered
         losses = tuned.losses if tuned is not None else None
-        base = dict(label=label, criterion=spec["criterion"], granularity="channel", sparsity=spec["sparsity"],
-                    measured_sparsity=totals["sparsity"], finetune_steps=args.finetune_steps, distill=spec["distill"],
+        base = dict(label=label, criterion=spec["criterion"], granularity=granularity, sparsity=spec["sparsity"],
+                    measured_sparsity=totals["sparsity"], finetune_steps=budget, distill=spec["distill"],
                     macs_ratio=totals["macs_ratio"], params_ratio=totals["params_ratio"],
                     prune_s=round(totals["wall_time_s"], 1),
                     finetune_s=round(tuned.wall_time_s, 1) if tuned is not None else 0.0,
@@ -305,32 +361,35 @@ def run(args) -> None:
                     finetune_lr=RECOVERY_DEFAULTS["lr"], finetune_batch_size=RECOVERY_DEFAULTS["batch_size"],
                     final_loss=float(losses["loss"].tail(100).mean()) if losses is not None and len(losses) else None,
                     recovery_data=args.data)
+        recovered.clear()  # one recovered model in memory at a time
         recovered[label] = (outcome.delivered, base)
         print(f"{label}: pruned in {base['prune_s']:.0f} s, recovered in {base['finetune_s']:.0f} s "
               f"(MACs x{totals['macs_ratio']:.3f}, params x{totals['params_ratio']:.3f})", flush=True)
         return label, outcome.delivered, base
 
-    def pending(spec, steps):
-        label = candidate_label(spec["criterion"], spec["sparsity"], args.finetune_steps, spec["distill"])
-        return [k for k in steps if _key(label, k, args) not in done]
+    def pending(spec, budget, steps):
+        return [k for k in steps if _key(_label(spec, budget), k, args) not in done]
 
     dense_steps, pruned_steps = _steps(args.dense_steps), _steps(args.pruned_steps)
     for steps in [k for k in dense_steps if k not in late]:
         measure("dense", dense, steps, dense_base, True)
+    budgets = _steps(args.budgets) if args.budgets else [args.finetune_steps]
     for spec in candidates:
-        todo = pending(spec, [k for k in pruned_steps if k not in late])
-        if todo:
-            label, pipeline, base = candidate(spec)
-            for steps in todo:
-                measure(label, pipeline, steps, base, False)
+        for budget in budgets:
+            todo = pending(spec, budget, [k for k in pruned_steps if k not in late])
+            if todo:
+                label, pipeline, base = candidate(spec, budget)
+                for steps in todo:
+                    measure(label, pipeline, steps, base, False)
     for steps in [k for k in dense_steps if k in late]:
         measure("dense", dense, steps, dense_base, True)
     for spec in candidates:
-        todo = pending(spec, [k for k in pruned_steps if k in late])
-        if todo:
-            label, pipeline, base = candidate(spec)
-            for steps in todo:
-                measure(label, pipeline, steps, base, False)
+        for budget in budgets:
+            todo = pending(spec, budget, [k for k in pruned_steps if k in late])
+            if todo:
+                label, pipeline, base = candidate(spec, budget)
+                for steps in todo:
+                    measure(label, pipeline, steps, base, False)
     write_csv(done, csv_path)
     print(f"done: {len(done)} rows in {results}; {torch.get_num_threads()} thread(s)", flush=True)
 
@@ -345,8 +404,14 @@ def main(argv=None) -> int:
     parser.add_argument("--late-steps", default="50", help="step counts measured after every other row (slowest)")
     parser.add_argument("--num-samples", type=int, default=256)
     parser.add_argument("--finetune-steps", type=int, default=1000)
+    parser.add_argument("--budgets", default="",
+                        help="recovery budgets, comma-separated (e.g. 1000,3000,10000): each candidate is measured "
+                             "after each, a longer one resuming from the shorter one's checkpoints "
+                             "(default: --finetune-steps only)")
     parser.add_argument("--data", default="fashion-mnist-train", help="recovery data (core.recovery.recovery_images)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scheduler", default="ddim", choices=("ddim", "dpm-solver++"),
+                        help="sampler of every row (DPM-Solver++: diffusers' DPMSolverMultistepScheduler)")
     parser.add_argument("--latency-batch-size", type=int, default=8)
     parser.add_argument("--latency-rounds", type=int, default=15)
     parser.add_argument("--latency-budget-s", type=float, default=10.0)

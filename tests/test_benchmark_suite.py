@@ -136,3 +136,31 @@ def test_bench_recovery_quick_rows_and_resume(tiny_model, tmp_path, capsys):
     assert bench_recovery.main(args + ["--table"]) == 0
     markdown = capsys.readouterr().out
     assert markdown.count("| obs |") == 2 and markdown.count("| nici + KD |") == 2 and "| dense (unpruned) |" in markdown
+
+
+def test_bench_frontier_budget_curve_resumes_and_each_sampler_has_its_own_frontier(tiny_model, tmp_path):
+    """--budgets measures a candidate after each recovery budget, the longer one resuming from the
+    shorter one's checkpoint; rows of another sampler form their own frontier and verdict."""
+    from benchmarks import bench_frontier
+
+    results, csv = tmp_path / "frontier.jsonl", tmp_path / "frontier.csv"
+    common = ["--quick", "--model", tiny_model, "--data", "generated", "--results", str(results), "--csv", str(csv),
+              "--runs-dir", str(tmp_path / "runs")]
+    assert bench_frontier.main(common + ["--scheduler", "dpm-solver++", "--budgets", "1,2"]) == 0
+    rows = bench_frontier.read_rows(results)
+    pruned = sorted((r for r in rows.values() if r["criterion"] != "dense"), key=lambda r: r["finetune_steps"])
+    assert [r["finetune_steps"] for r in pruned] == [1, 2]
+    assert pruned[0]["finetune_resumed_from"] is None and pruned[1]["finetune_resumed_from"] == 1
+    assert {r["scheduler"] for r in rows.values()} == {"dpm-solver++"}
+    assert bench_frontier.main(common) == 0  # DDIM: another frontier beside the first
+    table = pd.read_csv(csv)
+    assert sorted(table["scheduler"].unique()) == ["ddim", "dpm-solver++"]
+    for scheduler, group in table.groupby("scheduler"):
+        dense = group[group["criterion"] == "dense"]
+        assert sorted(dense["num_inference_steps"]) == [1, 2]
+        for _, row in group[group["criterion"] != "dense"].iterrows():
+            if pd.notna(row["frontier_fid"]):  # interpolated from this sampler's dense points only
+                (x0, y0), (x1, y1) = sorted(zip(dense["relative_latency"], dense["fid"]))
+                assert row["frontier_fid"] == pytest.approx(y0 + (y1 - y0) * (row["relative_latency"] - x0) / (x1 - x0))
+    markdown = bench_frontier.table_markdown(bench_frontier.read_rows(results))
+    assert "DPM-Solver++ steps" in markdown and "DDIM steps" in markdown

@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results" / "dit.jsonl"
 
 from benchmarks.rows import append_row, read_rows  # noqa: E402
-from core import PruneSpec, evaluate, finetune, load_pipeline, prune, recovery_data  # noqa: E402
+from core import PruneSpec, evaluate, load_pipeline, prune  # noqa: E402
+from core.run import EvaluationSettings, RecoverySettings, TimingSettings, run as run_workflow  # noqa: E402
 
 GRANULARITIES = ("head", "ffn", "block", "unstructured", "2:4")
 FINETUNE_LR, FINETUNE_BATCH = 2e-4, 16  # the suite's quick-mode fine-tuning (benchmarks/suite.py)
@@ -56,11 +57,19 @@ def _append(row: dict) -> None:
     print(json.dumps(row), flush=True)
 
 
+def _evaluation(args, stage: str) -> EvaluationSettings:
+    """Every row's evaluation (``core.run``): FID, KID, MACs and, with ``--latency``, the paired sampler latency."""
+    return EvaluationSettings(num_samples=args.num_samples, steps=args.steps, seed=0,
+                              metrics=("fid", "kid", "macs") + (("latency",) if args.latency else ()), grid_images=0,
+                              stages=(stage,), options={"latency_repeats": args.latency_repeats})
+
+
 def _measure(pipeline, dense, args) -> dict:
-    metrics = ["fid", "kid", "macs"] + (["latency"] if args.latency else [])
-    return evaluate(pipeline, num_samples=args.num_samples, num_inference_steps=args.steps, seed=0,
-                    metrics=metrics, dense_pipeline=dense if args.latency else None,
-                    latency_repeats=args.latency_repeats)
+    """The dense row (it has no spec to run): evaluated directly with the rows' settings."""
+    evaluation = _evaluation(args, "dense")
+    return evaluate(pipeline, num_samples=evaluation.num_samples, num_inference_steps=evaluation.steps,
+                    seed=evaluation.seed, metrics=evaluation.metrics, dense_pipeline=dense if args.latency else None,
+                    **dict(evaluation.options))
 
 
 def _row(key: str, part: str, measured: dict, prune_s: float | None, **extra) -> dict:
@@ -84,12 +93,11 @@ def run(args) -> None:
                      None, criterion="dense", granularity="-", sparsity=0.0))
     parts = args.parts.split(",")
 
-    tuning = {}
-
     def one(key, part, specs, finetune_steps=0, **extra):
         if key in done:
             return
         started = time.perf_counter()
+        # pruned here, not by run: the cuts of a row are chained and a refused spec is a row of its own
         try:
             result = None
             for spec in specs:  # dicts: a spec the registries refuse is a refusal row too
@@ -98,16 +106,20 @@ def run(args) -> None:
             _append(dict(key=key, part=part, refused=str(error), **extra))
             return
         prune_s = time.perf_counter() - started
-        pipeline, tuned = result.pipeline, {}
+        # the last cut's result, measured against the dense model (its recovery data: the shipped
+        # training images with their classes, core.recovery.recovery_data)
+        recovery = RecoverySettings(steps=finetune_steps, lr=FINETUNE_LR, batch_size=FINETUNE_BATCH,
+                                    data="fashion-mnist-train")
+        stage = "recovered" if finetune_steps else "one-shot"
+        outcome = run_workflow(dense, result.spec, pruned=result, recovery=recovery,
+                               evaluation=_evaluation(args, stage), timing=TimingSettings(enabled=False))
+        for error in outcome.errors.values():
+            raise error
+        tuned = {}
         if finetune_steps:
-            if not tuning:
-                tuning["images"], tuning["labels"], tuning["source"] = recovery_data(dense, "fashion-mnist-train")
-            started = time.perf_counter()
-            pipeline = finetune(result, finetune_steps, lr=FINETUNE_LR, batch_size=FINETUNE_BATCH,
-                                images=tuning["images"], labels=tuning["labels"], seed=0).pipeline
-            tuned = dict(finetune_steps=finetune_steps, finetune_s=round(time.perf_counter() - started, 1),
-                         finetune_data=tuning["source"])
-        _append(_row(key, part, _measure(pipeline, dense, args), prune_s, **extra, **tuned))
+            tuned = dict(finetune_steps=finetune_steps, finetune_s=round(outcome.recovered.wall_time_s, 1),
+                         finetune_data=outcome.recovery_data)
+        _append(_row(key, part, outcome.evaluations[stage], prune_s, **extra, **tuned))
 
     def granularities():
         for granularity in GRANULARITIES:

@@ -12,9 +12,10 @@ lr, batch size; on the shipped training images), for
 
 and the dense model under the same evaluation.
 
-One trajectory per method: ``core.finetune.finetune`` to N steps, evaluate; ``finetune`` again to
-a larger N in the same ``output_dir`` (it resumes from the largest checkpoint not beyond N: the
-same weights as an uninterrupted run, ``core/finetune.py``), evaluate; and so on. Checkpoints are written only at the measured points
+One trajectory per method, each point one ``core.run.run`` of the method's pruned model: recover
+to N steps (``core.finetune.finetune``), evaluate; recover again to a larger N in the same
+checkpoint folder (it resumes from the largest checkpoint not beyond N: the same weights as an
+uninterrupted run, ``core/finetune.py``), evaluate; and so on. Checkpoints are written only at the measured points
 (``checkpoint_every=0``), so the recovery wall time of a point is exactly the sum of the
 ``FinetuneResult.wall_time_s`` of the segments that reached it (kept per method in
 ``<runs-dir>/<settings>/<method>/wall_time.json``, so a restarted run keeps the time of the
@@ -110,13 +111,23 @@ def _finite(value) -> float | None:
 # ----------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------
+def _evaluation(args, stage: str):
+    """Every row's evaluation (``core.run``): exactly ``--metrics`` of ``stage``, seed 0, no grids."""
+    from core.run import EvaluationSettings
+
+    return EvaluationSettings(num_samples=args.num_samples, steps=args.inference_steps, seed=0,
+                              metrics=tuple(args.metrics), count_macs=False, reference="fashion-mnist-test",
+                              grid_images=0, stages=(stage,))
+
+
 def _evaluate(pipeline, args) -> tuple[dict, float]:
+    """The dense row (it has no spec to run): evaluated directly with the rows' settings."""
     from core import evaluate
 
-    started = time.perf_counter()
-    measured = evaluate(pipeline, num_samples=args.num_samples, num_inference_steps=args.inference_steps, seed=0,
-                        metrics=tuple(args.metrics), reference="fashion-mnist-test")
-    return measured, time.perf_counter() - started
+    evaluation = _evaluation(args, "dense")
+    measured = evaluate(pipeline, num_samples=evaluation.num_samples, num_inference_steps=evaluation.steps,
+                        seed=evaluation.seed, metrics=evaluation.metrics, reference=evaluation.reference)
+    return measured, measured["seconds"]
 
 
 def _row(key, settings, settings_id, measured, eval_s, **extra) -> dict:
@@ -142,8 +153,10 @@ def _log_wall(run_dir: Path, steps: int, seconds: float) -> None:
 
 
 def run(args) -> int:
-    from core import PruneSpec, finetune, load_pipeline, prune
+    from core import PruneSpec, load_pipeline, prune
     from core.recovery import recovery_images
+    from core.run import RecoverySettings, TimingSettings
+    from core.run import run as run_workflow
 
     results, runs = Path(args.results), Path(args.runs_dir)
     settings = _settings(args)
@@ -176,7 +189,7 @@ def run(args) -> int:
                          calibration_batches=args.calibration_batches,
                          calibration_batch_size=args.calibration_batch_size)
         started = time.perf_counter()
-        pruned[method] = prune(dense, spec)
+        pruned[method] = prune(dense, spec)  # once per method: every point of its trajectory recovers this model
         prune_s[method] = time.perf_counter() - started
         print(f"{method}: pruned in {prune_s[method]:.1f} s (params ratio "
               f"{pruned[method].report.totals['params_ratio']:.3f})", flush=True)
@@ -189,14 +202,22 @@ def run(args) -> int:
             run_dir = runs / settings_id / method
             distill = DISTILL[method]
             segment_s, resumed_from, loss = 0.0, None, None
+            recovery = RecoverySettings(steps=steps, lr=settings["lr"], batch_size=settings["batch_size"],
+                                        distill=distill, data=args.data, checkpoint_dir=str(run_dir),
+                                        checkpoint_every=0)
+            stage = "recovered" if steps else "one-shot"
+            outcome = run_workflow(dense, result.spec, pruned=result, recovery=recovery,
+                                   recovery_data=(images, None, data_label), evaluation=_evaluation(args, stage),
+                                   timing=TimingSettings(enabled=False))
+            for error in outcome.errors.values():
+                raise error
+            measured = outcome.evaluations[stage]
             if steps == 0:
-                pipeline, recovery_s = result.pipeline, 0.0
-            else:
+                recovery_s = 0.0
+            else:  # run times one recovery segment; the trajectory's time over resumed segments is kept here
                 log = _wall_log(run_dir)
-                tuned = finetune(result, steps, lr=settings["lr"], batch_size=settings["batch_size"], distill=distill,
-                                 teacher=dense if distill else None, images=images, seed=0, output_dir=run_dir,
-                                 checkpoint_every=0)
-                pipeline, segment_s, resumed_from = tuned.pipeline, tuned.wall_time_s, tuned.resumed_from
+                tuned = outcome.recovered
+                segment_s, resumed_from = tuned.wall_time_s, tuned.resumed_from
                 start = resumed_from or 0
                 if start and start not in log:
                     raise RuntimeError(f"{run_dir}: checkpoint-{start} has no recorded wall time in {WALL_FILE}; "
@@ -207,9 +228,8 @@ def run(args) -> int:
                     recovery_s = (log.get(start, 0.0) if start else 0.0) + segment_s
                     _log_wall(run_dir, steps, recovery_s)
                 loss = float(tuned.losses["loss"].tail(20).mean()) if len(tuned.losses) else None
-            measured, eval_s = _evaluate(pipeline, args)
             _append(results, _row(
-                _key(method, steps, settings_id), settings, settings_id, measured, eval_s, method=method,
+                _key(method, steps, settings_id), settings, settings_id, measured, measured["seconds"], method=method,
                 recovery_steps=steps, distill=distill, params_ratio=totals["params_ratio"],
                 macs_ratio=totals["macs_ratio"], achieved_sparsity=totals["sparsity"],
                 prune_wall_s=round(prune_s[method], 2), recovery_wall_s=round(recovery_s, 2),

@@ -32,9 +32,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core import CRITERIA, PruneSpec, evaluate, finetune, load_pipeline, prune, sample_images  # noqa: E402
+from core import CRITERIA, PruneSpec, evaluate, load_pipeline, prune, sample_images  # noqa: E402
 from core.data import CALIBRATION_IMAGES, load_image_set  # noqa: E402
 from core.granularities import parse_granularity  # noqa: E402
+from core.run import EvaluationSettings, RecoverySettings, TimingSettings, run as run_workflow  # noqa: E402
 
 SETTINGS = (("channel", 0.3), ("channel", 0.5), ("channel", 0.7), ("unstructured", 0.5), ("unstructured", 0.7),
             ("2:4", None))
@@ -51,6 +52,7 @@ MODES = {
 }
 FINETUNE_LR = 2e-4  # Diff-Pruning's fine-tuning learning rate
 GENERATED_FINETUNE_IMAGES = 256
+METRICS = ("fid", "kid", "latency", "macs")
 
 
 def finetune_images(dense, mode, seed):
@@ -87,13 +89,19 @@ class PeakMemory:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc):
+    def stop(self) -> None:
+        """End the watch here (the block's later work is not counted); once only."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
         if self.device.type == "cuda":
             self.peak = torch.cuda.max_memory_allocated(self.device)
         else:
-            self._stop.set()
             self._thread.join()
             self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self.stop()
         return False
 
     @property
@@ -119,11 +127,22 @@ def build_specs(mode: dict, criteria, seed: int, device: str) -> list[PruneSpec]
     return specs
 
 
-def measure_row(dense, pipeline, spec, mode, reference, label, seed, finetune_steps, prune_totals, prune_seconds,
-                peak_mib, log) -> dict:
-    log(f"  evaluating {label}")
-    metrics = evaluate(pipeline, num_samples=mode["num_samples"], num_inference_steps=mode["steps"], seed=seed,
-                       metrics=("fid", "kid", "latency", "macs"), reference=reference, dense_pipeline=dense)
+def evaluation_settings(mode, reference, seed, stage: str) -> EvaluationSettings:
+    """Every row's evaluation (``core.run``): FID, KID, paired sampler latency and MACs of ``stage`` only."""
+    return EvaluationSettings(num_samples=mode["num_samples"], steps=mode["steps"], seed=seed, metrics=METRICS,
+                              reference=reference, grid_images=0, stages=(stage,))
+
+
+def run_row(dense, spec, pruned, evaluation, **options):
+    """``core.run.run`` of a held prune result, untimed (the evaluation times the sampler); a failed part raises."""
+    outcome = run_workflow(dense, spec, pruned=pruned, evaluation=evaluation, timing=TimingSettings(enabled=False),
+                           **options)
+    for error in outcome.errors.values():
+        raise error
+    return outcome
+
+
+def measure_row(metrics, spec, mode, reference, finetune_steps, prune_totals, prune_seconds, peak_mib) -> dict:
     return dict(
         criterion=spec.criterion if spec else "dense", granularity=spec.granularity if spec else "",
         sparsity=spec.sparsity if spec else 0.0, finetune_steps=finetune_steps,
@@ -175,8 +194,11 @@ def run(args) -> pd.DataFrame:
     if "dense" not in done:
         with PeakMemory(device) as peak:
             pass
-        record({**measure_row(dense, dense, None, mode, reference, "dense", args.seed, 0, {}, 0.0, peak.mib, log),
-                "row_id": "dense"})
+        log("  evaluating dense")
+        # The dense row has no spec to run: evaluated directly with the rows' settings.
+        metrics = evaluate(dense, num_samples=mode["num_samples"], num_inference_steps=mode["steps"], seed=args.seed,
+                           metrics=METRICS, reference=reference, dense_pipeline=dense)
+        record({**measure_row(metrics, None, mode, reference, 0, {}, 0.0, peak.mib), "row_id": "dense"})
     for index, spec in enumerate(specs):
         base_id = row_id(spec.criterion, spec.granularity, spec.sparsity, 0)
         setting = (spec.granularity, None if ":" in spec.granularity else spec.sparsity)  # N:M implies sparsity
@@ -185,26 +207,30 @@ def run(args) -> pd.DataFrame:
         if base_id in done and (not wants_finetune or ft_id in done):
             continue
         log(f"[{index + 1}/{len(specs)}] {spec.label} ({time.perf_counter() - started:.0f} s elapsed)")
-        with PeakMemory(device) as peak:
+        with PeakMemory(device) as peak:  # pruned under its own watch, then handed to core.run
             t0 = time.perf_counter()
             result = prune(dense, spec)
             prune_seconds = time.perf_counter() - t0
         totals = result.report.totals
         if base_id not in done:
-            record({**measure_row(dense, result.pipeline, spec, mode, reference, spec.label, args.seed, 0, totals,
-                                  prune_seconds, peak.mib, log), "row_id": base_id})
+            log(f"  evaluating {spec.label}")
+            outcome = run_row(dense, spec, result, evaluation_settings(mode, reference, args.seed, "one-shot"))
+            record({**measure_row(outcome.evaluations["one-shot"], spec, mode, reference, 0, totals, prune_seconds,
+                                  peak.mib), "row_id": base_id})
         if wants_finetune and ft_id not in done:
-            log(f"  fine-tuning {mode['finetune_steps']} steps")
+            log(f"  fine-tuning {mode['finetune_steps']} steps, evaluating {spec.label} + fine-tune")
             if tuning_images is None:
                 tuning_images = finetune_images(dense, mode, args.seed)
+            recovery = RecoverySettings(steps=mode["finetune_steps"], lr=FINETUNE_LR, batch_size=mode["finetune_batch"])
             with PeakMemory(device) as ft_peak:
-                t0 = time.perf_counter()
-                tuned = finetune(result, mode["finetune_steps"], lr=FINETUNE_LR, batch_size=mode["finetune_batch"],
-                                 images=tuning_images, seed=args.seed)
-                ft_seconds = time.perf_counter() - t0
-            row = measure_row(dense, tuned.pipeline, spec, mode, reference, spec.label + " + fine-tune", args.seed,
-                              mode["finetune_steps"], totals, prune_seconds, max(peak.mib, ft_peak.mib), log)
-            record({**row, "finetune_wall_time_s": round(ft_seconds, 2), "row_id": ft_id})
+                # run reports its recovery as "recovery..." messages: the watch ends at the first other
+                # one (the evaluation), so the peak stays that of pruning and fine-tuning.
+                outcome = run_row(dense, spec, result, evaluation_settings(mode, reference, args.seed, "recovered"),
+                                  recovery=recovery, recovery_data=(tuning_images, None, "suite fine-tuning images"),
+                                  progress=lambda fraction, message: message.startswith("recovery") or ft_peak.stop())
+            row = measure_row(outcome.evaluations["recovered"], spec, mode, reference, mode["finetune_steps"], totals,
+                              prune_seconds, max(peak.mib, ft_peak.mib))
+            record({**row, "finetune_wall_time_s": round(outcome.recovered.wall_time_s, 2), "row_id": ft_id})
     table = pd.DataFrame([done[key] for key in ["dense"] + [k for k in done if k != "dense"]])
     log(f"suite finished in {time.perf_counter() - started:.0f} s this run")
     return table

@@ -39,7 +39,7 @@ def save_pruned_pipeline(pipeline, directory, spec=None, report=None, recovery: 
     Refuses (ValueError, before writing anything) a ``directory`` that is an existing file or a
     location that cannot be written."""
     directory = Path(directory)
-    _check_writable(directory)
+    check_save_directory(directory)
     adapter = adapter_of(pipeline)
     components = {}
     for name in adapter.prunable_components(pipeline):
@@ -74,14 +74,17 @@ def save_pruned_pipeline(pipeline, directory, spec=None, report=None, recovery: 
     return directory
 
 
-def _check_writable(directory: Path) -> None:
+def check_save_directory(directory, field: str = "save directory") -> None:
+    """Refuse (ValueError naming ``field``) a checkpoint directory that is an existing file or lies
+    where nothing can be written: callers check it before any work starts."""
     import os
 
+    directory = Path(directory)
     if directory.exists() and not directory.is_dir():
-        raise ValueError(f"save directory {str(directory)!r} is an existing file; give a new or empty directory")
+        raise ValueError(f"{field} {str(directory)!r} is an existing file; give a new or empty directory")
     parent = directory if directory.is_dir() else next((p for p in directory.parents if p.exists()), None)
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"save directory {str(directory)!r} cannot be written (no write permission on {str(parent)!r})")
+        raise ValueError(f"{field} {str(directory)!r} cannot be written (no write permission on {str(parent)!r})")
 
 
 def _jsonable(values: dict) -> dict:

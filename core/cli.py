@@ -99,12 +99,15 @@ def _non_negative_int(text: str) -> int:
 
 
 def _json_object(text: str) -> dict:
+    shown = text if len(text) <= 60 else text[:57] + "..."
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"invalid JSON {text!r}: {error}") from None
+        raise argparse.ArgumentTypeError(f"invalid JSON {shown!r}: {error}") from None
+    except RecursionError:
+        raise argparse.ArgumentTypeError(f"JSON {shown!r} nests lists or objects too deeply") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"key\": 1}}', got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"key\": 1}}', got {shown!r}")
     return value
 
 
@@ -150,8 +153,32 @@ def _setup(args) -> str:
 
 
 def _model_source(text: str | None):
-    """``None`` / ``"default"`` -> ``None`` (the embedded model for ``load_pipeline``)."""
-    return None if text in (None, DEFAULT_MODEL) else text
+    """``None`` / ``"default"`` -> ``None`` (the embedded model for ``load_pipeline``); a ``~`` path
+    is expanded here, so an unknown user's home is one line, not a traceback."""
+    if text in (None, DEFAULT_MODEL):
+        return None
+    return str(_user_path(text, "--model")) if text.startswith("~") else text
+
+
+def _user_path(text: str, flag: str) -> Path:
+    """``Path(text).expanduser()``, with ``~user`` of an unknown user refused naming ``flag``."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        raise ValueError(f"{flag} {text[:80]!r}: no such user's home folder") from None
+
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _check_image_output(text: str, flag: str) -> Path:
+    """An image file to write (checked before any work): a known image suffix, not a folder."""
+    output = _user_path(text, flag)
+    if output.suffix.lower() not in _IMAGE_SUFFIXES:
+        raise ValueError(f"{flag} must end in .png, .jpg, .jpeg or .webp, got {text[:80]!r}")
+    if output.is_dir():
+        raise ValueError(f"{flag} {text[:80]!r} is a folder; allowed: an image file to write")
+    return output
 
 
 def _load(text: str | None, device: str, dtype: str = "auto"):
@@ -175,16 +202,16 @@ def _marker_spec(text: str | None) -> dict | None:
     from .pipeline import PRUNED_MARKER
 
     source = _model_source(text)
-    if source is None or not (Path(source).expanduser() / PRUNED_MARKER).is_file():
+    if source is None or not (Path(source) / PRUNED_MARKER).is_file():
         return None
-    return read_marker(Path(source).expanduser()).get("spec")
+    return read_marker(Path(source)).get("spec")
 
 
 def _read_spec_file(path: str) -> dict:
     """A PruneSpec dict from a JSON or (with PyYAML) YAML file, or from a checkpoint's marker JSON."""
     from .checkpoint import FORMAT
 
-    file = Path(path).expanduser()
+    file = _user_path(path, "--spec")
     if not file.is_file():
         raise ValueError(f"spec file {path!r} does not exist")
     text = file.read_text()
@@ -288,8 +315,11 @@ def _format(value) -> str:
 def _cmd_prune(args) -> int:
     from .engine import prune
 
+    from .checkpoint import check_save_directory
+
     device = _setup(args)
     spec = spec_from_args(args, device)  # validated before the model is loaded
+    check_save_directory(_user_path(args.output, "--output"), "--output")
     _check_fit(args.model, [spec.criterion], device, args.dtype)
     pipeline = _load(args.model, device, args.dtype)
     with _ProgressBar(f"pruning ({spec.label})", args.quiet) as bar:
@@ -337,16 +367,17 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_sample(args) -> int:
-    from .pipeline import make_grid, sample_images
+    from .pipeline import MAX_SAMPLE_IMAGES, make_grid, sample_images
 
+    if args.num_images > MAX_SAMPLE_IMAGES:
+        raise ValueError(f"--num-images must be at most {MAX_SAMPLE_IMAGES:,} (the bound for this tool's machines), "
+                         f"got {args.num_images:,}")
+    output = _check_image_output(args.output, "--output")  # before any work
     device = _setup(args)
     pipeline = _load(args.model, device, args.dtype)
     with _ProgressBar("sampling", args.quiet) as bar:
         images = sample_images(pipeline, args.num_images, args.steps, seed=args.seed or 0,
                                class_label=args.class_label, prompt=args.prompt, progress=bar)
-    output = Path(args.output).expanduser()
-    if output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-        raise ValueError(f"--output must end in .png, .jpg, .jpeg or .webp, got {str(output)!r}")
     output.parent.mkdir(parents=True, exist_ok=True)
     make_grid(images, columns=args.columns, scale=args.scale).save(output)
     print(f"wrote {output} ({args.num_images} samples, {args.steps} steps, seed {args.seed or 0}"
@@ -519,8 +550,8 @@ def _cmd_run(args) -> int:
     device = _setup(args)
     spec = spec_from_args(args, device)  # every flag validated before the model is loaded
     settings = _run_settings(args)
-    if args.grid_out is not None and Path(args.grid_out).suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-        raise ValueError(f"--grid-out must end in .png, .jpg, .jpeg or .webp, got {args.grid_out!r}")
+    if args.grid_out is not None:
+        _check_image_output(args.grid_out, "--grid-out")
     settings["export"].check_target()
     store = None if args.no_store else ResultStore(args.results_dir)
     _check_fit(args.model, [spec.criterion], device, args.dtype)
@@ -700,7 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "--class for class-conditional models, --prompt for text-to-image ones.")
     sample.add_argument("--model", default=None, help=model_help)
     sample.add_argument("--output", required=True, help="grid image to write (.png, .jpg, .webp)")
-    sample.add_argument("--num-images", type=_positive_int, default=16, help="images in the grid (default 16)")
+    sample.add_argument("--num-images", type=_positive_int, default=16, help="images in the grid (default 16, at most 50,000)")
     sample.add_argument("--steps", type=_positive_int, default=25, help="DDIM steps (default 25)")
     sample.add_argument("--class", dest="class_label", type=_non_negative_int, default=None,
                         help="class index for class-conditional models (default: uniform over the classes)")
@@ -776,6 +807,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_diffusers()
     try:
+        for flag in ("model", "dense_model", "teacher"):  # a "~user" path: refused before any work
+            if isinstance(getattr(args, flag, None), str):
+                _model_source(getattr(args, flag))
         return args.handler(args)
     except (ValueError, OSError) as error:  # bad input, missing or unreadable files: one line, no traceback
         message = " ".join(str(error).split()) or type(error).__name__

@@ -30,11 +30,11 @@ from .allocator import release_freed_memory, return_large_allocations
 from .calibration import (  # noqa: F401 - calibration_images is re-exported for callers of the engine
     GENERATED_CALIBRATION_STEPS, calibration_images, calibration_pixels, decode_for_autoencoder, encode_samples,
 )
-from .criteria import CRITERIA, calibrate, compute_scores, copy_scheduler
+from .criteria import CRITERIA, CalibrationSettings, calibrate, compute_scores, copy_scheduler
 from .criteria.scores import LayerScores, score_summary
 from .granularities import GRANULARITIES
 from .measure import count_model
-from .pipeline import adapter_of, pick_device, takes_prompts
+from .pipeline import adapter_of, check_progress, pick_device, takes_prompts
 from .spec import PruneSpec
 
 ProgressFn = Callable[[float, str], None]
@@ -88,7 +88,10 @@ class PruneReport:
       ``sum |w * g|``, one column per group of ``totals["timesteps_per_group"]`` consecutive
       scheduled timesteps keyed by its first t (empty for criteria without calibration).
     * ``timestep_weights``: the schedule actually used (t, weight); ``calibration_loss``: (t, loss).
-    * ``totals``: parameters and MACs before/after, achieved sparsity, structural ratio, wall time.
+    * ``totals``: parameters and MACs before/after, achieved sparsity, structural ratio, wall time;
+      ``target_sparsity`` is the requested sparsity, ``sparsity`` the reached one, and
+      ``sparsity_shortfall`` a sentence when the granularity's units cannot reach the target
+      (``block``: whole blocks), else None.
     """
 
     layers: pd.DataFrame
@@ -206,6 +209,7 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
     """
     if not isinstance(spec, PruneSpec):
         raise ValueError(f"spec must be a PruneSpec, got {type(spec).__name__}")
+    check_progress(progress)
     adapter = adapter_of(pipeline)
     started = time.perf_counter()
     device = pick_device(spec.device)
@@ -261,20 +265,20 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
                     # the text encoders and the autoencoder have done their part: off the GPU while
                     # the denoiser's passes run
                     with offloaded(pipeline, device, keep=names):
+                        settings = CalibrationSettings(criterion.loss, spec.schedule, dict(spec.schedule_params),
+                                                       criterion.zero_grad_per_batch, spec.seed)
                         stats_by[name] = calibrate(
-                            module, copy_scheduler(pipeline.scheduler), batches, criterion.loss, spec.schedule,
-                            dict(spec.schedule_params), criterion.zero_grad_per_batch, spec.seed, progress, part,
+                            module, copy_scheduler(pipeline.scheduler), batches, settings, progress, part,
                             adapter=adapter, component=name, conditionings=conditionings,
                         )
                 else:  # an autoencoder: its own reconstruction loss on pixel images, one pass per batch
                     images = decode_for_autoencoder(pipeline, pixels, samples, spec).to(
                         device=device, dtype=next(module.parameters()).dtype)
                     batches = list(images.split(spec.calibration_batch_size))
-                    stats_by[name] = calibrate(
-                        module, copy_scheduler(pipeline.scheduler), batches, "reconstruction", "custom",
-                        {"timesteps": [[0, 1.0]]}, criterion.zero_grad_per_batch, spec.seed, progress, part,
-                        adapter=adapter, component=name,
-                    )
+                    settings = CalibrationSettings("reconstruction", "custom", {"timesteps": [[0, 1.0]]},
+                                                   criterion.zero_grad_per_batch, spec.seed)
+                    stats_by[name] = calibrate(module, copy_scheduler(pipeline.scheduler), batches, settings, progress,
+                                               part, adapter=adapter, component=name)
             if key is not None and _statistics_bytes(stats_by) <= CALIBRATION_CACHE_BYTES:
                 while len(_CALIBRATION_CACHE) >= CALIBRATION_CACHE_SIZE:
                     _CALIBRATION_CACHE.pop(next(iter(_CALIBRATION_CACHE)))
@@ -323,7 +327,7 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
         progress(0.97, "measuring the pruned model")
     after = {name: measure(module, adapter, name) for name, module in copies.items()}
     report = _build_report_components(names, denoiser_name, before, after, scores_by, outcomes, stats_by,
-                                      granularity.structural, adapter, copies)
+                                      granularity.structural)
     per_component, sums = {}, dict(weights_before=0, weights_after=0, params_before=0, params_after=0,
                                    macs_before=0, macs_after=0, effective=0.0)
     kept_key = "weights" if granularity.structural else "nonzero"
@@ -353,6 +357,7 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
         sparsity=1.0 - sums["weights_after"] / sums["weights_before"],
         structural_ratio=outcomes[names[0]].structural_ratio,
         boosted_groups=outcomes[names[0]].notes.get("boosted_groups"),  # channel: groups given the next ratio step
+        sparsity_shortfall=_sparsity_shortfall(names, outcomes),
         params_before=sums["params_before"], params_after=sums["params_after"],
         params_ratio=sums["params_after"] / sums["params_before"],
         prunable_params_before=sums["weights_before"], prunable_params_after=sums["weights_after"],
@@ -378,8 +383,15 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
     return PruneResult(pipeline=pruned_pipeline, report=report, spec=spec)
 
 
-def _build_report_components(names, denoiser_name, before, after, scores_by, outcomes, stats_by, structural,
-                             adapter, modules) -> PruneReport:
+def _sparsity_shortfall(names, outcomes) -> str | None:
+    """The granularities' sentences on a target their units cannot reach (``block``), one per
+    component that has one (named when several are pruned); None when every target is reached."""
+    said = [(name, outcomes[name].notes.get("sparsity_shortfall")) for name in names]
+    return "; ".join(f"{name}: {text}" if len(names) > 1 else text for name, text in said if text) or None
+
+
+def _build_report_components(names, denoiser_name, before, after, scores_by, outcomes, stats_by,
+                             structural) -> PruneReport:
     """One report over every pruned component: the denoiser's layers under their own names, the
     other components' layers prefixed ``"<component>."``, a ``component`` column on every row."""
     frames, importance = [], {}

@@ -120,19 +120,35 @@ def write_model(result, folder, dense_label: str = DEFAULT_DENSE_LABEL, recovery
 
 
 def usage_text(spec, folder_name: str, dense_label: str, recovery: dict | None, plain: bool) -> str:
+    """USAGE.md of an exported model: whether plain diffusers loads it (first, since a structured
+    cut does not), how to install what loads it, and how to load and sample it."""
+    import diffusers
+    import torch
+
     stage = (f"Recovered: {recovery['steps']:,} fine-tuning steps after pruning (settings in "
              "`diffprune_checkpoint.json`, key `recovery`; loss per step in `recovery_losses.csv`).\n\n"
              if recovery else "One-shot: the pruned model as it left the pruner, no fine-tuning.\n\n")
-    return ("# Pruned model exported by DiffPrune Studio\n\n"
-            f"Spec: `{spec.to_json()}`\nDense model: {dense_label}\n\n" + stage
+    loader = ("**Loads with plain diffusers** and with DiffPrune Studio: its pruned weights fit the model's own "
+              "diffusers config (pruned weights are zeros, or the cut widths are expressible)." if plain else
+              "**Plain diffusers cannot load this folder**: its widths differ per layer, which no diffusers config "
+              "expresses, so `DiffusionPipeline.from_pretrained` stops with a config or shape error (its warning "
+              "starts with this folder's `README` note). Load it with DiffPrune Studio's `core.load_pipeline`.")
+    plain_code = ("\nWith plain diffusers:\n\n```python\nfrom diffusers import DiffusionPipeline\n"
+                  f"pipe = DiffusionPipeline.from_pretrained('{folder_name}')\n```\n" if plain else "")
+    return ("# Pruned model exported by DiffPrune Studio\n\n" + loader + "\n\n"
+            + "## Install what loads it\n\n"
+            + "- DiffPrune Studio (`core.load_pipeline`, every export): from a checkout of DiffPrune Studio, "
+              "`pip install .` (Python 3.10 or later; it installs torch, diffusers, safetensors and the rest).\n"
+            + ("- Plain diffusers: `pip install diffusers torch safetensors` (and `transformers` for a "
+               "text-to-image model).\n" if plain else "")
+            + f"\nWritten with diffusers {diffusers.__version__} and torch {torch.__version__}.\n\n"
+            + "## What it is\n\n"
+            + f"Spec: `{spec.to_json()}`\nDense model: {dense_label}\n\n" + stage
             + "The pruning report (per-layer table, timestep weights and contributions, totals) is in `report/`.\n\n"
+            + "## Load it\n\n"
             + f"```python\nfrom core import load_pipeline, sample_images\n"
-            f"pipe = load_pipeline('{folder_name}')\nimages = sample_images(pipe, 16, num_inference_steps=25, seed=0)\n```\n\n"
-            + ("Also loads with plain diffusers:\n\n```python\nfrom diffusers import DiffusionPipeline\n"
-               f"pipe = DiffusionPipeline.from_pretrained('{folder_name}')\n```\n" if plain else
-               "Its pruned shapes are not expressible as a plain diffusers config: the component configs describe the "
-               "real shapes (`layer_shapes`) under a DiffPrune class name, so plain diffusers refuses it instead of "
-               "building the dense shapes; load it with `core.load_pipeline`.\n"))
+            f"pipe = load_pipeline('{folder_name}')\nimages = sample_images(pipe, 16, num_inference_steps=25, seed=0)\n```\n"
+            + plain_code)
 
 
 def _is_local_path(value: str) -> bool:

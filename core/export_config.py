@@ -4,6 +4,8 @@
 module tree before resizing every layer to the safetensors shapes), so a reader of the file, or
 plain ``diffusers``, would believe the dense widths. :func:`write_shape_config` rewrites it:
 
+* ``README`` says in a sentence that plain diffusers cannot build it and what loads it (upper case
+  sorts first, so diffusers' warning about the config keys it ignores starts with it);
 * ``_class_name`` gets the ``DiffPrunePruned`` prefix (the default model's UNet becomes
   ``DiffPrunePrunedUNet2DModel``), so plain diffusers refuses the folder instead of building dense
   shapes that do not match the weights;
@@ -21,6 +23,9 @@ import json
 from pathlib import Path
 
 PRUNED_CLASS_PREFIX = "DiffPrunePruned"  # prefixed to the dense class name
+PRUNED_NOTE = ("Pruned by DiffPrune Studio: widths differ per layer, so plain diffusers cannot build this model "
+               "from its config. Load the folder with core.load_pipeline (see USAGE.md); dense_config is the model "
+               "the pruned one was cut from.")
 # A marker written before families were recorded describes the one family there was then.
 LEGACY_FAMILY = "pixel-unet"
 
@@ -61,8 +66,9 @@ def _rewrite(directory: Path, structure: dict, adapter, component: str) -> bool:
     config = {key: value for key, value in dense_config.items() if key.startswith("_")}
     config.update(
         _class_name=PRUNED_CLASS_PREFIX + str(dense_config.get("_class_name", "Model")),
-        note="Pruned by DiffPrune Studio: widths differ per layer. Load with core.load_pipeline; "
-             "dense_config is the model the pruned one was cut from.",
+        # Upper case sorts before every diffusers key, so diffusers' "config attributes ... will be
+        # ignored" warning, printed just before plain diffusers fails on these widths, starts with it.
+        README=PRUNED_NOTE,
         layer_shapes={key: value for key, value in shapes.items() if key.endswith(".weight")},
         dense_config=dense_config,
     )

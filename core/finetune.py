@@ -29,14 +29,21 @@ the benchmarks and the tests:
   ``core.pipeline.load_pipeline``; the EMA weights when ``ema`` is set) plus
   ``training_state.safetensors`` / ``training_state.json`` (raw training weights, optimizer
   moments, EMA, masks, step, loss log): no pickles.
-* **Devices.** Built on ``accelerate``: the same code runs on the CPU, one GPU, or several GPUs
-  under ``accelerate launch`` (``batch_size`` is the global batch; each process takes its slice).
+* **Devices.** Built on ``accelerate``: the same code runs on the CPU, one GPU, or as N
+  data-parallel processes (DDP) under ``accelerate launch`` or ``torchrun``, on GPUs or on CPUs
+  (``ACCELERATE_USE_CPU=1``, the gloo backend). ``batch_size`` is the global batch: each process
+  takes its slice of the same ``(seed, step)`` batch and the gradients are averaged, so N processes
+  follow the one-process run up to floating-point rounding. The logged loss is the global batch's;
+  only the main process calls ``progress`` and writes checkpoints (``FinetuneResult.is_main_process``
+  tells a caller whether to write its outputs); ``output_dir`` must be one directory every process
+  reads (a shared file system across nodes). See ``docs/recovery-at-scale.md``.
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -67,6 +74,8 @@ class FinetuneResult:
     resumed_from: int | None = None  # step of the checkpoint this run resumed from
     output_dir: str | None = None
     wall_time_s: float = 0.0
+    num_processes: int = 1  # data-parallel processes that trained together (accelerate launch / torchrun)
+    is_main_process: bool = True  # False on the other processes: only the main one writes outputs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,15 +213,19 @@ def _checkpoints(output_dir: Path) -> list:
     return sorted(found)
 
 
-def _save_checkpoint(output_dir: Path, step: int, pipeline, denoiser, export, optimizer, ema_shadow, masks, losses, spec,
+def _save_checkpoint(output_dir: Path, step: int, pipeline, denoiser, optimizer, ema_shadow, masks, losses, spec,
                      settings):
+    """``checkpoint-<step>``: the pipeline as it would be exported (with the EMA weights when an EMA
+    is kept) and the training state to resume from (raw weights, optimizer, EMA, masks, losses)."""
     from safetensors.torch import save_file
 
     final = output_dir / f"checkpoint-{step}"
     staging = output_dir / f".tmp-checkpoint-{step}"
     if staging.exists():
         shutil.rmtree(staging)
+    export = _ema_copy(denoiser, ema_shadow) if ema_shadow is not None else denoiser
     _save_pipeline(pipeline, export, staging, spec)
+    del export
     tensors, groups = {}, []
     names = [name for name, _ in denoiser.named_parameters()]
     state = optimizer.state_dict()
@@ -310,10 +323,20 @@ def finetune(
     """
     from accelerate import Accelerator
 
+    def _finite(value) -> bool:  # a real number (not a bool), neither infinite nor NaN
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not _finite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if max_grad_norm is not None and (not _finite(max_grad_norm) or max_grad_norm <= 0):
+        raise ValueError(f"max_grad_norm must be None (no clipping) or a finite number > 0, got {max_grad_norm!r}")
+    for name, value in (("distill_alpha", distill_alpha), ("l1_penalty", l1_penalty), ("regrowth", regrowth)):
+        if not _finite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not _finite(distill_tau) or distill_tau <= 0:
+        raise ValueError(f"distill_tau must be a finite number > 0, got {distill_tau!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if ema is not None and not 0.0 < ema < 1.0:
@@ -331,6 +354,10 @@ def finetune(
     adapter = adapter_of(pipeline)
     teacher_source = _teacher_denoiser(distill, teacher)
     accelerator = Accelerator(mixed_precision=mixed_precision)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))  # processes started by accelerate launch / torchrun
+    if launched > 1 and accelerator.num_processes == 1:  # each would train alone on the whole batch, all writing
+        raise ValueError(f"finetune was launched as {launched} processes but accelerate joined "
+                         f"{accelerator.num_processes}: on CPUs set ACCELERATE_USE_CPU=1 (the gloo backend)")
     device = accelerator.device
     if batch_size % accelerator.num_processes:
         raise ValueError(f"batch_size {batch_size} must be divisible by the {accelerator.num_processes} processes")
@@ -366,8 +393,9 @@ def finetune(
     start_step, resumed_from = 0, None
     out_path = Path(output_dir) if output_dir is not None else None
     if out_path is not None:
-        out_path.mkdir(parents=True, exist_ok=True)
-        found = _checkpoints(out_path)
+        if accelerator.is_main_process:  # one writer; the others only read the checkpoints to resume from
+            out_path.mkdir(parents=True, exist_ok=True)
+        found = _checkpoints(out_path) if out_path.is_dir() else []
         if resume and found:
             done, path = max((entry for entry in found if entry[0] <= steps), default=(None, None))
             if path is not None:
@@ -375,6 +403,11 @@ def finetune(
                 layer_masks = {name: mask.to(device) for name, mask in layer_masks.items()}
                 losses = losses[:start_step]
                 resumed_from = start_step
+    if accelerator.num_processes > 1:  # every process must resume from the same step (a shared output_dir)
+        starts = accelerator.gather(torch.tensor([start_step], device=device)).tolist()
+        if len(set(starts)) > 1:
+            raise ValueError(f"the processes found different checkpoints to resume from (steps {starts}): "
+                             "output_dir must be one directory that every process reads")
     lr_lambda = (lambda step: min(1.0, (step + 1) / warmup_steps)) if warmup_steps else (lambda step: 1.0)
     model, optimizer = accelerator.prepare(denoiser, optimizer)
     for group in optimizer.param_groups:
@@ -386,11 +419,12 @@ def finetune(
                     regrowth=regrowth, warmup_steps=warmup_steps, seed=seed)
 
     def save(step: int) -> None:
-        if out_path is None or not accelerator.is_main_process:
+        if out_path is None:
             return
-        export = _ema_copy(denoiser, ema_shadow) if ema_shadow is not None else denoiser
-        _save_checkpoint(out_path, step, pipeline, denoiser, export, optimizer, ema_shadow, layer_masks, losses, spec,
-                         settings)
+        if accelerator.is_main_process:  # the weights are the same on every process: one writes them
+            _save_checkpoint(out_path, step, pipeline, denoiser, optimizer, ema_shadow, layer_masks, losses, spec,
+                             settings)
+        accelerator.wait_for_everyone()  # no process goes on (or returns) before the checkpoint is complete
 
     for step in range(start_step, steps):
         indices, timesteps, noise = step_batch(images, batch_size, num_train_timesteps, seed, step)
@@ -440,11 +474,13 @@ def finetune(
                     ema_shadow[name].mul_(ema).add_(parameter.detach(), alpha=1 - ema)
                 for name, mask in layer_masks.items():
                     ema_shadow[f"{name}.weight"].mul_(mask.to(ema_shadow[f"{name}.weight"].dtype))
-        losses.append(dict(step=step + 1, loss=float(loss.detach()), denoising=float(denoising.detach()),
-                           distillation=float(distillation.detach()), l1=float(l1_term.detach())))
+        # the global batch's loss: the mean over the processes of the means over their equal slices
+        logged = accelerator.reduce(torch.stack([loss.detach(), denoising.detach(), distillation.detach(),
+                                                 l1_term.detach()]).float(), reduction="mean").tolist()
+        losses.append({"step": step + 1, **dict(zip(("loss", "denoising", "distillation", "l1"), logged))})
         if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             save(step + 1)
-        if progress is not None:
+        if progress is not None and accelerator.is_main_process:  # one process reports (and can cancel)
             progress((step + 1) / steps, f"fine-tuning step {step + 1}/{steps}, loss {losses[-1]['loss']:.4f}")
     if out_path is not None and steps > (resumed_from or 0):
         save(steps)
@@ -461,6 +497,7 @@ def finetune(
         pipeline=tuned, losses=pd.DataFrame(losses, columns=["step", "loss", "denoising", "distillation", "l1"]),
         steps=steps, masks={name: mask.cpu() for name, mask in layer_masks.items()}, resumed_from=resumed_from,
         output_dir=str(out_path) if out_path is not None else None, wall_time_s=time.perf_counter() - started,
+        num_processes=accelerator.num_processes, is_main_process=accelerator.is_main_process,
     )
 
 

@@ -113,7 +113,7 @@ def gradient_flow_importance(denoiser, parameters: dict, effective: dict, batche
     """
     from torch.func import functional_call
 
-    from .criteria import calibration_loop, denoising_loss
+    from .criteria import CalibrationLoopSettings, calibration_loop, denoising_loss
     from .models import adapter_for_module
 
     adapter = adapter_for_module(denoiser)[0]  # the family's forward process, target and keyword call
@@ -135,7 +135,7 @@ def gradient_flow_importance(denoiser, parameters: dict, effective: dict, batche
         # the batch mean (per-sample means, then their mean), under 1e-6. Larger groups would
         # change that order further and save no memory: every pass's graph is kept for H g.
         calibration_loop(network, noise_scheduler, batches, noises, timestep_weights, denoising_loss, add,
-                         adapter=adapter, group_size=1, skip_unweighted=True)
+                         CalibrationLoopSettings(adapter=adapter, group_size=1, skip_unweighted=True))
     gradients = torch.autograd.grad(loss, [effective[n] for n in names], create_graph=True)
     # H g by double backward: d/dw (g . stop_grad(g)) = H g
     inner = sum((g * g.detach()).sum() for g in gradients)
@@ -145,36 +145,52 @@ def gradient_flow_importance(denoiser, parameters: dict, effective: dict, batche
     return float(loss.detach()), grads, {n: hg.detach() for n, hg in zip(names, hessian_gradient)}
 
 
+@dataclass(frozen=True)
+class GradflowSettings:
+    """The gradient-flow method's hyper-parameters (see the module docstring), checked on construction."""
+
+    sparsity: float = 0.5  # target fraction of each layer's weights removed
+    n: int = 0  # N:M (N kept of every M input columns); 0 = unstructured
+    m: int = 0
+    iterations: int = 10  # gradient-flow steps K
+    sparsity_schedule: str = "cubic"  # "cubic" or "linear" increase of sparsity over K
+    step_size: float = 0.5  # eta of the explicit Euler step
+    stiffness: float = 1.0  # rho: pull of the mask towards the scheduled hard mask
+    schedule: str = "uniform"  # timesteps of the loss (a registered schedule)
+    schedule_params: dict | None = None  # None with "uniform": 4 timesteps
+    batch_size: int = 8  # calibration images per batch
+    num_batches: int = 1
+    seed: int = 0  # fixed noise of the calibration batches
+
+    def __post_init__(self):
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
+            raise ValueError(f"iterations must be a positive integer, got {self.iterations!r}")
+        if self.n or self.m:
+            if not (isinstance(self.n, int) and isinstance(self.m, int) and 0 < self.n < self.m):
+                raise ValueError(f"N:M pattern needs integers 0 < N < M, got {self.n}:{self.m}")
+        if self.sparsity_schedule not in SPARSITY_SCHEDULES:
+            raise ValueError(f"sparsity_schedule must be one of {list(SPARSITY_SCHEDULES)}, "
+                             f"got {self.sparsity_schedule!r}")
+
+
 def gradflow_prune(
     denoiser: nn.Module,
     noise_scheduler,
     images: torch.Tensor,
+    settings: GradflowSettings = GradflowSettings(),
     *,
-    sparsity: float = 0.5,  # target fraction of each layer's weights removed
-    n: int = 0,  # N:M (N kept of every M input columns); 0 = unstructured
-    m: int = 0,
-    iterations: int = 10,  # gradient-flow steps K
-    sparsity_schedule: str = "cubic",  # "cubic" or "linear" increase of sparsity over K
-    step_size: float = 0.5,  # eta of the explicit Euler step
-    stiffness: float = 1.0,  # rho: pull of the mask towards the scheduled hard mask
-    schedule: str = "uniform",  # timesteps of the loss (a registered schedule)
-    schedule_params: dict | None = None,
-    batch_size: int = 8,  # calibration images per batch
-    num_batches: int = 1,
-    seed: int = 0,  # fixed noise of the calibration batches
     layers: dict | None = None,  # name -> module (default: the engine's prunable layers)
     apply: bool = True,  # write the hard mask into the weights of ``denoiser`` (in place)
     keep_masks: bool = True,  # keep every layer's mask and scores in the report (False: scores computed per layer on access)
     progress: ProgressFn | None = None,
 ) -> GradflowReport:
     """Progressive soft pruning of ``denoiser`` along the gradient flow (see the module docstring)."""
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
-    if n or m:
-        if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
-            raise ValueError(f"N:M pattern needs integers 0 < N < M, got {n}:{m}")
+    if not isinstance(settings, GradflowSettings):
+        raise ValueError(f"settings must be a GradflowSettings, got {type(settings).__name__}")
+    sparsity, n, m, iterations = settings.sparsity, settings.n, settings.m, settings.iterations
+    schedule, schedule_params = settings.schedule, settings.schedule_params
     started = time.perf_counter()
     from .criteria import calibration_noises, prunable_layers
 
@@ -191,10 +207,10 @@ def gradflow_prune(
     params = {"num_timesteps": 4} if schedule == "uniform" and schedule_params is None else (schedule_params or {})
     report.timestep_weights = resolve_timestep_weights(schedule, params, num_train_timesteps)
     device = next(denoiser.parameters()).device
-    generator = torch.Generator().manual_seed(int(seed))
-    order = torch.randperm(images.shape[0], generator=generator)[: batch_size * num_batches]
+    generator = torch.Generator().manual_seed(int(settings.seed))
+    order = torch.randperm(images.shape[0], generator=generator)[: settings.batch_size * settings.num_batches]
     dtype = next(denoiser.parameters()).dtype  # the model's own dtype (an fp16 model calibrates in fp16)
-    batches = [b.to(device=device, dtype=dtype) for b in images[order].float().split(batch_size)]
+    batches = [b.to(device=device, dtype=dtype) for b in images[order].float().split(settings.batch_size)]
     noises = calibration_noises(batches, generator)
 
     parameter_names = {f"{name}.weight": name for name in layers}
@@ -209,7 +225,7 @@ def gradflow_prune(
     importance = {}
     try:
         for iteration in range(1, iterations + 1):
-            level = sparsity_at(iteration, iterations, sparsity, sparsity_schedule)
+            level = sparsity_at(iteration, iterations, sparsity, settings.sparsity_schedule)
             effective = {f"{name}.weight": (weights[name] * soft[name]).requires_grad_(True) for name in layers}
             importance = {}  # the previous iteration's, no longer needed
             loss, grads, hessian_gradients = gradient_flow_importance(
@@ -226,8 +242,8 @@ def gradflow_prune(
                     gradient = grads.pop(f"{name}.weight")
                     grad_norm += float(gradient.pow(2).sum())
                     d_loss_d_mask = weights[name] * gradient  # chain rule through w_eff = w * m
-                    step = d_loss_d_mask + stiffness * (soft[name] - target.to(soft[name].dtype))
-                    soft[name] = (soft[name] - step_size * step).clamp_(0.0, 1.0)
+                    step = d_loss_d_mask + settings.stiffness * (soft[name] - target.to(soft[name].dtype))
+                    soft[name] = (soft[name] - settings.step_size * step).clamp_(0.0, 1.0)
                     del gradient, d_loss_d_mask, step, target
             report.iterations.append(dict(iteration=iteration, sparsity=level, loss=loss, grad_norm=grad_norm ** 0.5,
                                           mask_mean=float(sum(s.sum() for s in soft.values()) /
@@ -297,14 +313,14 @@ def engine_reconstruct(denoiser: nn.Module, pipeline, spec, progress: ProgressFn
     images, source = calibration_images(pipeline, denoiser, spec, progress)
     n, m = spec.nm_pattern if spec.granularity_name == "N:M" else (0, 0)
     sparsity = (1 - n / m) if m else (spec.sparsity if spec.sparsity is not None else 0.5)
-    report = gradflow_prune(
-        denoiser, copy_scheduler(pipeline.scheduler), images, sparsity=float(sparsity), n=n, m=m,
-        iterations=params["iterations"], sparsity_schedule=params["sparsity_schedule"],
-        step_size=float(params["step_size"]), stiffness=float(params["stiffness"]),
-        schedule=spec.schedule, schedule_params=dict(spec.schedule_params),
+    settings = GradflowSettings(
+        sparsity=float(sparsity), n=n, m=m, iterations=params["iterations"],
+        sparsity_schedule=params["sparsity_schedule"], step_size=float(params["step_size"]),
+        stiffness=float(params["stiffness"]), schedule=spec.schedule, schedule_params=dict(spec.schedule_params),
         batch_size=int(spec.calibration_batch_size), num_batches=int(spec.calibration_batches), seed=int(spec.seed),
-        layers=prunable_layers(denoiser), apply=False, keep_masks=False, progress=progress,
     )
+    report = gradflow_prune(denoiser, copy_scheduler(pipeline.scheduler), images, settings,
+                            layers=prunable_layers(denoiser), apply=False, keep_masks=False, progress=progress)
     stats = CalibrationStats(timestep_weights=list(report.timestep_weights), num_images=int(images.shape[0]))
     return report.scores, stats, source
 

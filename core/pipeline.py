@@ -38,6 +38,18 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return resolved
 
 
+# Images one ``sample_images`` call may draw (the app, ``diffprune sample`` and ``evaluate``):
+# 50,000 is the standard FID sample count, as ``core.evaluate.MAX_NUM_SAMPLES``.
+MAX_SAMPLE_IMAGES = 50_000
+
+
+def check_progress(progress, field: str = "progress"):
+    """A progress callback is None or callable ``(fraction, message)``: refused before any work."""
+    if progress is not None and not callable(progress):
+        raise ValueError(f"{field} must be None or a callable progress(fraction, message), got {type(progress).__name__}")
+    return progress
+
+
 # A hub id: "name" or "owner/name", each part at most 96 characters (the hub's own limit).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?$")
 MAX_SOURCE_LENGTH = 4096
@@ -82,7 +94,10 @@ def load_pipeline(source: str | Path | None = None, device: str | torch.device |
     if source is not None and (not str(source).strip() or len(str(source)) > MAX_SOURCE_LENGTH):
         raise ValueError(f"source must be a non-empty path or hub id of at most {MAX_SOURCE_LENGTH} characters")
     embedded = None if source is None else EMBEDDED_MODELS.get(str(source))
-    source_path = DEFAULT_MODEL_DIR if source is None else embedded[0] if embedded else Path(str(source)).expanduser()
+    try:
+        source_path = DEFAULT_MODEL_DIR if source is None else embedded[0] if embedded else Path(str(source)).expanduser()
+    except RuntimeError:  # "~user/..." of a user this machine does not know
+        raise ValueError(f"model path {str(source)[:80]!r} does not exist (no such user's home folder)") from None
     label = "default model" if source is None else str(source)
     if (source is None or embedded) and not source_path.is_dir():
         raise ValueError(f"the embedded model {label!r} is missing at {source_path}")
@@ -246,13 +261,15 @@ def sample_images(
     Deterministic for a given seed: the initial noise (and DDPM's per-step noise) comes from
     CPU generators seeded with ``seed``; pass ``noise`` to share it between two models.
     """
-    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images <= 0:
-        raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or not 0 < num_images <= MAX_SAMPLE_IMAGES:
+        raise ValueError(f"num_images must be an integer from 1 to {MAX_SAMPLE_IMAGES:,} (the bound for this tool's "
+                         f"machines), got {num_images!r}"[:300])
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps <= 0:
         raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     check_seed(seed)
+    check_progress(progress)
     adapter = adapter_of(pipeline)
     train_steps = adapter.num_train_timesteps(pipeline)
     if num_inference_steps > train_steps:
@@ -262,8 +279,12 @@ def sample_images(
     device, dtype = parameter.device, parameter.dtype
     if noise is None:
         noise = adapter.noise(pipeline, num_images, seed)
-    elif noise.shape[0] != num_images:
-        raise ValueError(f"noise holds {noise.shape[0]} images but num_images is {num_images}")
+    else:
+        expected = (num_images, *adapter.noise(pipeline, 1, seed).shape[1:])  # one draw: the model's input shape
+        if not isinstance(noise, torch.Tensor) or not noise.is_floating_point() or tuple(noise.shape) != expected:
+            got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(f"noise must be a float tensor of shape {expected} (num_images x the model's input), "
+                             f"got {got}")
     conditioning = sampling_conditioning(pipeline, num_images, seed, class_label, prompt)
     sampler = _sampling_scheduler(pipeline, scheduler, adapter)
     step_generator = torch.Generator().manual_seed(int(seed) + 1)

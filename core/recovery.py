@@ -36,8 +36,6 @@ GENERATED_RECOVERY_STEPS = 25
 MAX_RECOVERY_STEPS = 100_000
 MAX_RECOVERY_BATCH = 256
 
-_STEP_RATE_CACHE: dict = {}
-
 
 def check_recovery(steps, lr, batch_size, data) -> None:
     """Each recovery field, checked before any work (a ValueError naming the field)."""
@@ -105,22 +103,11 @@ def recovery_data(pipeline, data: str, seed: int = 0,
 
 def estimate_recovery(pipeline, steps: int, batch_size: int, distill: bool, repeats: int = 2) -> dict:
     """Seconds a recovery of ``steps`` steps will take here: real fine-tuning steps of the dense
-    model timed now (cached per model, batch size, distillation and thread count). The pruned
-    model is smaller, so this is an upper bound."""
-    from .finetune import finetune
+    model timed one by one now (``core.cost.recovery_step_seconds``, cached per model, batch size,
+    distillation and thread count). The pruned model is smaller, so this is an upper bound."""
+    from .cost import recovery_step_seconds
 
-    adapter = adapter_of(pipeline)
-    key = (id(adapter.denoiser(pipeline)), int(batch_size), bool(distill), torch.get_num_threads())
-    if key not in _STEP_RATE_CACHE:
-        channels, height, width = adapter.image_shape(pipeline)
-        images = torch.rand(max(4, batch_size), channels, height, width, generator=torch.Generator().manual_seed(0)) * 2 - 1
-        options = dict(batch_size=int(batch_size), images=images, distill=bool(distill),
-                       teacher=pipeline if distill else None)
-        finetune(pipeline, 1, **options)  # warm-up: allocator, kernels, accelerate
-        one = finetune(pipeline, 1, **options).wall_time_s
-        more = finetune(pipeline, 1 + repeats, **options).wall_time_s
-        _STEP_RATE_CACHE[key] = max(1e-4, (more - one) / repeats)
-    rate = _STEP_RATE_CACHE[key]
+    rate = recovery_step_seconds(pipeline, batch_size, distill, repeats=max(1, int(repeats)))
     return dict(steps=int(steps), seconds_per_step=rate, seconds=rate * int(steps))
 
 
@@ -130,5 +117,7 @@ def describe_recovery(estimate: dict) -> str:
         return "recovery off (0 steps): the one-shot model is evaluated as it is"
     seconds = estimate["seconds"]
     when = f"{seconds:.0f} s" if seconds < 120 else (f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h")
-    return (f"recovery: {estimate['steps']:,} steps x {estimate['seconds_per_step']:.2f} s = about {when} here "
+    rate = estimate["seconds_per_step"]
+    per_step = f"{rate:.2f} s" if rate >= 0.1 else f"{1000 * rate:.1f} ms"
+    return (f"recovery: {estimate['steps']:,} steps x {per_step} = about {when} here "
             "(rate measured now on the dense model, an upper bound; 10x the steps costs 10x the time)")

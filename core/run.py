@@ -12,7 +12,7 @@ Stages, in order (each reported through ``progress(fraction, message)`` on one 0
    chosen data (``core.recovery.recovery_data``), optionally distilled from the dense model;
 3. **grids**: ``evaluation.grid_images`` samples of every stage (dense, one-shot, recovered) from
    the same initial noise and sampler;
-4. **evaluate** every stage (``core.evaluate``; MACs and parameters always, FID/KID as asked). When
+4. **evaluate** every stage (``core.evaluate``; MACs and parameters unless turned off, the metrics as asked). When
    the evaluation asks for exactly the grids' samples (same count, noise and steps, uniform classes
    and the shipped captions), the grids are scored instead of being sampled again;
 5. **time** dense against the delivered model, paired and interleaved (``core.timing``);
@@ -47,6 +47,11 @@ MAX_GRID_IMAGES = 256
 MAX_EVALUATION_SAMPLES = 50_000  # core.evaluate's bound
 MAX_SAMPLING_STEPS = 1000
 QUALITY_METRICS = ("fid", "kid")
+EVALUATION_METRICS = QUALITY_METRICS + ("latency", "macs")  # core.evaluate.METRICS
+# core.evaluate keyword arguments a run passes through as they are (EvaluationSettings.options); the
+# others (samples, steps, seed, metrics, reference, models, store, spec, progress) the run sets itself.
+EVALUATE_OPTIONS = ("batch_size", "scheduler", "kid_subset_size", "kid_subsets", "latency_batch_size",
+                    "latency_repeats", "latency_warmup", "feature_cache", "class_label")
 EVALUATION_REFERENCES = ("fashion-mnist-test", "dense")
 STAGES = ("dense", "one-shot", "recovered")
 PARTS = ("recovery", "grids", "evaluation", "timing", "export")
@@ -109,12 +114,18 @@ class RecoverySettings:
 class EvaluationSettings:
     """How every stage is sampled and measured.
 
-    ``num_samples`` images per stage at ``steps`` DDIM steps (seeded by the spec's seed), scored
-    with ``metrics`` (any of ``fid``, ``kid``; empty: MACs and parameters only) against
-    ``reference`` (``fashion-mnist-test``, ``dense``: the dense model's own samples, or an image
-    folder). ``grid_images`` samples of each stage are kept for viewing (0: none), of one class
-    (``class_label``, class-conditional models) or one prompt (``prompt``, text-to-image models);
-    None draws uniform classes / the shipped captions, as the evaluation does."""
+    ``num_samples`` images per stage at ``steps`` DDIM steps (seeded by ``seed``; None: the spec's
+    seed), scored with ``metrics`` (any of ``fid``, ``kid``, ``latency``: ``core.evaluate``'s sampler
+    latency, ``macs``; empty: MACs and parameters only) against ``reference``
+    (``fashion-mnist-test``, ``dense``: the dense model's own samples, or an image folder).
+    ``count_macs``: MACs and parameters are counted at every stage (False: exactly ``metrics``).
+    ``stages``: the stages evaluated (of ``dense``, ``one-shot``, ``recovered``; a stage the run
+    does not produce is skipped). ``options``: further ``core.evaluate`` keyword arguments, passed
+    to every stage's evaluation as they are (names from ``EVALUATE_OPTIONS``; kept as sorted pairs;
+    their values are checked by ``core.evaluate``). ``grid_images`` samples of each stage are kept
+    for viewing (0: none), of one class (``class_label``, class-conditional models) or one prompt
+    (``prompt``, text-to-image models); None draws uniform classes / the shipped captions, as the
+    evaluation does."""
 
     num_samples: int = GRID_IMAGES
     steps: int = 25
@@ -123,16 +134,22 @@ class EvaluationSettings:
     grid_images: int = GRID_IMAGES
     class_label: int | None = None
     prompt: str | None = None
+    seed: int | None = None
+    count_macs: bool = True
+    stages: tuple = STAGES
+    options: tuple = ()
 
     def __post_init__(self):
         _whole("evaluation num_samples", self.num_samples, 2, MAX_EVALUATION_SAMPLES)
         _whole("evaluation steps", self.steps, 1, MAX_SAMPLING_STEPS)
         metrics = self.metrics
         if isinstance(metrics, str) or not isinstance(metrics, (tuple, list)) \
-                or any(m not in QUALITY_METRICS for m in metrics) or len(set(metrics)) != len(metrics):
-            raise ValueError(f"evaluation metrics must be distinct names from {list(QUALITY_METRICS)} (or none), "
+                or any(m not in EVALUATION_METRICS for m in metrics) or len(set(metrics)) != len(metrics):
+            raise ValueError(f"evaluation metrics must be distinct names from {list(EVALUATION_METRICS)} (or none), "
                              f"got {metrics!r}")
         object.__setattr__(self, "metrics", tuple(metrics))
+        if not _flag("evaluation count_macs", self.count_macs) and not metrics:
+            raise ValueError("evaluation metrics must name at least one metric when count_macs is false, got ()")
         reference = self.reference
         if not isinstance(reference, (str, os.PathLike)) or not str(reference).strip() or (
                 str(reference) not in EVALUATION_REFERENCES and not Path(reference).expanduser().is_dir()):
@@ -146,11 +163,30 @@ class EvaluationSettings:
                                         or len(self.prompt) > MAX_PROMPT_CHARS):
             raise ValueError(f"evaluation prompt must be None (the shipped captions) or text of 1 to {MAX_PROMPT_CHARS} "
                              f"characters, got {self.prompt!r}"[:300])
+        if self.seed is not None:
+            _whole("evaluation seed", self.seed, 0, 2 ** 63 - 1)
+        stages = self.stages
+        if isinstance(stages, str) or not isinstance(stages, (tuple, list)) \
+                or any(s not in STAGES for s in stages) or len(set(stages)) != len(stages):
+            raise ValueError(f"evaluation stages must be distinct names from {list(STAGES)} (or none), got {stages!r}")
+        object.__setattr__(self, "stages", tuple(stages))
+        try:
+            options = dict(self.options) if isinstance(self.options, (dict, tuple, list)) else None
+        except (TypeError, ValueError):  # not name-value pairs
+            options = None
+        if options is None or any(name not in EVALUATE_OPTIONS for name in options):
+            raise ValueError(f"evaluation options must be core.evaluate keyword arguments from "
+                             f"{list(EVALUATE_OPTIONS)}, got {self.options!r}"[:300])
+        object.__setattr__(self, "options", tuple(sorted(options.items())))
 
     @property
     def grids_are_samples(self) -> bool:
         """Whether the grids are exactly the evaluation's samples (then scored, not sampled again)."""
         return self.num_samples == self.grid_images and self.class_label is None and self.prompt is None
+
+    def sampling_seed(self, spec: PruneSpec) -> int:
+        """The seed of the grids and of the evaluation's samples: ``seed``, else the spec's."""
+        return spec.seed if self.seed is None else self.seed
 
 
 @dataclass(frozen=True)
@@ -249,19 +285,26 @@ def _plan(recovering: bool) -> dict:
 def run(pipeline, spec: PruneSpec, *, recovery: RecoverySettings = RecoverySettings(),
         evaluation: EvaluationSettings = EvaluationSettings(), timing: TimingSettings = TimingSettings(),
         export: ExportSettings = ExportSettings(), progress: ProgressFn | None = None, store=None,
-        dense_images=None) -> RunResult:
+        dense_images=None, pruned=None, recovery_data=None) -> RunResult:
     """Run the whole workflow on a copy of ``pipeline`` (which is not modified); see the module docstring.
 
     ``store`` (a ``core.store.ResultStore``) answers repeated evaluations from disk;
     ``dense_images`` are the dense model's grid samples when the caller already holds them (same
-    count, steps, seed, class and prompt), else they are sampled."""
+    count, steps, seed, class and prompt), else they are sampled. ``pruned``: the ``PruneResult``
+    of ``pipeline`` under ``spec`` when the caller already holds it (the prune stage is skipped).
+    ``recovery_data``: the recovery's ``(images, labels or None, description)`` when the caller
+    has loaded them (as ``core.recovery.recovery_data`` returns them), used instead of
+    ``recovery.data``."""
     from .engine import prune
 
     _check_settings(spec, recovery, evaluation, timing, export)
-    shipped_data = _check_against_model(pipeline, recovery, evaluation)
+    _check_pruned(pruned, spec)
+    shipped_data = _check_against_model(pipeline, recovery, evaluation, recovery_data)
     started = time.perf_counter()
     reporter, plan = _Reporter(progress), _plan(recovery.steps > 0)
-    result = RunResult(spec=spec, pruned=prune(pipeline, spec, progress=reporter.part(0.0, plan["prune"])))
+    if pruned is None:
+        pruned = prune(pipeline, spec, progress=reporter.part(0.0, plan["prune"]))
+    result = RunResult(spec=spec, pruned=pruned)
     at = plan["prune"]
     if recovery.steps:
         _attempt(result, reporter, "recovery",
@@ -294,9 +337,33 @@ def _check_settings(spec, recovery, evaluation, timing, export) -> None:
     export.check_target()
 
 
-def _check_against_model(pipeline, recovery: RecoverySettings, evaluation: EvaluationSettings):
+def _check_pruned(pruned, spec: PruneSpec) -> None:
+    from .engine import PruneResult
+
+    if pruned is not None and (not isinstance(pruned, PruneResult) or pruned.spec != spec):
+        raise ValueError(f"pruned must be None or the PruneResult of this spec, got "
+                         f"{type(pruned).__name__}{'' if not isinstance(pruned, PruneResult) else ' of another spec'}")
+
+
+def _check_recovery_data(pipeline, data) -> tuple:
+    import torch
+
+    from .pipeline import adapter_of
+
+    shape = adapter_of(pipeline).image_shape(pipeline)
+    images, labels, description = data if isinstance(data, tuple) and len(data) == 3 else (None, None, None)
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or len(images) == 0 \
+            or tuple(images.shape[1:]) != tuple(shape) or not isinstance(description, str) \
+            or not (labels is None or isinstance(labels, torch.Tensor) and labels.shape == (len(images),)):
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(data).__name__
+        raise ValueError(f"recovery_data must be None or (images N x {' x '.join(map(str, shape))}, labels of N or "
+                         f"None, description), got {got}")
+    return data
+
+
+def _check_against_model(pipeline, recovery: RecoverySettings, evaluation: EvaluationSettings, data=None):
     """The fields that depend on the model, checked before any work; returns the recovery's
-    images when they are read from disk (they are used as they are)."""
+    images when they are given (``data``) or read from disk (they are used as they are)."""
     from .pipeline import adapter_of, takes_prompts
     from .recovery import recovery_data
 
@@ -308,6 +375,8 @@ def _check_against_model(pipeline, recovery: RecoverySettings, evaluation: Evalu
     if evaluation.prompt is not None and not takes_prompts(pipeline):
         raise ValueError(f"evaluation prompt must be None for this {adapter.name} model: prompts apply to "
                          "text-to-image models (SD, PixArt, SD3)")
+    if data is not None:
+        return _check_recovery_data(pipeline, data)
     if recovery.steps and recovery.data != "generated":
         return recovery_data(pipeline, recovery.data, 0)  # the images fit the model, or a ValueError
     return None
@@ -368,7 +437,7 @@ def _grids(result: RunResult, dense, evaluation: EvaluationSettings, dense_image
     """``grid_images`` samples of every stage from the same initial noise and sampler."""
     from .pipeline import initial_noise, sample_images
 
-    count, steps, seed = evaluation.grid_images, evaluation.steps, result.spec.seed
+    count, steps, seed = evaluation.grid_images, evaluation.steps, evaluation.sampling_seed(result.spec)
     options = dict(class_label=evaluation.class_label, prompt=evaluation.prompt)
     pipelines = [("one-shot", result.pruned.pipeline)]
     if result.recovered is not None:
@@ -386,17 +455,19 @@ def _grids(result: RunResult, dense, evaluation: EvaluationSettings, dense_image
 
 
 def _evaluate_stages(result: RunResult, dense, evaluation: EvaluationSettings, store, report: ProgressFn) -> None:
-    """``core.evaluate`` of every stage; the grids are scored when they are the evaluation's samples."""
+    """``core.evaluate`` of every stage asked for; the grids are scored when they are the evaluation's samples."""
     from .evaluate import evaluate
 
-    settings = dict(num_samples=evaluation.num_samples, num_inference_steps=evaluation.steps, seed=result.spec.seed,
-                    metrics=evaluation.metrics + ("macs",), reference=evaluation.reference, dense_pipeline=dense,
-                    store=store)
+    metrics = evaluation.metrics + (("macs",) if evaluation.count_macs and "macs" not in evaluation.metrics else ())
+    settings = dict(num_samples=evaluation.num_samples, num_inference_steps=evaluation.steps,
+                    seed=evaluation.sampling_seed(result.spec), metrics=metrics, reference=evaluation.reference,
+                    dense_pipeline=dense, store=store, **dict(evaluation.options))
     stages = [("dense", dense, None), ("one-shot", result.pruned.pipeline, result.spec)]
     if result.recovered is not None:
         stages.append(("recovered", result.recovered.pipeline, result.spec))
+    stages = [stage for stage in stages if stage[0] in evaluation.stages]
     reuse = evaluation.grids_are_samples
-    share = 1.0 / len(stages)
+    share = 1.0 / max(1, len(stages))
     for index, (stage, pipeline, spec) in enumerate(stages):
         images = result.images.get(stage) if reuse else None
         part = (lambda f, m, i=index: report(share * (i + f), m))

@@ -34,10 +34,12 @@ def _check_number(name: str, value, schedule: str, minimum: float = 0.0) -> floa
 
 
 def uniform(num_train_timesteps: int, num_timesteps: int = 10) -> TimestepWeights:
-    """``num_timesteps`` evenly spaced t over [0, T), weight 1 (baseline)."""
+    """``num_timesteps`` evenly spaced t over [0, T), weight 1 (baseline); at most T of them."""
     _check_positive_int("num_timesteps", num_timesteps, "uniform")
-    count = min(num_timesteps, num_train_timesteps)
-    return [((index * num_train_timesteps) // count, 1.0) for index in range(count)]
+    if num_timesteps > num_train_timesteps:  # refused, not clamped: T distinct timesteps exist
+        raise ValueError(f"schedule_params.num_timesteps of schedule 'uniform' must be at most {num_train_timesteps} "
+                         f"(the model's training timesteps), got {num_timesteps}")
+    return [((index * num_train_timesteps) // num_timesteps, 1.0) for index in range(num_timesteps)]
 
 
 def interval(num_train_timesteps: int, interval_weights=(1.0, 1.0, 1.0, 1.0)) -> TimestepWeights:
@@ -207,19 +209,27 @@ for _schedule in (
     register_schedule(_schedule)
 
 
-def check_schedule_params(name: str, params: dict) -> None:
-    """Validate schedule parameters without a model (used by ``PruneSpec``)."""
-    if name not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {name!r}")
+# T of the check without a model (``PruneSpec``): the usual DDPM / latent / flow-matching training length.
+DEFAULT_TRAIN_TIMESTEPS = 1000
+
+
+def check_schedule_params(name: str, params: dict, num_train_timesteps: int | None = None) -> None:
+    """Validate schedule parameters: without a model (``PruneSpec``; a custom schedule's form only,
+    the others against T = 1000), or, given the model's ``num_train_timesteps``, against that T (a
+    custom t must lie in [0, T)), so a front end refuses them before any work starts."""
+    if not isinstance(name, str) or name not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {name!r}"[:300])
+    if not isinstance(params, dict):
+        raise ValueError(f"schedule_params must be a dict, got {type(params).__name__}")
     schedule = SCHEDULES[name]
     unknown = sorted(set(params) - set(schedule.defaults))
     if unknown:
         raise ValueError(f"schedule_params for schedule {name!r} accepts {sorted(schedule.defaults)}, got unknown {unknown}")
     if name == "custom":
-        validate_custom(params.get("timesteps", ()))
+        validate_custom(params.get("timesteps", ()), num_train_timesteps)
     elif schedule.adaptive:
         threshold(1000, lambda t: 1.0, **{**schedule.defaults, **params, "max_timesteps": 1})
         if params.get("max_timesteps") is not None:
             _check_positive_int("max_timesteps", params["max_timesteps"], name)
     else:
-        schedule.resolve(1000, params)
+        schedule.resolve(num_train_timesteps or DEFAULT_TRAIN_TIMESTEPS, params)

@@ -27,7 +27,11 @@ MAX_CALIBRATION_BATCHES = 10_000
 MAX_CALIBRATION_IMAGES = 100_000
 # N:M: M up to 64 (the hardware patterns are 2:4 and 4:8; larger M is accepted for study).
 MAX_NM_M = 64
-MAX_SEED = 2 ** 63# Named calibration sources; anything else must be a directory of the user's images.
+MAX_SEED = 2 ** 63
+# schedule_params / criterion_params: JSON-like values nested at most this deep (the deepest
+# registered parameter is a list of (t, weight) pairs: 2 levels inside the dict).
+MAX_PARAM_DEPTH = 8
+# Named calibration sources; anything else must be a directory of the user's images.
 CALIBRATION_SOURCES = ("auto", "fashion-mnist-train", "generated")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
@@ -50,7 +54,47 @@ def _thaw(value):
 
 
 def _is_number(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float (10**400)
+        return False
+
+
+def _short(value, limit: int = 60) -> str:
+    """``repr`` of a bad value, cut to ``limit`` characters so an error stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_folder(text: str) -> bool:
+    """Whether ``text`` names an existing folder; False for what no file system resolves (an unknown
+    ``~user``, a name too long)."""
+    try:
+        return Path(text).expanduser().is_dir()
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def _too_deep(value, limit: int = MAX_PARAM_DEPTH) -> bool:
+    """Whether lists / tuples / dicts in ``value`` nest deeper than ``limit`` (checked without recursion)."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (list, tuple, dict)):
+            if depth >= limit:
+                return True
+            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+def _check_granularity_text(text) -> None:
+    """Refuse (not normalise) a granularity that only parses loosely: ``"2:4\n"``, ``" 2:4"``,
+    full-width or other non-ASCII digits; a spec stores its granularity exactly as written."""
+    if isinstance(text, str) and (not text.isascii() or text != text.strip()):
+        raise ValueError(f"granularity must be written exactly, in ASCII without spaces or newlines (a name such as "
+                         f"'channel' or N:M such as '2:4'), got {text!r}; it is refused, not normalised")
 
 
 @dataclass(frozen=True)
@@ -83,10 +127,14 @@ class PruneSpec:
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen dataclass
-        if self.criterion not in CRITERIA:
-            raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {self.criterion!r}")
+        if not isinstance(self.criterion, str) or self.criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {_short(self.criterion)}")
         criterion = CRITERIA[self.criterion]
+        _check_granularity_text(self.granularity)
         name, pattern = parse_granularity(self.granularity)
+        if pattern is not None and self.granularity != f"{pattern[0]}:{pattern[1]}":
+            raise ValueError(f"granularity N:M must be written as two plain integers such as '2:4', got "
+                             f"{self.granularity!r}; it is refused, not normalised")
         if name not in criterion.granularities:
             raise ValueError(
                 f"granularity {self.granularity!r} is not supported by criterion {self.criterion!r}; "
@@ -97,7 +145,7 @@ class PruneSpec:
             if name not in ("channel", "head"):
                 raise ValueError(f"channel_ratio applies to granularity 'channel' or 'head' only, got granularity {self.granularity!r}")
             if not _is_number(self.channel_ratio) or not 0 <= self.channel_ratio < 1:
-                raise ValueError(f"channel_ratio must be a number in [0, 1), got {self.channel_ratio!r}")
+                raise ValueError(f"channel_ratio must be a number in [0, 1), got {_short(self.channel_ratio)}")
             if self.sparsity is not None:
                 raise ValueError("give either sparsity or channel_ratio, not both (set sparsity=None)")
             set_("channel_ratio", float(self.channel_ratio))
@@ -118,16 +166,19 @@ class PruneSpec:
                 )
         else:
             if self.sparsity is None or not _is_number(self.sparsity) or not 0 <= self.sparsity <= MAX_SPARSITY:
-                raise ValueError(f"sparsity must be a number in [0, {MAX_SPARSITY}], got {self.sparsity!r}")
+                raise ValueError(f"sparsity must be a number in [0, {MAX_SPARSITY}], got {_short(self.sparsity)}")
         if self.sparsity is not None:
             set_("sparsity", float(self.sparsity))
         # --- schedule
         if not isinstance(self.schedule_params, dict) or not isinstance(self.criterion_params, dict):
             raise ValueError("schedule_params and criterion_params must be dicts")
+        for attribute in ("schedule_params", "criterion_params"):
+            if _too_deep(getattr(self, attribute)):
+                raise ValueError(f"{attribute} nests lists or objects more than {MAX_PARAM_DEPTH} levels deep")
         if criterion.needs_calibration:
             schedule = self.schedule if self.schedule is not None else criterion.default_schedule
-            if schedule not in SCHEDULES:
-                raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
+            if not isinstance(schedule, str) or schedule not in SCHEDULES:
+                raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {_short(schedule)}")
             params = dict(self.schedule_params)
             if self.schedule is None and not params:
                 params = dict(criterion.default_schedule_params)
@@ -161,15 +212,16 @@ class PruneSpec:
         # --- calibration data, seed, device
         if not isinstance(self.calibration_data, str) or not self.calibration_data:
             raise ValueError(f"calibration_data must be one of {list(CALIBRATION_SOURCES)} or an image folder, got {self.calibration_data!r}")
-        if self.calibration_data not in CALIBRATION_SOURCES and not Path(self.calibration_data).expanduser().is_dir():
+        if self.calibration_data not in CALIBRATION_SOURCES and not _is_folder(self.calibration_data):
             raise ValueError(
                 f"calibration_data must be one of {list(CALIBRATION_SOURCES)} or an existing image folder, "
-                f"got {self.calibration_data!r}"
+                f"got {_short(self.calibration_data)}"
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < MAX_SEED:
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
-        if not isinstance(self.device, str) or not _DEVICE_PATTERN.match(self.device):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if not isinstance(self.device, str) or not _DEVICE_PATTERN.fullmatch(self.device):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]' (exactly, no spaces or newlines), got "
+                             f"{_short(self.device)}")
         if self.device == "mps":
             import torch
 
@@ -226,17 +278,26 @@ class PruneSpec:
     @classmethod
     def from_dict(cls, data: dict) -> "PruneSpec":
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        if not isinstance(data, dict):
+            raise ValueError(f"PruneSpec fields must be given as an object (a dict), got {type(data).__name__}")
+        unknown = sorted(str(key) for key in set(data) - known)
         if unknown:
-            raise ValueError(f"PruneSpec fields are {sorted(known)}, got unknown {unknown}")
+            raise ValueError(f"PruneSpec fields are {sorted(known)}, got unknown {_short(unknown)}")
+        for key, value in data.items():
+            if _too_deep(value):
+                raise ValueError(f"{key} nests lists or objects more than {MAX_PARAM_DEPTH} levels deep")
         return cls(**{key: _freeze(value) if key.endswith("_params") else value for key, value in data.items()})
 
     @classmethod
     def from_json(cls, text: str) -> "PruneSpec":
+        if not isinstance(text, (str, bytes)):
+            raise ValueError(f"PruneSpec JSON must be text, got {type(text).__name__}")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise ValueError(f"PruneSpec JSON is invalid: {error}") from error
+        except RecursionError:
+            raise ValueError("PruneSpec JSON nests lists or objects too deeply to read") from None
         if not isinstance(data, dict):
             raise ValueError("PruneSpec JSON must be an object")
         return cls.from_dict(data)
@@ -249,6 +310,9 @@ def _preset(**kwargs) -> PruneSpec:
 # Each paper's recipe as a named preset. "-paper" presets use the papers' own calibration
 # sizes (slow on a CPU: see benchmarks/results/prune.json for the measured cost).
 PRESETS: dict[str, PruneSpec] = {
+    # The app's quick demo: a one-shot criterion (no calibration) at 30 % of the channels; the app
+    # pairs it with a short recovery and a small evaluation (diffprune_ui.app.PRESET_RUN_SETTINGS).
+    "quick-demo": _preset(criterion="magnitude", granularity="channel", sparsity=0.3),
     # Diff-Pruning (NeurIPS 2023): Taylor, threshold schedule, channel, 44% of the parameters
     # (what its channel ratio 0.3 removed on ddpm-cifar10-32).
     "diffpruning": _preset(criterion="taylor", granularity="channel", sparsity=0.44),

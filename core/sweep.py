@@ -1,5 +1,9 @@
 """Sweeps: prune and evaluate a list of specs through the results store (``core.store.ResultStore``).
 
+Each row is one ``core.run.run`` (:func:`sweep_row`: the spec's copy of the dense model, its
+recovery when asked, the evaluation of the delivered model), so a sweep measures what the app's
+*Prune* tab and ``diffprune run`` measure.
+
 Each finished row is stored under ``key_for(pipeline_hash(dense pipeline), {"sweep": 1, **eval_settings},
 spec)`` before the next spec starts, so a stored row returns instantly (no pruning, no sampling)
 and a sweep killed midway resumes where it stopped.
@@ -44,18 +48,14 @@ def sweep(
     (``core.recovery.recovery_images`` source). It is part of each row's key; rows carry
     ``finetune_steps`` and ``finetune_wall_time_s``.
     """
-    from .evaluate import evaluate, pipeline_hash
+    from .evaluate import pipeline_hash
     from .store import ResultStore, key_for
 
     specs = list(specs)
     for index, spec in enumerate(specs):
         if not isinstance(spec, PruneSpec):
             raise ValueError(f"specs[{index}] must be a PruneSpec, got {type(spec).__name__}")
-    if not isinstance(eval_settings, dict):
-        raise ValueError(f"eval_settings must be a dict of evaluate() arguments, got {type(eval_settings).__name__}")
-    reserved = sorted({"pipeline", "dense_pipeline", "store", "prune_spec", "progress"} & set(eval_settings))
-    if reserved:
-        raise ValueError(f"eval_settings must not contain {reserved}: sweep sets them")
+    _evaluation(eval_settings, recovery=False)  # the settings, checked before any work
     recovery = _check_recovery(recovery)
     store = store if store is not None else ResultStore()
     dense_hash = pipeline_hash(pipeline)
@@ -72,41 +72,110 @@ def sweep(
             if progress is not None:
                 progress((index + 1) / len(specs), f"{spec.label}: stored")
             continue
+        if recovery and images is None:  # one recovery set for every row
+            from .recovery import recovery_images
+
+            images, _ = recovery_images(pipeline, recovery["data"], seed=spec.seed)
         span = (index / len(specs), (index + 1) / len(specs))
-
-        def stage(start, end, label=spec.label):
-            if progress is None:
-                return None
-            return lambda f, m: progress(span[0] + (span[1] - span[0]) * (start + (end - start) * f), f"{label}: {m}")
-
-        tuned_steps, tuned_seconds = 0, None
-        if recovery:
-            result = prune(pipeline, spec, progress=stage(0.0, 0.3))
-            if images is None:
-                from .recovery import recovery_images
-
-                images, _ = recovery_images(pipeline, recovery["data"], seed=spec.seed)
-            from .finetune import finetune
-
-            tuned = finetune(result, recovery["steps"], lr=recovery["lr"], batch_size=recovery["batch_size"],
-                             distill=recovery["distill"], teacher=pipeline if recovery["distill"] else None,
-                             images=images, seed=spec.seed, progress=stage(0.3, 0.6))
-            evaluated, tuned_steps, tuned_seconds = tuned.pipeline, recovery["steps"], tuned.wall_time_s
-        else:
-            result = prune(pipeline, spec, progress=stage(0.0, 0.5))
-            evaluated = result.pipeline
-        metrics = evaluate(evaluated, dense_pipeline=pipeline, prune_spec=spec.to_dict(),
-                           progress=stage(0.6 if recovery else 0.5, 1.0), **eval_settings)
-        row = {**spec.to_dict(), "label": spec.label, "spec_json": spec.to_json()}
-        row.update({f"prune_{name}": result.report.totals.get(name) for name in _TOTALS})
-        row.update({name: value for name, value in metrics.items() if name not in ("key", "cached")})
-        row["dense_model_hash"] = dense_hash
-        row["finetune_steps"], row["finetune_wall_time_s"] = tuned_steps, tuned_seconds
-        if recovery:
-            row["recovery_json"] = json.dumps(recovery, sort_keys=True)
+        row_progress = None if progress is None else (
+            lambda f, m, label=spec.label, span=span: progress(span[0] + (span[1] - span[0]) * f, f"{label}: {m}"))
+        row = sweep_row(pipeline, spec, eval_settings, recovery, recovery_images=images, dense_hash=dense_hash,
+                        progress=row_progress)
         store.put(key, row)
         rows.append({**row, "key": key, "cached": False})
     return pd.DataFrame(rows)
+
+
+def sweep_row(pipeline, spec: PruneSpec, eval_settings: dict, recovery: dict | None = None, *,
+              recovery_images=None, dense_hash: str | None = None,
+              progress: Callable[[float, str], None] | None = None) -> dict:
+    """One sweep row (a plain dict, without ``key`` and ``cached``): ``spec`` applied to a copy of
+    the dense ``pipeline`` and measured through ``core.run.run``.
+
+    ``eval_settings`` and ``recovery`` are :func:`sweep`'s (``recovery`` complete, as
+    ``_check_recovery`` returns it, or None); ``recovery_images`` the recovery's images when the
+    caller has loaded them (else read from ``recovery["data"]`` with the spec's seed);
+    ``dense_hash`` the dense pipeline's ``pipeline_hash`` when known. Every input but the pipeline
+    and ``progress`` is picklable."""
+    from .evaluate import pipeline_hash
+    from .run import RecoverySettings, TimingSettings, run
+
+    recovery = _check_recovery(recovery)
+    evaluation = _evaluation(eval_settings, recovery=bool(recovery))
+    if recovery and recovery_images is None:
+        from .recovery import recovery_images as load_recovery_images
+
+        recovery_images, _ = load_recovery_images(pipeline, recovery["data"], seed=spec.seed)
+    raised = []  # an exception of the caller's progress cancels the row (run would go on without its recovery)
+
+    def report(start: float, end: float):
+        if progress is None:
+            return None
+
+        def tell(fraction: float, message: str) -> None:
+            try:
+                progress(start + (end - start) * fraction, message)
+            except BaseException as error:
+                raised.append(error)
+                raise
+        return tell
+
+    share = 0.3 if recovery else 0.5
+    # pruned through this module's ``prune`` and handed to run: the prune reports on its own share of the row
+    pruned = prune(pipeline, spec, progress=report(0.0, share))
+    settings = RecoverySettings()
+    if recovery:
+        settings = RecoverySettings(steps=recovery["steps"], lr=recovery["lr"], batch_size=recovery["batch_size"],
+                                    distill=recovery["distill"], data=recovery["data"])
+    outcome = run(pipeline, spec, recovery=settings, evaluation=evaluation, timing=TimingSettings(enabled=False),
+                  progress=report(share, 1.0), pruned=pruned,
+                  recovery_data=(recovery_images, None, recovery["data"]) if recovery else None)
+    if raised:
+        raise raised[0]
+    for error in outcome.errors.values():
+        raise error
+    stage = evaluation.stages[0]
+    metrics = outcome.evaluations[stage]
+    row = {**spec.to_dict(), "label": spec.label, "spec_json": spec.to_json()}
+    row.update({f"prune_{name}": pruned.report.totals.get(name) for name in _TOTALS})
+    row.update({name: value for name, value in metrics.items() if name not in ("key", "cached")})
+    row["dense_model_hash"] = dense_hash if dense_hash is not None else pipeline_hash(pipeline)
+    row["finetune_steps"] = recovery["steps"] if recovery else 0
+    row["finetune_wall_time_s"] = outcome.recovered.wall_time_s if recovery else None
+    if recovery:
+        row["recovery_json"] = json.dumps(recovery, sort_keys=True)
+    return row
+
+
+def _evaluation(eval_settings: dict, recovery: bool):
+    """The sweep's ``core.evaluate`` arguments as the run's settings: exactly these metrics (no
+    MACs added), no grids, only the delivered stage (the recovered model, else the one-shot one)."""
+    from .evaluate import METRICS
+    from .run import EVALUATE_OPTIONS, EvaluationSettings
+
+    if not isinstance(eval_settings, dict):
+        raise ValueError(f"eval_settings must be a dict of evaluate() arguments, got {type(eval_settings).__name__}")
+    reserved = sorted({"pipeline", "dense_pipeline", "store", "prune_spec", "progress", "images"} & set(eval_settings))
+    if reserved:
+        raise ValueError(f"eval_settings must not contain {reserved}: sweep sets them")
+    named = ("num_samples", "num_inference_steps", "seed", "metrics", "reference")
+    unknown = sorted(set(eval_settings) - set(named) - set(EVALUATE_OPTIONS))
+    if unknown or "num_samples" not in eval_settings:
+        raise ValueError(f"eval_settings must hold num_samples and evaluate() arguments from "
+                         f"{list(named[1:] + EVALUATE_OPTIONS)}, got {sorted(eval_settings)}")
+    return EvaluationSettings(  # the defaults are core.evaluate's
+        num_samples=eval_settings["num_samples"], steps=eval_settings.get("num_inference_steps", 50),
+        seed=eval_settings.get("seed", 0), metrics=_names(eval_settings.get("metrics", METRICS)),
+        reference=eval_settings.get("reference", "fashion-mnist-test"), count_macs=False, grid_images=0,
+        stages=("recovered",) if recovery else ("one-shot",),
+        options={name: value for name, value in eval_settings.items() if name in EVALUATE_OPTIONS})
+
+
+def _names(metrics):
+    """A metric name or a list of them as a tuple (anything else is left for the settings to refuse)."""
+    if isinstance(metrics, str):
+        return (metrics,)
+    return tuple(dict.fromkeys(metrics)) if isinstance(metrics, (list, tuple, set, frozenset)) else metrics
 
 
 def _check_recovery(recovery: dict | None) -> dict | None:

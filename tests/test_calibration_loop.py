@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from core import criteria as criteria_module
-from core.criteria import calibration_loop, calibration_noises, denoising_loss
+from core.criteria import CalibrationLoopSettings, calibration_loop, calibration_noises, denoising_loss
 from tiny_families import attention_unet as tiny_unet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,10 +30,12 @@ def test_loop_order_groups_grad_mode_and_progress():
     plan = [(1, 1.0), (2, 0.5), (300, 0.0), (400, 0.0), (999, 0.25)]
     passes, events, messages = [], [], []
     calibration_loop(unet, scheduler(), batches, calibration_noises(batches, generator), plan, denoising_loss,
-                     passes.append, adapter=adapter_of(unet), group_size=2,
-                     on_batch_start=lambda b: events.append(("start", b)),
-                     on_batch_end=lambda b: events.append(("end", b)),
-                     progress=lambda fraction, message: messages.append((fraction, message)), progress_span=(0.5, 1.0))
+                     passes.append, CalibrationLoopSettings(
+                         adapter=adapter_of(unet), group_size=2,
+                         on_batch_start=lambda b: events.append(("start", b)),
+                         on_batch_end=lambda b: events.append(("end", b)),
+                         progress=lambda fraction, message: messages.append((fraction, message)),
+                         progress_span=(0.5, 1.0)))
     assert [(p.batch_index, p.timesteps) for p in passes] == [(b, ts) for b in (0, 1) for ts in ([1, 2], [300, 400], [999])]
     assert [p.group for p in passes[:3]] == [[(1, 1.0), (2, 0.5)], [(300, 0.0), (400, 0.0)], [(999, 0.25)]]
     assert [p.weighted for p in passes] == [True, False, True] * 2
@@ -47,7 +49,8 @@ def test_loop_order_groups_grad_mode_and_progress():
 
     skipped = []
     calibration_loop(unet, scheduler(), batches, calibration_noises(batches, generator), plan, denoising_loss,
-                     skipped.append, adapter=adapter_of(unet), group_size=1, skip_unweighted=True)
+                     skipped.append,
+                     CalibrationLoopSettings(adapter=adapter_of(unet), group_size=1, skip_unweighted=True))
     assert [p.timesteps for p in skipped] == [[1], [2], [999]] * 2
 
 
@@ -103,7 +106,7 @@ def test_cost_times_the_calibration_pass(tiny_model, monkeypatch):
     calls = []
 
     def recording_loop(*args, **kwargs):
-        calls.append((args[4], kwargs["group_size"], getattr(args[6], "__self__", None)))
+        calls.append((args[4], kwargs["settings"].group_size, getattr(args[6], "__self__", None)))
         return calibration_loop(*args, **kwargs)
 
     monkeypatch.setattr(cost, "calibration_loop", recording_loop)
@@ -124,7 +127,7 @@ def test_threshold_walk_passes_are_the_first_batch_gradient_passes():
     of the same timesteps given as an explicit plan."""
     import math
 
-    from core.criteria import calibrate, timesteps_per_pass
+    from core.criteria import CalibrationSettings, calibrate, timesteps_per_pass
 
     generator = torch.Generator().manual_seed(0)
     batches = [torch.rand(4, 1, 8, 8, generator=generator) * 2 - 1 for _ in range(2)]
@@ -132,14 +135,14 @@ def test_threshold_walk_passes_are_the_first_batch_gradient_passes():
     walked_unet = tiny_unet()
     hook = walked_unet.register_forward_pre_hook(lambda module, args, kwargs: calls.append(1), with_kwargs=True)
     # a random network never falls below the threshold: the walk stops at max_timesteps, inside a pass
-    walked = calibrate(walked_unet, scheduler(), batches, "denoising", "threshold", {"threshold": 0.5, "max_timesteps": 40},
-                       False, 0)
+    walked = calibrate(walked_unet, scheduler(), batches,
+                       CalibrationSettings("denoising", "threshold", {"threshold": 0.5, "max_timesteps": 40}, False, 0))
     hook.remove()
     visited = [t for t, _ in walked.timestep_weights]
     assert visited == list(range(40)) and walked.stopped_at == 39 and timesteps_per_pass(4) == 16
     assert len(calls) == 2 * math.ceil(len(visited) / timesteps_per_pass(4))
-    explicit = calibrate(tiny_unet(), scheduler(), batches, "denoising", "custom",
-                         {"timesteps": [[t, 1.0] for t in visited]}, False, 0)
+    explicit = calibrate(tiny_unet(), scheduler(), batches,
+                         CalibrationSettings("denoising", "custom", {"timesteps": [[t, 1.0] for t in visited]}, False, 0))
     for name, gradient in explicit.gradients.items():
         torch.testing.assert_close(walked.gradients[name], gradient, rtol=1e-4, atol=1e-6)
     assert walked.losses.keys() == explicit.losses.keys()

@@ -303,6 +303,52 @@ def test_bad_input_exits_2_with_one_line(argv, expected, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["prune", "--criterion-params", "[" * 60_000 + "]" * 60_000], "nests lists or objects too deeply"),
+    (["prune", "--criterion-params", '{"a":' * 60_000 + "1" + "}" * 60_000], "nests lists or objects too deeply"),
+    (["prune", "--model", "~nonexistentuser/x"], "--model '~nonexistentuser/x': no such user's home folder"),
+    (["eval", "--model", "~nonexistentuser/x", "--metrics", "macs"], "no such user's home folder"),
+    (["prune", "--output", "{existing}"], "--output '{existing}' is an existing file"),
+    (["sample", "--output", "{tmp}/grid.txt"], "--output must end in .png, .jpg, .jpeg or .webp"),
+    (["sample", "--output", "{tmp}/folder.png"], "is a folder"),
+    (["sample", "--output", "{tmp}/grid.png", "--num-images", "1000000"], "--num-images must be at most 50,000"),
+    (["sample", "--output", "{tmp}/grid.png", "--num-images", str(10**9)], "--num-images must be at most 50,000"),
+    (["prune", "--granularity", "2:4\n"], "refused, not normalised"),
+    (["prune", "--granularity", "\uff12:\uff14"], "refused, not normalised"),
+    (["prune", "--device", "cpu\n"], "'auto', 'cpu' or 'cuda[:N]'"),
+    (["prune", "--sparsity", "2"], "sparsity must be a number in [0, 0.95], got 2.0"),
+])
+def test_usage_errors_end_before_any_work_with_one_line(argv, expected, tmp_path, capsys, monkeypatch):
+    """Refused before a model is loaded or any work starts: exit 2, one line, no traceback."""
+    import core.cli
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a usage error must end the command before any model is loaded")
+
+    monkeypatch.setattr(core.cli, "_load", no_work)
+    existing = tmp_path / "existing.txt"
+    existing.write_text("keep me")
+    (tmp_path / "folder.png").mkdir()
+    argv = [item.format(existing=existing, tmp=tmp_path) if len(item) < 1000 else item for item in argv]
+    if argv[0] == "prune" and "--output" not in argv:
+        argv += ["--output", str(tmp_path / "out")]
+    code, out, err = run(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("diffprune: error: "), err[:500]
+    assert expected.format(existing=existing) in lines[0] and len(lines[0]) < 400, lines[0]
+    assert existing.read_text() == "keep me" and not (tmp_path / "out").exists()
+
+
+def test_finetune_refuses_a_non_finite_rate_or_clipping_before_training(pruned_model, tmp_path, capsys):
+    for flags, expected in ((["--lr", "inf"], "lr must be a finite number > 0"),
+                            (["--max-grad-norm", "nan"], "max_grad_norm must be None (no clipping) or a finite")):
+        output = tmp_path / flags[0].strip("-")
+        code, out, err = run(["finetune", "--model", pruned_model, "--output", str(output), "--steps", "2", *flags],
+                             capsys)
+        assert code == 2 and expected in err and "Traceback" not in err, err
+        assert not (output / "checkpoints").exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # sample: a grid of one class (class-conditional) or one prompt (text-to-image)
 # ----------------------------------------------------------------------------------------------

@@ -21,17 +21,6 @@ PARAMETER_EXCEPTIONS = {
     "paired_step_latency": "the timing instrument's knobs (rounds, warm-up, budget), all keyword with defaults",
     "measure_latency_pair": "the benchmarks' latency instrument, keyword options with defaults",
     "compare_grid": "a keyword convenience of the public facade (dense vs pruned grid)",
-    "gradflow_prune": "the gradient-flow method's published hyper-parameters, keyword with defaults",
-    "obs_prune_denoiser": "the OBS-Diff method's published hyper-parameters, keyword with defaults",
-    "sparsegpt_prune": "the SparseGPT solver's numerical options (block size, damping), keyword with defaults",
-    "obs_channel_scores": "the OBS channel scorer's numerical options, keyword with defaults",
-    # Internal plumbing of the calibration loop and the engine: the values of one pass handed down
-    # unchanged from the facade, which itself takes a PruneSpec.
-    "calibration_loop": "internal: one calibration pass's tensors and callbacks, from core.criteria.calibrate",
-    "calibrate": "internal: called by core.engine.prune with the values of its PruneSpec",
-    "_calibrate": "internal: the body of calibrate",
-    "_build_report_components": "internal: the engine's measured tables, assembled into one PruneReport",
-    "_save_checkpoint": "internal: the fine-tuning state written to one checkpoint",
 }
 
 
@@ -91,3 +80,9 @@ def test_the_run_workflow_lives_in_core_and_the_handlers_call_it():
     for benchmark in ("dense_frontier.py", "bench_frontier.py"):
         assert "from core.frontier import" in (ROOT / "benchmarks" / benchmark).read_text(), benchmark
     assert "from core.run import" in (ROOT / "benchmarks" / "bench_frontier.py").read_text()
+    # The sweep and the benchmarks' prune -> recover -> evaluate chains go through core.run too.
+    sweep = (ROOT / "core" / "sweep.py").read_text()
+    assert "from .run import" in sweep and "finetune(" not in sweep
+    for benchmark in ("suite.py", "bench_recovery.py", "bench_dit.py"):
+        text = (ROOT / "benchmarks" / benchmark).read_text()
+        assert "from core.run import" in text and "finetune(" not in text, benchmark

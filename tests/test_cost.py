@@ -31,3 +31,25 @@ def test_estimate_uses_a_measured_rate_and_scales_with_passes(tiny_model):
     assert "about" in describe_estimate(small) and "20 passes" in describe_estimate(small)
     with pytest.raises(ValueError, match="spec must be a PruneSpec"):
         estimate_cost(pipeline, {"criterion": "l1"})
+
+
+def test_obs_and_gradflow_estimates_are_measured_and_scale_with_their_work(tiny_model):
+    pipeline = load_pipeline(tiny_model)
+    short = estimate_cost(pipeline, PruneSpec(criterion="gradflow", granularity="unstructured", sparsity=0.5,
+                                              criterion_params={"iterations": 2}))
+    long = estimate_cost(pipeline, PruneSpec(criterion="gradflow", granularity="unstructured", sparsity=0.5,
+                                             criterion_params={"iterations": 6}))
+    assert short["seconds_per_pass"] > 0 and long["passes"] == 3 * short["passes"]
+    assert long["seconds"] == pytest.approx(3 * short["seconds"])  # one measured rate per model and batch
+    assert "gradient-flow passes" in describe_estimate(long) and "measured now" in describe_estimate(long)
+    few = estimate_cost(pipeline, PruneSpec(criterion="obs", granularity="unstructured", sparsity=0.5,
+                                            schedule_params={"num_steps": 10}))
+    many = estimate_cost(pipeline, PruneSpec(criterion="obs", granularity="unstructured", sparsity=0.5,
+                                             schedule_params={"num_steps": 30}))
+    assert few["seconds_per_step"] > 0 and few["solve_seconds"] > 0 and not few["upper_bound"]
+    assert many["timesteps"] == 3 * few["timesteps"]
+    assert many["calibration_seconds"] == pytest.approx(3 * few["calibration_seconds"])
+    assert many["solve_seconds"] == few["solve_seconds"]  # every layer is solved once, whatever the steps
+    assert "Hessian hooks" in describe_estimate(many)
+    channel = estimate_cost(pipeline, PruneSpec(criterion="obs", granularity="channel", sparsity=0.3))
+    assert channel["upper_bound"] and describe_estimate(channel).startswith("estimated calibration: up to")

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from core.gradflow import gradflow_prune, hard_mask, sparsity_at
+from core.gradflow import GradflowSettings, gradflow_prune, hard_mask, sparsity_at
 from tiny_families import attention_unet as tiny_unet
 
 
@@ -40,8 +40,8 @@ def test_gradflow_reaches_target_sparsity_progressively():
 
     unet = tiny_unet()
     images = torch.rand(8, 1, 8, 8) * 2 - 1
-    report = gradflow_prune(unet, DDPMScheduler(num_train_timesteps=1000), images, sparsity=0.5, iterations=3,
-                            batch_size=4, schedule_params={"num_timesteps": 2})
+    settings = GradflowSettings(sparsity=0.5, iterations=3, batch_size=4, schedule_params={"num_timesteps": 2})
+    report = gradflow_prune(unet, DDPMScheduler(num_train_timesteps=1000), images, settings)
     levels = [row["sparsity"] for row in report.iterations]
     assert levels == sorted(levels) and levels[-1] == pytest.approx(0.5)
     means = [row["mask_mean"] for row in report.iterations]
@@ -59,9 +59,10 @@ def test_gradflow_n_m_pattern_and_determinism():
     from diffusers import DDPMScheduler
 
     images = torch.rand(4, 1, 8, 8) * 2 - 1
-    options = dict(sparsity=0.5, n=2, m=4, iterations=1, batch_size=4, schedule_params={"num_timesteps": 1}, apply=False)
-    first = gradflow_prune(tiny_unet(), DDPMScheduler(num_train_timesteps=1000), images, **options)
-    second = gradflow_prune(tiny_unet(), DDPMScheduler(num_train_timesteps=1000), images, **options)
+    settings = GradflowSettings(sparsity=0.5, n=2, m=4, iterations=1, batch_size=4,
+                                schedule_params={"num_timesteps": 1})
+    first = gradflow_prune(tiny_unet(), DDPMScheduler(num_train_timesteps=1000), images, settings, apply=False)
+    second = gradflow_prune(tiny_unet(), DDPMScheduler(num_train_timesteps=1000), images, settings, apply=False)
     for name, mask in first.masks.items():
         grouped = mask.permute(0, 2, 3, 1) if mask.dim() == 4 else mask
         assert torch.all(grouped.reshape(-1, 4).sum(-1) == 2)
@@ -82,3 +83,12 @@ def test_gradflow_through_the_engine():
     assert result.report.totals["sparsity"] == pytest.approx(0.3, abs=0.005)
     with pytest.raises(ValueError, match="sparsity_schedule"):
         PruneSpec(criterion="gradflow", criterion_params={"sparsity_schedule": "exp"})
+
+
+def test_gradflow_settings_refuse_bad_values_before_any_work():
+    for bad, field in ((dict(sparsity=1.0), "sparsity"), (dict(iterations=0), "iterations"),
+                       (dict(n=4, m=4), "N:M"), (dict(sparsity_schedule="exp"), "sparsity_schedule")):
+        with pytest.raises(ValueError, match=field):
+            GradflowSettings(**bad)
+    with pytest.raises(ValueError, match="GradflowSettings"):
+        gradflow_prune(tiny_unet(), None, torch.zeros(1, 1, 8, 8), {"sparsity": 0.5})

@@ -52,7 +52,8 @@ def test_n_m_pattern_holds_on_linear(pattern):
     inputs = correlated_inputs(features=64)
     weight = torch.randn(16, 64)
     hessian = 2 * inputs.T @ inputs / inputs.shape[0]
-    result = obs.sparsegpt_prune(weight, hessian, n=n, m=m, blocksize=20)  # block rounded to a multiple of M
+    # block rounded to a multiple of M
+    result = obs.sparsegpt_prune(weight, hessian, n=n, m=m, settings=obs.SparseGPTSettings(blocksize=20))
     kept_per_group = result.mask.reshape(16, -1, m).sum(-1)
     assert torch.all(kept_per_group == n)
     assert torch.all(result.weight[~result.mask] == 0)
@@ -275,9 +276,9 @@ def test_obs_prune_denoiser_unstructured_exact_sparsity_and_groupwise_calibratio
               if name.startswith("down_blocks.0.") and isinstance(module, (nn.Conv2d, nn.Linear))}
     options = dict(sparsity=0.5, num_images=2, schedule_params={"num_steps": 3})
     one_group = copy.deepcopy(unet)
-    report_one = obs.obs_prune_denoiser(one_group, scheduler, num_groups=1,
-                                    layers={n: dict(one_group.named_modules())[n] for n in layers}, **options)
-    report = obs.obs_prune_denoiser(unet, scheduler, num_groups=2, layers=layers, **options)
+    report_one = obs.obs_prune_denoiser(one_group, scheduler, obs.ObsSettings(num_groups=1, **options),
+                                        layers={n: dict(one_group.named_modules())[n] for n in layers})
+    report = obs.obs_prune_denoiser(unet, scheduler, obs.ObsSettings(num_groups=2, **options), layers=layers)
     assert len(report.groups) == 2 and sum(len(g) for g in report.groups) == len(layers)
     assert [t for t, _ in report.timestep_weights] == [999, 500, 0]
     assert report.timestep_weights[0][1] == pytest.approx(1.2) and report.timestep_weights[-1][1] == pytest.approx(0.8)
@@ -297,8 +298,8 @@ def test_obs_prune_denoiser_heads_updates_attention_and_runs():
     from diffusers import DDPMScheduler
 
     unet = tiny_unet()
-    report = obs.obs_prune_denoiser(unet, DDPMScheduler(num_train_timesteps=1000), granularity="head", sparsity=0.5,
-                                num_images=1, schedule_params={"num_steps": 2})
+    settings = obs.ObsSettings(granularity="head", sparsity=0.5, num_images=1, schedule_params={"num_steps": 2})
+    report = obs.obs_prune_denoiser(unet, DDPMScheduler(num_train_timesteps=1000), settings)
     attentions = {n: m for n, m in unet.named_modules() if type(m).__name__ == "Attention"}
     assert set(report.removed_heads) == set(attentions)
     for module in attentions.values():
@@ -313,7 +314,7 @@ def test_obs_refuses_adaptive_schedule_and_bad_granularity():
     with pytest.raises(ValueError, match="schedule"):
         obs.resolve_timestep_weights("threshold", None, 1000)
     with pytest.raises(ValueError, match="granularity"):
-        obs.obs_prune_denoiser(tiny_unet(), DDPMScheduler(), granularity="channel")
+        obs.obs_prune_denoiser(tiny_unet(), DDPMScheduler(), obs.ObsSettings(granularity="channel"))
 
 
 def test_obs_through_the_engine_compensates_kept_weights():
@@ -414,3 +415,12 @@ def test_obs_head_cut_with_no_head_to_remove_leaves_the_model_dense():
     assert result.report.totals["sparsity"] == 0.0
     pruned, original = result.pipeline.unet.state_dict(), dense.unet.state_dict()
     assert pruned.keys() == original.keys() and all(torch.equal(pruned[k], original[k]) for k in original)
+
+
+def test_obs_settings_refuse_bad_values():
+    for bad, field in ((dict(num_groups=0), "num_groups"), (dict(num_images=0), "num_images"),
+                       (dict(blocksize=0), "blocksize"), (dict(percdamp=-1.0), "percdamp")):
+        with pytest.raises(ValueError, match=field):
+            obs.ObsSettings(**bad)
+    with pytest.raises(ValueError, match="blocksize"):
+        obs.SparseGPTSettings(blocksize=0)

@@ -361,8 +361,9 @@ def test_nici_scores_are_clean_image_taylor_summed_over_batches(attn_pipeline):
     generator = torch.Generator().manual_seed(5)
     batches = [torch.rand(2, 1, 8, 8, generator=generator) * 2 - 1 for _ in range(2)]
     plan = [[10, 1.0], [400, 0.5]]
-    stats = criteria_module.calibrate(unet, attn_pipeline.scheduler, batches, "clean-image", "custom",
-                                      {"timesteps": plan}, zero_grad_per_batch=True, seed=0)
+    settings = criteria_module.CalibrationSettings("clean-image", "custom", {"timesteps": plan}, zero_grad_per_batch=True,
+                                                   seed=0)
+    stats = criteria_module.calibrate(unet, attn_pipeline.scheduler, batches, settings)
     scores = criteria_module.compute_scores(CRITERIA["nici"], unet, stats, {}, 0)
 
     reference = copy.deepcopy(attn_pipeline.unet)

@@ -54,3 +54,60 @@ def test_sweep_rejects_bad_input(tmp_path):
         sweep(pipeline, [{"criterion": "magnitude"}], SETTINGS, store=ResultStore(tmp_path))
     with pytest.raises(ValueError, match="eval_settings"):
         sweep(pipeline, [PruneSpec()], {**SETTINGS, "store": None}, store=ResultStore(tmp_path))
+
+
+def test_a_sweep_row_is_the_run_of_its_spec_and_travels_as_plain_data(tmp_path):
+    """One row through ``core.run``: its numbers are those of evaluating the spec's pruned copy
+    directly, its inputs pickle (for remote workers), the row is plain JSON data and the dense
+    model is not touched."""
+    import json
+    import pickle
+
+    from core.engine import prune
+    from core.evaluate import evaluate, pipeline_hash
+    from core.sweep import sweep_row
+
+    pipeline = tiny_pipeline(attention=False, channels=(8, 16))
+    before = pipeline_hash(pipeline)
+    spec = PruneSpec(criterion="magnitude", granularity="channel", sparsity=0.3, seed=2)
+    settings = dict(num_samples=4, num_inference_steps=2, seed=1, metrics=("kid",), reference="dense",
+                    kid_subset_size=2)
+    assert pickle.loads(pickle.dumps((spec, settings))) == (spec, settings)
+    row = sweep_row(pipeline, spec, settings)
+    expected = evaluate(prune(pipeline, spec).pipeline, dense_pipeline=pipeline, prune_spec=spec.to_dict(), **settings)
+    assert row["kid"] == expected["kid"] and row["kid_subset_size"] == 2 and row["seed"] == 1
+    assert row["metrics"] == ["kid"] and row["macs"] is None  # exactly the asked metrics
+    assert row["finetune_steps"] == 0 and row["dense_model_hash"] == before == pipeline_hash(pipeline)
+    assert json.loads(json.dumps(row)) == row and "key" not in row and "cached" not in row
+
+
+def test_run_takes_a_held_prune_result_and_evaluates_only_the_stages_asked():
+    import torch
+
+    from core.engine import prune
+    from core.run import EvaluationSettings, RecoverySettings, TimingSettings, run
+
+    pipeline = tiny_pipeline(attention=False, channels=(8, 16))
+    spec = PruneSpec(criterion="magnitude", granularity="channel", sparsity=0.3)
+    held = prune(pipeline, spec)
+    evaluation = EvaluationSettings(num_samples=2, steps=1, metrics=("macs",), count_macs=False, grid_images=0,
+                                    stages=("recovered",), options={"batch_size": 2})
+    images = torch.rand(4, 1, 8, 8) * 2 - 1
+    outcome = run(pipeline, spec, pruned=held, recovery=RecoverySettings(steps=1, batch_size=2),
+                  recovery_data=(images, None, "four given images"), evaluation=evaluation,
+                  timing=TimingSettings(enabled=False))
+    assert outcome.ok and outcome.pruned is held and outcome.recovery_data == "four given images"
+    assert list(outcome.evaluations) == ["recovered"] and outcome.recovered.steps == 1
+    totals = held.report.totals
+    assert outcome.evaluations["recovered"]["macs"] == totals["macs_after"] < totals["macs_before"]
+    other = prune(pipeline, PruneSpec(criterion="random", sparsity=0.3))
+    for call, field in (
+            (lambda: run(pipeline, spec, pruned=other), "pruned"),
+            (lambda: run(pipeline, spec, recovery=RecoverySettings(steps=1), recovery_data=(images[:, :, :4], None, "")),
+             "recovery_data"),
+            (lambda: EvaluationSettings(stages=("final",)), "evaluation stages"),
+            (lambda: EvaluationSettings(options={"num_samples": 4}), "evaluation options"),
+            (lambda: EvaluationSettings(metrics=(), count_macs=False), "evaluation metrics"),
+            (lambda: EvaluationSettings(seed=-1), "evaluation seed")):
+        with pytest.raises(ValueError, match=field):
+            call()

@@ -80,3 +80,20 @@ def test_unknown_schedule_and_params():
         check_schedule_params("uniform", {"steps": 3})
     with pytest.raises(ValueError, match="threshold"):
         check_schedule_params("threshold", {"threshold": 1.5})
+
+
+def test_uniform_refuses_more_timesteps_than_the_model_has():
+    with pytest.raises(ValueError, match="num_timesteps of schedule 'uniform' must be at most 1000"):
+        check_schedule_params("uniform", {"num_timesteps": 10**12})
+    with pytest.raises(ValueError, match="at most 100 "):
+        SCHEDULES["uniform"].resolve(100, {"num_timesteps": 101})
+    assert len(SCHEDULES["uniform"].resolve(100, {"num_timesteps": 100})) == 100
+
+
+def test_schedule_checked_against_the_models_timesteps():
+    check_schedule_params("custom", {"timesteps": [[5000, 1.0]]})  # the form alone, without a model
+    with pytest.raises(ValueError, match=r"t must be an integer in \[0, 1000\), got 5000"):
+        check_schedule_params("custom", {"timesteps": [[5000, 1.0]]}, num_train_timesteps=1000)
+    with pytest.raises(ValueError, match="num_steps .* must be at most 50"):
+        check_schedule_params("log-decrease", {"num_steps": 60}, num_train_timesteps=50)
+    check_schedule_params("log-decrease", {"num_steps": 25}, num_train_timesteps=50)

@@ -74,3 +74,47 @@ def test_from_json_rejects_unknown_fields():
 def test_papers_calibration_preset():
     spec = PRESETS["nici-paper"]
     assert (spec.criterion, spec.schedule, spec.calibration_batches, spec.calibration_batch_size) == ("nici", "interval", 10, 128)
+
+
+@pytest.mark.parametrize("fields, field", [
+    (dict(sparsity=10**400), "sparsity"),  # an int too large for a float
+    (dict(channel_ratio=10**400, granularity="channel", sparsity=None), "channel_ratio"),
+    (dict(criterion=["magnitude"]), "criterion"),
+    (dict(criterion="taylor", schedule=["threshold"]), "schedule"),
+    (dict(granularity="2:4\n", sparsity=None), "granularity"),
+    (dict(granularity="\uff12:\uff14", sparsity=None), "granularity"),  # full-width digits
+    (dict(granularity=" 2:4", sparsity=None), "granularity"),
+    (dict(granularity="02:04", sparsity=None), "granularity"),
+    (dict(device="cpu\n"), "device"),
+    (dict(criterion="taylor", calibration_data="~nonexistentuser/x"), "calibration_data"),
+    (dict(criterion="taylor", calibration_data="x" * 5000), "calibration_data"),
+    (dict(criterion="magnitude", criterion_params={"p": [[[[[[[[[[1]]]]]]]]]]}), "criterion_params"),
+])
+def test_loose_and_hostile_values_are_refused_naming_the_field(fields, field):
+    with pytest.raises(ValueError) as caught:
+        PruneSpec(**fields)
+    message = str(caught.value)
+    assert message.startswith(field) and "\n" not in message and len(message) < 400, message
+
+
+def test_loose_granularity_is_refused_not_normalised():
+    with pytest.raises(ValueError, match="refused, not normalised"):
+        PruneSpec(granularity="2:4\n", sparsity=None)
+    assert PruneSpec(granularity="2:4", sparsity=None).granularity == "2:4"
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"criterion": "magnitude", "criterion_params": {"p": '
+                                  + "[" * 5000 + "]" * 5000 + "}}"])
+def test_from_json_refuses_deep_nesting_with_a_value_error(text):
+    with pytest.raises(ValueError, match="nests lists or objects"):
+        PruneSpec.from_json(text)
+
+
+def test_from_dict_refuses_deep_nesting_before_freezing_it():
+    deep = 1
+    for _ in range(10_000):  # deeper than Python's recursion limit
+        deep = {"a": deep}
+    with pytest.raises(ValueError, match="criterion_params nests"):
+        PruneSpec.from_dict({"criterion_params": deep})
+    with pytest.raises(ValueError, match="must be given as an object"):
+        PruneSpec.from_dict(["criterion", "magnitude"])

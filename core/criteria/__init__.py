@@ -39,8 +39,8 @@ and normalisation parameters are not prunable.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -131,6 +131,25 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[index : index + size] for index in range(0, len(items), size)]
 
 
+@dataclass(frozen=True)
+class CalibrationLoopSettings:
+    """How :func:`calibration_loop` walks the passes: the model family, the grouping of timesteps,
+    the batch numbering and the callbacks around the passes."""
+
+    adapter: object  # the model family: its add_noise / model_timesteps / predict / loss
+    group_size: int = 1  # timesteps per forward pass (see ``timesteps_per_pass``)
+    skip_unweighted: bool = False  # skip groups whose weights are all 0 instead of a no_grad forward
+    on_batch_start: Callable[[int], None] | None = None
+    on_batch_end: Callable[[int], None] | None = None
+    progress: Callable[[float, str], None] | None = None
+    progress_span: tuple[float, float] = (0.0, 1.0)
+    batch_offset: int = 0  # the index of ``batches[0]`` in the caller's numbering (passes, callbacks)
+
+    def __post_init__(self):
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
+            raise ValueError(f"group_size must be a positive integer, got {self.group_size!r}")
+
+
 def calibration_loop(
     denoiser,
     noise_scheduler,
@@ -139,40 +158,34 @@ def calibration_loop(
     plan: list,
     loss_fn: Callable,
     on_pass: Callable[[CalibrationPass], None],
+    settings: CalibrationLoopSettings,
     *,
-    adapter,  # the model family: its add_noise / model_timesteps / predict / loss
     conditionings: list | None = None,  # per batch: the denoiser's conditioning (class labels)
-    group_size: int = 1,  # timesteps per forward pass (see ``timesteps_per_pass``)
-    skip_unweighted: bool = False,  # skip groups whose weights are all 0 instead of a no_grad forward
-    on_batch_start: Callable[[int], None] | None = None,
-    on_batch_end: Callable[[int], None] | None = None,
-    progress: Callable[[float, str], None] | None = None,
-    progress_span: tuple[float, float] = (0.0, 1.0),
-    batch_offset: int = 0,  # the index of ``batches[0]`` in the caller's numbering (passes, callbacks)
 ) -> None:
     """Run ``loss_fn`` over the schedule ``plan`` (``[(t, weight)]``) on every batch and hand each
     pass to ``on_pass``: what a pass is *for* (backward and statistics, a Hessian-vector product,
     a timing) is the caller's callback, the iteration is this one loop.
 
-    Batches outer, timesteps inner, ``group_size`` timesteps batched into one forward pass
+    Batches outer, timesteps inner, ``settings.group_size`` timesteps batched into one forward pass
     (:func:`per_timestep_losses`); ``noises[b]`` is batch ``b``'s fixed noise. A group with some
     positive weight runs with autograd on (the callback backpropagates ``weights * losses``);
     a group of zero weights runs under ``no_grad`` (its losses are still reported) unless
-    ``skip_unweighted``. ``denoiser`` is a module or any callable with its keyword signature
-    (``torch.func.functional_call`` over substituted weights).
+    ``settings.skip_unweighted``. ``denoiser`` is a module or any callable with its keyword
+    signature (``torch.func.functional_call`` over substituted weights).
     """
-    groups = _chunks(list(plan), group_size)
+    groups = _chunks(list(plan), settings.group_size)
     conditions = list(conditionings) if conditionings is not None else [None] * len(batches)
-    start, end = progress_span
+    start, end = settings.progress_span
+    progress, batch_offset = settings.progress, settings.batch_offset
     for position, (clean, noise, condition) in enumerate(zip(batches, noises, conditions)):
         batch_index = batch_offset + position
-        if on_batch_start is not None:
-            on_batch_start(batch_index)
+        if settings.on_batch_start is not None:
+            settings.on_batch_start(batch_index)
         for group_index, group in enumerate(groups):
             timesteps = [t for t, _ in group]
             weights = torch.tensor([w for _, w in group], dtype=clean.dtype, device=clean.device)
             weighted = bool((weights > 0).any())
-            if skip_unweighted and not weighted:
+            if settings.skip_unweighted and not weighted:
                 continue
             if progress is not None:
                 fraction = (position + group_index / len(groups)) / len(batches)
@@ -181,10 +194,10 @@ def calibration_loop(
                          f"calibrating {label} (batch {batch_index + 1}/{batch_offset + len(batches)})")
             with contextlib.nullcontext() if weighted else torch.no_grad():
                 losses = per_timestep_losses(loss_fn, denoiser, noise_scheduler, clean, noise, timesteps,
-                                             adapter=adapter, conditioning=condition)
+                                             adapter=settings.adapter, conditioning=condition)
             on_pass(CalibrationPass(batch_index, list(group), timesteps, weights, losses, weighted))
-        if on_batch_end is not None:
-            on_batch_end(batch_index)
+        if settings.on_batch_end is not None:
+            settings.on_batch_end(batch_index)
 
 
 @contextlib.contextmanager
@@ -308,15 +321,32 @@ def collecting(collector: GradientCollector):
         collector.detach()
 
 
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """What one gradient calibration computes (:func:`calibrate`): the loss, the timestep schedule,
+    whether gradients restart per batch, and the seed of the fixed noise. The engine fills it from
+    its ``PruneSpec`` and the criterion (an autoencoder: its reconstruction loss at one timestep)."""
+
+    loss: str  # a key of ``LOSSES``
+    schedule: str  # a registered schedule (``core.schedules.SCHEDULES``)
+    schedule_params: dict = field(default_factory=dict)
+    zero_grad_per_batch: bool = False  # nici: one gradient per batch; taylor/l1: accumulated over all
+    seed: int = 0  # the calibration noise is drawn from ``seed + 12345``
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {self.schedule!r}")
+        if not isinstance(self.schedule_params, Mapping):
+            raise ValueError(f"schedule_params must be a dict, got {type(self.schedule_params).__name__}")
+
+
 def calibrate(
     model: nn.Module,
     noise_scheduler,
     batches: list[torch.Tensor],
-    loss_name: str,
-    schedule_name: str,
-    schedule_params: dict,
-    zero_grad_per_batch: bool,
-    seed: int,
+    settings: CalibrationSettings,
     progress: Callable[[float, str], None] | None = None,
     progress_span: tuple[float, float] = (0.0, 1.0),
     *,
@@ -324,7 +354,7 @@ def calibrate(
     component: str | None = None,  # the pipeline attribute of ``model`` ("unet", "vqvae")
     conditionings: list | None = None,  # per batch: the denoiser's conditioning (class labels)
 ) -> CalibrationStats:
-    """Accumulate weighted gradients of ``loss_name`` over the schedule's timesteps.
+    """Accumulate weighted gradients of ``settings.loss`` over the schedule's timesteps.
 
     The gradient criteria's calibration: :func:`calibration_loop` with a :class:`GradientCollector`.
     Each timestep's loss is multiplied by its schedule weight before backward. Timesteps are
@@ -334,23 +364,23 @@ def calibrate(
     keyed by its first t (one column per timestep when the batch is large). The ``threshold``
     walk decides where to stop from the first batch's losses, whose passes are that batch's
     gradient passes too.
-    One fixed noise tensor per batch (Diff-Pruning), drawn on the CPU from ``seed``.
+    One fixed noise tensor per batch (Diff-Pruning), drawn on the CPU from ``settings.seed``.
     ``model`` is the engine's private copy: its gradients and ``requires_grad`` flags are changed.
     """
     adapter, component = _rules(model, adapter, component)
-    loss_fn = LOSSES[loss_name]
     layers = prunable_layers(model, adapter, component)
     with gradients_of(model, layers):
-        return _calibrate(model, noise_scheduler, batches, loss_fn, layers, schedule_name, schedule_params,
-                          zero_grad_per_batch, seed, progress, progress_span, adapter, conditionings)
+        return _calibrate(model, noise_scheduler, batches, layers, settings, progress, progress_span, adapter,
+                          conditionings)
 
 
-def _calibrate(model, noise_scheduler, batches, loss_fn, layers, schedule_name, schedule_params,
-               zero_grad_per_batch, seed, progress, progress_span, adapter, conditionings) -> CalibrationStats:
+def _calibrate(model, noise_scheduler, batches, layers, settings: CalibrationSettings, progress, progress_span,
+               adapter, conditionings) -> CalibrationStats:
     stats = CalibrationStats(num_images=sum(int(b.shape[0]) for b in batches))
     num_train_timesteps = int(noise_scheduler.config.num_train_timesteps)
-    schedule = SCHEDULES[schedule_name]
-    noises = calibration_noises(batches, torch.Generator().manual_seed(int(seed) + 12345))
+    loss_fn = LOSSES[settings.loss]
+    schedule, schedule_params = SCHEDULES[settings.schedule], settings.schedule_params
+    noises = calibration_noises(batches, torch.Generator().manual_seed(int(settings.seed) + 12345))
     conditions = list(conditionings) if conditionings is not None else [None] * len(batches)
     start, end = progress_span
     chunk = timesteps_per_pass(batches[0].shape[0])
@@ -359,7 +389,7 @@ def _calibrate(model, noise_scheduler, batches, loss_fn, layers, schedule_name, 
         if progress is not None:
             progress(start + (end - start) * min(1.0, fraction), message)
 
-    collector = GradientCollector(layers, stats, len(batches), zero_grad_per_batch,
+    collector = GradientCollector(layers, stats, len(batches), settings.zero_grad_per_batch,
                                   first_batch_losses_known=schedule.adaptive)
     with collecting(collector):
         first_batch = 0
@@ -401,12 +431,12 @@ def _calibrate(model, noise_scheduler, batches, loss_fn, layers, schedule_name, 
             first_batch = 1
         else:
             plan = schedule.resolve(num_train_timesteps, schedule_params)
-        calibration_loop(
-            model, noise_scheduler, batches[first_batch:], noises[first_batch:], plan, loss_fn, collector.add,
-            adapter=adapter, conditionings=conditions[first_batch:], group_size=chunk,
-            on_batch_start=collector.start_batch, on_batch_end=collector.end_batch, progress=report,
-            progress_span=(first_batch / len(batches), 1.0), batch_offset=first_batch,
+        loop = CalibrationLoopSettings(
+            adapter=adapter, group_size=chunk, on_batch_start=collector.start_batch, on_batch_end=collector.end_batch,
+            progress=report, progress_span=(first_batch / len(batches), 1.0), batch_offset=first_batch,
         )
+        calibration_loop(model, noise_scheduler, batches[first_batch:], noises[first_batch:], plan, loss_fn,
+                         collector.add, loop, conditionings=conditions[first_batch:])
         stats.timestep_weights = list(plan)
         stats.timesteps_per_group = chunk
         stats.gradients = collector.gradients()

@@ -12,9 +12,11 @@ family's adapter (``ModelAdapter.block_units`` / ``remove_blocks``, ``core.model
 
 The set removed is the least important one (sum of its blocks' scores) whose sparsity is within
 half the smallest block's share of the prunable parameters (or ``SPARSITY_TOLERANCE``) of the
-target: blocks are coarse units, the report gives the sparsity reached; otherwise a ValueError lists
-the reachable sparsities. The kept blocks are renumbered; ``notes["renamed_layers"]`` maps every
-new layer name to its name in the dense model.
+target: blocks are coarse units, so the outcome's notes carry the requested and the reached
+sparsity and, when they differ (by ``SHORTFALL_SHOWN`` or more), a sentence saying so
+(``notes["sparsity_shortfall"]``, shown in the report's totals); otherwise a ValueError lists the
+reachable sparsities. The kept blocks are renumbered; ``notes["renamed_layers"]`` maps every new
+layer name to its name in the dense model.
 """
 from __future__ import annotations
 
@@ -51,6 +53,19 @@ def _compatible(chosen: list, unit: dict) -> bool:
 
 
 EXHAUSTIVE_BLOCK_UNITS = 12  # up to this many units every compatible subset is tried (2**12 sums)
+SHORTFALL_SHOWN = 0.0005  # half the 0.1 % the sentence shows: a smaller difference reads as the target
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.1f}".rstrip("0").rstrip(".")
+
+
+def shortfall_sentence(requested: float, reached: float) -> str | None:
+    """The sentence the report carries when whole blocks cannot reach the requested sparsity (None when they do)."""
+    if abs(reached - requested) < SHORTFALL_SHOWN:
+        return None
+    return (f"block: asked for {_percent(requested)} % of the prunable parameters, removing whole blocks reaches "
+            f"{_percent(reached)} % (the nearest whole number of blocks)")
 
 
 def _choose_blocks(units, total, target, most):
@@ -101,6 +116,10 @@ def apply_block(model, scores, spec, progress=None):
                          f"blocks remove {steps} of the prunable parameters; allowed: a sparsity within {tolerance:.3f} "
                          "of one of those, or a finer granularity ('ffn', 'head', 'unstructured')")
     outcome = GranularityOutcome(model=model, structural_ratio=len(best) / max(1, len(units)))
+    reached = sum(u["weights"] for u in best) / total
+    outcome.notes["requested_sparsity"] = float(spec.sparsity)
+    outcome.notes["reached_sparsity"] = reached
+    outcome.notes["sparsity_shortfall"] = shortfall_sentence(float(spec.sparsity), reached)
     outcome.importance["blocks"] = np.array([u["score"] for u in units], dtype=np.float32)
     outcome.notes["blocks"] = {u["name"]: u["score"] for u in units}
     outcome.notes["removed_blocks"] = [u["name"] for u in best]

@@ -23,6 +23,8 @@ so that the granularity's cut removes exactly OBS's choice.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch import nn
 
 from ...models import adapter_for_module
@@ -40,6 +42,7 @@ from .hessians import (DEFAULT_MAX_RETRIES, DEFAULT_PERCDAMP, DampingInfo, Hessi
                        supported_layer, weight_matrix)
 from .reconstruction import DEFAULT_BLOCKSIZE, LayerPruneResult, check_n_m, prune_layer, reconstruction_error, sparsegpt_prune
 from .sequential import DEFAULT_NUM_GROUPS, ObsReport, forward_order, head_prune_modules, obs_prune_denoiser, split_groups
+from .settings import ObsSettings, SparseGPTSettings
 
 __all__ = [
     "OBS_GRANULARITIES", "engine_reconstruct",
@@ -54,6 +57,8 @@ __all__ = [
     "prune_feedforward_neurons",
     # sequential
     "DEFAULT_NUM_GROUPS", "ObsReport", "forward_order", "head_prune_modules", "obs_prune_denoiser", "split_groups",
+    # settings
+    "ObsSettings", "SparseGPTSettings",
 ]
 
 OBS_GRANULARITIES = ("unstructured", "N:M", "head", "ffn", "channel")
@@ -92,30 +97,28 @@ def engine_reconstruct(denoiser: nn.Module, pipeline, spec, progress: ProgressFn
     """
     params = dict(spec.criterion_params)
     granularity = spec.granularity_name
-    options = dict(schedule=spec.schedule, schedule_params=dict(spec.schedule_params),
-                   num_images=int(spec.calibration_batches) * int(spec.calibration_batch_size), seed=int(spec.seed),
-                   num_groups=params["num_groups"], blocksize=params["blocksize"], percdamp=params["percdamp"],
-                   progress=progress)
+    settings = ObsSettings(schedule=spec.schedule, schedule_params=dict(spec.schedule_params),
+                           num_images=int(spec.calibration_batches) * int(spec.calibration_batch_size), seed=int(spec.seed),
+                           num_groups=params["num_groups"], blocksize=params["blocksize"], percdamp=params["percdamp"])
     scheduler = copy_scheduler(pipeline.scheduler)
     layers = prunable_layers(denoiser)
     if granularity == "unstructured":
-        report = obs_prune_denoiser(denoiser, scheduler, sparsity=float(spec.sparsity), layers=layers, keep_masks=False,
-                                **options)
+        report = obs_prune_denoiser(denoiser, scheduler, replace(settings, sparsity=float(spec.sparsity)), layers=layers,
+                                    keep_masks=False, progress=progress)
     elif granularity == "N:M":
         n, m = spec.nm_pattern
-        report = obs_prune_denoiser(denoiser, scheduler, granularity="N:M", n=n, m=m, layers=layers, keep_masks=False,
-                                **options)
+        report = obs_prune_denoiser(denoiser, scheduler, replace(settings, granularity="N:M", n=n, m=m), layers=layers,
+                                    keep_masks=False, progress=progress)
     elif granularity in ("head", "ffn"):
         # the registered granularity's own rule says how many units each module loses (structure
         # only, no copy of the model); OBS chooses which and compensates
         remove = GRANULARITIES[granularity].units_to_remove(denoiser, spec)
         counts = dict(heads_to_remove=remove) if granularity == "head" else dict(neurons_to_remove=remove)
-        report = obs_prune_denoiser(denoiser, scheduler, granularity="head", shrink=False, **counts, **options)
+        report = obs_prune_denoiser(denoiser, scheduler, replace(settings, granularity="head"), shrink=False,
+                                    progress=progress, **counts)
     elif granularity == "channel":
-        scores, timestep_weights = obs_channel_scores(
-            denoiser, scheduler, layers, schedule=spec.schedule, schedule_params=dict(spec.schedule_params),
-            num_images=options["num_images"], seed=int(spec.seed), percdamp=params["percdamp"], progress=progress)
-        stats = CalibrationStats(timestep_weights=list(timestep_weights), num_images=options["num_images"])
+        scores, timestep_weights = obs_channel_scores(denoiser, scheduler, layers, settings, progress=progress)
+        stats = CalibrationStats(timestep_weights=list(timestep_weights), num_images=settings.num_images)
         return scores, stats, _trajectory_source(denoiser, len(timestep_weights))
     else:
         raise ValueError(f"criterion 'obs' supports granularities {list(OBS_GRANULARITIES)}, got {granularity!r}")
@@ -158,7 +161,7 @@ def engine_reconstruct(denoiser: nn.Module, pipeline, spec, progress: ProgressFn
         return score
 
     scores = LayerScores(layers, score_layer)
-    stats = CalibrationStats(timestep_weights=list(report.timestep_weights), num_images=options["num_images"])
+    stats = CalibrationStats(timestep_weights=list(report.timestep_weights), num_images=settings.num_images)
     return scores, stats, _trajectory_source(denoiser, len(report.timestep_weights))
 
 

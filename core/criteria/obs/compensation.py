@@ -33,6 +33,7 @@ from ..scores import ConsumerScores
 from .hessians import (DEFAULT_MAX_RETRIES, DEFAULT_PERCDAMP, DampingInfo, ProgressFn, _prepare_hessian, collect_hessians,
                        damped_inverse, matrix_to_weight, resolve_timestep_weights, sampling_trajectory, supported_layer,
                        weight_matrix)
+from .settings import ObsSettings
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,19 +192,22 @@ def prune_feedforward_neurons(ff: nn.Module, hessian: torch.Tensor, num_remove: 
 # ----------------------------------------------------------------------------------------------
 # Conv channels: input-side OBS errors, least-squares compensation after the engine's cut
 # ----------------------------------------------------------------------------------------------
-def obs_channel_scores(denoiser: nn.Module, noise_scheduler, layers: dict, *, schedule: str = "log-decrease",
-                       schedule_params: dict | None = None, num_images: int = 4, seed: int = 0,
-                       percdamp: float = DEFAULT_PERCDAMP, progress: ProgressFn | None = None):
+def obs_channel_scores(denoiser: nn.Module, noise_scheduler, layers: dict, settings: ObsSettings = ObsSettings(), *,
+                       progress: ProgressFn | None = None):
     """Channel OBS (see the module docstring): ``ConsumerScores`` for the engine's channel cut,
     with a ``compensate`` step that re-solves every reading layer's kept columns afterwards.
 
     Hessians of all ``layers`` and of ``conv_out`` (which reads the last channels but is never
-    cut itself) are collected in one pass over the dense model's own sampling trajectories.
-    Returns ``(scores, timestep_weights)``.
+    cut itself) are collected in one pass over the dense model's own sampling trajectories
+    (``settings``: schedule, its parameters, number of trajectories and seed; ``percdamp`` damps
+    the inverses). Returns ``(scores, timestep_weights)``.
     """
+    if not isinstance(settings, ObsSettings):
+        raise ValueError(f"settings must be an ObsSettings, got {type(settings).__name__}")
+    percdamp = settings.percdamp
     num_train_timesteps = int(noise_scheduler.config.num_train_timesteps)
-    timestep_weights = resolve_timestep_weights(schedule, schedule_params, num_train_timesteps)
-    noise = denoiser_noise(denoiser, num_images, seed)
+    timestep_weights = resolve_timestep_weights(settings.schedule, settings.schedule_params, num_train_timesteps)
+    noise = denoiser_noise(denoiser, settings.num_images, settings.seed)
     readers = {name: module for name, module in layers.items() if supported_layer(module)}
     # Layers whose outputs are never cut (the pixel UNet's conv_out) still read cut channels:
     # they are compensated too (the adapter names them).

@@ -24,9 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .hessians import DEFAULT_MAX_RETRIES, DEFAULT_PERCDAMP, DampingInfo, damped_inverse, matrix_to_weight, weight_matrix
-
-DEFAULT_BLOCKSIZE = 128  # SparseGPT's column block
+from .hessians import DampingInfo, damped_inverse, matrix_to_weight, weight_matrix
+from .settings import DEFAULT_BLOCKSIZE, SparseGPTSettings  # noqa: F401 - DEFAULT_BLOCKSIZE re-exported
 
 
 @dataclass
@@ -56,24 +55,23 @@ def sparsegpt_prune(
     *,
     n: int = 0,  # N:M: keep N of every M consecutive columns (0 = unstructured)
     m: int = 0,
-    blocksize: int = DEFAULT_BLOCKSIZE,  # columns per lazy-update block
-    percdamp: float = DEFAULT_PERCDAMP,  # lambda = percdamp * mean(diag H)
-    max_retries: int = DEFAULT_MAX_RETRIES,  # damping retries (x10 each)
-    compensate: bool = True,  # False: same mask choice, no weight update (ablation)
+    settings: SparseGPTSettings = SparseGPTSettings(),  # block size, damping, retries, compensation
 ) -> LayerPruneResult:
     """Prune one ``out x columns`` weight matrix with SparseGPT's OBS procedure.
 
-    Unstructured: in each block of ``blocksize`` columns the weights with the smallest
+    Unstructured: in each block of ``settings.blocksize`` columns the weights with the smallest
     ``w^2 / [Hinv]_ii^2`` are pruned (SparseGPT's per-block mask selection), block counts rounded
     cumulatively so that the layer prunes exactly ``round(sparsity * out * columns)`` weights.
     N:M: in each row, the M - N smallest of every M consecutive columns are pruned (N kept).
     Dead columns (``H_ii = 0``: an input that is zero for every calibration sample) have their
     weights set to 0 first, as SparseGPT's ``fasterprune`` does (``W[:, dead] = 0``): saliency 0,
     so they are pruned first and count against the budget. Their Hessian diagonal is set to the
-    live columns' mean (SparseGPT sets 1), so that the damping ``percdamp * mean(diag H)``, and
+    live columns' mean (SparseGPT sets 1), so that the damping ``settings.percdamp * mean(diag H)``, and
     with it the mask, does not depend on the scale of the inputs. Sparsity 0 (unstructured)
     returns the weights unchanged.
     """
+    if not isinstance(settings, SparseGPTSettings):
+        raise ValueError(f"settings must be a SparseGPTSettings, got {type(settings).__name__}")
     rows, columns = weight.shape
     if n or m:
         check_n_m(n, m)
@@ -83,7 +81,9 @@ def sparsegpt_prune(
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     original = weight.detach()
     work = original.to(torch.float32).clone()
-    upper, _, info = damped_inverse(hessian, percdamp, max_retries, cholesky_upper=True, dead_like_live=True)
+    blocksize, compensate = settings.blocksize, settings.compensate
+    upper, _, info = damped_inverse(hessian, settings.percdamp, settings.max_retries, cholesky_upper=True,
+                                    dead_like_live=True)
     upper = upper.to(torch.float32).to(work.device)
     mask = torch.ones(rows, columns, dtype=torch.bool, device=work.device)
     if not (n or m) and sparsity == 0.0:

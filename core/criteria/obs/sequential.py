@@ -22,11 +22,10 @@ from ...models.transformer_cuts import ffn_layers
 from ...pipeline import denoiser_noise
 from ..common import prunable_layers
 from .compensation import prune_attention_heads, prune_feedforward_neurons
-from .hessians import (DEFAULT_PERCDAMP, ProgressFn, _model_timesteps, collect_hessians, resolve_timestep_weights,
-                       sampling_trajectory, supported_layer)
-from .reconstruction import DEFAULT_BLOCKSIZE, prune_layer
-
-DEFAULT_NUM_GROUPS = 4  # OBS-Diff group-wise sequential pruning
+from .hessians import (ProgressFn, _model_timesteps, collect_hessians, resolve_timestep_weights, sampling_trajectory,
+                       supported_layer)
+from .reconstruction import prune_layer
+from .settings import DEFAULT_NUM_GROUPS, ObsSettings  # noqa: F401 - DEFAULT_NUM_GROUPS re-exported
 
 
 @dataclass
@@ -79,21 +78,9 @@ def _default_layers(denoiser: nn.Module) -> dict:
 def obs_prune_denoiser(
     denoiser: nn.Module,
     noise_scheduler,
+    settings: ObsSettings = ObsSettings(),  # the method's hyper-parameters (granularity, sparsity, calibration)
     *,
-    sparsity: float = 0.5,  # unstructured: fraction of each layer's weights removed
-    granularity: str = "unstructured",  # "unstructured", "N:M" or "head"
-    n: int = 2,  # N:M pattern
-    m: int = 4,
-    head_ratio: float | None = None,  # "head": fraction of each attention module's heads removed (default: sparsity)
-    ffn_ratio: float | None = None,  # "head": fraction of FFN neurons removed (default: head ratio)
-    schedule: str = "log-decrease",  # timestep weights of the Hessian (OBS-Diff default)
-    schedule_params: dict | None = None,
-    num_images: int = 4,  # calibration trajectories sampled from the dense model (cost ~ linear in it)
-    seed: int = 0,  # initial noise of the calibration trajectories
-    num_groups: int = DEFAULT_NUM_GROUPS,  # sequential layer groups
     layers: dict | None = None,  # name -> module to prune (default: the engine's prunable layers)
-    blocksize: int = DEFAULT_BLOCKSIZE,
-    percdamp: float = DEFAULT_PERCDAMP,
     heads_to_remove: dict | None = None,  # "head": attention name -> number of heads (overrides head_ratio)
     neurons_to_remove: dict | None = None,  # "head": FeedForward name -> number of neurons (overrides ffn_ratio)
     shrink: bool = True,  # "head": physically remove heads / neurons (False: compensate and zero only)
@@ -102,7 +89,7 @@ def obs_prune_denoiser(
 ) -> ObsReport:
     """Prune ``denoiser`` in place with OBS-Diff; the caller passes a copy if it keeps the dense model.
 
-    Calibration: ``num_images`` trajectories sampled by the model itself with its family's
+    Calibration: ``settings.num_images`` trajectories sampled by the model itself with its family's
     deterministic sampler step (DDIM; flow Euler on SD3: ``ModelAdapter.sampler_step``) through the
     schedule's timesteps (seeded noise), each step weighted by its schedule weight. The
     trajectory is recorded once from the dense model (the first group's Hessians are collected
@@ -110,8 +97,9 @@ def obs_prune_denoiser(
     by running the recorded inputs through the current (partly pruned) model, each pass stopped
     after the group's last layer, and the group is pruned before the next one is calibrated.
     """
-    if granularity not in ("unstructured", "N:M", "head"):
-        raise ValueError(f"obs granularity must be 'unstructured', 'N:M' or 'head' (channel: through core.prune), got {granularity!r}")
+    if not isinstance(settings, ObsSettings):
+        raise ValueError(f"settings must be an ObsSettings, got {type(settings).__name__}")
+    granularity, sparsity, percdamp = settings.granularity, settings.sparsity, settings.percdamp
     report = ObsReport()
     started = time.perf_counter()
 
@@ -120,8 +108,8 @@ def obs_prune_denoiser(
             progress(min(1.0, fraction), message)
 
     num_train_timesteps = int(noise_scheduler.config.num_train_timesteps)
-    report.timestep_weights = resolve_timestep_weights(schedule, schedule_params, num_train_timesteps)
-    noise = denoiser_noise(denoiser, num_images, seed)
+    report.timestep_weights = resolve_timestep_weights(settings.schedule, settings.schedule_params, num_train_timesteps)
+    noise = denoiser_noise(denoiser, settings.num_images, settings.seed)
     device = next(denoiser.parameters()).device
     first_t = report.timestep_weights[0][0]
     first_input = noise[:1].to(device=device, dtype=next(denoiser.parameters()).dtype)
@@ -156,9 +144,9 @@ def obs_prune_denoiser(
         hook_layers = layers if layers is not None else _default_layers(denoiser)
         hook_layers = {name: module for name, module in hook_layers.items() if supported_layer(module)}
         order = forward_order(denoiser, hook_layers, first_input, first_t, noise_scheduler)
-    report.groups = split_groups(order, num_groups)
-    head_ratio = sparsity if head_ratio is None else head_ratio
-    ffn_ratio = head_ratio if ffn_ratio is None else ffn_ratio
+    report.groups = split_groups(order, settings.num_groups)
+    head_ratio = sparsity if settings.head_ratio is None else settings.head_ratio
+    ffn_ratio = head_ratio if settings.ffn_ratio is None else settings.ffn_ratio
 
     trajectory = None
     for group_index, group in enumerate(report.groups):
@@ -214,9 +202,9 @@ def obs_prune_denoiser(
                 report.layer_errors[name] = float(sum(result.errors))
                 report.dampings[name] = result.damping
             else:
-                options = dict(blocksize=blocksize, percdamp=percdamp)
+                options = dict(settings=settings.solver)
                 if granularity == "N:M":
-                    options.update(n=n, m=m)
+                    options.update(n=settings.n, m=settings.m)
                 result = prune_layer(hook_layers[name], hessian.to(hook_layers[name].weight.device), sparsity, **options)
                 if keep_masks:
                     report.masks[name] = result.mask

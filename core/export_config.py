@@ -7,8 +7,9 @@ plain ``diffusers``, would believe the dense widths. :func:`write_shape_config` 
 * ``README`` says in a sentence that plain diffusers cannot build it and what loads it (upper case
   sorts first, so diffusers' warning about the config keys it ignores starts with it);
 * ``_class_name`` gets the ``DiffPrunePruned`` prefix (the default model's UNet becomes
-  ``DiffPrunePrunedUNet2DModel``), so plain diffusers refuses the folder instead of building dense
-  shapes that do not match the weights;
+  ``DiffPrunePrunedUNet2DModel``), so the file does not claim to be a plain diffusers class (plain
+  ``from_pretrained`` still refuses the folder, on the widths it reads: the stated per-block widths
+  do not match the dense block layout);
 * the family's adapter states the real widths it knows how to read from the weights
   (``ModelAdapter.shape_config``: a UNet's per-block output widths), ``layer_shapes`` lists the
   shape of every weight, ``attention_heads`` the kept heads per attention module;

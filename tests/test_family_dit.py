@@ -174,3 +174,18 @@ def test_a_marker_without_component_entries_rebuilds_the_familys_denoiser(dit, t
     got = loaded.transformer.state_dict()
     assert set(got) == set(expected)
     assert all(torch.equal(got[name], expected[name]) for name in expected)
+
+
+def test_an_unreachable_head_sparsity_is_refused_before_calibration(dit, monkeypatch):
+    """A calibrated criterion refuses an unreachable head target from the structure alone, before
+    it spends a calibration pass."""
+    import core.engine
+
+    checks.wired_granularities(monkeypatch)
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("calibration ran before the unreachable target was refused")
+
+    monkeypatch.setattr(core.engine, "calibrate", no_calibration)
+    outcome, message = checks.prune_or_refuse(dit, checks.spec_for("taylor", "head", sparsity=0.9))
+    assert outcome == "refused" and "cannot be reached with granularity 'head'" in message

@@ -51,6 +51,8 @@ class PixArtAdapter(GuidedAdapter):
     def extra_inputs(self, denoiser, sample):
         """``added_cond_kwargs``: the image resolution and aspect ratio when the model uses them
         (``use_additional_conditions``, PixArt-alpha 1024; pixels = 8 x latents), else None."""
+        if isinstance(denoiser, torch.nn.parallel.DistributedDataParallel):  # data-parallel recovery
+            denoiser = denoiser.module
         uses = getattr(denoiser, "use_additional_conditions", None)
         if uses is None:  # a functional wrapper (gradflow): the conditioned() hook on the model adds them
             return {}

@@ -376,7 +376,7 @@ def _cmd_sample(args) -> int:
     device = _setup(args)
     pipeline = _load(args.model, device, args.dtype)
     with _ProgressBar("sampling", args.quiet) as bar:
-        images = sample_images(pipeline, args.num_images, args.steps, seed=args.seed or 0,
+        images = sample_images(pipeline, args.num_images, args.steps, seed=args.seed or 0, scheduler=args.scheduler,
                                class_label=args.class_label, prompt=args.prompt, progress=bar)
     output.parent.mkdir(parents=True, exist_ok=True)
     make_grid(images, columns=args.columns, scale=args.scale).save(output)
@@ -423,6 +423,8 @@ def _cmd_sweep(args) -> int:
     # Exactly the settings the UI's sweep passes (metrics in METRICS order), so both share stored rows.
     eval_settings = dict(num_samples=args.num_samples, num_inference_steps=args.steps, seed=args.seed or 0,
                          metrics=tuple(m for m in METRICS if m in args.metrics), reference=args.reference)
+    if args.scheduler != "ddim":  # DDIM rows keep the settings (and stored rows) the app's sweep uses
+        eval_settings["scheduler"] = args.scheduler
     with _ProgressBar(f"sweep of {len(specs)} specs", args.quiet) as bar:
         table = sweep(pipeline, specs, eval_settings, store=store, progress=bar)
     if args.csv_out is not None:
@@ -508,7 +510,7 @@ def _run_settings(args) -> dict:
                                   distill=args.distill, data=args.recovery_data),
         evaluation=EvaluationSettings(num_samples=args.num_samples, steps=args.steps, metrics=metrics,
                                       reference=reference, grid_images=grid_images, class_label=args.class_label,
-                                      prompt=args.prompt),
+                                      prompt=args.prompt, scheduler=args.scheduler),
         timing=TimingSettings(enabled=not args.no_timing, batch_size=args.latency_batch_size),
         export=ExportSettings(out=args.out, include_oneshot=args.export_oneshot,
                               dense_label=source or DEFAULT_DENSE_LABEL),
@@ -609,12 +611,23 @@ def _add_calibration_options(parser, with_criterion_params: bool, registry: dict
                         help="auto, fashion-mnist-train, generated or an image folder (default auto)")
 
 
+# The samplers of ``core.pipeline.SCHEDULERS``, spelled here so that ``--help`` imports no torch
+# (tests/test_cli.py checks that the two lists agree).
+SAMPLERS = ("ddim", "ddpm", "dpm-solver++")
+
+
+def _add_sampler_option(parser) -> None:
+    parser.add_argument("--scheduler", choices=SAMPLERS, default="ddim",
+                        help="sampler: ddim (default), ddpm, or dpm-solver++ (second order, best at few steps)")
+
+
 def _add_eval_options(parser, registry: dict | None = None) -> None:
     from .catalog import catalog
 
     metrics = tuple((registry or catalog())["metrics"])
     parser.add_argument("--num-samples", type=_positive_int, default=64, help="images sampled per model (default 64)")
-    parser.add_argument("--steps", type=_positive_int, default=50, help="DDIM sampling steps (default 50)")
+    parser.add_argument("--steps", type=_positive_int, default=50, help="sampling steps (default 50)")
+    _add_sampler_option(parser)
     parser.add_argument("--metrics", type=_comma_list(metrics), default=list(metrics),
                         help=f"comma list of {','.join(metrics)} (default all)")
     parser.add_argument("--reference", default="fashion-mnist-test",
@@ -657,7 +670,8 @@ def _add_run_command(commands, common, registry: dict, model_help: str) -> None:
                        help="fashion-mnist-train (default), generated, or an image folder")
     group = run.add_argument_group("evaluation")
     group.add_argument("--num-samples", type=_positive_int, default=16, help="images per stage (default 16)")
-    group.add_argument("--steps", type=_positive_int, default=25, help="DDIM sampling steps (default 25)")
+    group.add_argument("--steps", type=_positive_int, default=25, help="sampling steps (default 25)")
+    _add_sampler_option(group)
     group.add_argument("--metrics", type=_comma_list(("fid", "kid", "none")), default=["kid"],
                        help="comma list of fid,kid, or none (default kid); MACs and parameters are always counted")
     group.add_argument("--reference", default=None, help="FID/KID reference: fashion-mnist-test, dense or an image "
@@ -720,19 +734,19 @@ def build_parser() -> argparse.ArgumentParser:
                             help="the unpruned model: speed-up for latency, and the reference for --reference dense")
     _add_eval_options(evaluation, registry)
     evaluation.add_argument("--batch-size", type=_positive_int, default=64, help="sampling batch size (default 64)")
-    evaluation.add_argument("--scheduler", choices=("ddim", "ddpm"), default="ddim")
     evaluation.add_argument("--no-store", action="store_true", help="neither read nor write the results store")
     evaluation.add_argument("--json-out", default=None, help="write the result row as JSON to this file")
     _add_dtype_option(evaluation)
     evaluation.set_defaults(handler=_cmd_eval)
 
     sample = commands.add_parser("sample", parents=[common], help="sample a grid of images from a model",
-                                 description="Sample --num-images images (DDIM) and save them as one grid image; "
+                                 description="Sample --num-images images and save them as one grid image; "
                                              "--class for class-conditional models, --prompt for text-to-image ones.")
     sample.add_argument("--model", default=None, help=model_help)
     sample.add_argument("--output", required=True, help="grid image to write (.png, .jpg, .webp)")
     sample.add_argument("--num-images", type=_positive_int, default=16, help="images in the grid (default 16, at most 50,000)")
-    sample.add_argument("--steps", type=_positive_int, default=25, help="DDIM steps (default 25)")
+    sample.add_argument("--steps", type=_positive_int, default=25, help="sampling steps (default 25)")
+    _add_sampler_option(sample)
     sample.add_argument("--class", dest="class_label", type=_non_negative_int, default=None,
                         help="class index for class-conditional models (default: uniform over the classes)")
     sample.add_argument("--prompt", default=None, help="one prompt for every image of a text-to-image model "

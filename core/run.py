@@ -50,7 +50,7 @@ QUALITY_METRICS = ("fid", "kid")
 EVALUATION_METRICS = QUALITY_METRICS + ("latency", "macs")  # core.evaluate.METRICS
 # core.evaluate keyword arguments a run passes through as they are (EvaluationSettings.options); the
 # others (samples, steps, seed, metrics, reference, models, store, spec, progress) the run sets itself.
-EVALUATE_OPTIONS = ("batch_size", "scheduler", "kid_subset_size", "kid_subsets", "latency_batch_size",
+EVALUATE_OPTIONS = ("batch_size", "kid_subset_size", "kid_subsets", "latency_batch_size",
                     "latency_repeats", "latency_warmup", "feature_cache", "class_label")
 EVALUATION_REFERENCES = ("fashion-mnist-test", "dense")
 STAGES = ("dense", "one-shot", "recovered")
@@ -114,8 +114,8 @@ class RecoverySettings:
 class EvaluationSettings:
     """How every stage is sampled and measured.
 
-    ``num_samples`` images per stage at ``steps`` DDIM steps (seeded by ``seed``; None: the spec's
-    seed), scored with ``metrics`` (any of ``fid``, ``kid``, ``latency``: ``core.evaluate``'s sampler
+    ``num_samples`` images per stage at ``steps`` sampling steps of ``scheduler`` (``ddim``, ``ddpm``
+    or ``dpm-solver++``; grids and evaluation alike) (seeded by ``seed``; None: the spec's seed), scored with ``metrics`` (any of ``fid``, ``kid``, ``latency``: ``core.evaluate``'s sampler
     latency, ``macs``; empty: MACs and parameters only) against ``reference``
     (``fashion-mnist-test``, ``dense``: the dense model's own samples, or an image folder).
     ``count_macs``: MACs and parameters are counted at every stage (False: exactly ``metrics``).
@@ -138,9 +138,14 @@ class EvaluationSettings:
     count_macs: bool = True
     stages: tuple = STAGES
     options: tuple = ()
+    scheduler: str = "ddim"
 
     def __post_init__(self):
+        from .pipeline import SCHEDULERS
+
         _whole("evaluation num_samples", self.num_samples, 2, MAX_EVALUATION_SAMPLES)
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"evaluation scheduler must be one of {list(SCHEDULERS)}, got {self.scheduler!r}"[:300])
         _whole("evaluation steps", self.steps, 1, MAX_SAMPLING_STEPS)
         metrics = self.metrics
         if isinstance(metrics, str) or not isinstance(metrics, (tuple, list)) \
@@ -438,7 +443,7 @@ def _grids(result: RunResult, dense, evaluation: EvaluationSettings, dense_image
     from .pipeline import initial_noise, sample_images
 
     count, steps, seed = evaluation.grid_images, evaluation.steps, evaluation.sampling_seed(result.spec)
-    options = dict(class_label=evaluation.class_label, prompt=evaluation.prompt)
+    options = dict(class_label=evaluation.class_label, prompt=evaluation.prompt, scheduler=evaluation.scheduler)
     pipelines = [("one-shot", result.pruned.pipeline)]
     if result.recovered is not None:
         pipelines.append(("recovered", result.recovered.pipeline))
@@ -461,7 +466,7 @@ def _evaluate_stages(result: RunResult, dense, evaluation: EvaluationSettings, s
     metrics = evaluation.metrics + (("macs",) if evaluation.count_macs and "macs" not in evaluation.metrics else ())
     settings = dict(num_samples=evaluation.num_samples, num_inference_steps=evaluation.steps,
                     seed=evaluation.sampling_seed(result.spec), metrics=metrics, reference=evaluation.reference,
-                    dense_pipeline=dense, store=store, **dict(evaluation.options))
+                    dense_pipeline=dense, store=store, scheduler=evaluation.scheduler, **dict(evaluation.options))
     stages = [("dense", dense, None), ("one-shot", result.pruned.pipeline, result.spec)]
     if result.recovered is not None:
         stages.append(("recovered", result.recovered.pipeline, result.spec))

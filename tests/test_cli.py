@@ -371,6 +371,33 @@ def test_sample_writes_a_grid_of_one_class_or_one_prompt(tmp_path, capsys):
     assert code == 2 and "prompt applies to text-to-image models" in err
 
 
+def test_every_sampling_command_takes_the_engines_samplers(tmp_path, capsys):
+    """``--scheduler`` of sample, eval, sweep and run offers exactly ``core.pipeline.SCHEDULERS``;
+    DPM-Solver++ samples what ``sample_images`` samples with it."""
+    from PIL import Image
+
+    from core.cli import SAMPLERS
+    from core.pipeline import SCHEDULERS, make_grid, sample_images
+
+    assert SAMPLERS == SCHEDULERS
+    parser = build_parser()
+    for command in (["sample", "--output", "x.png"], ["eval"], ["sweep", "--criteria", "magnitude"], ["run"]):
+        assert parser.parse_args([*command, "--scheduler", "dpm-solver++"]).scheduler == "dpm-solver++"
+        assert parser.parse_args(command).scheduler == "ddim"
+    code, _, err = run(["sample", "--output", str(tmp_path / "x.png"), "--scheduler", "euler"], capsys)
+    assert code == 2 and "dpm-solver++" in err
+    code, out, _ = run(["sample", "--output", str(tmp_path / "dpm.png"), "--num-images", "4", "--steps", "4",
+                        "--scheduler", "dpm-solver++", "--columns", "2", "--scale", "1", "--quiet", "--threads", "1"],
+                       capsys)
+    assert code == 0
+    expected = make_grid(sample_images(load_pipeline(None), 4, 4, seed=0, scheduler="dpm-solver++"), columns=2)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "dpm.png")), np.asarray(expected))
+    from core.cli import _run_settings
+
+    settings = _run_settings(parser.parse_args(["run", "--scheduler", "dpm-solver++"]))
+    assert settings["evaluation"].scheduler == "dpm-solver++"
+
+
 def test_prune_takes_calibration_prompts_from_a_file(tmp_path, capsys):
     import tiny_families
 

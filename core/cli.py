@@ -2,7 +2,7 @@
 
 Commands: ``prune`` (``core.engine.prune`` + ``PruneResult.save``), ``eval``
 (``core.evaluate.evaluate``), ``sweep`` (``core.sweep.sweep`` through a ``ResultStore``, so a
-rerun reuses every stored row), ``finetune`` (``core.finetune.finetune``), ``train-base`` and
+rerun reuses every stored row; ``--executor ray`` runs the rows as Ray tasks), ``finetune`` (``core.finetune.finetune``), ``train-base`` and
 ``run`` (``core.run.run``: the app's whole workflow, prune to export, with the app's export).
 Every command takes ``--device``, ``--seed``, ``--threads`` and ``--quiet``; long steps draw the
 facade's ``progress(fraction, message)`` callbacks as a text bar on stderr. Bad input ends with
@@ -413,28 +413,49 @@ def sweep_specs(args, device: str) -> list:
 def _cmd_sweep(args) -> int:
     from .evaluate import METRICS
     from .store import ResultStore
-    from .sweep import sweep
+    from .sweep import ModelSource, sweep
 
-    device = _setup(args)
+    on_ray = args.executor == "ray"
+    if not on_ray and (args.ray_address is not None or args.ray_cpus_per_row != 1):
+        raise ValueError("--ray-address and --ray-cpus-per-row apply to --executor ray only")
+    if on_ray:  # a wrong address fails here, within seconds, before the model is loaded
+        from .sweep_ray import check_address
+
+        check_address(args.ray_address)
+    if on_ray and args.device.startswith("cuda"):  # the rows' GPUs are the cluster's, not this machine's
+        _setup(argparse.Namespace(threads=args.threads, device="cpu"))
+        device = args.device
+    else:
+        device = _setup(args)
     specs = sweep_specs(args, device)
     store = ResultStore(args.results_dir)
-    _check_fit(args.model, [spec.criterion for spec in specs], device, args.dtype)
-    pipeline = _load(args.model, device, args.dtype)
+    executor = {}
+    if on_ray:  # each task loads the model itself; this process only hashes it (on the CPU) and stores the rows
+        executor = dict(executor="ray", ray_address=args.ray_address, ray_cpus_per_row=args.ray_cpus_per_row,
+                        model_source=ModelSource(_model_source(args.model), args.dtype))
+        pipeline = _load(args.model, "cpu", args.dtype)
+    else:
+        _check_fit(args.model, [spec.criterion for spec in specs], device, args.dtype)
+        pipeline = _load(args.model, device, args.dtype)
     # Exactly the settings the UI's sweep passes (metrics in METRICS order), so both share stored rows.
     eval_settings = dict(num_samples=args.num_samples, num_inference_steps=args.steps, seed=args.seed or 0,
                          metrics=tuple(m for m in METRICS if m in args.metrics), reference=args.reference)
     if args.scheduler != "ddim":  # DDIM rows keep the settings (and stored rows) the app's sweep uses
         eval_settings["scheduler"] = args.scheduler
     with _ProgressBar(f"sweep of {len(specs)} specs", args.quiet) as bar:
-        table = sweep(pipeline, specs, eval_settings, store=store, progress=bar)
+        table = sweep(pipeline, specs, eval_settings, store=store, progress=bar, **executor)
     if args.csv_out is not None:
         table.to_csv(Path(args.csv_out).expanduser(), index=False)
     shown = [column for column in _SWEEP_COLUMNS if column in table and table[column].notna().any()]
     print(table[shown].to_string(index=False))
+    failed = table[table["error"].notna()] if "error" in table else table.iloc[:0]
+    for label, error in zip(failed["label"], failed["error"]):
+        print(f"failed: {label}: {error}")
     stored = int(table["cached"].sum())
-    print(f"{len(table)} rows ({stored} from the store {store.directory}, {len(table) - stored} computed)"
+    print(f"{len(table)} rows ({stored} from the store {store.directory}, {len(table) - stored - len(failed)} computed"
+          + (f", {len(failed)} failed: rerun to retry them" if len(failed) else "") + ")"
           + (f"; wrote {args.csv_out}" if args.csv_out is not None else ""))
-    return 0
+    return 1 if len(failed) else 0
 
 
 def _cmd_finetune(args) -> int:
@@ -473,6 +494,8 @@ def _cmd_finetune(args) -> int:
             checkpoint_every=args.checkpoint_every, resume=not args.no_resume, progress=bar,
             mixed_precision=args.mixed_precision,
         )
+    if not result.is_main_process:  # data-parallel: the main process writes the one result
+        return 0
     save_pruned_pipeline(result.pipeline, output, spec=spec)
     result.losses.to_csv(output / "finetune_losses.csv", index=False)
     resumed = f", resumed from step {result.resumed_from}" if result.resumed_from else ""
@@ -770,6 +793,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibration_options(sweep, with_criterion_params=False, registry=registry)
     sweep.add_argument("--csv-out", default=None, help="write the sweep table (every column) as CSV")
     _add_dtype_option(sweep)
+    group = sweep.add_argument_group("executor")
+    group.add_argument("--executor", choices=("serial", "ray"), default="serial",
+                       help="serial (default): rows one after another here; ray: each missing row as a Ray task "
+                            "(needs the cluster extra: pip install 'diffprune-studio[cluster]')")
+    group.add_argument("--ray-address", default=None,
+                       help="with --executor ray: a running cluster's <head>:6379 (default: a local Ray instance)")
+    group.add_argument("--ray-cpus-per-row", type=_positive_int, default=1,
+                       help="with --executor ray: CPUs each CPU row asks for (default 1; a cuda row asks for one GPU)")
     sweep.set_defaults(handler=_cmd_sweep)
 
     tune = commands.add_parser("finetune", parents=[common], help="recovery fine-tuning of a pruned checkpoint",

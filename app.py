@@ -13,7 +13,7 @@ samples are ready soon after the page and the first click does not pay for the i
 import os
 import threading
 
-from diffprune_ui.app import build_demo
+from diffprune_ui.app import PAGE_CSS, build_demo
 
 demo = build_demo()
 
@@ -31,7 +31,7 @@ if __name__ == "__main__":
     demo.queue(default_concurrency_limit=1, max_size=16).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        prevent_thread_lock=True,
+        prevent_thread_lock=True, css=PAGE_CSS,
     )
     threading.Thread(target=warm_up, name="diffprune-warm-up", daemon=True).start()
     demo.block_thread()

@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from .verdict import no_measured_speedup
+
 _LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=45), height=340)
 # A fixed colour per criterion and a fixed marker per granularity, so that every chart of a run
 # speaks the same language.
@@ -44,7 +46,8 @@ def empty_figure(message: str) -> go.Figure:
 def _sampling_axis(num_train_timesteps: int) -> dict:
     """t decreasing from left to right: the order in which the sampler visits the timesteps, so a
     schedule named "decrease" reads as decreasing."""
-    return dict(range=[num_train_timesteps + 10, -10], title=f"timestep t, in sampling order: noisy (t = {num_train_timesteps - 1}) → clean (t = 0)")
+    return dict(range=[num_train_timesteps + 10, -10], automargin=True,
+                title=dict(text=f"timestep t: noisy {num_train_timesteps - 1} → clean 0 (sampling order)", font=dict(size=12)))
 
 
 def schedule_preview(name: str, params: dict, num_train_timesteps: int = 1000, compare: bool = True) -> go.Figure:
@@ -66,14 +69,16 @@ def schedule_preview(name: str, params: dict, num_train_timesteps: int = 1000, c
     schedule = SCHEDULES[name]
     title = f"Timestep weights: {name}"
     if schedule.adaptive:
-        title += " (decided during calibration; shown after a run)"
+        title += "<br><sup>decided during calibration: drawn after a run</sup>"
     else:
         points = schedule.resolve(num_train_timesteps, params)
         figure.add_trace(go.Scatter(
             x=[t for t, _ in points], y=[w for _, w in points], name=f"{name} ({len(points)} t)",
             mode="lines+markers", line=dict(width=3, color="#d62728"), marker=dict(size=5)))
-    figure.update_layout(**_LAYOUT, title=title, xaxis=_sampling_axis(num_train_timesteps), yaxis_title="weight",
-                         legend=dict(font=dict(size=10)))
+    # Title, axis and legend sized for a phone too: the legend sits below the plot, not beside it.
+    figure.update_layout(**{**_LAYOUT, "height": 380}, title=dict(text=title, font=dict(size=15)),
+                         xaxis=_sampling_axis(num_train_timesteps), yaxis=dict(title="weight", automargin=True),
+                         legend=dict(font=dict(size=10), orientation="h", yanchor="top", y=-0.22, x=0))
     return figure
 
 
@@ -123,13 +128,17 @@ def _as_vector(values) -> np.ndarray:
     return array
 
 
-def importance_heatmap(vectors: dict, bins: int = 32, title: str = "Per-layer importance") -> go.Figure:
+def importance_heatmap(vectors: dict, bins: int = 32, title: str = "Per-layer importance",
+                       pruned: dict | None = None) -> go.Figure:
     """Layers x bins heatmap of importance (per channel / head, or per output unit of a weight
     matrix for unstructured and N:M). Each layer's vector is resampled to ``bins`` columns (order
-    kept) and normalised by its maximum, so layers of different widths share one picture."""
+    kept) and normalised by its maximum, so layers of different widths share one picture.
+    ``pruned``: layer -> ``(removed, total, indices)`` of a structural cut: the row's label says
+    how many units went, and the bins of removed ``indices`` (when known) carry a red cross."""
+    pruned = pruned or {}
     if not vectors:
         return empty_figure("no importance vectors in this report")
-    names, rows = [], []
+    names, rows, crosses = [], [], []
     for name, values in vectors.items():
         vector = _as_vector(values)
         if vector.size == 0:
@@ -138,11 +147,23 @@ def importance_heatmap(vectors: dict, bins: int = 32, title: str = "Per-layer im
         edges = np.linspace(0, vector.size, columns + 1).astype(int)
         resampled = [float(vector[lo:max(hi, lo + 1)].mean()) for lo, hi in zip(edges[:-1], edges[1:])]
         peak = max(abs(v) for v in resampled) or 1.0
-        names.append(name)
+        label = name
+        if name in pruned:
+            removed, total, indices = pruned[name]
+            label = f"{name} (-{removed}/{total})"
+            hit = sorted({int(np.searchsorted(edges, index, side="right")) - 1 for index in indices or ()})
+            crosses.extend((bin_index, label) for bin_index in hit if 0 <= bin_index < columns)
+        names.append(label)
         rows.append([v / peak for v in resampled] + [math.nan] * (bins - columns))
     figure = go.Figure(go.Heatmap(z=rows, y=names, x=list(range(bins)), colorscale="Viridis",
                                   colorbar=dict(title="rel. importance"),
                                   hovertemplate="%{y}<br>bin %{x}: %{z:.3f}<extra></extra>"))
+    if crosses:
+        figure.add_trace(go.Scatter(x=[c[0] for c in crosses], y=[c[1] for c in crosses], mode="markers",
+                                    marker=dict(symbol="x", color="#d62728", size=9), name="pruned units",
+                                    hovertemplate="%{y}<br>bin %{x}: pruned<extra></extra>"))
+    if pruned:
+        title += " (-k/N: units pruned" + ("; x: the pruned ones)" if crosses else ")")
     figure.update_layout(**{**_LAYOUT, "height": max(340, 16 * len(names) + 120)}, title=title,
                          xaxis_title="unit bin (output channel / head / output row, in order)",
                          yaxis=dict(autorange="reversed", tickfont=dict(size=9)))
@@ -253,23 +274,29 @@ def pareto(results: pd.DataFrame, settings: tuple | None, current: dict | None =
             hovertemplate="dense at %{text} steps<br>relative latency %{x:.2f}<br>" + quality.upper() + " %{y:.4g}<extra></extra>"))
     points = rows.dropna(subset=["speedup", quality]) if {"speedup", quality} <= set(rows.columns) else rows.iloc[0:0]
     points = points[points.get("criterion", pd.Series(index=points.index, dtype=object)) != "dense"]
-    for (criterion, granularity), group in points.groupby(["criterion", points["granularity"].fillna("")]):
+    flat = pd.Series([no_measured_speedup(row) for _, row in points.iterrows()], index=points.index, dtype=bool)
+    for (criterion, granularity, is_flat), group in points.groupby(["criterion", points["granularity"].fillna(""), flat]):
         tuned = group.get("finetune_steps", pd.Series(0, index=group.index)).fillna(0).astype(float) > 0
         for is_tuned, part in group.groupby(tuned):
             figure.add_trace(go.Scatter(
-                x=1.0 / part["speedup"].astype(float), y=part[quality], mode="markers",
-                name=f"{criterion} · {granularity}" + (" · fine-tuned" if is_tuned else ""),
-                legendgroup=str(criterion), text=_hover(part, quality),
-                marker=dict(size=10, color=_colour(criterion), symbol=_marker(granularity) + ("-open" if is_tuned else ""),
-                            line=dict(width=1, color="white")),
+                x=[1.0] * len(part) if is_flat else 1.0 / part["speedup"].astype(float), y=part[quality], mode="markers",
+                name=f"{criterion} · {granularity}" + (" · fine-tuned" if is_tuned else "")
+                     + (" · no measured speed-up" if is_flat else ""),
+                legendgroup=str(criterion), text=[text + _flat_note(row) if is_flat else text for text, (_, row)
+                                                  in zip(_hover(part, quality), part.iterrows())],
+                marker=dict(size=10, color=_colour(criterion), line=dict(width=1, color="white"),
+                            symbol=_marker(granularity) + ("-open" if is_tuned else "") + ("-dot" if is_flat else "")),
                 hovertemplate="%{text}<br>relative latency %{x:.2f}<extra></extra>"))
     for point in _current_points(current):
         if point.get(quality) is None or not point.get("speedup"):
             continue
-        figure.add_trace(_this_run_trace(point, quality, 1.0 / point["speedup"],
-                                         "%{hovertext}<br>relative latency %{x:.2f}<extra>this run</extra>"))
+        flat = no_measured_speedup(point)
+        figure.add_trace(_this_run_trace(point, quality, 1.0 if flat else 1.0 / point["speedup"],
+                                         "%{hovertext}<br>relative latency %{x:.2f}<extra>this run</extra>", flat))
     if not figure.data:
         return empty_figure(f"no results with latency at these settings ({settings_text(settings)})")
+    if _current_points(current):
+        _pad_ranges(figure)
     note = f"{settings_text(settings)}" + (f"; {hidden} results at other settings hidden" if hidden else "")
     figure.update_layout(**{**_LAYOUT, "height": 420}, title=dict(text=f"{quality.upper()} vs latency<br><sup>{note}</sup>"),
                          xaxis_title="latency relative to the dense model at these steps (1 / measured speed-up)",
@@ -315,12 +342,44 @@ def quality_vs_sparsity(results: pd.DataFrame, settings: tuple | None, current: 
         figure.add_trace(_this_run_trace(point, quality, point.get("sparsity"), "%{hovertext}<extra>this run</extra>"))
     if not figure.data:
         return empty_figure(f"no results at these settings ({settings_text(settings)})")
+    if _current_points(current):
+        _pad_ranges(figure)
     note = settings_text(settings) + "; open markers: recovered (fine-tuned)" + (f"; {hidden} results at other settings hidden" if hidden else "")
     figure.update_layout(**{**_LAYOUT, "height": 420}, title=dict(text=f"{quality.upper()} vs sparsity<br><sup>{note}</sup>"),
                          xaxis_title="sparsity (fraction of prunable parameters removed, measured)",
                          yaxis_title=f"{quality.upper()} (lower is better)", xaxis=dict(tickformat=".0%"),
                          legend=dict(font=dict(size=10)))
     return figure
+
+
+def _pad_ranges(figure: go.Figure) -> None:
+    """Fixed axis ranges around every point with room for the labels of this run's points (text
+    below a marker is not part of plotly's automatic range, so it would be clipped at an edge)."""
+    xs, ys = [], []
+    for trace in figure.data:
+        for values, into in ((trace.x, xs), (trace.y, ys)):
+            for value in values if values is not None else ():
+                try:
+                    number = float(value)
+                except (TypeError, ValueError):
+                    continue
+                if math.isfinite(number):
+                    into.append(number)
+    ys += [float(shape.y0) for shape in figure.layout.shapes or () if shape.y0 is not None and shape.y0 == shape.y1]
+    if not xs or not ys:
+        return
+    x_span = (max(xs) - min(xs)) or max(abs(max(xs)), 0.1)
+    y_span = (max(ys) - min(ys)) or max(abs(max(ys)), 1e-3)
+    figure.update_xaxes(range=[min(xs) - 0.25 * x_span, max(xs) + 0.25 * x_span])
+    figure.update_yaxes(range=[min(ys) - 0.3 * y_span, max(ys) + 0.12 * y_span])
+
+
+def _flat_note(row) -> str:
+    """Hover text of a point drawn at 1.0: why it shows no speed-up."""
+    if str(row.get("granularity") or "") == "unstructured" or ":" in str(row.get("granularity") or ""):
+        return "<br>no measured speed-up: zeroed weights run at dense speed without sparse kernels"
+    return (f"<br>no measured speed-up: the paired range {float(row['speedup_low']):.2f}-"
+            f"{float(row['speedup_high']):.2f}x contains 1 (within timing noise)")
 
 
 def _current_points(current) -> list[dict]:
@@ -335,14 +394,16 @@ def _tuned(point: dict) -> int:
     return 0 if isinstance(value, float) and math.isnan(value) else int(value)
 
 
-def _this_run_trace(point: dict, quality: str, x, hovertemplate: str) -> go.Scatter:
-    """This run's point: the large gold-ringed marker (open when recovered), labelled."""
+def _this_run_trace(point: dict, quality: str, x, hovertemplate: str, flat: bool = False) -> go.Scatter:
+    """This run's point: the large gold-ringed marker (open when recovered, dotted when it shows no
+    measured speed-up), labelled; the label is drawn outside the plot area when it reaches an edge."""
     name = _run_label(point)
+    hover = _hover(pd.DataFrame([point]), quality)
     return go.Scatter(
         x=[x], y=[point[quality]], mode="markers+text", name=name, text=[name], textposition="bottom center",
-        hovertext=_hover(pd.DataFrame([point]), quality), hovertemplate=hovertemplate,
-        marker=dict(symbol=_marker(point.get("granularity")) + ("-open" if _tuned(point) else ""), size=18,
-                    color=_colour(point.get("criterion")), line=dict(width=3, color="#ffbf00")))
+        hovertext=[hover[0] + _flat_note(point)] if flat else hover, hovertemplate=hovertemplate, cliponaxis=False,
+        marker=dict(symbol=_marker(point.get("granularity")) + ("-open" if _tuned(point) else "") + ("-dot" if flat else ""),
+                    size=18, color=_colour(point.get("criterion")), line=dict(width=3, color="#ffbf00")))
 
 
 def _run_label(point: dict) -> str:
@@ -423,12 +484,16 @@ def frontier_plane(table: pd.DataFrame | None, quality: str = "fid") -> go.Figur
         return empty_figure("no frontier measurement shipped yet (benchmarks/bench_frontier.py)")
     table = table.dropna(subset=[quality, "relative_latency"])
     figure = go.Figure()
-    dense = table[table["criterion"] == "dense"].sort_values("relative_latency")
-    if len(dense):
+    dense_rows = table[table["criterion"] == "dense"]
+    samplers = list(dense_rows["scheduler"].unique()) if "scheduler" in dense_rows else [None]
+    for index, sampler in enumerate(samplers):  # one dense line per sampler (a table may hold several)
+        dense = (dense_rows if sampler is None else dense_rows[dense_rows["scheduler"] == sampler]).sort_values(
+            "relative_latency")
         figure.add_trace(go.Scatter(
-            x=dense["relative_latency"], y=dense[quality], mode="lines+markers+text", name="dense, fewer steps (free)",
+            x=dense["relative_latency"], y=dense[quality], mode="lines+markers+text",
+            name="dense, fewer steps (free)" + (f", {sampler}" if index else ""),
             text=[f"{int(k)}" for k in dense["num_inference_steps"]], textposition="top right",
-            line=dict(color="black", dash="dash"), marker=dict(color="black", size=7),
+            line=dict(color="black", dash="dash" if not index else "dot"), marker=dict(color="black", size=7),
             hovertemplate="dense at %{text} steps<br>relative latency %{x:.3f}<br>" + quality.upper()
                           + " %{y:.4g}<extra></extra>"))
     pruned = table[table["criterion"] != "dense"]

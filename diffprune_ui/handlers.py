@@ -34,7 +34,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from . import figures
+from . import figures, run_notes, verdict
+from .first_screen import shipped_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = ROOT / "assets"
@@ -171,15 +172,25 @@ def _number(field: str, value, low, high, whole: bool):
     and (``whole``) ``1.5`` are refused with a ValueError naming the field (never truncated)."""
     allowed = (f"{field} must be a whole number from {low:,} to {high:,}" if whole
                else f"{field} must be a number from {low:g} to {high:g}")
-    if isinstance(value, bool) or value is None:
-        raise ValueError(f"{allowed}, got {_short(value)}")
+    typed = _typed(value)
+    if isinstance(value, bool) or value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError(f"{allowed}, got {typed}")
     try:
         number = float(value.strip()) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{allowed}, got {_short(value)}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{allowed}, got {typed}") from None
     if not math.isfinite(number) or (whole and number != int(number)) or not low <= number <= high:
-        raise ValueError(f"{allowed}, got {_short(value)}")
+        raise ValueError(f"{allowed}, got {typed}")
     return int(number) if whole else number
+
+
+def _typed(value) -> str:
+    """What the user typed, for an error message: an empty box arrives as None or blank text."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "an empty field"
+    if isinstance(value, str):
+        return _short(value)  # the text as typed, quoted: 'abc'
+    return _short(value) if isinstance(value, (bool, int, float)) else f"a {type(value).__name__} {_short(value)}"
 
 
 def whole_number(field: str, value, low: int, high: int) -> int:
@@ -283,6 +294,8 @@ def parse_custom_schedule(text: str) -> list:
             pairs = json.loads(text)
         except json.JSONDecodeError as error:
             raise ValueError(f"custom schedule is not valid JSON: {error.msg}") from error
+        except RecursionError:
+            raise ValueError("custom schedule nests lists too deeply: give pairs like [[0, 1], [50, 0.5]]") from None
     else:
         pairs = []
         for item in text.replace(";", ",").split(","):
@@ -346,7 +359,7 @@ def spec_from_controls(*values, **named):
     from core.spec import MAX_SPARSITY, PruneSpec
 
     c = collect_controls(SPEC_CONTROLS, values, named)
-    if c.criterion not in CRITERIA:
+    if not isinstance(c.criterion, str) or c.criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {_short(c.criterion)}")
     if not isinstance(c.granularity, str):
         raise ValueError(f"granularity must be one of {granularity_choices(CRITERIA[c.criterion].granularities)}, "
@@ -431,8 +444,7 @@ def calibration_estimate(*values, **named) -> str:
     except (ValueError, TypeError) as error:
         return f"*cannot estimate: {str(error)[:160]}*"
     if not text:
-        return (f"*{c.criterion} calibrates with its own trajectories: its cost is measured by "
-                "`benchmarks/bench_prune.py --parts cost` (OBS-Diff 16-23 s on the default model).*")
+        return f"*{c.criterion}: no calibration estimate for this criterion.*"
     return f"*{text}*"
 
 
@@ -653,10 +665,12 @@ def dense_preview(source, seed=0, steps=25, grid_class=ALL_CLASSES, grid_prompt=
         from core.pipeline import takes_prompts
 
         prompt = grid_prompt_of(pipeline, grid_prompt) if takes_prompts(pipeline) else None
-        images = dense_samples(source, steps, seed, class_label, prompt)
+        grid = shipped_grid(source, seed, steps, class_label, prompt)  # the embedded models at the defaults
+        if grid is None:
+            grid = make_grid(dense_samples(source, steps, seed, class_label, prompt), columns=4, scale=4)
     except ValueError as error:
         raise _user_error(error) from error
-    return (make_grid(images, columns=4, scale=4), model_card(source, pipeline), class_update(pipeline, grid_class),
+    return (grid, model_card(source, pipeline), class_update(pipeline, grid_class),
             prompt_update(pipeline, prompt))
 
 
@@ -831,9 +845,13 @@ def check_quality(quality) -> tuple:
 
 
 def evaluation_reference(source) -> str:
-    """The default model is measured against Fashion-MNIST test images; any other model against
-    its own dense samples (distance from the teacher), since hub models come with no dataset."""
-    return "fashion-mnist-test" if normalise_source(source) is None else "dense"
+    """The embedded models (trained on Fashion-MNIST) are measured against the shipped Fashion-MNIST
+    test images; any other model against its own dense samples (distance from the teacher), since
+    hub models come with no dataset."""
+    from core.catalog import catalog
+
+    key = normalise_source(source)
+    return "fashion-mnist-test" if key is None or key in catalog()["embedded_models"] else "dense"
 
 
 RECOVERY_DATA = {"shipped training images": "fashion-mnist-train", "generated by the dense model": "generated",
@@ -880,6 +898,24 @@ def _uploaded_folder(files) -> str:
     return str(folder)
 
 
+def check_spec_on_model(dense, spec) -> None:
+    """What the spec asks of this model, checked from its structure alone (before any work): the
+    family can take the granularity, the target sparsity is reachable (whole heads / FFN neurons)
+    and the schedule's timesteps lie within the model's training timesteps."""
+    from core.granularities import GRANULARITIES
+    from core.pipeline import adapter_of
+    from core.schedules import check_schedule_params
+
+    adapter, denoiser = adapter_of(dense), _denoiser(dense)
+    adapter.check_cut(adapter.denoiser_name, denoiser, spec.granularity_name)
+    granularity = GRANULARITIES[spec.granularity_name]
+    granularity.check(denoiser, spec)
+    if granularity.units_to_remove is not None:
+        granularity.units_to_remove(denoiser, spec)  # refuses a sparsity the cut cannot reach
+    if spec.schedule is not None:
+        check_schedule_params(spec.schedule, dict(spec.schedule_params), adapter.num_train_timesteps(dense))
+
+
 def validate_run(*values, **named) -> dict:
     """Every field of a run, checked before anything changes on screen (the model is loaded: a
     source that cannot be loaded, a granularity the model cannot take and recovery data that do
@@ -888,8 +924,6 @@ def validate_run(*values, **named) -> dict:
     settings. Raises ``gr.Error`` naming the field and what is allowed."""
     from core.criteria import CRITERIA
     from core.fit import check_fit
-    from core.granularities import GRANULARITIES
-    from core.pipeline import adapter_of
     from core.recovery import RECOVERY_DEFAULTS, recovery_images
     from core.run import EvaluationSettings, RecoverySettings
 
@@ -906,11 +940,9 @@ def validate_run(*values, **named) -> dict:
         if not isinstance(c.export_oneshot, bool):
             raise ValueError(f"export the one-shot model too must be true or false, got {_short(c.export_oneshot)}")
         dense = cached_pipeline(c.source)
-        adapter = adapter_of(dense)
         check_fit(dense, spec.criterion, device=next(_denoiser(dense).parameters()).device,
                   label=f"model {model_label(c.source)}")
-        adapter.check_cut(adapter.denoiser_name, _denoiser(dense), spec.granularity_name)
-        GRANULARITIES[spec.granularity_name].check(_denoiser(dense), spec)
+        check_spec_on_model(dense, spec)
         class_label, prompt = class_label_of(dense, c.grid_class), grid_prompt_of(dense, c.grid_prompt)
         prompts = calibration_prompts_of(dense, c.calibration_prompts)
         if prompts is not None and CRITERIA[spec.criterion].needs_calibration:  # else ignored, as the batch sizes
@@ -966,7 +998,7 @@ def summary_table(run):
     if timing:
         rows += [[f"latency / image at {timing['num_inference_steps']} steps (median; range)",
                   *same(latency("dense"), latency("pruned"))],
-                 ["speed-up (paired: dense / pruned)", *same("1.00x", speedup_text(timing))]]
+                 ["speed-up (paired: dense / pruned)", *same("1.00x", speedup_text(timing, result.spec.granularity))]]
     else:
         rows.append(["latency", *same("not timed", "not timed")])
     rows += [
@@ -979,8 +1011,14 @@ def summary_table(run):
     prompts = calibration_prompts_text(result)
     if prompts:
         rows.append(["calibration prompts", "", prompts] + only_pruned)
+    if run_notes.calibration_reuse(totals):
+        rows.append(["calibration", "", run_notes.calibration_reuse(totals)] + only_pruned)
     if tuned is not None:
         rows += _recovery_rows(tuned, recovery)
+        warning = next((run_notes.recovery_warning(run.evaluations, q) for q in ("kid", "fid")
+                        if run_notes.recovery_warning(run.evaluations, q)), "")
+        if warning:
+            rows.append(["warning", "", "", warning])
     return pd.DataFrame(rows, columns=["", *stages])
 
 
@@ -997,20 +1035,21 @@ def _recovery_rows(tuned, recovery: dict) -> list:
     ]
 
 
-def speedup_text(timing: dict) -> str:
-    text = (f"{timing['speedup']:.2f}x (range {timing['speedup_low']:.2f}-{timing['speedup_high']:.2f}x over "
-            f"{timing['rounds']} paired rounds, timed in {timing['seconds']:.1f} s)")
-    return text + (": within timing noise" if timing["within_noise"] else "")
-
-
-def latency_sentence(timing: dict | None) -> str:
-    if not timing:
-        return "latency not timed"
-    text = (f"measured speed-up {timing['speedup']:.2f}x (range {timing['speedup_low']:.2f}-{timing['speedup_high']:.2f}x "
-            f"over {timing['rounds']} interleaved rounds of one denoising step at batch {timing['batch_size']})")
+def speedup_text(timing: dict, granularity=None) -> str:
+    """The summary's speed-up cell: "about 1.0x" whenever the paired range contains 1 or the
+    weights are only zeroed (unstructured, N:M), else the median."""
+    measured = (f"range {timing['speedup_low']:.2f}-{timing['speedup_high']:.2f}x over {timing['rounds']} paired "
+                f"rounds, timed in {timing['seconds']:.1f} s")
+    if verdict.is_masked(granularity):
+        return f"about 1.0x: zeroed weights run at dense speed ({measured})"
     if timing["within_noise"]:
-        text += ", **within timing noise**: no measurable speed-up"
-    return text
+        return f"about 1.0x, within timing noise ({measured})"
+    return f"{timing['speedup']:.2f}x ({measured})"
+
+
+def latency_sentence(timing: dict | None, granularity=None) -> str:
+    """The speed in one sentence (``verdict.speed_text``)."""
+    return verdict.speed_text(timing, granularity) if timing or verdict.is_masked(granularity) else "latency not timed"
 
 
 def kid_text(row: dict) -> str:
@@ -1154,7 +1193,7 @@ def run_prune_event(request: gr.Request = None, progress=gr.Progress(), **contro
     return run_prune(request=request, progress=progress, **controls)
 
 
-RUN_OUTPUTS = 20
+RUN_OUTPUTS = 21
 PAIR_KINDS = ("dense | one-shot", "dense | recovered", "one-shot | recovered")
 
 
@@ -1208,8 +1247,23 @@ def _status(run, quality_key: str, cancel_note: str) -> str:
                       f"{_quality_text(rows['recovered'], quality_key)} recovered (dense "
                       f"{_quality_text(rows['dense'], quality_key)}).")
     return (f"**Done** in {run.seconds:.1f} s ({totals['wall_time_s']:.1f} s pruning): {spec.label}. "
-            f"Kept {totals['params_ratio']:.1%} of the parameters and {totals['macs_ratio']:.1%} of the MACs; "
-            f"{latency_sentence(run.timing)}." + stage_text + (f" {cancel_note}" if cancel_note else ""))
+            f"Size: {verdict.size_text(totals, spec.granularity)}; speed: {verdict.speed_text(run.timing, spec.granularity)}."
+            + stage_text + (f" {cancel_note}" if cancel_note else "") + _warnings(run, quality_key))
+
+
+def _warnings(run, quality_key: str) -> str:
+    """The status line's extra lines: a recovery that made quality worse, a reused calibration."""
+    lines = [run_notes.recovery_warning(run.evaluations, quality_key)]
+    reused = run_notes.calibration_reuse(run.pruned.report.totals)
+    lines.append(f"Calibration {reused}." if reused else "")
+    return "".join(f"  \n{line}" for line in lines if line)
+
+
+def verdict_card(run, quality_key: str) -> str:
+    """The verdict card beside the controls (``verdict.verdict``)."""
+    steps = run.recovery["steps"] if run.recovered is not None else 0
+    return verdict.verdict(run.spec.granularity, run.pruned.report.totals, run.timing, run.evaluations, quality_key,
+                           steps)
 
 
 def build_outputs(checked: dict, run, archive: str):
@@ -1239,7 +1293,8 @@ def build_outputs(checked: dict, run, archive: str):
         select_pair(0, pairs["kind"], pairs),
         gr.update(maximum=max(1, len(pairs["images"]["dense"]) - 1), value=0),
         pairs,
-        safe_view(figures.importance_heatmap, report.importance),
+        safe_view(figures.importance_heatmap, report.importance,
+                  pruned=run_notes.pruned_units(report.importance, _denoiser(run.pruned.pipeline), spec.granularity)),
         safe_view(figures.layer_timestep_heatmap, report.timestep_contributions, _group_sizes(report)),
         safe_view(figures.layer_sparsity_bars, report.layers[report.layers["prunable"]]),
         safe_view(figures.timesteps_used, timesteps, title=_timesteps_title(report)),
@@ -1252,7 +1307,8 @@ def build_outputs(checked: dict, run, archive: str):
         safe_view(figures.recovery_losses, tuned.losses, recovery) if tuned is not None else
         figures.empty_figure(cancel_note or "no recovery in this run (recovery steps = 0)"),
         gr.update(choices=kinds, value=pairs["kind"]),
-        safe_view(figures.recovery_comparison, shipped_recovery(), _run_recovery(spec, rows, recovery, quality_key)),
+        safe_view(figures.recovery_comparison, shipped_recovery(quality_key), _run_recovery(spec, rows, recovery, quality_key)),
+        safe_view(verdict_card, run, quality_key),
     )
 
 
@@ -1271,9 +1327,9 @@ def _run_recovery(spec, rows: dict, recovery: dict, quality: str) -> dict | None
                 steps=recovery["steps"], samples=pruned_row.get("num_samples"))
 
 
-def shipped_recovery() -> list[dict]:
+def shipped_recovery(quality: str = "fid") -> list[dict]:
     """The shipped 2,000-step recovery comparison (docs/benchmarks.md; ``benchmarks/results/obs.json``): one
-    entry per method with FID one-shot and recovered, and the dense FID."""
+    entry per method with ``quality`` (``fid`` or ``kid``) one-shot and recovered, and the dense model's."""
     try:
         shipped = json.loads(SHIPPED_RECOVERY.read_text())["finetune"]
     except (OSError, KeyError, ValueError):
@@ -1284,8 +1340,8 @@ def shipped_recovery() -> list[dict]:
         row = results.get(key)
         if not row:
             continue
-        entries.append(dict(label=label, quality="fid", before=row["before_finetune"]["fid"],
-                            after=row["after_finetune"]["fid"], dense=results["dense"]["fid"], steps=settings["steps"],
+        entries.append(dict(label=label, quality=quality, before=row["before_finetune"][quality],
+                            after=row["after_finetune"][quality], dense=results["dense"][quality], steps=settings["steps"],
                             samples=settings["num_samples"], sparsity=row.get("sparsity"),
                             inference_steps=settings.get("inference_steps")))
     return entries
@@ -1373,12 +1429,13 @@ def dense_frontier(source, num_samples, steps, seed, quality, progress=gr.Progre
     return safe_view(figures.pareto, table, settings, current, quality_key, frontier_table(settings))
 
 
-def frontier_figure():
-    """The shipped dense-frontier benchmark as the "Is pruning worth it?" chart."""
+def frontier_figure(quality: str = "kid"):
+    """The shipped dense-frontier benchmark as the "Is pruning worth it?" chart, in the Quality
+    tab's metric."""
     import pandas as pd
 
     table = pd.read_csv(SHIPPED_FRONTIER) if SHIPPED_FRONTIER.exists() else None
-    return safe_view(figures.frontier_plane, table)
+    return safe_view(figures.frontier_plane, table, quality)
 
 
 def first_screen(source, seed, steps, *schedule_controls):
@@ -1388,7 +1445,7 @@ def first_screen(source, seed, steps, *schedule_controls):
     grid, card, classes, prompt = dense_preview(source, seed, steps)
     pareto_figure, sparsity_figure = results_charts()
     return (grid, card, preview_schedule(*schedule_controls), pareto_figure, sparsity_figure,
-            safe_view(figures.recovery_comparison, shipped_recovery()), classes, prompt, frontier_figure())
+            safe_view(figures.recovery_comparison, shipped_recovery("kid")), classes, prompt, frontier_figure())
 
 
 # ------------------------------------------------------------------------------ compare
@@ -1426,12 +1483,16 @@ def validate_compare(*values, **named) -> dict:
         metrics = check_quality(c.quality)
         if not c.criteria or not isinstance(c.criteria, (list, tuple)):
             raise ValueError(f"pick at least one criterion to compare (allowed: {sorted(CRITERIA)})")
+        if not isinstance(c.time_latency, bool):
+            raise ValueError(f"time the latency must be true or false, got {_typed(c.time_latency)}")
         levels = [None] if ":" in str(c.granularity) else parse_sparsities(c.sparsities)
         specs = [PruneSpec(criterion=criterion, granularity=c.granularity, sparsity=level, seed=seed)
                  for criterion in c.criteria for level in levels]
         if len(specs) > 24:
             raise ValueError(f"a sweep may hold at most 24 runs (criteria x sparsities), got {len(specs)}")
         dense = cached_pipeline(c.source)
+        for spec in specs:  # every row of the sweep reachable on this model, before the dense evaluation
+            check_spec_on_model(dense, spec)
         if recovery["steps"] and recovery["data"] != "generated":
             recovery_images(dense, recovery["data"])
     except ValueError as error:
@@ -1504,8 +1565,10 @@ def run_compare(*values, request=None, progress=None, **named):
     view_settings = (model, checked["num_samples"], checked["steps"], settings["reference"])
     quality_key = "kid" if "kid" in metrics else "fid"
     frontier = frontier_table(view_settings)
-    return (format_sweep(table, dense_row),
-            safe_view(figures.pareto, chart_rows, view_settings, None, quality_key, frontier),
+    latency_view = (safe_view(figures.pareto, chart_rows, view_settings, None, quality_key, frontier)
+                    if checked["time_latency"] else
+                    figures.empty_figure("latency not timed in this sweep: tick 'time latency' to draw quality vs latency"))
+    return (format_sweep(table, dense_row), latency_view,
             safe_view(figures.quality_vs_sparsity, chart_rows, view_settings, None, quality_key))
 
 

@@ -68,10 +68,57 @@ def _no_error_in(page, selector: str) -> None:
     assert "Error" not in page.locator(selector).inner_text(), selector
 
 
+def _open(page, accordion: str) -> None:
+    """Open a closed accordion of advanced settings (a no-op when it is open)."""
+    header = page.locator(f"#{accordion} > button").first
+    if header.get_attribute("aria-expanded") != "true":
+        header.click()
+
+
+def test_the_first_screens_grid_is_the_shipped_file(page):
+    import io
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    page.wait_for_selector("#dense-grid img")
+    source = page.locator("#dense-grid img").get_attribute("src")
+    shown = Image.open(io.BytesIO(page.request.get(source).body())).convert("L")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from diffprune_ui.first_screen import grid_path
+
+    shipped = Image.open(grid_path("ddpm-fashion-mnist", 0, 25)).convert("L")
+    assert np.array_equal(np.asarray(shown), np.asarray(shipped))
+    page.get_by_role("tab", name="Quality").click()
+    page.wait_for_selector("#worth-it >> text=Is pruning worth it?", timeout=60_000)
+    page.get_by_role("tab", name="Samples").click()
+
+
+def test_the_run_button_is_in_the_first_viewport_and_reachable_on_a_phone(page, live_app):
+    button = page.locator("#run-button")
+    box = button.bounding_box()
+    assert box is not None and box["y"] + box["height"] <= 900, box  # 1440x900, no scrolling
+    phone = page.context.browser.new_page(viewport={"width": 390, "height": 844})
+    try:
+        phone.goto(live_app)
+        run_top = phone.locator("#run-button").bounding_box()["y"]
+        # the run button comes before the advanced settings, not after every control
+        for accordion in ("#calibration-settings, #recovery-settings", "#evaluation-settings", "#model-source"):
+            assert run_top < phone.locator(accordion).first.bounding_box()["y"], accordion
+        assert run_top < 2 * 844, run_top
+        phone.locator("#run-button").scroll_into_view_if_needed()
+        assert phone.locator("#run-button").is_visible()
+    finally:
+        phone.close()
+
+
 def test_first_screen_has_dense_samples_curve_and_cost_estimate(page):
     page.wait_for_selector("#dense-grid img")
+    page.get_by_role("tab", name="Timesteps").click()
     _plot_rendered(page, "#schedule-plot")
-    page.wait_for_selector("#cost-note >> text=estimated calibration")  # taylor, before any click
+    page.get_by_role("tab", name="Samples").click()
+    page.wait_for_selector("#cost-note >> text=needs no calibration")  # the quick demo's criterion
 
 
 def test_presets_keep_their_granularity_in_any_order(page):
@@ -84,6 +131,8 @@ def test_presets_keep_their_granularity_in_any_order(page):
 
 
 def test_channel_unstructured_and_nm_runs_render_every_view(page, tmp_path):
+    _open(page, "recovery-settings")
+    _open(page, "evaluation-settings")
     _set_number(page, "recovery steps (0 = off)", 0)  # one-shot runs here; the recovery run is the last test
     for criterion, granularity in (("magnitude", "channel"), ("magnitude", "unstructured")):
         _choose(page, "Criterion", criterion)
@@ -105,6 +154,8 @@ def test_channel_unstructured_and_nm_runs_render_every_view(page, tmp_path):
     _set_number(page, "sampling steps", 25)
     page.get_by_role("button", name="Prune & evaluate").click()
     _wait_done(page, "obs / log-decrease / 2:4 @")
+    verdict = page.locator("#verdict").inner_text()  # zeroed weights: never "kept 100 %", never faster
+    assert "of the prunable weights zeroed" in verdict and "run at dense speed without sparse kernels" in verdict
     page.wait_for_selector("#pruned-grid img")
     page.wait_for_timeout(1000)
     screenshot = tmp_path / "finished-run.png"
@@ -115,8 +166,9 @@ def test_channel_unstructured_and_nm_runs_render_every_view(page, tmp_path):
     page.get_by_role("tab", name="Summary").click()
     page.locator("#summary-table").get_by_text("speed-up (paired: dense / pruned)").first.wait_for(state="attached")
     _export_listed(page)
-    page.get_by_role("tab", name="Quality vs speed").click()
+    page.get_by_role("tab", name="Quality").click()
     _plot_rendered(page, "#pareto-plot")
+    page.wait_for_selector("#worth-it >> text=for your run")
     page.get_by_role("tab", name="Samples").click()
 
 
@@ -128,6 +180,7 @@ def _export_listed(page) -> None:
 
 def test_an_error_after_a_success_keeps_grids_and_export(page):
     before = page.locator("#pruned-grid img").get_attribute("src")
+    _open(page, "model-source")
     source = page.get_by_label("Model source", exact=True)
     source.fill("no-such-user/no-such-model")
     page.get_by_role("button", name="Prune & evaluate").click()
@@ -165,3 +218,43 @@ def test_a_run_with_recovery_shows_dense_one_shot_and_recovered(page):
     page.wait_for_function("() => /recovered5\\s*\\.zip/.test(document.querySelector('#export-file')?.innerText || '')",
                            timeout=30_000)
     page.get_by_role("tab", name="Samples").click()
+
+
+def test_a_closed_tab_cancels_its_running_job(live_app, page):
+    """A long run (Diff-Pruning: 200 recovery steps, minutes here) is started and its tab closed:
+    the server cancels it, so the next tab's Quick demo starts at once instead of waiting in line."""
+    import time
+
+    browser = page.context.browser  # the module's browser: one Playwright per thread
+    opened = []
+    try:
+        first = browser.new_page(viewport={"width": 1440, "height": 900})
+        opened.append(first)
+        first.set_default_timeout(TIMEOUT_MS)
+        first.goto(live_app)
+        first.wait_for_selector("#dense-grid img")
+        first.get_by_role("button", name="Diff-Pruning", exact=True).click()
+        first.get_by_role("button", name="Prune & evaluate", exact=True).click()
+        first.wait_for_function("() => (document.querySelector('#queue-note')?.innerText || '')"
+                                ".includes('Starting your run now')")
+        first.wait_for_timeout(3000)  # the job is computing
+        first.close()
+        second = browser.new_page(viewport={"width": 1440, "height": 900})
+        opened.append(second)
+        second.set_default_timeout(TIMEOUT_MS)
+        second.goto(live_app)
+        second.wait_for_selector("#dense-grid img")
+        second.get_by_role("button", name="Quick demo", exact=True).click()
+        started = time.monotonic()
+        second.get_by_role("button", name="Prune & evaluate", exact=True).click()
+        second.wait_for_function("() => (document.querySelector('#queue-note')?.innerText || '').length > 0 "
+                                 "|| (document.querySelector('#status')?.innerText || '').includes('Done in')")
+        note = second.locator("#queue-note").inner_text()
+        assert "waiting" not in note, note  # nothing ahead: the closed tab's job was cancelled
+        second.wait_for_function("() => (document.querySelector('#status')?.innerText || '').includes('Done in')",
+                                 timeout=240_000)
+        assert time.monotonic() - started < 240
+    finally:
+        for tab in opened:
+            if not tab.is_closed():
+                tab.close()

@@ -60,3 +60,18 @@ def test_the_api_lists_each_action_once_and_keeps_serving(client):
                      "/preview_schedule", "/first_screen", "/recovery_estimate"}
     curve = client.predict("log-decrease", 0.05, "1,1,1,1", 25, 0.8, 1.2, 10, "0:1", api_name="/preview_schedule")
     assert curve is not None
+
+
+QUICK_COMPARE = dict(source="", criteria=["random"], granularity="channel", sparsities="0.5", num_samples=4, steps=2,
+                     seed=0, quality="KID", time_latency=False, recovery_steps=0, recovery_lr=2e-4, recovery_batch=8,
+                     distill=False, recovery_data="shipped training images", recovery_files=None)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(granularity="head"), "sparsity 0.5 cannot be reached with granularity 'head' on this model"),
+    (dict(time_latency="x"), "time the latency must be true or false"),
+])
+def test_compare_refuses_before_any_work_through_the_api(client, change, message):
+    with pytest.raises(Exception, match=message) as caught:
+        client.predict(*dict(QUICK_COMPARE, **change).values(), api_name="/run_compare")
+    assert len(str(caught.value)) < 400

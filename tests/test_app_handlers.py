@@ -148,20 +148,26 @@ def test_first_screen_shows_samples_curve_and_charts(tiny_model):
         tiny_model, 0, 2, *SCHEDULE_DEFAULTS)
     # the shipped dense frontier (the dense model at fewer steps) as a line labelled by steps
     line = next(trace for trace in frontier.data if trace.name == "dense, fewer steps (free)")
-    assert [int(t) for t in line.text][:3] == [4, 6, 8] and list(line.x) == sorted(line.x)
+    shipped = pd.read_csv(handlers.SHIPPED_FRONTIER)
+    dense = shipped[shipped["criterion"] == "dense"]
+    if "scheduler" in dense:  # one line per sampler: the first is the table's first sampler
+        dense = dense[dense["scheduler"] == dense["scheduler"].iloc[0]]
+    assert [int(t) for t in line.text] == sorted(dense["num_inference_steps"]) and list(line.x) == sorted(line.x)
     assert isinstance(grid, Image.Image)
     assert all(isinstance(f, go.Figure) for f in (curve, pareto, by_sparsity, recovery))
-    # The shipped 2,000-step recovery comparison is on the first screen: one-shot and recovered FID per method.
+    # The shipped 2,000-step recovery comparison is on the first screen: one-shot and recovered KID per
+    # method (the metric of the other charts), with the dense model's KID.
     bars = {trace.name: list(trace.y) for trace in recovery.data if trace.type == "bar"}
     assert set(bars) == {"one-shot", "recovered"} and len(bars["one-shot"]) == 3
-    assert [round(v, 1) for v in bars["recovered"]] == [98.7, 85.5, 74.3]
+    assert [round(v, 4) for v in bars["recovered"]] == [0.0478, 0.0356, 0.0205]
+    assert recovery.layout.yaxis.title.text.startswith("KID") and frontier.layout.yaxis.title.text.startswith("KID")
     assert len(curve.data) >= 1
 
 
 # ------------------------------------------------------------------------------ run
 RUN_FIELDS = ("status", "summary", "dense_grid", "pruned_grid", "slider_pair", "pair_update", "pairs", "importance",
               "timestep_heatmap", "layers", "used", "pareto", "by_sparsity", "archive", "recovery", "schedule_plot",
-              "recovered_grid", "loss_plot", "pair_kind", "recovery_chart")
+              "recovered_grid", "loss_plot", "pair_kind", "recovery_chart", "verdict")
 
 
 def run(source, progress=None, request=None, **change) -> dict:
@@ -195,6 +201,10 @@ def test_run_prune_returns_every_view(tiny_model):
     for name in ("importance", "timestep_heatmap", "layers", "used", "pareto", "by_sparsity"):
         assert isinstance(out[name], go.Figure) and not is_note(out[name]), name
     assert out["importance"].data[0].type == "heatmap"
+    # The verdict card leads the results: quality with its noise, size kept (structured), speed.
+    assert out["verdict"].startswith("### Verdict: one-shot")
+    assert "noise ± " in out["verdict"] and "of the MACs kept" in out["verdict"] and "**Speed:**" in out["verdict"]
+    assert "Kept 100" not in out["status"] and "of the MACs kept" in out["status"]
     descriptions = " ".join(desc or "" for _, desc in progress.calls)
     for stage in ("scoring", "sampling", "timing dense and pruned", "exporting"):
         assert stage in descriptions, descriptions
@@ -249,6 +259,10 @@ def test_run_prune_every_granularity_completes(tiny_model, granularity):
     assert not any(is_note(out[name]) for name in ("importance", "timestep_heatmap", "layers", "used", "pareto"))
     assert Path(out["archive"]).exists() and "pct.zip" in out["archive"]
     assert bool(out["recovery"]) == (granularity in ("channel", "head"))
+    if granularity in ("unstructured", "2:4"):  # zeroed weights: never "kept 100 % of the parameters"
+        assert "of the prunable weights zeroed" in out["verdict"] and "kept" not in out["verdict"]
+        assert "zeroed weights run at dense speed without sparse kernels" in out["verdict"]
+        assert "of the prunable weights zeroed" in out["status"] and "Kept" not in out["status"]
 
 
 @pytest.mark.parametrize("granularity, sparsity", [("head", 0.25), ("ffn", 0.3), ("block", 0.3), ("2:4", 0.5)])
@@ -312,6 +326,71 @@ def test_presets_set_exactly_their_spec_in_any_order(first):
         assert state["distill"] == (PRESETS[second].criterion == "nici")  # NiCI-Pruning recovers with distillation
         updates = ui_app.preset_updates(second)
         assert updates[1]["value"] == PRESETS[second].granularity and PRESETS[second].granularity in updates[1]["choices"]
+
+
+def test_presets_set_recovery_and_evaluation_and_the_page_opens_with_the_quick_demo():
+    from core.recovery import RECOVERY_DEFAULTS
+
+    quick = ui_app.preset_values("quick-demo")
+    assert PRESETS["quick-demo"].criterion in {name for name, c in CRITERIA.items() if not c.needs_calibration}
+    assert (quick["recovery_steps"], quick["num_samples"], quick["steps"], quick["quality"]) == (20, 16, 25, "KID")
+    assert ui_app.preset_values("diffpruning")["recovery_steps"] == RECOVERY_DEFAULTS["steps"]
+    assert ui_app.preset_values("obs-diff")["recovery_steps"] == 0  # OBS-Diff is one-shot
+    updates = ui_app.preset_updates("quick-demo")
+    fields = ui_app.PRESET_FIELDS + ui_app.RUN_PRESET_FIELDS
+    assert [u["value"] for u in updates[:len(fields)]] == [quick[f] for f in fields]
+    # The page's own defaults are the quick demo's spec (readable without the engine).
+    spec = handlers.spec_from_controls(**ui_app.QUICK_DEMO, schedule="uniform", threshold=0.05, interval_weights="1,1,1,1",
+                                       num_steps=25, w_min=0.8, w_max=1.2, num_timesteps=10, custom_text="0:1",
+                                       calibration_batch_size=4, calibration_batches=1, seed=0)
+    assert spec == PRESETS["quick-demo"]
+    demo = ui_app.build_demo()
+    components = {c.get("props", {}).get("elem_id"): c for c in demo.get_config_file()["components"]}
+    assert components["recovery-steps"]["props"]["value"] == 20
+    for accordion in ("calibration-settings", "recovery-settings", "evaluation-settings", "model-source"):
+        assert components[accordion]["props"]["open"] is False, accordion
+
+
+def test_the_first_screen_comes_from_shipped_files_without_the_engine():
+    """Served before torch is imported: the shipped grid, card, charts and sentence."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from diffprune_ui import first_screen as f; out = f.shipped_first_screen('', 0, 25); "
+            "assert 'torch' not in sys.modules, 'torch imported'; print(type(out[0]).__name__, out[6][:40])")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                           cwd=Path(__file__).resolve().parent.parent)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "Image" in shown.stdout and "Is pruning worth it?" in shown.stdout
+
+
+def test_dense_preview_shows_the_shipped_grid_at_the_defaults_and_samples_otherwise():
+    from diffprune_ui import first_screen
+
+    handlers._DENSE_SAMPLES.clear()
+    grid, card, *_ = handlers.dense_preview("", 0, first_screen.DEFAULT_STEPS)
+    shipped = first_screen.shipped_grid("", 0, first_screen.DEFAULT_STEPS)
+    assert np.array_equal(np.asarray(grid), np.asarray(shipped)) and not handlers._DENSE_SAMPLES  # nothing sampled
+    assert card == first_screen.shipped_card("")  # the shipped card is the one the app writes
+    other, *_ = handlers.dense_preview("", 0, 2)  # another step count: sampled as before
+    assert len(handlers._DENSE_SAMPLES) == 1 and not np.array_equal(np.asarray(other), np.asarray(shipped))
+    assert first_screen.shipped_grid("", 0, 25, class_label=3) is None
+    assert first_screen.shipped_grid("no-such/model", 0, 25) is None
+
+
+def test_the_quality_tab_answers_is_pruning_worth_it_for_the_shipped_results_and_a_run(tiny_model):
+    from diffprune_ui import quality_answer
+
+    shipped = quality_answer.shipped_answer("kid")
+    table = pd.read_csv(quality_answer.SHIPPED_FRONTIER)
+    assert 0 < shipped["compared"] <= (table["criterion"] != "dense").sum()  # points within the dense line's latencies
+    verdict_word = "No" if shipped["beating"] == 0 else "Yes"  # the sentence says what the comparison found
+    assert f"**Is pruning worth it? {verdict_word}** for the shipped results" in quality_answer.shipped_sentence("kid")
+    out = run(tiny_model, steps=5)
+    handlers.dense_frontier(tiny_model, 4, 5, 0, "KID", progress=RecordingProgress())
+    sentence = quality_answer.after_run(tiny_model, 4, 5, "KID")
+    assert "for your run" in sentence and "for the shipped results" in sentence and "KID" in sentence
+    assert out["status"].startswith("**Done**")
 
 
 def test_criterion_change_keeps_a_supported_granularity():
@@ -549,6 +628,44 @@ def test_run_compare_bad_input(tiny_model):
         handlers.run_compare(tiny_model, ["random"], "channel", "0.3, abc", 4, 2, 0, progress=RecordingProgress())
 
 
+def _named_run(source, **change) -> dict:
+    """The Prune tab's controls by name (as the page sends them), with ``change`` applied."""
+    return dict(zip(handlers.RUN_CONTROLS, run_args(source)), **change)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(criterion="taylor", schedule="custom", custom_text="5000:1"),
+     "t must be an integer in [0, 1000), got 5000"),
+    (dict(granularity="head", sparsity=0.9), "sparsity 0.9 cannot be reached with granularity 'head' on this model"),
+    (dict(num_samples=None), "number of samples must be a whole number from 2 to 256, got an empty field"),
+    (dict(num_samples=""), "number of samples must be a whole number from 2 to 256, got an empty field"),
+    (dict(seed="abc"), "seed must be a whole number from 0 to 2,147,483,647, got 'abc'"),
+    (dict(seed="9" * 100_000), "seed must be a whole number"),
+    (dict(criterion=["magnitude"]), "criterion must be one of"),
+    (dict(sparsity="nan"), "sparsity must be a number from 0 to 0.95, got 'nan'"),
+    (dict(sparsity=2), "sparsity must be a number from 0 to 0.95, got 2"),
+    (dict(criterion="taylor", schedule="custom", custom_text="[" * 5000 + "]" * 5000), "custom schedule nests"),
+    (dict(criterion="taylor", schedule="custom", custom_text="0:" + "1" * 100_000), "custom schedule must be at most"),
+])
+def test_check_run_refuses_on_the_default_model_before_any_work(change, message):
+    """Checked in validation (the model is loaded; nothing runs): what used to pass the check and
+    fail after the run had started, or fail with gradio's generic message."""
+    with pytest.raises(gr.Error) as caught:
+        handlers.check_run(**_named_run("", **change))
+    text = caught.value.message
+    assert message in text and len(text) < 320 and "\n" not in text, text
+
+
+def test_check_compare_refuses_a_sweep_the_model_cannot_reach_before_the_dense_evaluation(results_dir):
+    controls = dict(zip(handlers.COMPARE_CONTROLS, ("", ["random"], "head", "0.5", 4, 2, 0, "KID", False)))
+    with pytest.raises(gr.Error, match="sparsity 0.5 cannot be reached with granularity 'head'"):
+        handlers.run_compare(**controls, request=FakeRequest(), progress=RecordingProgress())
+    assert not results_dir.exists() or not any(results_dir.rglob("*.json"))  # nothing was evaluated
+    with pytest.raises(gr.Error, match="time the latency must be true or false, got 'x'"):
+        handlers.check_compare(**dict(controls, granularity="channel", time_latency="x"))
+    handlers.check_compare(**dict(controls, granularity="channel"))  # the same sweep at a reachable cut passes
+
+
 def test_every_user_action_is_one_named_endpoint():
     demo = ui_app.build_demo()
     named = set(demo.get_api_info()["named_endpoints"])
@@ -587,7 +704,10 @@ def test_shipped_charts_label_points_and_draw_the_frontier():
     for part in ("channel", "sparsity", "48 samples, 10 steps", "fine-tuned 40 steps"):
         assert part in hover
     symbols = {trace.marker.symbol for trace in pareto.data[1:]}
-    assert {"circle", "square", "diamond"} <= {s.replace("-open", "") for s in symbols}
+    assert {"circle", "square", "diamond"} <= {s.replace("-open", "").replace("-dot", "") for s in symbols}
+    # unstructured and N:M rows show no measured speed-up: drawn at 1.0 with a dotted marker, never as slower
+    flat = [trace for trace in pareto.data[1:] if "unstructured" in trace.name or "2:4" in trace.name]
+    assert flat and all(set(trace.x) == {1.0} and trace.marker.symbol.endswith("-dot") for trace in flat)
     assert any("(fixed 1-N/M)" in (trace.name or "") for trace in by_sparsity.data)
 
 
@@ -734,8 +854,8 @@ def test_recovery_estimate_is_measured_and_scales_with_the_budget(tiny_model):
     small = handlers.recovery_estimate(tiny_model, 100, 4, False)
     large = handlers.recovery_estimate(tiny_model, 1000, 4, False)
     assert "100 steps x" in small and "1,000 steps x" in large and "measured now" in small
-    rate = re.search(r"x ([0-9.]+) s", small).group(1)
-    assert rate == re.search(r"x ([0-9.]+) s", large).group(1) and float(rate) > 0
+    rate = re.search(r"x ([0-9.]+) m?s", small).group(1)
+    assert rate == re.search(r"x ([0-9.]+) m?s", large).group(1) and float(rate) > 0
     assert "cannot estimate the recovery" in handlers.recovery_estimate(tiny_model, -1, 4, False)
 
 
@@ -899,3 +1019,130 @@ def test_frontier_plane_draws_the_dense_line_and_each_pruned_model_with_its_late
     assert pruned.marker.symbol == "circle-open" and list(pruned.text) == ["8", "12"]
     assert pruned.error_x.array[0] == pytest.approx(8 / 50 / 1.1 - 8 / 50 / 1.2)
     assert "no frontier" in figures.frontier_plane(None).layout.annotations[0].text
+
+
+# ------------------------------------------------------------------------------ newcomer defects
+def _listeners(demo, fn) -> list:
+    """(component, event) pairs that trigger ``fn`` on the page."""
+    return [(demo.blocks[target].elem_id if target in demo.blocks else target, event)
+            for block_fn in demo.fns.values() if block_fn.fn is fn for target, event in block_fn.targets]
+
+
+def test_nm_fixes_the_sparsity_slider_at_one_minus_n_over_m_and_says_why():
+    from diffprune_ui import run_notes
+
+    for pattern, expected in (("2:4", 0.5), ("1:4", 0.75), ("4:8", 0.5)):
+        update = run_notes.sparsity_slider(pattern)
+        assert update["value"] == pytest.approx(expected) and update["interactive"] is False
+        assert f"1 - {pattern.replace(':', '/')}" in update["info"]
+    free = run_notes.sparsity_slider("channel")
+    assert free["interactive"] is True and "value" not in free  # the user's value stays
+    demo = ui_app.build_demo()
+    assert ("change" in {event for _, event in _listeners(demo, run_notes.sparsity_slider)})
+
+
+def test_embedded_models_are_scored_against_the_shipped_test_images(tiny_model):
+    for source in ("", "dit-fashion-mnist", "ddpm-fashion-mnist"):
+        assert handlers.evaluation_reference(source) == "fashion-mnist-test", source
+    assert handlers.evaluation_reference(tiny_model) == "dense"  # no dataset: distance from the teacher
+    checked = handlers.validate_run(*run_args("dit-fashion-mnist", granularity="head", sparsity=0.25))
+    assert checked["evaluation"].reference == "fashion-mnist-test"
+
+
+def test_a_recovery_that_makes_quality_worse_is_flagged_in_the_summary(tiny_model):
+    from core.run import TimingSettings
+    from core.run import run as core_run
+
+    checked = handlers.validate_run(*run_args(tiny_model, recovery_steps=3, recovery_data="generated by the dense model"))
+
+    result = core_run(checked["dense"], checked["spec"], recovery=checked["recovery"], evaluation=checked["evaluation"],
+                      timing=TimingSettings())
+    oneshot, recovered = result.evaluations["one-shot"]["kid"], result.evaluations["recovered"]["kid"]
+    # the same measured run read both ways: worse after recovery is flagged, better is not
+    result.evaluations["recovered"]["kid"], result.evaluations["one-shot"]["kid"] = max(oneshot, recovered) + 0.01, min(
+        oneshot, recovered)
+    table = handlers.summary_table(result)
+    warning = dict(zip(table[""], table["recovered"]))["warning"]
+    assert warning.startswith("⚠ Recovery made quality worse: KID")
+    assert "Recovery made quality worse" in handlers._status(result, "kid", "")
+    result.evaluations["recovered"]["kid"] = min(oneshot, recovered) - 0.01
+    assert "warning" not in list(handlers.summary_table(result)[""])
+    assert "Recovery made quality worse" not in handlers._status(result, "kid", "")
+
+
+def test_recovery_estimate_is_measured_per_model_and_follows_a_model_switch(tiny_model):
+    from core.cost import recovery_step_seconds
+    from diffprune_ui import run_notes
+
+    texts = {}
+    for source in (tiny_model, "dit-fashion-mnist"):
+        texts[source] = handlers.recovery_estimate(source, 20, 4, False)
+        rate = recovery_step_seconds(handlers.cached_pipeline(source), 4, False)
+        assert rate > 0 and "x 0.00 s" not in texts[source]
+        shown = float(re.search(r"x ([0-9.]+) (m?s)", texts[source]).group(1))
+        unit = re.search(r"x ([0-9.]+) (m?s)", texts[source]).group(2)
+        assert shown == pytest.approx(rate * (1000 if unit == "ms" else 1), abs=0.051)
+    assert texts[tiny_model] != texts["dit-fashion-mnist"]
+    demo = ui_app.build_demo()
+    # a newly shown model (its card changes) re-estimates both costs, each first saying it is estimating
+    for pending in (run_notes.recovery_pending, run_notes.calibration_pending):
+        assert any(event == "change" and target is not None and "estimating" in pending()
+                   for target, event in _listeners(demo, pending))
+
+
+def test_obs_and_gradflow_get_a_measured_estimate_and_presets_show_it_is_updating(tiny_model):
+    from diffprune_ui import run_notes
+
+    for criterion, preset_words in (("obs", "Hessian hooks"), ("gradflow", "gradient-flow passes")):
+        args = dict(zip(handlers.ESTIMATE_CONTROLS, [tiny_model, criterion, "unstructured", 0.5, "log-decrease",
+                                                     0.05, "1,1,1,1", 5, 0.8, 1.2, 4, "0:1", 2, 1, 0]))
+        if criterion == "gradflow":
+            args["schedule"] = "uniform"
+        text = handlers.calibration_estimate(**args)
+        assert "estimated calibration" in text and preset_words in text and "measured now" in text, text
+        assert "benchmarks/" not in text and "bench_prune" not in text
+    demo = ui_app.build_demo()
+    triggers = {event for _, event in _listeners(demo, run_notes.calibration_pending)}
+    assert {"load", "change"} <= triggers  # a preset changes the criterion: the note first says "estimating"
+    assert "estimating" in run_notes.calibration_pending()
+
+
+def test_a_closed_tab_cancels_its_waiting_or_running_job():
+    from diffprune_ui import run_notes
+
+    class Closed:
+        session_hash = "closed-tab"
+
+    handlers.announce_run(Closed())  # waiting for the compute slot
+    run_notes.cancel_closed_session(Closed())
+    assert "closed-tab" not in handlers._WAITING and "closed-tab" in handlers._CANCELLED
+    callback = handlers._progress_callback(None, "closed-tab")
+    with pytest.raises(handlers.RunCancelled):
+        callback(0.1, "sampling")  # the job stops at its first progress report
+    run_notes.cancel_closed_session(Closed())  # nothing left to cancel: no stale mark
+    assert "closed-tab" not in handlers._CANCELLED
+    demo = ui_app.build_demo()
+    assert [event for _, event in _listeners(demo, run_notes.cancel_closed_session)] == ["unload"]
+
+
+def test_a_reused_calibration_is_said_in_the_summary(tiny_model):
+    first = run(tiny_model, criterion="taylor", granularity="channel", sparsity=0.3)
+    second = run(tiny_model, criterion="taylor", granularity="channel", sparsity=0.4)
+    rows = [dict(zip(out["summary"][""], out["summary"]["one-shot"])) for out in (first, second)]
+    assert "calibration" not in rows[0] or "reused" not in rows[0]["calibration"]
+    assert rows[1]["calibration"].startswith("reused from an earlier run")
+    assert "Calibration reused" in second["status"]
+
+
+@pytest.mark.parametrize("granularity", ["head", "channel"])
+def test_the_importance_heatmap_marks_the_pruned_units(tiny_model, granularity):
+    out = run(tiny_model, granularity=granularity, sparsity=0.07 if granularity == "head" else 0.3)
+    figure = out["importance"]
+    labels = list(figure.data[0].y)
+    marked = [label for label in labels if re.search(r" \(-\d+/\d+\)$", label)]
+    assert marked, labels
+    if granularity == "head":  # which heads went is known: a red cross on each of their bins
+        crosses = [trace for trace in figure.data if trace.name == "pruned units"]
+        assert crosses and set(crosses[0].y) <= set(marked)
+        removed = sum(int(re.search(r"\(-(\d+)/", label).group(1)) for label in marked)
+        assert len(crosses[0].x) == removed  # one head per bin at this width

@@ -1,0 +1,114 @@
+""""Is pruning worth it?" in one sentence, computed from result tables (``verdict.worth_it``).
+
+For the shipped results: ``assets/results/frontier.csv`` (pruned + recovered models at several
+sampling step counts and the dense model at fewer steps, latency relative to the dense model at 50
+steps; ``benchmarks/bench_frontier.py``). For a run: its one-shot and recovered points (latency 1 /
+measured speed-up; 1.0 where no speed-up was measured) against the dense model at fewer steps under
+the run's settings (``handlers.frontier_table``: ``dense_steps.csv`` or the app's own measurement).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .verdict import no_measured_speedup, worth_it, worth_it_sentence
+
+SHIPPED_FRONTIER = Path(__file__).resolve().parent.parent / "assets" / "results" / "frontier.csv"
+
+
+def shipped_answer(quality: str = "kid", path: Path = SHIPPED_FRONTIER) -> dict | None:
+    import pandas as pd
+
+    if not path.exists():
+        return None
+    table = pd.read_csv(path)
+    if quality not in table:
+        return None
+    if "model" in table:
+        table = table[table["model"] == "default"]
+    # Each sampler's pruned points against the dense line of the same sampler (when the table has several).
+    groups = table.groupby("scheduler", sort=False) if "scheduler" in table else [(None, table)]
+    answers = []
+    for scheduler, group in groups:
+        dense = group[group["criterion"] == "dense"].to_dict("records")
+        sampler = f" ({scheduler})" if scheduler is not None and table["scheduler"].nunique() > 1 else ""
+        pruned = [dict(row, label=f"{row['label']} at {int(row['num_inference_steps'])} steps{sampler}")
+                  for row in group[group["criterion"] != "dense"].to_dict("records")]
+        answer = worth_it(dense, pruned, quality)
+        if answer is not None:
+            answers.append(answer)
+    if not answers:
+        return None
+    return dict(compared=sum(a["compared"] for a in answers), beating=sum(a["beating"] for a in answers),
+                best=max((a["best"] for a in answers), key=lambda point: point["margin"]))
+
+
+def shipped_sentence(quality: str = "kid", path: Path = SHIPPED_FRONTIER) -> str:
+    samples = ""
+    if path.exists():
+        import pandas as pd
+
+        samples = f", {int(pd.read_csv(path)['num_samples'].max())} samples"
+    return worth_it_sentence(shipped_answer(quality, path), quality,
+                             f"the shipped results (default model{samples}, pruned + recovered)")
+
+
+def run_points(current: list[dict]) -> list[dict]:
+    """A run's one-shot and recovered rows as points on the relative-latency axis."""
+    points = []
+    for row in current or []:
+        speedup = row.get("speedup")
+        if not speedup:
+            continue
+        steps = int(row.get("finetune_steps") or 0)
+        latency = 1.0 if no_measured_speedup(row) else 1.0 / float(speedup)
+        points.append(dict(row, relative_latency=latency,
+                           label=f"your run, recovered {steps:,} steps" if steps else "your run, one-shot"))
+    return points
+
+
+def run_sentence(current: list[dict], frontier, quality: str = "kid") -> str:
+    """The sentence for a run; ``frontier`` is the dense model at fewer steps under its settings."""
+    points = run_points(current)
+    if not points:
+        return "**Is pruning worth it?** Not answered for your run: its latency was not timed."
+    if frontier is None or len(frontier) == 0 or quality not in frontier:
+        return ("**Is pruning worth it?** For your run: measuring the dense model at fewer sampling steps under "
+                "your settings (the chart above updates when it is done).")
+    return worth_it_sentence(worth_it(frontier.to_dict("records"), points, quality), quality, "your run")
+
+
+def latest_run_rows(rows) -> list[dict]:
+    """The latest app run among stored rows (oldest first): its recovered row and the one-shot row
+    of the same spec, or its one-shot row alone."""
+    if rows is None or len(rows) == 0 or "kind" not in rows:
+        return []
+    mine = rows[rows["kind"] == "app-run"]
+    if not len(mine):
+        return []
+    last = mine.iloc[-1].to_dict()
+    if not int(last.get("finetune_steps") or 0):
+        return [last]
+    one_shot = mine[(mine["spec_json"] == last["spec_json"]) & (mine["finetune_steps"].fillna(0) == 0)]
+    return ([one_shot.iloc[-1].to_dict()] if len(one_shot) else []) + [last]
+
+
+def after_run(source, num_samples, steps, quality):
+    """The Quality tab's sentences after a run (and after the dense model at fewer steps was
+    measured under its settings): the run's answer, then the shipped results' one."""
+    import gradio as gr
+
+    from . import figures, handlers
+
+    try:
+        num_samples, steps = handlers.check_counts(num_samples, steps)
+        metrics = handlers.check_quality(quality)
+    except ValueError:
+        return gr.skip()
+    quality_key = "kid" if "kid" in metrics or not metrics else "fid"
+    settings = (handlers.model_label(source), num_samples, steps, handlers.evaluation_reference(source))
+    if not metrics:
+        first = "**Is pruning worth it?** Not answered for your run: it was not evaluated (quality metric: none)."
+    else:
+        rows, _ = figures.comparable(handlers.results_table(), settings)
+        first = run_sentence(latest_run_rows(rows), handlers.frontier_table(settings), quality_key)
+    return first + "\n\n" + shipped_sentence("kid")

@@ -119,6 +119,23 @@ def preset_updates(name: str):
     return (*updates, gr.update(visible=criterion.needs_calibration), f"*{criterion.description}*")
 
 
+class Page(gr.Blocks):
+    """``gr.Blocks`` whose API answers a refused file path with a field error: gradio refuses a
+    path that was not uploaded (``InvalidPathError``) while preparing the inputs, before any
+    handler, and would answer ``{"error": null}``."""
+
+    async def preprocess_data(self, block_fn, inputs, *args, **kwargs):
+        from gradio.exceptions import InvalidPathError
+
+        try:
+            return await super().preprocess_data(block_fn, inputs, *args, **kwargs)
+        except InvalidPathError:
+            fields = [block.label or "file" for block in block_fn.inputs if isinstance(block, gr.File)]
+            raise gr.Error(f"{' / '.join(fields) or 'file input'}: only files uploaded to this app are accepted "
+                           "(upload them; from Python, gradio_client.handle_file), not a path on the server",
+                           print_exception=False) from None
+
+
 def build_demo() -> gr.Blocks:
     """The page. Whole-number fields use ``precision=None`` so that the handlers see what was sent
     and refuse ``1.5`` instead of gradio rounding it. Built from the registries' catalog (``core.catalog``) so that serving it
@@ -136,7 +153,7 @@ def build_demo() -> gr.Blocks:
     quick = run_settings(DEFAULT_PRESET)
     ramp_defaults = SCHEDULES["log-decrease"].defaults
     # Exported files served by gradio are copied to its cache: drop those older than an hour, hourly.
-    with gr.Blocks(title="DiffPrune Studio", delete_cache=(3600, 3600)) as demo:
+    with Page(title="DiffPrune Studio", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(INTRO, elem_id="intro")
         pairs_state = gr.State([])
         with gr.Tab("Prune"):
@@ -161,8 +178,11 @@ def build_demo() -> gr.Blocks:
                     with gr.Row():
                         granularity = gr.Dropdown(handlers.granularity_choices(first.granularities),
                                                   value=QUICK_DEMO["granularity"], label="Granularity", min_width=120)
-                        sparsity = gr.Slider(0.0, 0.95, value=QUICK_DEMO["sparsity"], step=0.01, min_width=180,
-                                             label="Sparsity (fraction of prunable parameters removed)")
+                        # A number box without bounds: every typed value reaches the handlers' check,
+                        # which names the field and the allowed range (a slider would clamp it silently).
+                        sparsity = gr.Number(value=QUICK_DEMO["sparsity"], precision=None, step=0.05, min_width=180,
+                                             label="Sparsity (0 to 0.95)", info=run_notes.SPARSITY_INFO,
+                                             elem_id="sparsity")
                     with gr.Row():
                         run_button = gr.Button("Prune & evaluate", variant="primary", elem_id="run-button")
                         cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel-button")
@@ -207,7 +227,7 @@ def build_demo() -> gr.Blocks:
                                               label="distill from the dense model (NiCI-Pruning's recovery)")
                         recovery_data = gr.Radio(list(handlers.RECOVERY_DATA), value="shipped training images",
                                                  label="recovery data")
-                        recovery_files = gr.File(file_count="multiple", file_types=["image"], label="your images",
+                        recovery_files = gr.File(file_count="multiple", file_types=["image"], label="your recovery images",
                                                  visible=False)
                         export_oneshot = gr.Checkbox(value=False, label="export the one-shot model too")
                     with gr.Accordion("Evaluation", open=False, elem_id="evaluation-settings"):
@@ -217,6 +237,9 @@ def build_demo() -> gr.Blocks:
                             steps = gr.Number(value=quick["steps"], precision=None, step=1, label="sampling steps")
                             seed = gr.Number(value=0, precision=None, step=1, label="seed")
                         quality = gr.Radio(list(handlers.QUALITY_METRICS), value=quick["quality"], label="Quality metric")
+                        sampler = gr.Dropdown(list(handlers.SAMPLERS.items()), value="ddim", label="Sampler",
+                                              info="evaluation, sample grids and the dense model at fewer steps",
+                                              elem_id="sampler")
                     with gr.Accordion("Another model: hub id or local folder", open=False, elem_id="model-source"):
                         source = gr.Textbox(label="Model source", value="", max_lines=1,
                                             placeholder="empty = embedded DDPM (Fashion-MNIST); or a hub id / local path")
@@ -248,6 +271,10 @@ def build_demo() -> gr.Blocks:
                             pareto_plot = gr.Plot(label="Quality vs latency, with the dense model at fewer steps",
                                                   elem_id="pareto-plot")
                             sparsity_plot = gr.Plot(label="Quality vs sparsity", elem_id="sparsity-plot")
+                            frontier_sampler = gr.Radio(list(handlers.SAMPLERS.items()), value="ddim",
+                                                        label="Sampler of the shipped results (the model on screen)",
+                                                        elem_id="frontier-sampler")
+                            frontier_note = gr.Markdown(elem_id="frontier-answer")
                             frontier_plot = gr.Plot(label="Is pruning worth it? Pruned + recovered vs the dense "
                                                           "model at fewer steps (shipped benchmark)",
                                                     elem_id="frontier-plot")
@@ -361,7 +388,7 @@ def build_demo() -> gr.Blocks:
         recovery_controls = [recovery_steps, recovery_lr, recovery_batch, distill, recovery_data, recovery_files]
         run_inputs = [source, criterion, granularity, sparsity, *schedule_inputs, calibration_batch_size,
                       calibration_batches, num_samples, steps, seed, quality, *recovery_controls, export_oneshot,
-                      grid_class, grid_prompt, calibration_prompts]
+                      grid_class, grid_prompt, calibration_prompts, sampler]
         run_outputs = [status, summary, dense_grid, pruned_grid, slider, pair_index, pairs_state, importance_plot,
                        timestep_heatmap, layers_plot, used_plot, pareto_plot, sparsity_plot, export_file, recovery,
                        schedule_plot, recovered_grid, loss_plot, pair_kind, recovery_chart, verdict_box]
@@ -373,10 +400,10 @@ def build_demo() -> gr.Blocks:
                                    api_name="run_prune", concurrency_limit=1, concurrency_id="compute",
                                    show_progress_on=[status])
         run_event.then(lambda: "", None, queue_note, api_visibility="private", queue=False).then(
-            handlers.dense_frontier, [source, num_samples, steps, seed, quality], pareto_plot, api_visibility="private",
-            concurrency_limit=1, concurrency_id="compute", show_progress="minimal").then(
-            quality_answer.after_run, [source, num_samples, steps, quality], worth_note, api_visibility="private",
-            queue=False)
+            handlers.dense_frontier, [source, num_samples, steps, seed, quality, sampler], pareto_plot,
+            api_visibility="private", concurrency_limit=1, concurrency_id="compute", show_progress="minimal").then(
+            quality_answer.after_run, [source, num_samples, steps, quality, sampler], worth_note,
+            api_visibility="private", queue=False)
         cancel_button.click(handlers.cancel_run, None, queue_note, api_name="cancel_run", queue=False)
         gr.on([pair_index.change, pair_kind.change], handlers.select_pair, [pair_index, pair_kind, pairs_state], slider,
               show_progress="hidden", api_visibility="private", queue=False)
@@ -391,11 +418,15 @@ def build_demo() -> gr.Blocks:
             handlers.run_compare_event, None, [compare_table, compare_pareto, compare_sparsity],
             inputs_kwargs=compare_controls, api_name="run_compare", concurrency_limit=1, concurrency_id="compute", show_progress_on=[compare_table])
         compare_event.then(lambda: "", None, compare_queue_note, api_visibility="private", queue=False)
+        # The shipped "Is pruning worth it?" chart and sentence: the model on screen, the chosen sampler.
+        gr.on([frontier_sampler.change, model_info.change], quality_answer.shipped_frontier, [source, frontier_sampler],
+              [frontier_plot, frontier_note], api_visibility="private", queue=False, show_progress="hidden")
         # First screen: at once, the shipped grid, card and charts (no torch: ``first_screen``); then,
         # with the engine, the schedule curve, the stored results and the model's class picker.
         demo.load(first_screen.shipped_first_screen, [source, seed, steps],
                   [dense_grid, model_info, pareto_plot, sparsity_plot, recovery_chart, frontier_plot, worth_note,
-                   compare_pareto, compare_sparsity], api_visibility="private", queue=False, show_progress="hidden")
+                   compare_pareto, compare_sparsity, frontier_note], api_visibility="private", queue=False,
+                  show_progress="hidden")
         demo.load(handlers.first_screen, [source, seed, steps, *schedule_inputs],
                   [dense_grid, model_info, schedule_plot, pareto_plot, sparsity_plot, recovery_chart, grid_class,
                    grid_prompt, frontier_plot],

@@ -514,11 +514,15 @@ def frontier_plane(table: pd.DataFrame | None, quality: str = "fid") -> go.Figur
     if not figure.data:
         return empty_figure("no frontier rows with latency")
     samples = int(table["num_samples"].max()) if "num_samples" in table else None
+    model = str(table["model"].iloc[0]) if "model" in table and table["model"].nunique() == 1 else "default"
+    sampler = {"ddim": "DDIM", "dpm-solver++": "DPM-Solver++", "ddpm": "DDPM"}.get(
+        str(table["scheduler"].iloc[0]), "sampler") if "scheduler" in table and table["scheduler"].nunique() == 1 else "sampler"
     figure.update_layout(
         **{**_LAYOUT, "height": 440},
         title=dict(text=f"Is pruning worth it? {quality.upper()} vs measured latency"
-                        f"<br><sup>default model, {samples} samples; numbers on points: DDIM steps; below the dashed "
-                        "line = better than the dense model at equal latency</sup>"),
+                        f"<br><sup>{'default model' if model == 'default' else model}, {samples} samples; numbers on "
+                        f"points: {sampler} steps; below the dashed line = better than the dense model at equal "
+                        "latency</sup>"),
         xaxis_title="latency relative to the dense model at 50 steps (measured, paired)",
         yaxis_title=f"{quality.upper()} (lower is better)", legend=dict(font=dict(size=10)))
     return figure

@@ -103,7 +103,8 @@ def shipped_charts():
 def shipped_first_screen(source, seed, steps):
     """What the page shows the moment it is served: the shipped dense grid and model card (left as
     they are when none is shipped for these settings), the shipped charts, the shipped "Is pruning
-    worth it?" sentence, the shipped recovery comparison and the Compare tab's empty charts."""
+    worth it?" sentence, the shipped recovery comparison, the Compare tab's empty charts and the
+    sentence of the shipped frontier chart (default model, DDIM: the page's first choice)."""
     import gradio as gr
 
     from . import handlers
@@ -115,4 +116,5 @@ def shipped_first_screen(source, seed, steps):
     return (grid if grid is not None else gr.skip(), card if card is not None else gr.skip(), pareto_figure,
             sparsity_figure, handlers.safe_view(figures.recovery_comparison, handlers.shipped_recovery("kid")),
             frontier_figure, sentence, compare_note,
-            figures.empty_figure("run a sweep: its quality-vs-sparsity chart appears here"))
+            figures.empty_figure("run a sweep: its quality-vs-sparsity chart appears here"),
+            quality_answer.shipped_sentence("kid", model="default", scheduler="ddim"))

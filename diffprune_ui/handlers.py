@@ -61,11 +61,13 @@ SPEC_CONTROLS = ("criterion", "granularity", "sparsity", "schedule", "threshold"
 ESTIMATE_CONTROLS = ("source", *SPEC_CONTROLS)
 RUN_CONTROLS = ("source", *SPEC_CONTROLS[:-1], "num_samples", "steps", "seed", "quality", "recovery_steps",
                 "recovery_lr", "recovery_batch", "distill", "recovery_data", "recovery_files", "export_oneshot",
-                "grid_class", "grid_prompt", "calibration_prompts")
+                "grid_class", "grid_prompt", "calibration_prompts", "sampler")
 RECOVERY_CONTROL_DEFAULTS = dict(recovery_steps=0, recovery_lr=None, recovery_batch=None, distill=False,
                                  recovery_data="shipped training images", recovery_files=None)
 RUN_DEFAULTS = dict(RECOVERY_CONTROL_DEFAULTS, export_oneshot=False, grid_class=None, grid_prompt="",
-                    calibration_prompts="")
+                    calibration_prompts="", sampler="ddim")
+# The samplers a run is evaluated with (``core.pipeline.SCHEDULERS``): name -> shown label.
+SAMPLERS = {"DDIM": "ddim", "DPM-Solver++": "dpm-solver++", "DDPM": "ddpm"}
 # The Compare tab's controls, in the page's order (the API endpoint /run_compare).
 COMPARE_CONTROLS = ("source", "criteria", "granularity", "sparsities", "num_samples", "steps", "seed", "quality",
                     "time_latency", "recovery_steps", "recovery_lr", "recovery_batch", "distill", "recovery_data",
@@ -637,17 +639,19 @@ def calibration_prompts_update(source, text):
     return gr.update(visible=False, value="")
 
 
-def dense_samples(source, steps: int, seed: int, class_label: int | None = None, prompt: str | None = None):
-    """The dense model's ``GRID_IMAGES`` samples at (steps, seed), sampled once per process: the
-    first screen and every run's dense grid show the same images, so they are not sampled again."""
+def dense_samples(source, steps: int, seed: int, class_label: int | None = None, prompt: str | None = None,
+                  scheduler: str = "ddim"):
+    """The dense model's ``GRID_IMAGES`` samples at (steps, seed) with ``scheduler``, sampled once
+    per process: the first screen and every run's dense grid show the same images, so they are not
+    sampled again."""
     from core import sample_images
 
-    key = (normalise_source(source), steps, seed, class_label, prompt)
+    key = (normalise_source(source), steps, seed, class_label, prompt, scheduler)
     if key not in _DENSE_SAMPLES:
         while len(_DENSE_SAMPLES) >= 8:
             _DENSE_SAMPLES.pop(next(iter(_DENSE_SAMPLES)))
         _DENSE_SAMPLES[key] = sample_images(cached_pipeline(source), GRID_IMAGES, steps, seed, class_label=class_label,
-                                            prompt=prompt)
+                                            prompt=prompt, scheduler=scheduler)
     return _DENSE_SAMPLES[key]
 
 
@@ -702,6 +706,13 @@ def model_label(source) -> str:
     return "default" if key is None else key
 
 
+def chart_label(source, sampler: str = "ddim") -> str:
+    """The model as the results charts name a run's rows: its label, with the sampler when it is
+    not DDIM (so runs with different samplers are never drawn as comparable)."""
+    name = next((label for label, value in SAMPLERS.items() if value == sampler), sampler)
+    return model_label(source) + ("" if sampler == "ddim" else f", {name}")
+
+
 def results_table():
     """The app's stored runs and sweeps on this machine plus the shipped benchmark table, with the
     settings columns (model, samples, steps, reference) the charts facet by."""
@@ -729,16 +740,17 @@ def shipped_settings() -> tuple | None:
     return ("default", int(dense["num_samples"]), int(dense["num_inference_steps"]), dense["reference"])
 
 
-def frontier_table(settings: tuple | None):
-    """The dense model at fewer sampling steps under ``settings``: the shipped measurement
-    (``benchmarks/dense_frontier.py``) or the rows this app measured (``dense_frontier``)."""
+def frontier_table(settings: tuple | None, scheduler: str = "ddim"):
+    """The dense model at fewer sampling steps under ``settings`` and ``scheduler``: the shipped
+    measurement (``benchmarks/dense_frontier.py``, DDIM) or the rows this app measured
+    (``dense_frontier``; rows without a sampler are DDIM)."""
     import pandas as pd
 
     if settings is None:
         return None
     model, samples, steps, reference = settings
     frames = []
-    if model == "default" and SHIPPED_DENSE_STEPS.exists():
+    if model == "default" and scheduler == "ddim" and SHIPPED_DENSE_STEPS.exists():
         shipped = pd.read_csv(SHIPPED_DENSE_STEPS)
         shipped = shipped[(shipped["num_samples"] == samples) & (shipped["base_steps"] == steps)
                           & (shipped["reference"] == reference)]
@@ -748,6 +760,10 @@ def frontier_table(settings: tuple | None):
         if len(stored) and "frontier_of" in stored:
             rows = stored[(stored["frontier_of"] == model) & (stored["num_samples"] == samples)
                           & (stored["base_steps"] == steps) & (stored["reference"] == reference)]
+            if "scheduler" in rows:
+                rows = rows[rows["scheduler"].fillna("ddim") == scheduler]
+            elif scheduler != "ddim":
+                rows = rows.iloc[0:0]
             frames.append(rows)
     except ValueError:
         pass
@@ -758,10 +774,10 @@ def frontier_table(settings: tuple | None):
     return table.sort_values("num_inference_steps")
 
 
-def results_charts(settings=None, current: dict | None = None, quality: str = "kid"):
+def results_charts(settings=None, current: dict | None = None, quality: str = "kid", scheduler: str = "ddim"):
     table = results_table()
     settings = settings or shipped_settings()
-    frontier = frontier_table(settings)
+    frontier = frontier_table(settings, scheduler)
     return (safe_view(figures.pareto, table, settings, current, quality, frontier),
             safe_view(figures.quality_vs_sparsity, table, settings, current, quality))
 
@@ -836,6 +852,12 @@ def check_counts(num_samples, steps):
     num_samples = whole_number("number of samples", num_samples, 2, MAX_SAMPLES)
     steps = whole_number("sampling steps", steps, 1, MAX_STEPS)
     return num_samples, steps
+
+
+def check_sampler(sampler) -> str:
+    if not isinstance(sampler, str) or sampler not in SAMPLERS.values():
+        raise ValueError(f"sampler must be one of {list(SAMPLERS.values())}, got {_short(sampler)}")
+    return sampler
 
 
 def check_quality(quality) -> tuple:
@@ -931,7 +953,7 @@ def validate_run(*values, **named) -> dict:
     try:
         normalise_source(c.source)
         num_samples, steps = check_counts(c.num_samples, c.steps)
-        metrics = check_quality(c.quality)
+        metrics, sampler = check_quality(c.quality), check_sampler(c.sampler)
         spec = spec_from_controls(**{name: getattr(c, name) for name in SPEC_CONTROLS})
         recovery = recovery_from_controls(
             c.recovery_steps, RECOVERY_DEFAULTS["lr"] if c.recovery_lr is None else c.recovery_lr,
@@ -951,7 +973,7 @@ def validate_run(*values, **named) -> dict:
             recovery_images(dense, recovery["data"])  # the data fit the model: checked before any work
         evaluation = EvaluationSettings(num_samples=num_samples, steps=steps, metrics=metrics, grid_images=GRID_IMAGES,
                                         reference=evaluation_reference(c.source), class_label=class_label,
-                                        prompt=prompt)
+                                        prompt=prompt, scheduler=sampler)
     except ValueError as error:
         raise _user_error(error) from error
     return dict(source=c.source, spec=spec, dense=dense, metrics=metrics, evaluation=evaluation,
@@ -993,6 +1015,7 @@ def summary_table(run):
         ["MACs per forward", *same(fmt(totals["macs_before"]), fmt(totals["macs_after"]))],
         ["non-zero weights", *[fmt(r.get("nonzero_params")) for r in rows_of]],
         ["sparsity of prunable weights", *same("0%", fmt(totals["sparsity"], "{:.1%}"))],
+        *([["sparsity shortfall", *same("", totals["sparsity_shortfall"])]] if totals.get("sparsity_shortfall") else []),
         ["structural ratio", *same("", fmt(totals.get("structural_ratio"), "{:.3f}"))],
     ]
     if timing:
@@ -1171,7 +1194,7 @@ def run_prune(*values, request=None, progress=None, **named):
     _start_compute(session)
     try:
         dense_images = dense_samples(checked["source"], evaluation.steps, checked["spec"].seed, evaluation.class_label,
-                                     evaluation.prompt)
+                                     evaluation.prompt, evaluation.scheduler)
         outcome = run(checked["dense"], checked["spec"], recovery=checked["recovery"], evaluation=evaluation,
                       timing=TimingSettings(), export=export, progress=_progress_callback(progress, session),
                       store=get_store(), dense_images=dense_images)
@@ -1272,12 +1295,12 @@ def build_outputs(checked: dict, run, archive: str):
 
     spec, report, rows, tuned = run.spec, run.pruned.report, run.evaluations, run.recovered
     recovery = _recovery_key(checked["recovery"])
-    settings = (model_label(checked["source"]), rows["one-shot"]["num_samples"], rows["one-shot"]["num_inference_steps"],
-                rows["one-shot"]["reference"])
+    settings = (chart_label(checked["source"], checked["evaluation"].scheduler), rows["one-shot"]["num_samples"],
+                rows["one-shot"]["num_inference_steps"], rows["one-shot"]["reference"])
     current = [dict(entry, sparsity=report.totals["sparsity"]) for entry in _store_app_rows(checked, run, settings)]
     metrics = checked["metrics"]
     quality_key = "kid" if "kid" in metrics else ("fid" if "fid" in metrics else "kid")
-    pareto_figure, sparsity_figure = results_charts(settings, current, quality_key)
+    pareto_figure, sparsity_figure = results_charts(settings, current, quality_key, checked["evaluation"].scheduler)
     timesteps = report.timestep_weights.merge(report.calibration_loss, on="t", how="left")
     cancel_note = "" if run.recovery_stopped_at is None else (
         f"Recovery cancelled at step {run.recovery_stopped_at:,} of {recovery['steps']:,}: the one-shot result is shown.")
@@ -1393,14 +1416,14 @@ def select_pair(index, kind, pairs=None):
 
 
 @gpu_task
-def dense_frontier(source, num_samples, steps, seed, quality, progress=gr.Progress()):
-    """After a run: the dense model at fewer sampling steps under the run's settings
+def dense_frontier(source, num_samples, steps, seed, quality, sampler="ddim", progress=gr.Progress()):
+    """After a run: the dense model at fewer sampling steps under the run's settings and sampler
     (``core.frontier``; stored, so measured once per model and settings), then the
     quality-vs-latency chart redrawn with it."""
     try:
         num_samples, steps = check_counts(num_samples, steps)
         seed = whole_number("seed", seed, 0, MAX_SEED)
-        metrics = check_quality(quality)
+        metrics, sampler = check_quality(quality), check_sampler(sampler)
         dense = cached_pipeline(source)
     except ValueError:
         return gr.skip()
@@ -1409,11 +1432,11 @@ def dense_frontier(source, num_samples, steps, seed, quality, progress=gr.Progre
     from core.frontier import FrontierSettings, fewer_steps
     from core.frontier import dense_frontier as measure_frontier
 
-    model, reference = model_label(source), evaluation_reference(source)
+    model, reference = chart_label(source, sampler), evaluation_reference(source)
     try:
         measure_frontier(dense, fewer_steps(steps) + [steps],
                          FrontierSettings(num_samples=num_samples, base_steps=steps, seed=seed, metrics=metrics,
-                                          reference=reference, label=model),
+                                          reference=reference, label=model, scheduler=sampler),
                          store=get_store(), progress=lambda fraction, message: progress(fraction, desc=message))
     except Exception:  # noqa: BLE001 - the frontier is an extra; the run's chart stays as it is
         return gr.skip()
@@ -1426,15 +1449,32 @@ def dense_frontier(source, num_samples, steps, seed, quality, progress=gr.Progre
         mine = rows[rows["kind"] == "app-run"]
         if len(mine):
             current = mine.iloc[-1].to_dict()
-    return safe_view(figures.pareto, table, settings, current, quality_key, frontier_table(settings))
+    return safe_view(figures.pareto, table, settings, current, quality_key, frontier_table(settings, sampler))
 
 
-def frontier_figure(quality: str = "kid"):
-    """The shipped dense-frontier benchmark as the "Is pruning worth it?" chart, in the Quality
-    tab's metric."""
+def shipped_frontier_rows(model: str = "default", scheduler: str = "ddim"):
+    """The shipped frontier benchmark's rows (``frontier.csv``) of ``model`` (``"default"`` or an
+    embedded model's folder, ``assets/<name>``) sampled with ``scheduler``; None when none is shipped."""
     import pandas as pd
 
-    table = pd.read_csv(SHIPPED_FRONTIER) if SHIPPED_FRONTIER.exists() else None
+    if not SHIPPED_FRONTIER.exists():
+        return None
+    table = pd.read_csv(SHIPPED_FRONTIER)
+    if "model" in table:
+        table = table[table["model"] == model]
+    if "scheduler" in table:
+        table = table[table["scheduler"] == scheduler]
+    return table
+
+
+def frontier_figure(quality: str = "kid", model: str = "default", scheduler: str = "ddim"):
+    """The shipped dense-frontier benchmark as the "Is pruning worth it?" chart, in the Quality
+    tab's metric, for ``model`` and ``scheduler`` (``shipped_frontier_rows``)."""
+    table = shipped_frontier_rows(model, scheduler)
+    if table is not None and not len(table):
+        name = next((label for label, value in SAMPLERS.items() if value == scheduler), scheduler)
+        return figures.empty_figure(f"no shipped frontier measurement of {model} with {name} "
+                                    "(benchmarks/bench_frontier.py)")
     return safe_view(figures.frontier_plane, table, quality)
 
 

@@ -15,22 +15,19 @@ from .verdict import no_measured_speedup, worth_it, worth_it_sentence
 SHIPPED_FRONTIER = Path(__file__).resolve().parent.parent / "assets" / "results" / "frontier.csv"
 
 
-def shipped_answer(quality: str = "kid", path: Path = SHIPPED_FRONTIER) -> dict | None:
-    import pandas as pd
-
-    if not path.exists():
+def shipped_answer(quality: str = "kid", path: Path = SHIPPED_FRONTIER, model: str = "default",
+                   scheduler: str | None = None) -> dict | None:
+    """The shipped results' answer for ``model`` (``"default"``, ``assets/<name>``) with
+    ``scheduler`` (None: each sampler's points against its own dense line, together)."""
+    table = _shipped_rows(path, model, scheduler)
+    if table is None or quality not in table:
         return None
-    table = pd.read_csv(path)
-    if quality not in table:
-        return None
-    if "model" in table:
-        table = table[table["model"] == "default"]
     # Each sampler's pruned points against the dense line of the same sampler (when the table has several).
     groups = table.groupby("scheduler", sort=False) if "scheduler" in table else [(None, table)]
     answers = []
-    for scheduler, group in groups:
+    for name, group in groups:
         dense = group[group["criterion"] == "dense"].to_dict("records")
-        sampler = f" ({scheduler})" if scheduler is not None and table["scheduler"].nunique() > 1 else ""
+        sampler = f" ({name})" if name is not None and table["scheduler"].nunique() > 1 else ""
         pruned = [dict(row, label=f"{row['label']} at {int(row['num_inference_steps'])} steps{sampler}")
                   for row in group[group["criterion"] != "dense"].to_dict("records")]
         answer = worth_it(dense, pruned, quality)
@@ -42,14 +39,65 @@ def shipped_answer(quality: str = "kid", path: Path = SHIPPED_FRONTIER) -> dict 
                 best=max((a["best"] for a in answers), key=lambda point: point["margin"]))
 
 
-def shipped_sentence(quality: str = "kid", path: Path = SHIPPED_FRONTIER) -> str:
-    samples = ""
-    if path.exists():
-        import pandas as pd
+def _shipped_rows(path: Path, model: str, scheduler: str | None):
+    import pandas as pd
 
-        samples = f", {int(pd.read_csv(path)['num_samples'].max())} samples"
-    return worth_it_sentence(shipped_answer(quality, path), quality,
-                             f"the shipped results (default model{samples}, pruned + recovered)")
+    if not path.exists():
+        return None
+    table = pd.read_csv(path)
+    if "model" in table:
+        table = table[table["model"] == model]
+    if scheduler is not None and "scheduler" in table:
+        table = table[table["scheduler"] == scheduler]
+    return table
+
+
+SAMPLER_NAMES = {"ddim": "DDIM", "dpm-solver++": "DPM-Solver++", "ddpm": "DDPM"}
+
+
+def shipped_sentence(quality: str = "kid", path: Path = SHIPPED_FRONTIER, model: str = "default",
+                     scheduler: str | None = None) -> str:
+    """The shipped results' answer in one sentence, naming the model, the sampler and the sample count."""
+    table = _shipped_rows(path, model, scheduler)
+    samples = f", {int(table['num_samples'].max())} samples" if table is not None and len(table) else ""
+    sampler = f", {SAMPLER_NAMES.get(scheduler, scheduler)}" if scheduler is not None else ""
+    name = "default model" if model == "default" else model
+    if table is None or "criterion" not in table or not (table["criterion"] != "dense").any():
+        return (f"**Is pruning worth it?** Not answered for the shipped results ({name}{sampler}): no pruned model "
+                "was measured with these settings.")
+    return worth_it_sentence(shipped_answer(quality, path, model, scheduler), quality,
+                             f"the shipped results ({name}{sampler}{samples}, pruned + recovered)")
+
+
+def shipped_model(source) -> str:
+    """The model name of the shipped results' rows for the model on screen: ``"default"`` for the
+    embedded default model, ``assets/<name>`` for another embedded one, else the source as typed."""
+    from .first_screen import embedded_name
+
+    try:
+        name = embedded_name(source)
+    except ValueError:
+        name = None
+    if name is None:
+        return str(source).strip()[:200] if isinstance(source, str) else "default"
+    from core.catalog import catalog
+
+    return "default" if name == next(iter(catalog()["embedded_models"])) else f"assets/{name}"
+
+
+def shipped_frontier(source, sampler="ddim"):
+    """The shipped "Is pruning worth it?" chart and its sentence for the model on screen and the
+    chosen sampler (the Quality tab's sampler choice)."""
+    import gradio as gr
+
+    from . import handlers
+
+    try:
+        sampler = handlers.check_sampler(sampler)
+    except ValueError as error:
+        raise gr.Error(str(error), print_exception=False) from None
+    model = shipped_model(source)
+    return handlers.frontier_figure("kid", model, sampler), shipped_sentence("kid", model=model, scheduler=sampler)
 
 
 def run_points(current: list[dict]) -> list[dict]:
@@ -92,23 +140,23 @@ def latest_run_rows(rows) -> list[dict]:
     return ([one_shot.iloc[-1].to_dict()] if len(one_shot) else []) + [last]
 
 
-def after_run(source, num_samples, steps, quality):
+def after_run(source, num_samples, steps, quality, sampler="ddim"):
     """The Quality tab's sentences after a run (and after the dense model at fewer steps was
-    measured under its settings): the run's answer, then the shipped results' one."""
+    measured under its settings and sampler): the run's answer, then the shipped results' one."""
     import gradio as gr
 
     from . import figures, handlers
 
     try:
         num_samples, steps = handlers.check_counts(num_samples, steps)
-        metrics = handlers.check_quality(quality)
+        metrics, sampler = handlers.check_quality(quality), handlers.check_sampler(sampler)
     except ValueError:
         return gr.skip()
     quality_key = "kid" if "kid" in metrics or not metrics else "fid"
-    settings = (handlers.model_label(source), num_samples, steps, handlers.evaluation_reference(source))
+    settings = (handlers.chart_label(source, sampler), num_samples, steps, handlers.evaluation_reference(source))
     if not metrics:
         first = "**Is pruning worth it?** Not answered for your run: it was not evaluated (quality metric: none)."
     else:
         rows, _ = figures.comparable(handlers.results_table(), settings)
-        first = run_sentence(latest_run_rows(rows), handlers.frontier_table(settings), quality_key)
+        first = run_sentence(latest_run_rows(rows), handlers.frontier_table(settings, sampler), quality_key)
     return first + "\n\n" + shipped_sentence("kid")

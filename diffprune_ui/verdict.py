@@ -66,14 +66,16 @@ def speed_text(timing: dict | None, granularity) -> str:
 
 
 def size_text(totals: dict, granularity) -> str:
-    """One sentence on size from a prune report's totals."""
+    """One sentence on size from a prune report's totals, with the report's shortfall sentence when
+    whole units (``block``) could not reach the asked sparsity."""
     zeroed = totals["sparsity"]
     if is_masked(granularity):
         pattern = f" in a {granularity} pattern" if ":" in str(granularity) else ""
         return (f"{zeroed:.1%} of the prunable weights zeroed{pattern}; the parameter count and MACs are the dense "
                 "model's (the zeros are stored)")
+    shortfall = totals.get("sparsity_shortfall")
     return (f"{totals['params_ratio']:.1%} of the parameters and {totals['macs_ratio']:.1%} of the MACs kept "
-            f"({zeroed:.1%} of the prunable weights removed)")
+            f"({zeroed:.1%} of the prunable weights removed)" + (f"; not the asked sparsity: {shortfall}" if shortfall else ""))
 
 
 def quality_text(row: dict | None, dense: dict | None, quality: str = "kid") -> str:

@@ -9,7 +9,7 @@ QUICK_RUN = dict(source="", criterion="magnitude", granularity="channel", sparsi
                  custom_text="0:1", calibration_batch_size=4, calibration_batches=1, num_samples=4, steps=5, seed=0,
                  quality="KID", recovery_steps=0, recovery_lr=2e-4, recovery_batch=8, distill=False,
                  recovery_data="shipped training images", recovery_files=None, export_oneshot=False,
-                 grid_class="all classes (uniform)", grid_prompt="", calibration_prompts="")
+                 grid_class="all classes (uniform)", grid_prompt="", calibration_prompts="", sampler="ddim")
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +38,34 @@ def test_quick_prune_returns_a_measured_summary(client):
     (dict(source="x" * 5000), "model source must be empty, a hub id"),
     (dict(source="no-such-user/no-such-model"), "could not load it from the Hugging Face hub"),
     (dict(calibration_prompts="a red shoe"), "calibration prompts apply to text-to-image models"),
+    (dict(sparsity=2), r"sparsity must be a number from 0 to 0\.95, got 2"),
+    (dict(sparsity="nan"), r"sparsity must be a number from 0 to 0\.95, got 'nan'"),
+    (dict(sampler="euler"), r"euler is not in the list of choices: \['ddim', 'dpm-solver\+\+', 'ddpm'\]"),
 ])
 def test_bad_fields_are_short_errors_through_the_api(client, change, message):
     with pytest.raises(Exception, match=message) as caught:
         client.predict(*dict(QUICK_RUN, **change).values(), api_name="/run_prune")
     assert len(str(caught.value)) < 400
+
+
+def test_a_file_path_not_uploaded_is_a_field_error(live_app):
+    """A server path given as a file (raw HTTP API: gradio_client would upload its own local file)
+    is refused by gradio before any handler runs; the answer says which field and why."""
+    import json
+    import urllib.request
+
+    for path in ("/etc/shadow.png", "/nonexistent/x.png"):
+        files = [{"path": path, "meta": {"_type": "gradio.FileData"}}]
+        data = list(dict(QUICK_RUN, recovery_data="my images (upload)", recovery_steps=2, recovery_files=files).values())
+        request = urllib.request.Request(f"{live_app}gradio_api/call/run_prune", json.dumps({"data": data}).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            event_id = json.loads(response.read())["event_id"]
+        with urllib.request.urlopen(f"{live_app}gradio_api/call/run_prune/{event_id}", timeout=120) as response:
+            stream = response.read().decode()
+        assert "event: error" in stream, stream
+        assert "your recovery images: only files uploaded to this app are accepted" in stream, stream
+        assert path not in stream and len(stream) < 600
 
 
 def test_server_paths_all_read_the_same(client):

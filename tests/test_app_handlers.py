@@ -150,8 +150,7 @@ def test_first_screen_shows_samples_curve_and_charts(tiny_model):
     line = next(trace for trace in frontier.data if trace.name == "dense, fewer steps (free)")
     shipped = pd.read_csv(handlers.SHIPPED_FRONTIER)
     dense = shipped[shipped["criterion"] == "dense"]
-    if "scheduler" in dense:  # one line per sampler: the first is the table's first sampler
-        dense = dense[dense["scheduler"] == dense["scheduler"].iloc[0]]
+    dense = dense[(dense["model"] == "default") & (dense["scheduler"] == "ddim")]  # the page's first choice
     assert [int(t) for t in line.text] == sorted(dense["num_inference_steps"]) and list(line.x) == sorted(line.x)
     assert isinstance(grid, Image.Image)
     assert all(isinstance(f, go.Figure) for f in (curve, pareto, by_sparsity, recovery))
@@ -1146,3 +1145,83 @@ def test_the_importance_heatmap_marks_the_pruned_units(tiny_model, granularity):
         assert crosses and set(crosses[0].y) <= set(marked)
         removed = sum(int(re.search(r"\(-(\d+)/", label).group(1)) for label in marked)
         assert len(crosses[0].x) == removed  # one head per bin at this width
+
+
+# ------------------------------------------------------------------------------ sparsity field, shortfall, sampler
+def test_the_sparsity_box_passes_every_typed_value_to_the_check():
+    """A number box without bounds or rounding: 2 and "nan" reach the handlers' check as typed
+    (a slider would clamp 2 to 0.95; gradio's own bounds check would answer first)."""
+    demo = ui_app.build_demo()
+    box = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "sparsity")
+    assert isinstance(box, gr.Number) and box.precision is None and box.minimum is None and box.maximum is None
+    for typed in (2, "nan", "abc", 0.3):
+        assert box.preprocess(typed) == typed
+    for typed, shown in ((2, "got 2"), ("nan", "got 'nan'"), (None, "got an empty field")):
+        with pytest.raises(gr.Error, match=re.escape(f"sparsity must be a number from 0 to 0.95, {shown}")):
+            handlers.check_run(**_named_run("", sparsity=typed))
+    from diffprune_ui import run_notes
+
+    update = run_notes.sparsity_slider("2:4")  # the N:M lock applies to the box
+    assert update["value"] == pytest.approx(0.5) and update["interactive"] is False
+
+
+def test_a_block_cut_that_misses_the_asked_sparsity_says_so_on_the_embedded_dit():
+    out = run("dit-fashion-mnist", granularity="block", sparsity=0.45, num_samples=4, steps=2)
+    assert out["status"].startswith("**Done**"), out["status"]
+    row = dict(zip(out["summary"][""], out["summary"]["one-shot"]))
+    shortfall = row["sparsity shortfall"]
+    assert shortfall.startswith("block: asked for 45") and "removing whole blocks reaches" in shortfall
+    assert f"not the asked sparsity: {shortfall}" in out["verdict"]
+    assert shortfall in out["status"]
+    reached = float(row["sparsity of prunable weights"].rstrip("%"))
+    assert abs(reached - 45) > 1  # the shortfall is real: the measured sparsity differs
+
+
+def test_the_sampler_reaches_the_evaluation_the_grids_and_the_dense_frontier(tiny_model):
+    from core import make_grid, sample_images
+
+    with pytest.raises(gr.Error, match=re.escape("sampler must be one of ['ddim', 'dpm-solver++', 'ddpm'], got 'euler'")):
+        handlers.check_run(*run_args(tiny_model), sampler="euler")
+    checked = handlers.validate_run(*run_args(tiny_model), sampler="dpm-solver++")
+    assert checked["evaluation"].scheduler == "dpm-solver++"
+    outputs = handlers.run_prune(*run_args(tiny_model, num_samples=4, steps=3), sampler="dpm-solver++",
+                                 request=FakeRequest(), progress=RecordingProgress())
+    out = dict(zip(RUN_FIELDS, outputs))
+    assert out["status"].startswith("**Done**"), out["status"]
+    dense = handlers.cached_pipeline(tiny_model)
+    expected = make_grid(sample_images(dense, handlers.GRID_IMAGES, 3, 0, scheduler="dpm-solver++"), columns=4, scale=4)
+    ddim = make_grid(sample_images(dense, handlers.GRID_IMAGES, 3, 0, scheduler="ddim"), columns=4, scale=4)
+    assert np.array_equal(np.asarray(out["dense_grid"]), np.asarray(expected))
+    assert not np.array_equal(np.asarray(expected), np.asarray(ddim))
+    handlers.dense_frontier(tiny_model, 4, 3, 0, "KID", "dpm-solver++", progress=RecordingProgress())
+    settings = (handlers.chart_label(tiny_model, "dpm-solver++"), 4, 3, "dense")
+    measured = handlers.frontier_table(settings, "dpm-solver++")
+    assert 3 in list(measured["num_inference_steps"]) and set(measured["scheduler"]) == {"dpm-solver++"}
+    assert handlers.frontier_table(settings, "ddim") is None  # a DDIM chart never shows these rows
+    demo = ui_app.build_demo()
+    box = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "sampler")
+    assert box.value == "ddim" and [value for _, value in box.choices] == ["ddim", "dpm-solver++", "ddpm"]
+
+
+def test_the_shipped_frontier_chart_follows_the_sampler_and_the_model_on_screen():
+    from diffprune_ui import quality_answer
+
+    table = pd.read_csv(handlers.SHIPPED_FRONTIER)
+    for source, model in (("", "default"), ("dit-fashion-mnist", "assets/dit-fashion-mnist")):
+        assert quality_answer.shipped_model(source) == model
+        for sampler, name in (("ddim", "DDIM"), ("dpm-solver++", "DPM-Solver++")):
+            rows = table[(table["model"] == model) & (table["scheduler"] == sampler)]
+            figure, sentence = quality_answer.shipped_frontier(source, sampler)
+            assert sentence.startswith("**Is pruning worth it?") and name in sentence
+            if len(rows):
+                shown = sorted(float(y) for trace in figure.data for y in trace.y)
+                assert shown == sorted(float(v) for v in rows["kid"].dropna())  # exactly this model and sampler
+                assert f"{name} steps" in figure.layout.title.text
+            else:
+                assert "no shipped frontier measurement" in figure.layout.annotations[0].text
+    ddim = quality_answer.shipped_frontier("", "ddim")[1]
+    assert ("**Is pruning worth it? No**" in ddim or "**Is pruning worth it? Yes**" in ddim) and "DDIM" in ddim
+    demo = ui_app.build_demo()
+    assert {event for _, event in _listeners(demo, quality_answer.shipped_frontier)} == {"change"}
+    assert {target for target, _ in _listeners(demo, quality_answer.shipped_frontier)} >= {"frontier-sampler",
+                                                                                            "model-info"}

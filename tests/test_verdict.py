@@ -114,3 +114,11 @@ def test_worth_it_compares_each_point_with_the_dense_line_at_its_latency():
     # a point faster than the fastest dense measurement cannot be compared
     assert worth_it(DENSE_LINE, [dict(label="d", relative_latency=0.05, kid=0.5)], "kid") is None
     assert "Not answered" in worth_it_sentence(None, "kid", "your run")
+
+
+def test_a_block_shortfall_is_part_of_the_size_line():
+    totals = dict(sparsity=0.667, params_ratio=0.4, macs_ratio=0.45,
+                  sparsity_shortfall="block: asked for 50 % of the prunable parameters, removing whole blocks reaches 66.7 %")
+    assert size_text(totals, "block").endswith("; not the asked sparsity: block: asked for 50 % of the prunable "
+                                               "parameters, removing whole blocks reaches 66.7 %")
+    assert "not the asked" not in size_text(dict(totals, sparsity_shortfall=None), "block")

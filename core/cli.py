@@ -2,8 +2,9 @@
 
 Commands: ``prune`` (``core.engine.prune`` + ``PruneResult.save``), ``eval``
 (``core.evaluate.evaluate``), ``sweep`` (``core.sweep.sweep`` through a ``ResultStore``, so a
-rerun reuses every stored row; ``--executor ray`` runs the rows as Ray tasks), ``finetune`` (``core.finetune.finetune``), ``train-base`` and
-``run`` (``core.run.run``: the app's whole workflow, prune to export, with the app's export).
+rerun reuses every stored row; ``--executor ray`` runs the rows as Ray tasks), ``finetune``
+(``core.finetune.finetune``), ``train-base`` and ``run`` (``core.run.run``: the app's whole
+workflow, prune to export, with the app's export).
 Every command takes ``--device``, ``--seed``, ``--threads`` and ``--quiet``; long steps draw the
 facade's ``progress(fraction, message)`` callbacks as a text bar on stderr. Bad input ends with
 exit code 2 and one line ``diffprune: error: ...``; Ctrl-C with 130.
@@ -413,15 +414,15 @@ def sweep_specs(args, device: str) -> list:
 def _cmd_sweep(args) -> int:
     from .evaluate import METRICS
     from .store import ResultStore
-    from .sweep import ModelSource, sweep
+    from .sweep import ModelSource, RaySettings, sweep
 
     on_ray = args.executor == "ray"
     if not on_ray and (args.ray_address is not None or args.ray_cpus_per_row != 1):
         raise ValueError("--ray-address and --ray-cpus-per-row apply to --executor ray only")
     if on_ray:  # a wrong address fails here, within seconds, before the model is loaded
-        from .sweep_ray import check_address
+        from .sweep import ray_executor
 
-        check_address(args.ray_address)
+        ray_executor().check_address(args.ray_address)
     if on_ray and args.device.startswith("cuda"):  # the rows' GPUs are the cluster's, not this machine's
         _setup(argparse.Namespace(threads=args.threads, device="cpu"))
         device = args.device
@@ -431,8 +432,8 @@ def _cmd_sweep(args) -> int:
     store = ResultStore(args.results_dir)
     executor = {}
     if on_ray:  # each task loads the model itself; this process only hashes it (on the CPU) and stores the rows
-        executor = dict(executor="ray", ray_address=args.ray_address, ray_cpus_per_row=args.ray_cpus_per_row,
-                        model_source=ModelSource(_model_source(args.model), args.dtype))
+        executor = dict(executor=RaySettings(args.ray_cpus_per_row, ModelSource(_model_source(args.model), args.dtype)),
+                        ray_address=args.ray_address)
         pipeline = _load(args.model, "cpu", args.dtype)
     else:
         _check_fit(args.model, [spec.criterion for spec in specs], device, args.dtype)
@@ -448,8 +449,9 @@ def _cmd_sweep(args) -> int:
         table.to_csv(Path(args.csv_out).expanduser(), index=False)
     shown = [column for column in _SWEEP_COLUMNS if column in table and table[column].notna().any()]
     print(table[shown].to_string(index=False))
-    failed = table[table["error"].notna()] if "error" in table else table.iloc[:0]
-    for label, error in zip(failed["label"], failed["error"]):
+    errors = table["error"] if "error" in table else [None] * len(table)  # rows a Ray task could not compute
+    failed = [(label, error) for label, error in zip(table["label"], errors) if isinstance(error, str)]
+    for label, error in failed:
         print(f"failed: {label}: {error}")
     stored = int(table["cached"].sum())
     print(f"{len(table)} rows ({stored} from the store {store.directory}, {len(table) - stored - len(failed)} computed"

@@ -7,10 +7,14 @@ recovery when asked, the evaluation of the delivered model), so a sweep measures
 Each finished row is stored under ``key_for(pipeline_hash(dense pipeline), {"sweep": 1, **eval_settings},
 spec)`` before the next spec starts, so a stored row returns instantly (no pruning, no sampling)
 and a sweep killed midway resumes where it stopped.
+
+``executor="ray"`` runs the missing rows as Ray tasks on a local Ray instance or a cluster
+(``core.sweep_ray``, imported only then); the driver still writes every row to the store.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import pandas as pd
@@ -32,6 +36,9 @@ def sweep(
     store=None,
     progress: Callable[[float, str], None] | None = None,
     recovery: dict | None = None,
+    *,
+    executor: str | RaySettings = "serial",
+    ray_address: str | None = None,
 ) -> pd.DataFrame:
     """Prune ``pipeline`` with every spec, evaluate each result, return one row per spec.
 
@@ -47,6 +54,15 @@ def sweep(
     ``lr``, ``batch_size``, ``distill`` (True: from the dense model) and ``data``
     (``core.recovery.recovery_images`` source). It is part of each row's key; rows carry
     ``finetune_steps`` and ``finetune_wall_time_s``.
+
+    ``executor``: ``"serial"`` (the default) runs the rows one after another in this process;
+    ``"ray"`` (or a :class:`RaySettings`) runs every row missing from the store as a Ray task
+    (``core.sweep_ray``) that asks for one GPU when its spec's device is ``cuda``, else
+    ``RaySettings.cpus_per_row`` CPUs, while this process answers stored rows and writes each
+    finished row to the store as it arrives. A row that fails there is reported (its ``error``
+    column, and through ``progress``) and not stored; the other rows go on. ``ray_address``: a
+    running cluster's ``<head>:6379`` (or ``auto``: the cluster started on this machine); None
+    uses the Ray instance this process is connected to, else starts a local one for this sweep.
     """
     from .evaluate import pipeline_hash
     from .store import ResultStore, key_for
@@ -57,11 +73,24 @@ def sweep(
             raise ValueError(f"specs[{index}] must be a PruneSpec, got {type(spec).__name__}")
     _evaluation(eval_settings, recovery=False)  # the settings, checked before any work
     recovery = _check_recovery(recovery)
+    ray_settings = _check_executor(executor, ray_address)
+    on_ray = ray_executor() if ray_settings is not None else None
+    if on_ray is not None:  # before any work too: the rows' devices and the cluster's address
+        on_ray.check_ray_specs(specs)
+        on_ray.check_address(ray_address)
     store = store if store is not None else ResultStore()
     dense_hash = pipeline_hash(pipeline)
     settings_key = {"sweep": SWEEP_ROW_VERSION, **eval_settings}
     if recovery:
         settings_key["recovery"] = recovery
+    if on_ray is not None:
+        keys = [key_for(dense_hash, settings_key, spec.to_dict()) for spec in specs]
+        source = ray_settings.model_source
+        shared = on_ray.RowSettings(sweep_row, eval_settings, recovery, dense_hash)
+        rows = on_ray.sweep_on_ray(pipeline, specs, keys, shared, store, progress=progress, address=ray_address,
+                                   cpus_per_row=ray_settings.cpus_per_row,
+                                   model_source=None if source is None else (source.source, source.dtype))
+        return pd.DataFrame(rows)
     images = None
     rows = []
     for index, spec in enumerate(specs):
@@ -147,6 +176,67 @@ def sweep_row(pipeline, spec: PruneSpec, eval_settings: dict, recovery: dict | N
     return row
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """What a Ray task of ``sweep(..., executor="ray")`` loads as the dense model:
+    ``core.pipeline.load_pipeline(source, device=<the row's device>, dtype=dtype)``."""
+
+    source: str | None = None  # a local diffusers directory, a hub id, an embedded model's name; None: the default
+    dtype: str = "auto"  # load_pipeline's dtype: "auto" keeps the checkpoint's, else float32 / float16 / bfloat16
+
+    def __post_init__(self):
+        if self.source is not None and (not isinstance(self.source, str) or not self.source.strip()):
+            raise ValueError(f"model_source source must be None (the default model), a directory or a hub id, "
+                             f"got {self.source!r}")
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ValueError(f"model_source dtype must be 'auto', 'float32', 'float16' or 'bfloat16', "
+                             f"got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """How ``sweep(..., executor=RaySettings(...))`` runs its rows on Ray (``executor="ray"``: the defaults)."""
+
+    cpus_per_row: float = 1  # CPUs the task of a CPU row asks for (a cuda row asks for one GPU)
+    model_source: ModelSource | None = None  # what each task loads; None: the pipeline, once through Ray's object store
+
+    def __post_init__(self):
+        if isinstance(self.cpus_per_row, bool) or not isinstance(self.cpus_per_row, (int, float)) \
+                or not self.cpus_per_row > 0:
+            raise ValueError(f"cpus_per_row must be a number > 0, got {self.cpus_per_row!r}")
+        if self.model_source is not None and not isinstance(self.model_source, ModelSource):
+            raise ValueError(f"model_source must be a core.sweep.ModelSource or None, "
+                             f"got {type(self.model_source).__name__}")
+
+
+EXECUTORS = ("serial", "ray")
+
+
+def ray_executor():
+    """The module ``core.sweep_ray`` (imported here only: ``import core`` loads no Ray)."""
+    try:
+        from . import sweep_ray
+    except ModuleNotFoundError as error:
+        if error.name != "ray":
+            raise
+        raise ValueError("executor 'ray' needs the ray package: pip install 'diffprune-studio[cluster]' "
+                         "(allowed without it: executor 'serial')") from None
+    return sweep_ray
+
+
+def _check_executor(executor, ray_address) -> RaySettings | None:
+    """The executor's Ray settings (None: serial), checked before any work."""
+    if not isinstance(executor, RaySettings) and executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {list(EXECUTORS)} or a core.sweep.RaySettings, got {executor!r}")
+    if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
+        raise ValueError(f"ray_address must be None (a local Ray instance) or '<host>:<port>', got {ray_address!r}")
+    if executor == "serial":
+        if ray_address is not None:
+            raise ValueError("ray_address applies to executor 'ray' only; executor is 'serial'")
+        return None
+    return executor if isinstance(executor, RaySettings) else RaySettings()
+
+
 def _evaluation(eval_settings: dict, recovery: bool):
     """The sweep's ``core.evaluate`` arguments as the run's settings: exactly these metrics (no
     MACs added), no grids, only the delivered stage (the recovered model, else the one-shot one)."""
@@ -158,7 +248,7 @@ def _evaluation(eval_settings: dict, recovery: bool):
     reserved = sorted({"pipeline", "dense_pipeline", "store", "prune_spec", "progress", "images"} & set(eval_settings))
     if reserved:
         raise ValueError(f"eval_settings must not contain {reserved}: sweep sets them")
-    named = ("num_samples", "num_inference_steps", "seed", "metrics", "reference")
+    named = ("num_samples", "num_inference_steps", "seed", "metrics", "reference", "scheduler")
     unknown = sorted(set(eval_settings) - set(named) - set(EVALUATE_OPTIONS))
     if unknown or "num_samples" not in eval_settings:
         raise ValueError(f"eval_settings must hold num_samples and evaluate() arguments from "
@@ -167,6 +257,7 @@ def _evaluation(eval_settings: dict, recovery: bool):
         num_samples=eval_settings["num_samples"], steps=eval_settings.get("num_inference_steps", 50),
         seed=eval_settings.get("seed", 0), metrics=_names(eval_settings.get("metrics", METRICS)),
         reference=eval_settings.get("reference", "fashion-mnist-test"), count_macs=False, grid_images=0,
+        scheduler=eval_settings.get("scheduler", "ddim"),
         stages=("recovered",) if recovery else ("one-shot",),
         options={name: value for name, value in eval_settings.items() if name in EVALUATE_OPTIONS})
 

@@ -149,3 +149,18 @@ def test_the_facade_registries_hold_every_registered_method():
                           list(SCHEDULES) == list(shipped["schedules"])]))
     """)
     assert found == [True, True, True]
+
+
+def test_the_app_and_core_never_import_ray():
+    """Ray is the sweep's optional executor: only ``sweep(..., executor="ray")`` imports it (through
+    ``core.sweep_ray``), not ``import core``, the CLI, the sweep module or the app with its engine."""
+    found = fresh("""
+        import json, sys
+        import core, core.cli, core.sweep
+        import app
+        from diffprune_ui import handlers
+        handlers.load_engine()
+        print(json.dumps(dict(ray=sorted(m for m in sys.modules if m == "ray" or m.startswith("ray.")),
+                              engine="core.engine" in sys.modules and "core.sweep" in sys.modules)))
+    """)
+    assert found == dict(ray=[], engine=True)

@@ -252,10 +252,13 @@ def build_demo() -> gr.Blocks:
                                          elem_id="status")
                     with gr.Tabs():
                         with gr.Tab("Samples"):
-                            model_info = gr.Markdown(elem_id="model-info")
+                            # The default model's shipped grid and card are part of the page itself, so
+                            # they show with it; the load events below replace them for other settings.
+                            model_info = gr.Markdown(first_screen.shipped_card("") or "", elem_id="model-info")
                             recovery = gr.Markdown(elem_id="recovery-note")
                             with gr.Row():
-                                dense_grid = gr.Image(label="Dense", type="pil", elem_id="dense-grid", format="png")
+                                dense_grid = gr.Image(first_screen.shipped_grid("", 0, quick["steps"]), label="Dense",
+                                                      type="pil", elem_id="dense-grid", format="png")
                                 pruned_grid = gr.Image(label="One-shot pruned (same noise)", type="pil",
                                                        elem_id="pruned-grid")
                                 recovered_grid = gr.Image(label="Recovered (same noise)", type="pil",

@@ -230,6 +230,8 @@ def prune(pipeline, spec: PruneSpec, progress: ProgressFn | None = None) -> Prun
     for name, module in copies.items():  # refuse before any expensive calibration
         adapter.check_cut(name, module, spec.granularity_name)
         granularity.check(module, spec)
+        if granularity.units_to_remove is not None:  # the unit counts refuse a target the structure cannot reach
+            granularity.units_to_remove(module, spec)
     base_configs = {name: dict(module.config) for name, module in copies.items()}
 
     if progress is not None:

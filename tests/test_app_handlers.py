@@ -998,7 +998,8 @@ def test_the_calibration_prompts_box_is_on_the_page_and_a_run_prune_parameter():
     assert len(boxes) == 1 and boxes[0]["visible"] is False
     assert boxes[0]["label"] == f"Calibration prompts (one per line; empty = the {handlers.shipped_caption_count()} shipped captions)"
     parameters = demo.get_api_info()["named_endpoints"]["/run_prune"]["parameters"]
-    assert parameters[-1]["label"] == boxes[0]["label"] and parameters[-2]["label"].startswith("prompt for the sample grids")
+    assert parameters[-1]["label"] == "Sampler"
+    assert parameters[-2]["label"] == boxes[0]["label"] and parameters[-3]["label"].startswith("prompt for the sample grids")
 
 
 def test_frontier_plane_draws_the_dense_line_and_each_pruned_model_with_its_latency_range():

@@ -104,11 +104,5 @@ def apply_head(model, scores, spec, progress=None):
 
 
 
-def check_head_spec(model, spec) -> None:
-    """Everything ``apply_head`` would refuse, from the structure alone (before any calibration):
-    a model without multi-head attention, or a sparsity that whole heads cannot reach."""
-    _head_ratio(model, spec)
-
-
-register_granularity(Granularity("head", apply_head, check_head_spec, True, "whole attention heads",
+register_granularity(Granularity("head", apply_head, check_head, True, "whole attention heads",
                                  units_to_remove=heads_to_remove))

@@ -215,7 +215,8 @@ def _group_markdown(table, rows: dict) -> str:
         if dense:
             verdict = "frontier | | "
         elif math.isnan(r["frontier_fid"]):
-            verdict = f"outside the frontier's range | | {r['frontier_best_fid']:.1f}"
+            best = "no dense point that fast" if math.isnan(r["frontier_best_fid"]) else f"{r['frontier_best_fid']:.1f}"
+            verdict = f"outside the frontier's range | | {best}"
         else:
             spread = [_interpolate(points, float(r[c])) for c in ("relative_latency_high", "relative_latency_low")]
             spread = "[" + ", ".join("out of range" if math.isnan(v) else f"{v:.1f}" for v in spread) + "]"

@@ -220,6 +220,16 @@ def test_a_run_with_recovery_shows_dense_one_shot_and_recovered(page):
     page.get_by_role("tab", name="Samples").click()
 
 
+def _open_tab(browser, url: str, opened: list):
+    """A new 1440x900 tab on the app, its first screen shown; kept in ``opened`` to be closed."""
+    tab = browser.new_page(viewport={"width": 1440, "height": 900})
+    opened.append(tab)
+    tab.set_default_timeout(TIMEOUT_MS)
+    tab.goto(url)
+    tab.wait_for_selector("#dense-grid img")
+    return tab
+
+
 def test_a_closed_tab_cancels_its_running_job(live_app, page):
     """A long run (Diff-Pruning: 200 recovery steps, minutes here) is started and its tab closed:
     the server cancels it, so the next tab's Quick demo starts at once instead of waiting in line."""
@@ -228,22 +238,14 @@ def test_a_closed_tab_cancels_its_running_job(live_app, page):
     browser = page.context.browser  # the module's browser: one Playwright per thread
     opened = []
     try:
-        first = browser.new_page(viewport={"width": 1440, "height": 900})
-        opened.append(first)
-        first.set_default_timeout(TIMEOUT_MS)
-        first.goto(live_app)
-        first.wait_for_selector("#dense-grid img")
+        first = _open_tab(browser, live_app, opened)
         first.get_by_role("button", name="Diff-Pruning", exact=True).click()
         first.get_by_role("button", name="Prune & evaluate", exact=True).click()
         first.wait_for_function("() => (document.querySelector('#queue-note')?.innerText || '')"
                                 ".includes('Starting your run now')")
         first.wait_for_timeout(3000)  # the job is computing
         first.close()
-        second = browser.new_page(viewport={"width": 1440, "height": 900})
-        opened.append(second)
-        second.set_default_timeout(TIMEOUT_MS)
-        second.goto(live_app)
-        second.wait_for_selector("#dense-grid img")
+        second = _open_tab(browser, live_app, opened)
         second.get_by_role("button", name="Quick demo", exact=True).click()
         started = time.monotonic()
         second.get_by_role("button", name="Prune & evaluate", exact=True).click()

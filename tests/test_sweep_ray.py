@@ -13,12 +13,12 @@ import pytest
 import ray
 
 import core.sweep_ray as sweep_ray
-from core.cli import main
 from core.default_model import DEFAULT_MODEL_DIR
 from core.pipeline import load_pipeline
 from core.spec import PruneSpec
 from core.store import ResultStore
 from core.sweep import ModelSource, RaySettings, sweep
+from test_cli import run as run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -61,15 +61,6 @@ def submitted(monkeypatch):
 
     monkeypatch.setattr(sweep_ray, "_submit", counting)
     return specs
-
-
-def run_cli(argv, capsys):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def closed_port() -> int:

@@ -4,26 +4,35 @@ Every user already has one speed-up for free: fewer DDIM steps. A pruned model i
 only if, at its best step count, it has a lower FID than the dense model *at equal measured
 latency*. This benchmark puts both on one quality-vs-latency plane:
 
-* **Dense frontier** -- the dense model at ``--dense-steps`` (4, 6, 8, 12, 25, 50) DDIM steps
+* **Dense frontier** -- the dense model at ``--dense-steps`` (4, 6, 8, 12, 25, 50) steps of
+  ``--scheduler`` (DDIM or DPM-Solver++; each sampler is a frontier of its own)
   (``core.frontier.dense_frontier``, the app's frontier function).
 * **Candidates** -- ``--candidates`` (``criterion[:granularity]:sparsity[:kd]``, comma-separated,
-  granularity channel unless given; default obs 20 %,
-  obs 30 %, nici 20 % with NiCI's distillation from the dense teacher, taylor 20 %, then nici 30 %,
-  taylor 30 % if the run gets that far): structured channel pruning, then ``--finetune-steps``
-  recovery steps with the app's defaults (``core.recovery.RECOVERY_DEFAULTS``: lr 2e-4, batch 8) on
-  the shipped Fashion-MNIST training images -- the app's workflow, ``core.run.run`` -- evaluated at
-  ``--pruned-steps`` (8, 12, 50).
-* Every row: FID and KID (with its std) of ``--num-samples`` samples (seed 0) against the 1,000
-  shipped test images, and the paired one-step speed-up against the dense model
+  granularity channel unless given; cuts applied one after the other joined by ``+``, e.g.
+  ``nici:head:0.25+nici:ffn:0.3:kd``; default obs 20 %, obs 30 %, nici 20 % with NiCI's
+  distillation from the dense teacher, taylor 20 %, then nici 30 %, taylor 30 %): pruning, then
+  recovery with the app's defaults (``core.recovery.RECOVERY_DEFAULTS``: lr 2e-4, batch 8) on the
+  shipped Fashion-MNIST training images for ``--finetune-steps``, or for each of ``--budgets``
+  (1000,3000,10000: the recovery budget curve, a longer budget resuming from the shorter one's
+  checkpoint) -- the app's workflow, ``core.run.run`` -- evaluated at ``--pruned-steps`` (8, 12, 50).
+* Every row: FID and KID (with its std) of ``--num-samples`` samples (``--seed``, 0) against the
+  1,000 shipped test images, and the paired one-step speed-up against the dense model
   (``core.timing.paired_step_latency``, dense and pruned interleaved, median and range of the
   per-round ratios). The sampler's cost is one denoiser call per step, so the latency per image at
   K steps is ``dense step latency x K / speed-up``; ``relative_latency = K / 50 / speedup`` puts every
   point relative to the dense model at 50 steps, and the speed-up's range gives its spread.
   Dense rows have speed-up 1 by definition; their ``dense_self_ratio_*`` fields (dense timed against
   itself, interleaved) show the instrument's noise.
+* **FID spread** -- a point measured again with ``--seed 1``, ``--seed 2``, ... (e.g. the dense model
+  at 6 steps) gives the FID's seed-to-seed standard deviation sigma at this sample count, pooled per
+  model and sampler (``fid_spreads``); the tables keep the first seed's rows.
 * **Verdict** -- for every pruned point, the dense frontier's FID at the same relative latency
   (linear interpolation between the dense points), the difference, and the best dense FID at
-  any latency no larger (the Pareto reading, harder to beat).
+  any latency no larger (the Pareto reading, harder to beat). A point **wins** only where its FID is
+  below the frontier by more than the two spreads (2 sigma), **loses** above by more, **ties**
+  otherwise. Per latency budget (each dense point's latency), the best configuration within it:
+  the dense model at k steps, or a pruned point where it wins (``budget_table``). One sentence per
+  model and sampler states the verdict (``verdict_sentence``).
 
 Order of work (so that an interrupted run has the informative points first): dense rows at up to
 ``--late-steps`` excluded, every candidate at its cheap step counts, then the ``--late-steps``
@@ -35,7 +44,7 @@ rewritten after every row.
 Usage::
 
     .venv/bin/python benchmarks/bench_frontier.py --threads 1            # the measurement (hours on 2 CPU cores)
-    .venv/bin/python benchmarks/bench_frontier.py --table                # markdown table + verdict
+    .venv/bin/python benchmarks/bench_frontier.py --table                # markdown tables + verdicts (and the CSV)
     .venv/bin/python benchmarks/bench_frontier.py --quick --results runs/f.jsonl --csv runs/f.csv
 
 Every figure is measured by this script on this machine; nothing is copied from the papers.
@@ -61,7 +70,8 @@ RUNS = ROOT / "runs" / "bench_frontier"
 CSV_COLUMNS = ["model", "scheduler", "label", "criterion", "granularity", "sparsity", "measured_sparsity", "finetune_steps", "distill",
                "num_inference_steps", "num_samples", "fid", "kid", "kid_std", "speedup", "speedup_low", "speedup_high",
                "relative_latency", "relative_latency_low", "relative_latency_high", "macs_ratio", "params_ratio"]
-VERDICT_COLUMNS = ["frontier_fid", "fid_minus_frontier", "frontier_best_fid"]
+VERDICT_COLUMNS = ["frontier_fid", "fid_minus_frontier", "frontier_best_fid", "fid_spread", "margin", "verdict",
+                   "verdict_at_slowest"]
 # Rows measured before the model and sampler were recorded: the default model, DDIM.
 ROW_DEFAULTS = {"model": "default", "scheduler": "ddim"}
 DEFAULT_CANDIDATES = "obs:0.2,obs:0.3,nici:0.2:kd,taylor:0.2,nici:0.3:kd,taylor:0.3"
@@ -80,23 +90,38 @@ def _append(path: Path, row: dict) -> None:
           flush=True)
 
 
+def _cut(item: str, text: str) -> dict:
+    fields = text.split(":")
+    if len(fields) == 2:
+        fields = [fields[0], "channel", fields[1]]
+    if len(fields) != 3:
+        raise SystemExit(f"--candidates: {item!r} must be criterion[:granularity]:sparsity with an optional :kd "
+                         "(cuts applied one after the other joined by '+')")
+    try:
+        sparsity = float(fields[2])
+    except ValueError:
+        raise SystemExit(f"--candidates: {item!r}: the sparsity {fields[2]!r} is not a number") from None
+    return dict(criterion=fields[0], granularity=fields[1], sparsity=sparsity)
+
+
 def parse_candidates(text: str) -> list[dict]:
-    """``criterion[:granularity]:sparsity[:kd]`` items, comma-separated (granularity default channel)."""
+    """``criterion[:granularity]:sparsity[:kd]`` items, comma-separated (granularity default channel).
+    An item of several cuts applied one after the other joins them with ``+``
+    (``nici:head:0.25+nici:ffn:0.5:kd``: a quarter of the heads, then FFN neurons up to 50 % of
+    the prunable weights; each cut's sparsity is of the whole model, as ``PruneSpec`` counts it)."""
     candidates = []
     for item in filter(None, (part.strip() for part in text.split(","))):
-        fields = item.split(":")
-        distill = fields[-1] == "kd"
-        fields = fields[:-1] if distill else fields
-        if len(fields) == 2:
-            fields = [fields[0], "channel", fields[1]]
-        if len(fields) != 3:
-            raise SystemExit(f"--candidates: {item!r} must be criterion[:granularity]:sparsity with an optional :kd")
-        try:
-            sparsity = float(fields[2])
-        except ValueError:
-            raise SystemExit(f"--candidates: {item!r}: the sparsity {fields[2]!r} is not a number") from None
-        candidates.append(dict(criterion=fields[0], granularity=fields[1], sparsity=sparsity, distill=distill))
+        distill = item.endswith(":kd")
+        cuts = [_cut(item, part.strip()) for part in (item[:-3] if distill else item).split("+")]
+        first, last = cuts[0], cuts[-1]
+        candidates.append(dict(criterion=first["criterion"], granularity="+".join(c["granularity"] for c in cuts),
+                               sparsity=last["sparsity"], distill=distill, cuts=cuts))
     return candidates
+
+
+def _cuts(spec: dict) -> list[dict]:
+    return spec.get("cuts") or [dict(criterion=spec["criterion"], granularity=spec.get("granularity", "channel"),
+                                     sparsity=spec["sparsity"])]
 
 
 def candidate_label(criterion: str, sparsity: float, finetune_steps: int, distill: bool, granularity: str = "channel") -> str:
@@ -104,7 +129,12 @@ def candidate_label(criterion: str, sparsity: float, finetune_steps: int, distil
 
 
 def _label(spec: dict, steps: int) -> str:
-    return candidate_label(spec["criterion"], spec["sparsity"], steps, spec["distill"], spec.get("granularity", "channel"))
+    cuts = _cuts(spec)
+    if len(cuts) == 1:
+        return candidate_label(spec["criterion"], spec["sparsity"], steps, spec["distill"], spec.get("granularity", "channel"))
+    parts = [f"{c['criterion'] + ' ' if i == 0 or c['criterion'] != cuts[i - 1]['criterion'] else ''}"
+             f"{c['granularity']} {round(c['sparsity'] * 100)}%" for i, c in enumerate(cuts)]
+    return f"{' then '.join(parts)} +{steps} steps{' KD' if spec['distill'] else ''}"
 
 
 def _training_dir(spec: dict, args) -> Path:
@@ -112,7 +142,8 @@ def _training_dir(spec: dict, args) -> Path:
     checkpoint of a shorter one (``core.finetune`` draws each step's data from (seed, step) only,
     so the result equals one uninterrupted run of the longer budget)."""
     model = Path(args.model).name if args.model else "default"
-    name = f"{model}_{spec['criterion']}_{spec.get('granularity', 'channel')}_{round(spec['sparsity'] * 100)}pct"
+    name = model + "_" + "+".join(f"{c['criterion']}_{c['granularity']}_{round(c['sparsity'] * 100)}pct"
+                                  for c in _cuts(spec))
     return Path(args.runs_dir) / (name + ("_kd" if spec["distill"] else "") + f"_seed{args.seed}")
 
 
@@ -133,21 +164,30 @@ def _interpolate(points: list[tuple[float, float]], x: float) -> float:
     return points[-1][1]
 
 
-def with_verdict(table):
+def with_verdict(table, spreads: dict | None = None):
     """The rows (a DataFrame of CSV_COLUMNS) with the dense frontier's FID at each point's relative
     latency (linear interpolation between the dense points of the same model and sampler), the
-    difference (negative: the pruned point beats the dense model at equal latency) and the best dense
-    FID at any latency no larger."""
+    difference (negative: the pruned point beats the dense model at equal latency), the best dense
+    FID at any latency no larger, and the verdict with its spreads (``_verdict_of_group``).
+    ``spreads``: (model, scheduler) -> the FID's seed-to-seed standard deviation (``fid_spreads``)."""
     import pandas as pd
 
     table = table.copy()
     if not len(table):
         return table.reindex(columns=list(table.columns) + VERDICT_COLUMNS)
-    groups = [_verdict_of_group(group) for _, group in table.groupby(["model", "scheduler"], sort=False, dropna=False)]
+    spreads = spreads or {}
+    groups = [_verdict_of_group(group, spreads.get(name, {}).get("fid_spread", float("nan")))
+              for name, group in table.groupby(["model", "scheduler"], sort=False, dropna=False)]
     return pd.concat(groups).loc[table.index]
 
 
-def _verdict_of_group(table):
+def _verdict_of_group(table, fid_spread: float):
+    """One model and sampler. ``fid_spread`` (sigma) is the FID's seed-to-seed standard deviation at
+    this sample count, the spread of the pruned point and of the dense frontier alike. A pruned point
+    **wins** only when its FID is below the frontier interpolated at its latency by more than the two
+    spreads (``margin`` = 2 sigma), **loses** when above by more, and **ties** otherwise.
+    ``verdict_at_slowest`` is the same reading at the slow end of the point's paired-timing range
+    (``relative_latency_high``, where the frontier is lower): a win there holds for every round timed."""
     import pandas as pd
 
     table = table.copy()
@@ -158,25 +198,110 @@ def _verdict_of_group(table):
         fids = [fid for lat, fid in points if lat <= x + 1e-12]
         return min(fids) if fids else float("nan")
 
-    frontier = [_interpolate(points, float(x)) for x in table["relative_latency"]]
+    frontier = pd.Series([_interpolate(points, float(x)) for x in table["relative_latency"]], index=table.index)
+    slowest = pd.Series([_interpolate(points, float(x)) for x in table["relative_latency_high"]], index=table.index)
     table["frontier_fid"] = frontier
-    table["fid_minus_frontier"] = table["fid"].astype(float) - pd.Series(frontier, index=table.index)
+    table["fid_minus_frontier"] = table["fid"].astype(float) - frontier
     table["frontier_best_fid"] = [best_at_most(float(x)) for x in table["relative_latency"]]
-    table.loc[table["criterion"] == "dense", VERDICT_COLUMNS] = float("nan")
+    table["fid_spread"] = fid_spread
+    table["margin"] = 2 * fid_spread
+    table["verdict"] = [_verdict(gap, margin) for gap, margin in zip(table["fid_minus_frontier"], table["margin"])]
+    table["verdict_at_slowest"] = [_verdict(gap, margin)
+                                   for gap, margin in zip(table["fid"].astype(float) - slowest, table["margin"])]
+    is_dense = table["criterion"] == "dense"
+    table.loc[is_dense, [c for c in VERDICT_COLUMNS if c not in ("fid_spread", "verdict", "verdict_at_slowest")]] = float("nan")
+    table.loc[is_dense, ["verdict", "verdict_at_slowest"]] = "frontier"
     return table
 
 
-def frame(rows: dict):
+def _verdict(gap: float, margin: float) -> str:
+    if not math.isfinite(gap):
+        return "outside the frontier"
+    if not math.isfinite(margin):
+        return "spread not measured"
+    return "win" if gap < -margin else "loss" if gap > margin else "tie"
+
+
+def fid_spreads(table) -> dict:
+    """(model, scheduler) -> ``fid_spread`` (the pooled seed-to-seed standard deviation of the FID
+    over every (label, steps) measured with several seeds, ``--seed 1``, ``--seed 2``, ...),
+    ``seeds`` (the most seeds of one point) and ``points`` (the points it pools, as label@steps)."""
+    spreads = {}
+    for name, group in table.groupby(["model", "scheduler"], sort=False, dropna=False):
+        squares, dof, seeds, where = 0.0, 0, 0, []
+        for (label, steps), repeats in group.groupby(["label", "num_inference_steps"], sort=True):
+            fids = repeats.drop_duplicates("seed")["fid"].astype(float)
+            if len(fids) >= 2:
+                squares += float(((fids - fids.mean()) ** 2).sum())
+                dof += len(fids) - 1
+                seeds = max(seeds, len(fids))
+                where.append(f"{label}@{int(steps)}")
+        if dof:
+            spreads[name] = dict(fid_spread=math.sqrt(squares / dof), seeds=seeds, points=where)
+    return spreads
+
+
+def _frame_all(rows: dict):
+    """Every row, repeats with other seeds included (``seed`` column)."""
     import pandas as pd
 
-    table = pd.DataFrame([{c: r.get(c, ROW_DEFAULTS.get(c)) for c in CSV_COLUMNS} for r in rows.values()],
-                         columns=CSV_COLUMNS)
+    columns = CSV_COLUMNS + ["seed"]
+    return pd.DataFrame([{c: r.get(c, ROW_DEFAULTS.get(c, 0 if c == "seed" else None)) for c in columns}
+                         for r in rows.values()], columns=columns)
+
+
+def frame(rows: dict):
+    """The rows of the first seed measured of each point, with the verdict; repeats with other
+    seeds only give the FID's spread."""
+    table = _frame_all(rows)
     if not len(table):
-        return table.reindex(columns=CSV_COLUMNS + VERDICT_COLUMNS)
+        return table.drop(columns="seed").reindex(columns=CSV_COLUMNS + VERDICT_COLUMNS)
+    spreads = fid_spreads(table)
+    table = table.sort_values("seed").drop_duplicates(["model", "scheduler", "label", "num_inference_steps"])
     table["_dense"] = table["criterion"] != "dense"
-    table = table.sort_values(["model", "scheduler", "_dense", "label", "num_inference_steps"]).drop(columns="_dense")
-    table = table.reset_index(drop=True)
-    return with_verdict(table)
+    table = table.sort_values(["model", "scheduler", "_dense", "criterion", "granularity", "sparsity", "distill",
+                               "finetune_steps", "num_inference_steps"])
+    table = table.drop(columns=["_dense", "seed"]).reset_index(drop=True)
+    return with_verdict(table, spreads)
+
+
+def budget_table(group) -> list[dict]:
+    """One model and sampler (``frame``'s rows): for every latency budget (each dense point's
+    latency relative to the dense model at 50 steps), the best dense point and the best pruned
+    point within it (lowest FID at a latency no larger), the pruned point's gap to the frontier at
+    its own latency with its margin and verdict, and the best configuration: the pruned point only
+    where it wins."""
+    dense = group[group["criterion"] == "dense"].sort_values("relative_latency")
+    pruned = group[group["criterion"] != "dense"]
+    budgets = []
+    for budget in dense["relative_latency"].astype(float):
+        inside_dense = dense[dense["relative_latency"] <= budget + 1e-12]
+        best_dense = inside_dense.loc[inside_dense["fid"].astype(float).idxmin()]
+        inside = pruned[pruned["relative_latency"] <= budget + 1e-12]
+        best = inside.loc[inside["fid"].astype(float).idxmin()] if len(inside) else None
+        wins = best is not None and best["verdict"] == "win" and best["fid"] < best_dense["fid"]
+        budgets.append(dict(budget=budget, dense=best_dense, pruned=best,
+                            best=f"{best['label']} at {int(best['num_inference_steps'])} steps" if wins
+                            else f"dense at {int(best_dense['num_inference_steps'])} steps"))
+    return budgets
+
+
+def verdict_sentence(group, model: str, scheduler: str) -> str:
+    """The verdict of one model and sampler in one sentence."""
+    pruned = group[(group["criterion"] != "dense") & group["fid_minus_frontier"].notna()]
+    name = f"{'the default UNet' if model == 'default' else model}, {SAMPLER_NAMES.get(scheduler, scheduler)}"
+    if not len(pruned):
+        return f"**{name}: not answered** (no pruned point within the dense frontier's latency range)."
+    closest = pruned.loc[pruned["fid_minus_frontier"].idxmin()]
+    counts = pruned["verdict"].value_counts()
+    outcome = ("wins" if counts.get("win", 0) else "is not settled (FID spread not measured)"
+               if counts.get("spread not measured", 0) else "ties" if counts.get("tie", 0) else "loses")
+    spread = (f"sigma {closest['fid_spread']:.1f} FID" if math.isfinite(closest["fid_spread"])
+              else "spread not measured")
+    return (f"**{name}: pruning {outcome}** ({counts.get('win', 0)} wins, {counts.get('tie', 0)} ties, "
+            f"{counts.get('loss', 0)} losses of {len(pruned)} pruned points at equal latency). Closest: "
+            f"{closest['label']} at {int(closest['num_inference_steps'])} steps, {closest['fid_minus_frontier']:+.1f} "
+            f"± {closest['margin']:.1f} FID against the dense frontier at its latency ({spread}).")
 
 
 def write_csv(rows: dict, path: Path) -> None:
@@ -193,8 +318,38 @@ def table_markdown(rows: dict) -> str:
     for (model, scheduler), group in table.groupby(["model", "scheduler"], sort=False):
         members = {key: row for key, row in rows.items()
                    if (row.get("model", "default"), row.get("scheduler", "ddim")) == (model, scheduler)}
-        sections.append(f"### {model}, {SAMPLER_NAMES.get(scheduler, scheduler)}\n\n" + _group_markdown(group, members))
+        sections.append(f"### {model}, {SAMPLER_NAMES.get(scheduler, scheduler)}\n\n"
+                        + verdict_sentence(group, model, scheduler) + "\n\n" + _group_markdown(group, members)
+                        + "\n\n" + budget_markdown(group, fid_spreads(_frame_all(members)).get((model, scheduler))))
     return "\n\n".join(sections)
+
+
+def budget_markdown(group, spread: dict | None) -> str:
+    """``budget_table`` as markdown, with how the FID spread was measured."""
+    lines = ["| latency budget (x dense@50) | best dense within it | best pruned within it | its FID - dense frontier at "
+             "its latency ± the two spreads | verdict | best configuration |", "| --- | --- | --- | --- | --- | --- |"]
+    for b in budget_table(group):
+        d, p = b["dense"], b["pruned"]
+        dense = f"{int(d['num_inference_steps'])} steps, FID {d['fid']:.1f}"
+        if p is None:
+            pruned, gap, verdict = "none that fast", "", ""
+        else:
+            pruned = (f"{p['label']} at {int(p['num_inference_steps'])} steps ({p['relative_latency']:.3f}), "
+                      f"FID {p['fid']:.1f}")
+            gap = "" if not math.isfinite(p["fid_minus_frontier"]) else f"{p['fid_minus_frontier']:+.1f} ± {p['margin']:.1f}"
+            verdict = p["verdict"] + (f" ({p['verdict_at_slowest']} at its slowest timing)"
+                                      if p["verdict"] == "win" else "")
+        lines.append(f"| {b['budget']:.3f} | {dense} | {pruned} | {gap} | {verdict} | {b['best']} |")
+    if spread:
+        how = (f"sigma = {spread['fid_spread']:.2f} FID, the pooled seed-to-seed standard deviation over "
+               f"{', '.join(spread['points'])} ({spread['seeds']} seeds)")
+    else:
+        how = "sigma not measured (run a point again with --seed 1, --seed 2): no verdict beyond the sign"
+    lines.append("")
+    lines.append(f"Spreads: {how}. A pruned point wins only below the dense frontier at its latency by more than the two "
+                 "spreads (its own sigma and the frontier's: 2 sigma); the per-point table shows the frontier over the "
+                 "point's paired-timing range too.")
+    return "\n".join(lines)
 
 
 SAMPLER_NAMES = {"ddim": "DDIM", "dpm-solver++": "DPM-Solver++", "ddpm": "DDPM"}
@@ -205,36 +360,27 @@ def _group_markdown(table, rows: dict) -> str:
     dense_rows = table[table["criterion"] == "dense"].sort_values("relative_latency")
     points = list(zip(dense_rows["relative_latency"].astype(float), dense_rows["fid"].astype(float)))
     lines = [f"| model | {sampler} steps | FID | KID ± std | speed-up per step [range] | latency vs dense@50 [range] | "
-             "dense FID at equal latency [over the latency range] | FID - dense | best dense FID at ≤ latency |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "dense FID at equal latency [over the latency range] | FID - dense ± the two spreads | verdict | "
+             "best dense FID at ≤ latency |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for _, r in table.iterrows():
         dense = r["criterion"] == "dense"
         speed = "1 (dense)" if dense else f"{r['speedup']:.2f}x [{r['speedup_low']:.2f}, {r['speedup_high']:.2f}]"
         latency = (f"{r['relative_latency']:.3f}" if dense else
                    f"{r['relative_latency']:.3f} [{r['relative_latency_low']:.3f}, {r['relative_latency_high']:.3f}]")
         if dense:
-            verdict = "frontier | | "
+            verdict = "frontier | | | "
         elif math.isnan(r["frontier_fid"]):
             best = "no dense point that fast" if math.isnan(r["frontier_best_fid"]) else f"{r['frontier_best_fid']:.1f}"
-            verdict = f"outside the frontier's range | | {best}"
+            verdict = f"outside the frontier's range | | | {best}"
         else:
             spread = [_interpolate(points, float(r[c])) for c in ("relative_latency_high", "relative_latency_low")]
             spread = "[" + ", ".join("out of range" if math.isnan(v) else f"{v:.1f}" for v in spread) + "]"
-            verdict = (f"{r['frontier_fid']:.1f} {spread} | **{r['fid_minus_frontier']:+.1f}** | "
+            margin = f" ± {r['margin']:.1f}" if math.isfinite(r["margin"]) else ""
+            verdict = (f"{r['frontier_fid']:.1f} {spread} | **{r['fid_minus_frontier']:+.1f}**{margin} | {r['verdict']} | "
                        f"{r['frontier_best_fid']:.1f}")
         lines.append(f"| {r['label']} | {int(r['num_inference_steps'])} | {r['fid']:.1f} | {r['kid']:.4f} ± "
                      f"{r['kid_std']:.4f} | {speed} | {latency} | {verdict} |")
-    pruned = table[(table["criterion"] != "dense") & table["fid_minus_frontier"].notna()]
-    if len(pruned):
-        best = pruned.loc[pruned["fid_minus_frontier"].idxmin()]
-        beats = pruned[pruned["fid_minus_frontier"] < 0]
-        lines.append("")
-        lines.append(f"Best pruned point against the frontier: **{best['label']} at {int(best['num_inference_steps'])} "
-                     f"steps**, FID {best['fid']:.1f} at {best['relative_latency']:.3f} of the dense 50-step latency "
-                     f"(speed-up {best['speedup']:.2f}x, MACs x{best['macs_ratio']:.2f}), against {best['frontier_fid']:.1f} "
-                     f"for the dense model at the same latency: {best['fid_minus_frontier']:+.1f} FID. "
-                     + (f"{len(beats)} of {len(pruned)} pruned points lie below the interpolated frontier."
-                        if len(beats) else f"None of the {len(pruned)} pruned points beats the frontier."))
     dense = next((r for r in rows.values() if r["criterion"] == "dense"), None)
     if dense:
         import statistics
@@ -301,6 +447,34 @@ def _measure(pipeline, dense, steps: int, args, base: dict, is_dense: bool) -> d
     return row
 
 
+def _spec_of(cut: dict, seed: int):
+    from core.spec import PruneSpec
+
+    return PruneSpec(criterion=cut["criterion"], granularity=cut["granularity"], sparsity=cut["sparsity"], seed=seed)
+
+
+def _prune_chain(dense, spec: dict, seed: int):
+    """A candidate of several cuts, each pruning the previous cut's model: (the last cut's
+    ``PruneResult``, its totals against the dense model: time of every cut, MACs and parameter
+    ratios, sparsity ``1 - prod(1 - s)`` of the cuts' sparsities, each of its input's prunable
+    weights). One cut: (None, {}), ``core.run`` prunes it."""
+    from core.engine import prune
+
+    cuts = _cuts(spec)
+    if len(cuts) == 1:
+        return None, {}
+    held, first, seconds, kept = None, None, 0.0, 1.0
+    for cut in cuts:
+        started = time.perf_counter()
+        held = prune(dense if held is None else held.pipeline, _spec_of(cut, seed))
+        seconds += time.perf_counter() - started
+        first = first or held.report.totals
+        kept *= 1.0 - held.report.totals["sparsity"]
+    last = held.report.totals
+    return held, dict(wall_time_s=seconds, macs_ratio=last["macs_after"] / first["macs_before"],
+                      params_ratio=last["params_after"] / first["params_before"], sparsity=1.0 - kept)
+
+
 def _key(label: str, steps: int, args) -> str:
     # DDIM rows keep the key they had before the sampler was an option.
     sampler = f"|scheduler={args.scheduler}" if args.scheduler != "ddim" else ""
@@ -314,7 +488,6 @@ def run(args) -> None:
     from core.recovery import RECOVERY_DEFAULTS
     from core.run import EvaluationSettings, RecoverySettings, TimingSettings
     from core.run import run as run_workflow
-    from core.spec import PruneSpec
 
     results, csv_path = Path(args.results), Path(args.csv)
     done = read_rows(results)
@@ -341,17 +514,16 @@ def run(args) -> None:
         if label in recovered:
             return label, *recovered[label]
         granularity = spec.get("granularity", "channel")
+        held, chain = _prune_chain(dense, spec, args.seed)
         recovery = RecoverySettings(
             steps=budget, lr=RECOVERY_DEFAULTS["lr"], batch_size=RECOVERY_DEFAULTS["batch_size"],
             distill=spec["distill"], data=args.data, checkpoint_every=max(1, min(budget // 4, 1000)),
             checkpoint_dir=str(_training_dir(spec, args)))
-        outcome = run_workflow(dense, PruneSpec(criterion=spec["criterion"], granularity=granularity,
-                                                sparsity=spec["sparsity"], seed=args.seed),
-                               recovery=recovery, evaluation=EvaluationSettings(metrics=(), grid_images=0),
-                               timing=TimingSettings(enabled=False))
+        outcome = run_workflow(dense, _spec_of(_cuts(spec)[-1], args.seed), pruned=held, recovery=recovery,
+                               evaluation=EvaluationSettings(metrics=(), grid_images=0), timing=TimingSettings(enabled=False))
         if outcome.errors:
             raise next(iter(outcome.errors.values()))
-        totals, tuned = outcome.pruned.report.totals, outcome.recovered
+        totals, tuned = dict(outcome.pruned.report.totals, **chain), outcome.recovered
         losses = tuned.losses if tuned is not None else None
         base = dict(label=label, criterion=spec["criterion"], granularity=granularity, sparsity=spec["sparsity"],
                     measured_sparsity=totals["sparsity"], finetune_steps=budget, distill=spec["distill"],
@@ -423,12 +595,14 @@ def main(argv=None) -> int:
     # every FID costs one 2048 x 2048 eigendecomposition (~10 s on one thread): --quick makes three
     parser.add_argument("--quick", action="store_true",
                         help=f"tiny settings for the tests: {', '.join(f'{k}={v}' for k, v in QUICK.items())}")
-    parser.add_argument("--table", action="store_true", help="print the markdown table and verdict and exit")
+    parser.add_argument("--table", action="store_true", help="rewrite --csv from --results, print the markdown tables and verdicts, and exit")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
     if args.table:
-        print(table_markdown(read_rows(Path(args.results))))
+        rows = read_rows(Path(args.results))
+        write_csv(rows, Path(args.csv))  # derived from the rows: rewritten with the current verdict
+        print(table_markdown(rows))
         return 0
     if args.quick:
         for name, value in QUICK.items():

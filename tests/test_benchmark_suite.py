@@ -76,7 +76,9 @@ def test_bench_frontier_quick_rows_verdict_and_resume(tiny_model, tmp_path):
     assert len(pruned) == 1 and (pruned["finetune_steps"] == 2).all() and (pruned["macs_ratio"] < 1).all()
     assert (pruned["speedup_low"] <= pruned["speedup"]).all() and (pruned["speedup"] <= pruned["speedup_high"]).all()
     assert (pruned["relative_latency_low"] <= pruned["relative_latency"]).all()
-    assert pruned[["fid", "kid", "kid_std"]].notna().all().all() and dense[bench_frontier.VERDICT_COLUMNS].isna().all().all()
+    numbers = ["frontier_fid", "fid_minus_frontier", "frontier_best_fid", "margin"]
+    assert pruned[["fid", "kid", "kid_std"]].notna().all().all() and dense[numbers].isna().all().all()
+    assert (dense["verdict"] == "frontier").all() and pruned["verdict"].notna().all()
     # Verdict: the dense FID interpolated at the pruned point's relative latency, where it lies inside the frontier.
     dense_points = sorted(zip(dense["relative_latency"], dense["fid"]))
     for _, row in pruned.iterrows():

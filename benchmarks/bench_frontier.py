@@ -56,6 +56,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -320,8 +321,54 @@ def table_markdown(rows: dict) -> str:
                    if (row.get("model", "default"), row.get("scheduler", "ddim")) == (model, scheduler)}
         sections.append(f"### {model}, {SAMPLER_NAMES.get(scheduler, scheduler)}\n\n"
                         + verdict_sentence(group, model, scheduler) + "\n\n" + _group_markdown(group, members)
-                        + "\n\n" + budget_markdown(group, fid_spreads(_frame_all(members)).get((model, scheduler))))
+                        + "\n\n" + budget_markdown(group, fid_spreads(_frame_all(members)).get((model, scheduler)))
+                        + ("\n\nRecovery budget curve:\n\n" + curve if (curve := budget_curve_markdown(group)) else ""))
     return "\n\n".join(sections)
+
+
+def budget_curve(group) -> list[dict]:
+    """One model and sampler: for every candidate measured after several recovery budgets, per
+    sampling step count, its gap to the dense frontier after each budget and the least-squares line
+    ``gap = intercept + slope * log10(budget)`` through them; ``meets_at``: the budget where that
+    line reaches 0 (a measured budget already at or below 0: that budget; a slope >= 0: never)."""
+    import numpy as np
+
+    pruned = group[(group["criterion"] != "dense") & group["fid_minus_frontier"].notna()].copy()
+    pruned["candidate"] = [re.sub(r" \+\d+ steps", "", label) for label in pruned["label"]]
+    curves = []
+    for (candidate, steps), rows in pruned.groupby(["candidate", "num_inference_steps"], sort=True):
+        rows = rows.sort_values("finetune_steps")
+        if rows["finetune_steps"].nunique() < 2:
+            continue
+        budgets, gaps = rows["finetune_steps"].astype(float).to_numpy(), rows["fid_minus_frontier"].astype(float).to_numpy()
+        slope, intercept = np.polyfit(np.log10(budgets), gaps, 1)
+        reached = budgets[gaps <= 0]
+        if len(reached):
+            meets_at = float(reached[0])
+        elif slope >= 0:
+            meets_at = math.inf
+        else:
+            meets_at = float(10 ** (-intercept / slope))
+        curves.append(dict(candidate=candidate, steps=int(steps), budgets=budgets.astype(int).tolist(),
+                           gaps=gaps.tolist(), slope=float(slope), intercept=float(intercept), meets_at=meets_at,
+                           measured=bool(len(reached))))
+    return curves
+
+
+def budget_curve_markdown(group) -> str:
+    """``budget_curve`` as markdown (empty when no candidate has several budgets)."""
+    curves = budget_curve(group)
+    if not curves:
+        return ""
+    lines = ["| candidate | steps | FID - dense frontier after each recovery budget | fit: gap = a + b log10(budget) | "
+             "meets the frontier at |", "| --- | --- | --- | --- | --- |"]
+    for c in curves:
+        gaps = ", ".join(f"{b:,}: {g:+.1f}" for b, g in zip(c["budgets"], c["gaps"]))
+        meets = ("never (the gap does not shrink)" if math.isinf(c["meets_at"]) else
+                 f"{c['meets_at']:,.0f} steps (measured)" if c["measured"] else f"~{c['meets_at']:,.0f} steps (extrapolated)")
+        lines.append(f"| {c['candidate']} | {c['steps']} | {gaps} | a = {c['intercept']:+.2f}, b = {c['slope']:+.2f} per "
+                     f"tenfold budget | {meets} |")
+    return "\n".join(lines)
 
 
 def budget_markdown(group, spread: dict | None) -> str:

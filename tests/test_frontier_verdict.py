@@ -149,3 +149,23 @@ def test_bench_frontier_measures_a_chained_candidate_after_each_budget(tiny_mode
     assert rows[0]["macs_ratio"] == rows[1]["macs_ratio"] < 0.8 and 0.4 < rows[0]["measured_sparsity"] < 0.6
     table = pd.read_csv(csv)
     assert set(table["granularity"]) == {"-", "channel+channel"} and table["verdict"].notna().all()
+
+
+def test_the_recovery_budget_curve_is_fitted_against_log10_of_the_budget():
+    # frontier at latency 0.08 (6 steps at 1.5x): 80. Gaps +6 after 1k, +4 after 10k: slope -2 per
+    # tenfold budget, zero at 10 ** (12 / 2) = 1e6 steps.
+    rows = _rows(_dense(4, 80.0), _dense(8, 60.0),
+                 _pruned("cut +1000 steps KD", 6, 86.0, 1.5), _pruned("cut +10000 steps KD", 6, 84.0, 1.5) | {"key": "b"},
+                 _pruned("other +1000 steps KD", 6, 90.0, 1.5) | {"key": "c"})
+    group = bench_frontier.frame(rows)
+    group.loc[group["label"] == "cut +10000 steps KD", "finetune_steps"] = 10000
+    (curve,) = bench_frontier.budget_curve(group)  # "other" has one budget: no curve
+    assert curve["candidate"] == "cut KD" and curve["steps"] == 6 and curve["budgets"] == [1000, 10000]
+    assert curve["slope"] == pytest.approx(-2.0) and curve["intercept"] == pytest.approx(12.0)
+    assert curve["meets_at"] == pytest.approx(1e6) and not curve["measured"]
+    assert "~1,000,000 steps (extrapolated)" in bench_frontier.budget_curve_markdown(group)
+    group.loc[group["label"] == "cut +10000 steps KD", "fid_minus_frontier"] = -0.5  # met at a measured budget
+    (curve,) = bench_frontier.budget_curve(group)
+    assert curve["meets_at"] == 10000 and curve["measured"]
+    group.loc[group["label"] == "cut +10000 steps KD", "fid_minus_frontier"] = 7.0  # growing gap
+    assert math.isinf(bench_frontier.budget_curve(group)[0]["meets_at"])

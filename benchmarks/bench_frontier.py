@@ -642,6 +642,7 @@ def main(argv=None) -> int:
     # every FID costs one 2048 x 2048 eigendecomposition (~10 s on one thread): --quick makes three
     parser.add_argument("--quick", action="store_true",
                         help=f"tiny settings for the tests: {', '.join(f'{k}={v}' for k, v in QUICK.items())}")
+    parser.add_argument("--markdown", default=None, help="with --table: also write the tables to this file")
     parser.add_argument("--table", action="store_true", help="rewrite --csv from --results, print the markdown tables and verdicts, and exit")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -649,7 +650,13 @@ def main(argv=None) -> int:
     if args.table:
         rows = read_rows(Path(args.results))
         write_csv(rows, Path(args.csv))  # derived from the rows: rewritten with the current verdict
-        print(table_markdown(rows))
+        markdown = table_markdown(rows)
+        if args.markdown:
+            Path(args.markdown).write_text(
+                "# The frontier at equal latency, every row\n\nWritten by `python benchmarks/bench_frontier.py --table "
+                f"--markdown {args.markdown}` from `benchmarks/results/frontier.jsonl`; how it is measured and what "
+                "it means: [benchmarks.md](benchmarks.md).\n\n" + re.sub("^### ", "## ", markdown, flags=re.M) + "\n")
+        print(markdown)
         return 0
     if args.quick:
         for name, value in QUICK.items():

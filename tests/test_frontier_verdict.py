@@ -169,3 +169,10 @@ def test_the_recovery_budget_curve_is_fitted_against_log10_of_the_budget():
     assert curve["meets_at"] == 10000 and curve["measured"]
     group.loc[group["label"] == "cut +10000 steps KD", "fid_minus_frontier"] = 7.0  # growing gap
     assert math.isinf(bench_frontier.budget_curve(group)[0]["meets_at"])
+    # --table rewrites the CSV from the rows and, with --markdown, writes the tables with their command
+    csv.unlink()
+    markdown = tmp_path / "tables.md"
+    assert bench_frontier.main(["--table", "--results", str(results), "--csv", str(csv), "--markdown", str(markdown)]) == 0
+    assert len(pd.read_csv(csv)) == len(table)
+    text = markdown.read_text()
+    assert f"--table --markdown {markdown}" in text and text.count("\n## ") == 1 and "then taylor channel 30%" in text

@@ -2,7 +2,8 @@
 
 For the shipped results: ``assets/results/frontier.csv`` (pruned + recovered models at several
 sampling step counts and the dense model at fewer steps, latency relative to the dense model at 50
-steps; ``benchmarks/bench_frontier.py``). For a run: its one-shot and recovered points (latency 1 /
+steps; ``benchmarks/bench_frontier.py``), judged by the benchmark's own verdict (FID against the
+dense model at equal latency beyond two standard deviations of FID) where it has one. For a run: its one-shot and recovered points (latency 1 /
 measured speed-up; 1.0 where no speed-up was measured) against the dense model at fewer steps under
 the run's settings (``handlers.frontier_table``: ``dense_steps.csv`` or the app's own measurement).
 """
@@ -65,8 +66,47 @@ def shipped_sentence(quality: str = "kid", path: Path = SHIPPED_FRONTIER, model:
     if table is None or "criterion" not in table or not (table["criterion"] != "dense").any():
         return (f"**Is pruning worth it?** Not answered for the shipped results ({name}{sampler}): no pruned model "
                 "was measured with these settings.")
-    return worth_it_sentence(shipped_answer(quality, path, model, scheduler), quality,
-                             f"the shipped results ({name}{sampler}{samples}, pruned + recovered)")
+    subject = f"the shipped results ({name}{sampler}{samples}, pruned + recovered)"
+    judged = _judged(table)
+    if judged is not None:
+        return _verdict_sentence(judged, subject, several_samplers=scheduler is None)
+    return worth_it_sentence(shipped_answer(quality, path, model, scheduler), quality, subject)
+
+
+VERDICTS = ("win", "tie", "loss")
+
+
+def _judged(table):
+    """The pruned rows the benchmark judged against the dense frontier at equal latency (its
+    ``verdict``: FID beyond the two spreads), or None unless it judged every point it compared."""
+    if "verdict" not in table or "margin" not in table:
+        return None
+    compared = table[(table["criterion"] != "dense") & table["fid_minus_frontier"].notna()]
+    if not len(compared) or not compared["verdict"].isin(VERDICTS).all():  # a spread not measured somewhere
+        return None
+    return compared
+
+
+def _verdict_sentence(judged, subject: str, several_samplers: bool) -> str:
+    """The benchmark's verdict in one sentence: a win needs an FID below the dense model at equal
+    latency by more than the two spreads (2 sigma of FID at this sample count)."""
+    counts = judged["verdict"].value_counts()
+    wins, ties, total = int(counts.get("win", 0)), int(counts.get("tie", 0)), len(judged)
+    closest = judged.loc[judged["fid_minus_frontier"].astype(float).idxmin()]
+    sampler = (f", {SAMPLER_NAMES.get(closest['scheduler'], closest['scheduler'])}"
+               if several_samplers and "scheduler" in judged and judged["scheduler"].nunique() > 1 else "")
+    point = (f"{closest['label']} at {int(closest['num_inference_steps'])} steps{sampler}: FID "
+             f"{float(closest['fid_minus_frontier']):+.1f} ± {float(closest['margin']):.1f} against the dense model at "
+             f"{float(closest['relative_latency']):.2f} of the dense latency")
+    if wins:
+        return (f"**Is pruning worth it? Yes** for {subject}: {wins} of {total} pruned points beat the dense model at "
+                f"fewer sampling steps at equal latency by more than the noise (2 sigma of FID); best, {point}.")
+    if ties:
+        return (f"**Is pruning worth it? Not beyond the noise** for {subject}: {ties} of {total} pruned points tie the "
+                f"dense model at fewer sampling steps at equal latency (within 2 sigma of FID), none beats it; "
+                f"closest, {point}.")
+    return (f"**Is pruning worth it? No** for {subject}: the dense model at fewer sampling steps beats every one of "
+            f"the {total} pruned points at equal latency by more than the noise (2 sigma of FID); closest, {point}.")
 
 
 def shipped_model(source) -> str:

@@ -1,4 +1,5 @@
 """The verdict card and the "Is pruning worth it?" answer: pure functions of measured numbers."""
+import pandas as pd
 import pytest
 
 from diffprune_ui.verdict import (no_measured_speedup, quality_text, size_text, speed_text, verdict, worth_it,
@@ -122,3 +123,32 @@ def test_a_block_shortfall_is_part_of_the_size_line():
     assert size_text(totals, "block").endswith("; not the asked sparsity: block: asked for 50 % of the prunable "
                                                "parameters, removing whole blocks reaches 66.7 %")
     assert "not the asked" not in size_text(dict(totals, sparsity_shortfall=None), "block")
+
+
+def test_the_shipped_sentence_uses_the_benchmarks_verdict_beyond_the_two_spreads(tmp_path):
+    from diffprune_ui import quality_answer
+
+    def row(label, criterion, steps, latency, fid, gap, margin, verdict, scheduler="ddim"):
+        return dict(model="default", scheduler=scheduler, label=label, criterion=criterion, num_inference_steps=steps,
+                    num_samples=256, relative_latency=latency, fid=fid, kid=0.01, fid_minus_frontier=gap,
+                    margin=margin, verdict=verdict)
+
+    dense = [row("dense", "dense", 4, 0.08, 80.0, None, None, "frontier"),
+             row("dense", "dense", 8, 0.16, 60.0, None, None, "frontier")]
+    cases = {"No": ["loss", "loss"], "Not beyond the noise": ["loss", "tie"], "Yes": ["tie", "win"]}
+    for word, verdicts in cases.items():
+        pruned = [row("a +1000 steps", "nici", 6, 0.1, 78.0, 3.0, 1.2, verdicts[0]),
+                  row("b +1000 steps", "nici", 6, 0.1, 74.0, -1.0 if verdicts[1] != "win" else -2.0, 1.2, verdicts[1])]
+        path = tmp_path / f"{word}.csv"
+        pd.DataFrame(dense + pruned).to_csv(path, index=False)
+        sentence = quality_answer.shipped_sentence("kid", path=path, model="default", scheduler="ddim")
+        assert sentence.startswith(f"**Is pruning worth it? {word}** for the shipped results (default model, DDIM, 256")
+        assert "b +1000 steps at 6 steps" in sentence and "± 1.2" in sentence  # the closest point, with its margin
+    # a table without the benchmark's verdict falls back to the KID comparison
+    path = tmp_path / "old.csv"
+    pd.DataFrame(dense + pruned).drop(columns=["verdict", "margin"]).to_csv(path, index=False)
+    assert "(2 sigma" not in quality_answer.shipped_sentence("kid", path=path, model="default", scheduler="ddim")
+    # a point compared without a measured spread: the benchmark's verdict is not used for part of the table
+    partial = pd.DataFrame(dense + pruned).assign(verdict=["frontier", "frontier", "loss", "spread not measured"])
+    partial.to_csv(path, index=False)
+    assert "(2 sigma" not in quality_answer.shipped_sentence("kid", path=path, model="default", scheduler="ddim")

@@ -72,7 +72,7 @@ CSV_COLUMNS = ["model", "scheduler", "label", "criterion", "granularity", "spars
                "num_inference_steps", "num_samples", "fid", "kid", "kid_std", "speedup", "speedup_low", "speedup_high",
                "relative_latency", "relative_latency_low", "relative_latency_high", "macs_ratio", "params_ratio"]
 VERDICT_COLUMNS = ["frontier_fid", "fid_minus_frontier", "frontier_best_fid", "fid_spread", "margin", "verdict",
-                   "verdict_at_slowest"]
+                   "verdict_at_slowest", "best_sampler_frontier_fid", "verdict_best_sampler"]
 # Rows measured before the model and sampler were recorded: the default model, DDIM.
 ROW_DEFAULTS = {"model": "default", "scheduler": "ddim"}
 DEFAULT_CANDIDATES = "obs:0.2,obs:0.3,nici:0.2:kd,taylor:0.2,nici:0.3:kd,taylor:0.3"
@@ -263,19 +263,41 @@ def frame(rows: dict):
     table = table.sort_values(["model", "scheduler", "_dense", "criterion", "granularity", "sparsity", "distill",
                                "finetune_steps", "num_inference_steps"])
     table = table.drop(columns=["_dense", "seed"]).reset_index(drop=True)
-    return with_verdict(table, spreads)
+    return _against_every_sampler(with_verdict(table, spreads))
+
+
+def _against_every_sampler(table):
+    """``best_sampler_frontier_fid``: the lowest of the model's dense frontiers (one per sampler)
+    at each point's latency; ``verdict_best_sampler``: the verdict against it (same margin). A win
+    against DDIM's frontier that the dense model with DPM-Solver++ undoes is no win for a user."""
+    table = table.copy()
+    best = []
+    for _, row in table.iterrows():
+        same = table[(table["model"] == row["model"]) & (table["criterion"] == "dense")]
+        lines = [sorted(zip(g["relative_latency"].astype(float), g["fid"].astype(float)))
+                 for _, g in same.groupby("scheduler")]
+        values = [v for v in (_interpolate(line, float(row["relative_latency"])) for line in lines) if math.isfinite(v)]
+        best.append(min(values) if values else float("nan"))
+    table["best_sampler_frontier_fid"] = best
+    table["verdict_best_sampler"] = [_verdict(fid - at, margin) for fid, at, margin in
+                                     zip(table["fid"].astype(float), table["best_sampler_frontier_fid"], table["margin"])]
+    is_dense = table["criterion"] == "dense"
+    table.loc[is_dense, "best_sampler_frontier_fid"] = float("nan")
+    table.loc[is_dense, "verdict_best_sampler"] = "frontier"
+    return table
 
 
 def budget_table(group) -> list[dict]:
     """One model and sampler (``frame``'s rows): for every latency budget (each dense point's
-    latency relative to the dense model at 50 steps), the best dense point and the best pruned
+    latency relative to the dense model at 50 steps, and each winning pruned point's), the best dense point and the best pruned
     point within it (lowest FID at a latency no larger), the pruned point's gap to the frontier at
     its own latency with its margin and verdict, and the best configuration: the pruned point only
     where it wins."""
     dense = group[group["criterion"] == "dense"].sort_values("relative_latency")
     pruned = group[group["criterion"] != "dense"]
     budgets = []
-    for budget in dense["relative_latency"].astype(float):
+    winning = pruned.loc[pruned["verdict"] == "win", "relative_latency"].astype(float)
+    for budget in sorted(set(dense["relative_latency"].astype(float)) | set(winning)):
         inside_dense = dense[dense["relative_latency"] <= budget + 1e-12]
         best_dense = inside_dense.loc[inside_dense["fid"].astype(float).idxmin()]
         inside = pruned[pruned["relative_latency"] <= budget + 1e-12]
@@ -288,21 +310,31 @@ def budget_table(group) -> list[dict]:
 
 
 def verdict_sentence(group, model: str, scheduler: str) -> str:
-    """The verdict of one model and sampler in one sentence."""
+    """The verdict of one model and sampler in one sentence (against this sampler's dense frontier,
+    and for its wins, against the best sampler's)."""
     pruned = group[(group["criterion"] != "dense") & group["fid_minus_frontier"].notna()]
     name = f"{'the default UNet' if model == 'default' else model}, {SAMPLER_NAMES.get(scheduler, scheduler)}"
     if not len(pruned):
         return f"**{name}: not answered** (no pruned point within the dense frontier's latency range)."
-    closest = pruned.loc[pruned["fid_minus_frontier"].idxmin()]
     counts = pruned["verdict"].value_counts()
-    outcome = ("wins" if counts.get("win", 0) else "is not settled (FID spread not measured)"
+    wins = pruned[pruned["verdict"] == "win"]
+    closest = (wins if len(wins) else pruned).sort_values("fid_minus_frontier").iloc[0]
+    outcome = ("wins" if len(wins) else "is not settled (FID spread not measured)"
                if counts.get("spread not measured", 0) else "ties" if counts.get("tie", 0) else "loses")
     spread = (f"sigma {closest['fid_spread']:.1f} FID" if math.isfinite(closest["fid_spread"])
               else "spread not measured")
-    return (f"**{name}: pruning {outcome}** ({counts.get('win', 0)} wins, {counts.get('tie', 0)} ties, "
-            f"{counts.get('loss', 0)} losses of {len(pruned)} pruned points at equal latency). Closest: "
-            f"{closest['label']} at {int(closest['num_inference_steps'])} steps, {closest['fid_minus_frontier']:+.1f} "
-            f"± {closest['margin']:.1f} FID against the dense frontier at its latency ({spread}).")
+    sentence = (f"**{name}: pruning {outcome}** ({counts.get('win', 0)} wins, {counts.get('tie', 0)} ties, "
+                f"{counts.get('loss', 0)} losses of {len(pruned)} pruned points at equal latency). "
+                f"{'Best' if len(wins) else 'Closest'}: {closest['label']} at {int(closest['num_inference_steps'])} steps, "
+                f"FID {closest['fid']:.1f}, {closest['fid_minus_frontier']:+.1f} ± {closest['margin']:.1f} against the dense "
+                f"frontier at its latency ({spread})")
+    if len(wins):
+        held = wins[wins["verdict_best_sampler"] == "win"]
+        slow = wins[wins["verdict_at_slowest"] == "win"]
+        sentence += (f"; {len(slow)} of the {len(wins)} wins hold at the slow end of the timing range, and "
+                     f"{len(held)} against the best sampler's dense frontier (here "
+                     f"{closest['best_sampler_frontier_fid']:.1f} at that latency)")
+    return sentence + "."
 
 
 def write_csv(rows: dict, path: Path) -> None:
@@ -384,8 +416,8 @@ def budget_markdown(group, spread: dict | None) -> str:
             pruned = (f"{p['label']} at {int(p['num_inference_steps'])} steps ({p['relative_latency']:.3f}), "
                       f"FID {p['fid']:.1f}")
             gap = "" if not math.isfinite(p["fid_minus_frontier"]) else f"{p['fid_minus_frontier']:+.1f} ± {p['margin']:.1f}"
-            verdict = p["verdict"] + (f" ({p['verdict_at_slowest']} at its slowest timing)"
-                                      if p["verdict"] == "win" else "")
+            verdict = p["verdict"] + (f" ({p['verdict_at_slowest']} at its slowest timing, "
+                                      f"{p['verdict_best_sampler']} against the best sampler)" if p["verdict"] == "win" else "")
         lines.append(f"| {b['budget']:.3f} | {dense} | {pruned} | {gap} | {verdict} | {b['best']} |")
     if spread:
         how = (f"sigma = {spread['fid_spread']:.2f} FID, the pooled seed-to-seed standard deviation over "

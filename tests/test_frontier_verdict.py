@@ -87,14 +87,15 @@ def test_best_configuration_per_latency_budget():
                  _pruned("win", 6, 70.0, 2.0), _pruned("other", 3, 85.0, 1.0) | {"key": "o"})
     budgets = bench_frontier.budget_table(bench_frontier.frame(rows))
     by_budget = {round(b["budget"], 3): b for b in budgets}
-    assert sorted(by_budget) == [0.04, 0.08, 0.16]
+    assert sorted(by_budget) == [0.04, 0.06, 0.08, 0.16]  # the dense latencies and the winning point's
     assert by_budget[0.04]["pruned"] is None and by_budget[0.04]["best"] == "dense at 2 steps"
-    # latency 0.06: the "win" point (6 steps / 2x) ties 0.06 exactly; frontier there 100, FID 70: a win
+    # latency 0.06: the "win" point (6 steps / 2x); frontier there 100, FID 70: a win
+    assert by_budget[0.06]["pruned"]["label"] == "win" and by_budget[0.06]["best"] == "win at 6 steps"
     assert by_budget[0.08]["pruned"]["label"] == "win" and by_budget[0.08]["best"] == "win at 6 steps"
     # within 0.16 the dense model at 8 steps (60) is better than the pruned point (70)
     assert by_budget[0.16]["best"] == "dense at 8 steps"
     markdown = bench_frontier.budget_markdown(bench_frontier.frame(rows), None)
-    assert markdown.count("\n| 0.") == 3 and "sigma not measured" in markdown
+    assert markdown.count("\n| 0.") == 4 and "sigma not measured" in markdown  # its note follows the spread given
 
 
 def test_chained_candidates_parse_label_and_folder(tmp_path):
@@ -149,6 +150,13 @@ def test_bench_frontier_measures_a_chained_candidate_after_each_budget(tiny_mode
     assert rows[0]["macs_ratio"] == rows[1]["macs_ratio"] < 0.8 and 0.4 < rows[0]["measured_sparsity"] < 0.6
     table = pd.read_csv(csv)
     assert set(table["granularity"]) == {"-", "channel+channel"} and table["verdict"].notna().all()
+    # --table rewrites the CSV from the rows and, with --markdown, writes the tables with their command
+    csv.unlink()
+    markdown = tmp_path / "tables.md"
+    assert bench_frontier.main(["--table", "--results", str(results), "--csv", str(csv), "--markdown", str(markdown)]) == 0
+    assert len(pd.read_csv(csv)) == len(table)
+    text = markdown.read_text()
+    assert f"--table --markdown {markdown}" in text and text.count("\n## ") == 1 and "then taylor channel 30%" in text
 
 
 def test_the_recovery_budget_curve_is_fitted_against_log10_of_the_budget():
@@ -169,10 +177,21 @@ def test_the_recovery_budget_curve_is_fitted_against_log10_of_the_budget():
     assert curve["meets_at"] == 10000 and curve["measured"]
     group.loc[group["label"] == "cut +10000 steps KD", "fid_minus_frontier"] = 7.0  # growing gap
     assert math.isinf(bench_frontier.budget_curve(group)[0]["meets_at"])
-    # --table rewrites the CSV from the rows and, with --markdown, writes the tables with their command
-    csv.unlink()
-    markdown = tmp_path / "tables.md"
-    assert bench_frontier.main(["--table", "--results", str(results), "--csv", str(csv), "--markdown", str(markdown)]) == 0
-    assert len(pd.read_csv(csv)) == len(table)
-    text = markdown.read_text()
-    assert f"--table --markdown {markdown}" in text and text.count("\n## ") == 1 and "then taylor channel 30%" in text
+
+
+def test_a_win_against_one_samplers_frontier_is_checked_against_the_best_samplers():
+    # DDIM's dense frontier: 4 steps 80, 8 steps 60; DPM-Solver++'s: 4 steps 66, 8 steps 58.
+    rows = _rows(_dense(4, 80.0, scheduler="ddim"), _dense(8, 60.0, scheduler="ddim"),
+                 _dense(8, 61.0, seed=1, scheduler="ddim"),
+                 _dense(4, 66.0), _dense(8, 58.0), _dense(8, 59.0, seed=1),
+                 _pruned("cut", 6, 70.0, 1.5, scheduler="ddim"))  # latency 0.08: DDIM 80, DPM-Solver++ 66
+    table = bench_frontier.frame(rows)
+    point = table[table["label"] == "cut"].iloc[0]
+    assert point["verdict"] == "win" and point["best_sampler_frontier_fid"] == pytest.approx(66.0)
+    assert point["verdict_best_sampler"] == "loss"
+    ddim = table[table["scheduler"] == "ddim"]
+    sentence = bench_frontier.verdict_sentence(ddim, "m", "ddim")
+    assert "pruning wins" in sentence and "0 against the best sampler's dense frontier (here 66.0" in sentence
+    # the winning point's own latency is a budget of its own, where it is the best configuration
+    budgets = {round(b["budget"], 3): b["best"] for b in bench_frontier.budget_table(ddim)}
+    assert budgets == {0.08: "cut at 6 steps", 0.16: "dense at 8 steps"}

@@ -98,9 +98,17 @@ def _verdict_sentence(judged, subject: str, several_samplers: bool) -> str:
     point = (f"{closest['label']} at {int(closest['num_inference_steps'])} steps{sampler}: FID "
              f"{float(closest['fid_minus_frontier']):+.1f} ± {float(closest['margin']):.1f} against the dense model at "
              f"{float(closest['relative_latency']):.2f} of the dense latency")
+    robust = (int((judged["verdict_best_sampler"] == "win").sum()) if "verdict_best_sampler" in judged else wins)
+    if wins and not robust:
+        best = closest.get("best_sampler_frontier_fid")
+        return (f"**Is pruning worth it? Not against the best sampler** for {subject}: {wins} of {total} pruned points "
+                f"beat the dense model at fewer steps of this sampler at equal latency by more than the noise (2 sigma "
+                f"of FID), but the dense model with the best sampler is better at the same latency"
+                + (f" (FID {float(best):.1f})" if best is not None and best == best else "") + f"; best, {point}.")
     if wins:
         return (f"**Is pruning worth it? Yes** for {subject}: {wins} of {total} pruned points beat the dense model at "
-                f"fewer sampling steps at equal latency by more than the noise (2 sigma of FID); best, {point}.")
+                f"fewer sampling steps at equal latency by more than the noise (2 sigma of FID), {robust} of them "
+                f"against the best sampler too; best, {point}.")
     if ties:
         return (f"**Is pruning worth it? Not beyond the noise** for {subject}: {ties} of {total} pruned points tie the "
                 f"dense model at fewer sampling steps at equal latency (within 2 sigma of FID), none beats it; "

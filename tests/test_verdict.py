@@ -144,6 +144,15 @@ def test_the_shipped_sentence_uses_the_benchmarks_verdict_beyond_the_two_spreads
         sentence = quality_answer.shipped_sentence("kid", path=path, model="default", scheduler="ddim")
         assert sentence.startswith(f"**Is pruning worth it? {word}** for the shipped results (default model, DDIM, 256")
         assert "b +1000 steps at 6 steps" in sentence and "± 1.2" in sentence  # the closest point, with its margin
+    # the win undone by the dense model with another sampler at the same latency
+    frame = pd.DataFrame(dense + pruned).assign(verdict_best_sampler=["frontier", "frontier", "loss", "loss"],
+                                                best_sampler_frontier_fid=[None, None, 70.5, 70.5])
+    frame.to_csv(path, index=False)
+    sentence = quality_answer.shipped_sentence("kid", path=path, model="default", scheduler="ddim")
+    assert sentence.startswith("**Is pruning worth it? Not against the best sampler**") and "(FID 70.5)" in sentence
+    frame.assign(verdict_best_sampler=["frontier", "frontier", "loss", "win"]).to_csv(path, index=False)
+    assert "**Is pruning worth it? Yes**" in quality_answer.shipped_sentence("kid", path=path, model="default",
+                                                                            scheduler="ddim")
     # a table without the benchmark's verdict falls back to the KID comparison
     path = tmp_path / "old.csv"
     pd.DataFrame(dense + pruned).drop(columns=["verdict", "margin"]).to_csv(path, index=False)

@@ -62,14 +62,14 @@ def test_suite_rows_outputs_and_resume(tiny_model, tmp_path, monkeypatch):
 def test_bench_frontier_quick_rows_verdict_and_resume(tiny_model, tmp_path):
     """bench_frontier's --quick mode (dense at 1 and 2 steps, one pruned + 2-step recovered
     candidate at 2 steps) writes one row per (model, steps), the app's CSV columns and the verdict."""
-    from benchmarks import bench_frontier
+    from benchmarks import bench_frontier, frontier_verdict
 
     results, csv = tmp_path / "frontier.jsonl", tmp_path / "frontier.csv"
     args = ["--quick", "--model", tiny_model, "--data", "generated", "--results", str(results), "--csv", str(csv),
             "--runs-dir", str(tmp_path / "runs")]
     assert bench_frontier.main(args) == 0
     table = pd.read_csv(csv)
-    assert list(table.columns) == bench_frontier.CSV_COLUMNS + bench_frontier.VERDICT_COLUMNS
+    assert list(table.columns) == frontier_verdict.CSV_COLUMNS + frontier_verdict.VERDICT_COLUMNS
     assert len(table) == 3 and sorted(table["num_inference_steps"]) == [1, 2, 2]
     dense, pruned = table[table["criterion"] == "dense"], table[table["criterion"] != "dense"]
     assert (dense["speedup"] == 1).all() and (dense["relative_latency"] == dense["num_inference_steps"] / 50).all()
@@ -89,12 +89,12 @@ def test_bench_frontier_quick_rows_verdict_and_resume(tiny_model, tmp_path):
             expected = y0 + (y1 - y0) * (row["relative_latency"] - x0) / (x1 - x0)
             assert row["frontier_fid"] == pytest.approx(expected)
             assert row["fid_minus_frontier"] == pytest.approx(row["fid"] - expected)
-    assert bench_frontier._interpolate([(0.1, 10.0), (0.2, 20.0)], 0.15) == pytest.approx(15.0)
+    assert frontier_verdict._interpolate([(0.1, 10.0), (0.2, 20.0)], 0.15) == pytest.approx(15.0)
     # Resume: a second run measures nothing new; --table prints every row and the verdict.
     lines = results.read_text().splitlines()
     assert bench_frontier.main(args) == 0
     assert results.read_text().splitlines() == lines
-    markdown = bench_frontier.table_markdown(bench_frontier.read_rows(results))
+    markdown = frontier_verdict.table_markdown(bench_frontier.read_rows(results))
     assert markdown.count("| dense |") == 2 and markdown.count("magnitude channel 20% +2 steps") >= 1
 
 
@@ -143,7 +143,7 @@ def test_bench_recovery_quick_rows_and_resume(tiny_model, tmp_path, capsys):
 def test_bench_frontier_budget_curve_resumes_and_each_sampler_has_its_own_frontier(tiny_model, tmp_path):
     """--budgets measures a candidate after each recovery budget, the longer one resuming from the
     shorter one's checkpoint; rows of another sampler form their own frontier and verdict."""
-    from benchmarks import bench_frontier
+    from benchmarks import bench_frontier, frontier_verdict
 
     results, csv = tmp_path / "frontier.jsonl", tmp_path / "frontier.csv"
     common = ["--quick", "--model", tiny_model, "--data", "generated", "--results", str(results), "--csv", str(csv),
@@ -164,5 +164,5 @@ def test_bench_frontier_budget_curve_resumes_and_each_sampler_has_its_own_fronti
             if pd.notna(row["frontier_fid"]):  # interpolated from this sampler's dense points only
                 (x0, y0), (x1, y1) = sorted(zip(dense["relative_latency"], dense["fid"]))
                 assert row["frontier_fid"] == pytest.approx(y0 + (y1 - y0) * (row["relative_latency"] - x0) / (x1 - x0))
-    markdown = bench_frontier.table_markdown(bench_frontier.read_rows(results))
+    markdown = frontier_verdict.table_markdown(bench_frontier.read_rows(results))
     assert "DPM-Solver++ steps" in markdown and "DDIM steps" in markdown

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from benchmarks import bench_frontier
+from benchmarks import bench_frontier, frontier_verdict
 
 DENSE = dict(label="dense", criterion="dense", granularity="-", sparsity=0.0, measured_sparsity=0.0, finetune_steps=0,
              distill=False, kid=0.01, kid_std=0.001, speedup=1.0, speedup_low=1.0, speedup_high=1.0,
@@ -34,15 +34,15 @@ def _rows(*rows):
 def test_fid_spread_pools_the_repeated_seeds_and_repeats_stay_out_of_the_table():
     rows = _rows(_dense(4, 70.0), _dense(6, 60.0), _dense(6, 61.0, seed=1), _dense(6, 59.0, seed=2),
                  _dense(4, 71.0, seed=1))
-    spreads = bench_frontier.fid_spreads(bench_frontier._frame_all(rows))
+    spreads = frontier_verdict.fid_spreads(frontier_verdict._frame_all(rows))
     # pooled: (6 steps: 60, 61, 59 -> squares 2, dof 2) + (4 steps: 70, 71 -> squares 0.5, dof 1)
     assert spreads[("m", "dpm-solver++")]["fid_spread"] == pytest.approx(math.sqrt(2.5 / 3))
     assert spreads[("m", "dpm-solver++")]["seeds"] == 3
-    table = bench_frontier.frame(rows)
+    table = frontier_verdict.frame(rows)
     assert sorted(table["num_inference_steps"]) == [4, 6]  # seed 0 only
     assert set(table.loc[table["num_inference_steps"] == 6, "fid"]) == {60.0}
     assert table["fid_spread"].tolist() == pytest.approx([math.sqrt(2.5 / 3)] * 2)
-    assert list(table.columns) == bench_frontier.CSV_COLUMNS + bench_frontier.VERDICT_COLUMNS
+    assert list(table.columns) == frontier_verdict.CSV_COLUMNS + frontier_verdict.VERDICT_COLUMNS
 
 
 def test_a_win_needs_more_than_the_two_spreads():
@@ -51,7 +51,7 @@ def test_a_win_needs_more_than_the_two_spreads():
     rows = _rows(_dense(4, 80.0), _dense(8, 60.0), _dense(8, 62.0, seed=1),
                  _pruned("win", 6, 76.0, 1.5), _pruned("tie", 6, 78.0, 1.5, scheduler="dpm-solver++") | {"key": "t"},
                  _pruned("loss", 6, 84.0, 1.5) | {"key": "l"}, _pruned("fast", 2, 90.0, 1.5) | {"key": "f"})
-    table = bench_frontier.frame(rows).set_index("label")
+    table = frontier_verdict.frame(rows).set_index("label")
     sigma = math.sqrt(2.0)
     assert table.loc["win", "frontier_fid"] == pytest.approx(80.0)
     assert table.loc["win", "margin"] == pytest.approx(2 * sigma)
@@ -60,15 +60,15 @@ def test_a_win_needs_more_than_the_two_spreads():
     assert table.loc["loss", "verdict"] == "loss"
     assert table.loc["fast", "verdict"] == "outside the frontier"
     assert table.loc["dense", "verdict"].tolist() == ["frontier", "frontier"]
-    group = bench_frontier.frame(rows)
-    sentence = bench_frontier.verdict_sentence(group, "m", "dpm-solver++")
+    group = frontier_verdict.frame(rows)
+    sentence = frontier_verdict.verdict_sentence(group, "m", "dpm-solver++")
     assert "pruning wins" in sentence and "1 wins, 1 ties, 1 losses of 3" in sentence
 
 
 def test_a_timing_range_that_reaches_the_slow_side_is_reported():
     rows = _rows(_dense(4, 80.0), _dense(8, 60.0), _dense(8, 61.0, seed=1),
                  _pruned("win", 6, 76.0, 1.5, low=1.0, high=2.0))
-    table = bench_frontier.frame(rows).set_index("label")
+    table = frontier_verdict.frame(rows).set_index("label")
     assert table.loc["win", "verdict"] == "win"
     # at its slowest round (1.0x: latency 0.12, frontier 70) the same point loses
     assert table.loc["win", "verdict_at_slowest"] == "loss"
@@ -76,16 +76,16 @@ def test_a_timing_range_that_reaches_the_slow_side_is_reported():
 
 def test_without_repeated_seeds_there_is_no_verdict_beyond_the_sign():
     rows = _rows(_dense(4, 80.0), _dense(8, 60.0), _pruned("p", 6, 70.0, 1.5))
-    table = bench_frontier.frame(rows).set_index("label")
+    table = frontier_verdict.frame(rows).set_index("label")
     assert math.isnan(table.loc["p", "fid_spread"]) and table.loc["p", "verdict"] == "spread not measured"
     assert table.loc["p", "fid_minus_frontier"] == pytest.approx(-10.0)
-    assert "not settled" in bench_frontier.verdict_sentence(bench_frontier.frame(rows), "m", "dpm-solver++")
+    assert "not settled" in frontier_verdict.verdict_sentence(frontier_verdict.frame(rows), "m", "dpm-solver++")
 
 
 def test_best_configuration_per_latency_budget():
     rows = _rows(_dense(2, 120.0), _dense(4, 80.0), _dense(8, 60.0), _dense(8, 60.5, seed=1),
                  _pruned("win", 6, 70.0, 2.0), _pruned("other", 3, 85.0, 1.0) | {"key": "o"})
-    budgets = bench_frontier.budget_table(bench_frontier.frame(rows))
+    budgets = frontier_verdict.budget_table(frontier_verdict.frame(rows))
     by_budget = {round(b["budget"], 3): b for b in budgets}
     assert sorted(by_budget) == [0.04, 0.06, 0.08, 0.16]  # the dense latencies and the winning point's
     assert by_budget[0.04]["pruned"] is None and by_budget[0.04]["best"] == "dense at 2 steps"
@@ -94,7 +94,7 @@ def test_best_configuration_per_latency_budget():
     assert by_budget[0.08]["pruned"]["label"] == "win" and by_budget[0.08]["best"] == "win at 6 steps"
     # within 0.16 the dense model at 8 steps (60) is better than the pruned point (70)
     assert by_budget[0.16]["best"] == "dense at 8 steps"
-    markdown = bench_frontier.budget_markdown(bench_frontier.frame(rows), None)
+    markdown = frontier_verdict.budget_markdown(frontier_verdict.frame(rows), None)
     assert markdown.count("\n| 0.") == 4 and "sigma not measured" in markdown  # its note follows the spread given
 
 
@@ -165,18 +165,18 @@ def test_the_recovery_budget_curve_is_fitted_against_log10_of_the_budget():
     rows = _rows(_dense(4, 80.0), _dense(8, 60.0),
                  _pruned("cut +1000 steps KD", 6, 86.0, 1.5), _pruned("cut +10000 steps KD", 6, 84.0, 1.5) | {"key": "b"},
                  _pruned("other +1000 steps KD", 6, 90.0, 1.5) | {"key": "c"})
-    group = bench_frontier.frame(rows)
+    group = frontier_verdict.frame(rows)
     group.loc[group["label"] == "cut +10000 steps KD", "finetune_steps"] = 10000
-    (curve,) = bench_frontier.budget_curve(group)  # "other" has one budget: no curve
+    (curve,) = frontier_verdict.budget_curve(group)  # "other" has one budget: no curve
     assert curve["candidate"] == "cut KD" and curve["steps"] == 6 and curve["budgets"] == [1000, 10000]
     assert curve["slope"] == pytest.approx(-2.0) and curve["intercept"] == pytest.approx(12.0)
     assert curve["meets_at"] == pytest.approx(1e6) and not curve["measured"]
-    assert "~1,000,000 steps (extrapolated)" in bench_frontier.budget_curve_markdown(group)
+    assert "~1,000,000 steps (extrapolated)" in frontier_verdict.budget_curve_markdown(group)
     group.loc[group["label"] == "cut +10000 steps KD", "fid_minus_frontier"] = -0.5  # met at a measured budget
-    (curve,) = bench_frontier.budget_curve(group)
+    (curve,) = frontier_verdict.budget_curve(group)
     assert curve["meets_at"] == 10000 and curve["measured"]
     group.loc[group["label"] == "cut +10000 steps KD", "fid_minus_frontier"] = 7.0  # growing gap
-    assert math.isinf(bench_frontier.budget_curve(group)[0]["meets_at"])
+    assert math.isinf(frontier_verdict.budget_curve(group)[0]["meets_at"])
 
 
 def test_a_win_against_one_samplers_frontier_is_checked_against_the_best_samplers():
@@ -185,13 +185,13 @@ def test_a_win_against_one_samplers_frontier_is_checked_against_the_best_sampler
                  _dense(8, 61.0, seed=1, scheduler="ddim"),
                  _dense(4, 66.0), _dense(8, 58.0), _dense(8, 59.0, seed=1),
                  _pruned("cut", 6, 70.0, 1.5, scheduler="ddim"))  # latency 0.08: DDIM 80, DPM-Solver++ 66
-    table = bench_frontier.frame(rows)
+    table = frontier_verdict.frame(rows)
     point = table[table["label"] == "cut"].iloc[0]
     assert point["verdict"] == "win" and point["best_sampler_frontier_fid"] == pytest.approx(66.0)
     assert point["verdict_best_sampler"] == "loss"
     ddim = table[table["scheduler"] == "ddim"]
-    sentence = bench_frontier.verdict_sentence(ddim, "m", "ddim")
+    sentence = frontier_verdict.verdict_sentence(ddim, "m", "ddim")
     assert "pruning wins" in sentence and "0 against the best sampler's dense frontier (here 66.0" in sentence
     # the winning point's own latency is a budget of its own, where it is the best configuration
-    budgets = {round(b["budget"], 3): b["best"] for b in bench_frontier.budget_table(ddim)}
+    budgets = {round(b["budget"], 3): b["best"] for b in frontier_verdict.budget_table(ddim)}
     assert budgets == {0.08: "cut at 6 steps", 0.16: "dense at 8 steps"}

@@ -22,7 +22,9 @@ latency*. This benchmark puts both on one quality-vs-latency plane:
   K steps is ``dense step latency x K / speed-up``; ``relative_latency = K / 50 / speedup`` puts every
   point relative to the dense model at 50 steps, and the speed-up's range gives its spread.
   Dense rows have speed-up 1 by definition; their ``dense_self_ratio_*`` fields (dense timed against
-  itself, interleaved) show the instrument's noise.
+  itself, interleaved) show the instrument's noise. A pruned network's per-step speed-up does not
+  depend on the step count, sampler or recovery budget: the tables and the CSV give each of its
+  rows the median of all its rows' measurements (``frontier_verdict.pooled_speedups``).
 * **FID spread** -- a point measured again with ``--seed 1``, ``--seed 2``, ... (e.g. the dense model
   at 6 steps) gives the FID's seed-to-seed standard deviation sigma at this sample count, pooled per
   model and sampler (``fid_spreads``); the tables keep the first seed's rows.
@@ -62,7 +64,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.frontier_verdict import table_markdown, write_csv  # noqa: E402
+from benchmarks.frontier_verdict import BASE_STEPS, table_markdown, write_csv  # noqa: E402
 from benchmarks.rows import append_row, read_rows  # noqa: E402,F401 - read_rows is part of this module's API
 RESULTS = ROOT / "benchmarks" / "results" / "frontier.jsonl"
 CSV = ROOT / "assets" / "results" / "frontier.csv"
@@ -70,7 +72,6 @@ RUNS = ROOT / "runs" / "bench_frontier"
 
 DEFAULT_CANDIDATES = "obs:0.2,obs:0.3,nici:0.2:kd,taylor:0.2,nici:0.3:kd,taylor:0.3"
 REFERENCE = "fashion-mnist-test"
-BASE_STEPS = 50  # relative latency 1 = the dense model at the default 50 DDIM steps
 QUICK = dict(num_samples=4, dense_steps="1,2", pruned_steps="2", late_steps="", finetune_steps=2,
              candidates="magnitude:0.2", latency_rounds=2, latency_budget_s=0.5)
 

@@ -195,3 +195,22 @@ def test_a_win_against_one_samplers_frontier_is_checked_against_the_best_sampler
     # the winning point's own latency is a budget of its own, where it is the best configuration
     budgets = {round(b["budget"], 3): b["best"] for b in frontier_verdict.budget_table(ddim)}
     assert budgets == {0.08: "cut at 6 steps", 0.16: "dense at 8 steps"}
+
+
+def test_one_speed_up_per_pruned_network_pooled_over_its_rows():
+    """Every budget, step count and sampler of one pruned network measures the same per-step
+    speed-up: the rows share the median of their measurements, and their latencies follow."""
+    rows = _rows(_dense(4, 80.0), _dense(8, 60.0),
+                 _pruned("cut +1000 steps KD", 4, 75.0, 1.4, low=1.2, high=1.6),
+                 _pruned("cut +1000 steps KD", 6, 70.0, 2.7, low=1.0, high=3.0) | {"key": "b"},
+                 _pruned("cut +3000 steps KD", 8, 65.0, 1.5, low=1.4, high=1.7) | {"key": "c"},
+                 _pruned("other +1000 steps", 6, 70.0, 1.1, low=1.0, high=1.3) | {"key": "d"})
+    table = frontier_verdict.frame(rows)
+    cut = table[table["label"].str.startswith("cut")]
+    assert (cut["speedup"] == 1.5).all() and (cut["speedup_measurements"] == 3).all()
+    assert (cut["speedup_low"] == 1.4).all() and (cut["speedup_high"] == 2.7).all()  # the range of the medians
+    assert cut["relative_latency"].tolist() == pytest.approx([4 / 50 / 1.5, 6 / 50 / 1.5, 8 / 50 / 1.5])
+    assert cut["relative_latency_high"].tolist() == pytest.approx([4 / 50 / 1.4, 6 / 50 / 1.4, 8 / 50 / 1.4])
+    other = table[table["label"] == "other +1000 steps"].iloc[0]  # one measurement: its own per-round range
+    assert (other["speedup"], other["speedup_low"], other["speedup_high"], other["speedup_measurements"]) == (1.1, 1.0, 1.3, 1)
+    assert frontier_verdict.architecture("nici block 33% +10000 steps KD") == "nici block 33% KD"

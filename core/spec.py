@@ -328,6 +328,10 @@ PRESETS: dict[str, PruneSpec] = {
     "obs-diff": _preset(criterion="obs", granularity="unstructured", sparsity=0.5),
     # Gradient-flow iterative pruning (2025): soft masks moved along the gradient flow, 50% unstructured.
     "gradflow": _preset(criterion="gradflow", granularity="unstructured", sparsity=0.5),
+    # Where pruning beat sampling with fewer steps on the default model (benchmarks/bench_frontier.py):
+    # nici at 40 % of the channels, recovered with distillation, sampled with 4 DPM-Solver++ steps
+    # (the app pairs it with that recovery and sampler: diffprune_ui.app.PRESET_RUN_SETTINGS).
+    "few-step-win": _preset(criterion="nici", granularity="channel", sparsity=0.4),
     "magnitude-2:4": _preset(criterion="magnitude", granularity="2:4", sparsity=None),
     "random-50": _preset(criterion="random", granularity="unstructured", sparsity=0.5),
 }

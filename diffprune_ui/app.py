@@ -22,7 +22,7 @@ from . import first_screen, handlers, quality_answer, run_notes
 
 PRESET_LABELS = {
     "quick-demo": "Quick demo", "diffpruning": "Diff-Pruning", "nici": "NiCI-Pruning", "tiny-l1": "Tiny-Diffusion L1",
-    "obs-diff": "OBS-Diff", "gradflow": "Gradient flow",
+    "obs-diff": "OBS-Diff", "gradflow": "Gradient flow", "few-step-win": "Beats fewer steps",
 }
 INTRO = """# ✂️ DiffPrune Studio
 Prune a diffusion model, then see what it cost: dense vs pruned samples from the **same noise**, **measured**
@@ -30,7 +30,7 @@ quality and latency, and whether pruning beats simply sampling with fewer steps.
 # What each preset sets besides its spec: the recovery budget and the evaluation. The quick demo is
 # cheap by design (a one-shot criterion, 20 recovery steps, 16 samples); the papers' recipes get the
 # default recovery budget, except the methods their papers run one-shot.
-QUICK_EVALUATION = dict(num_samples=16, steps=25, quality="KID")
+QUICK_EVALUATION = dict(num_samples=16, steps=25, quality="KID", sampler="ddim")
 PRESET_RUN_SETTINGS = {
     "quick-demo": dict(recovery_steps=20, **QUICK_EVALUATION),
     "diffpruning": dict(recovery_steps=None, **QUICK_EVALUATION),
@@ -38,8 +38,11 @@ PRESET_RUN_SETTINGS = {
     "tiny-l1": dict(recovery_steps=None, **QUICK_EVALUATION),
     "obs-diff": dict(recovery_steps=0, **QUICK_EVALUATION),
     "gradflow": dict(recovery_steps=0, **QUICK_EVALUATION),
+    # The configuration that beat the dense model at fewer steps (the shipped frontier benchmark):
+    # its recovery budget, and its sampler at its step count (its measured numbers: preset_note).
+    "few-step-win": dict(recovery_steps=3000, num_samples=16, steps=4, quality="KID", sampler="dpm-solver++"),
 }
-RUN_PRESET_FIELDS = ("recovery_steps", "recovery_lr", "recovery_batch", "num_samples", "steps", "quality")
+RUN_PRESET_FIELDS = ("recovery_steps", "recovery_lr", "recovery_batch", "num_samples", "steps", "quality", "sampler")
 DEFAULT_PRESET = "quick-demo"  # the page opens with its values
 # ``core.spec.PRESETS["quick-demo"]``, readable without the engine (a test checks they agree).
 QUICK_DEMO = dict(criterion="magnitude", granularity="channel", sparsity=0.3)
@@ -116,7 +119,21 @@ def preset_updates(name: str):
             updates.append(gr.update(choices=handlers.granularity_choices(criterion.granularities), value=values[field]))
         else:
             updates.append(gr.update(value=values[field]))
-    return (*updates, gr.update(visible=criterion.needs_calibration), f"*{criterion.description}*")
+    return (*updates, gr.update(visible=criterion.needs_calibration),
+            f"*{criterion.description}*" + (f"\n\n{note}" if (note := preset_note(name)) else ""))
+
+
+def preset_note(name: str) -> str:
+    """What the shipped frontier benchmark measured for a preset that beat sampling with fewer steps
+    (``quality_answer.measured_win``); empty for the other presets."""
+    from core.spec import PRESETS
+
+    from . import quality_answer
+
+    if name != "few-step-win":
+        return ""
+    settings = PRESET_RUN_SETTINGS[name]
+    return quality_answer.measured_win(PRESETS[name], settings["recovery_steps"], settings["steps"], settings["sampler"])
 
 
 class Page(gr.Blocks):
@@ -335,7 +352,7 @@ def build_demo() -> gr.Blocks:
                              recovery_data, recovery_files, api_visibility="private", queue=False)
         preset_outputs = [criterion, granularity, sparsity, schedule, threshold, interval_weights, num_steps, w_min,
                           w_max, num_timesteps, custom_text, calibration_batch_size, calibration_batches, distill,
-                          recovery_steps, recovery_lr, recovery_batch, num_samples, steps, quality,
+                          recovery_steps, recovery_lr, recovery_batch, num_samples, steps, quality, sampler,
                           calibration_group, criterion_note]
         for name, button in preset_buttons.items():
             button.click(lambda n=name: preset_updates(n), None, preset_outputs, api_visibility="private", queue=False)

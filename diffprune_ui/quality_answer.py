@@ -208,3 +208,32 @@ def after_run(source, num_samples, steps, quality, sampler="ddim"):
         rows, _ = figures.comparable(handlers.results_table(), settings)
         first = run_sentence(latest_run_rows(rows), handlers.frontier_table(settings, sampler), quality_key)
     return first + "\n\n" + shipped_sentence("kid")
+
+
+def measured_win(spec, recovery_steps: int, steps: int, sampler: str, model: str = "default",
+                 path: Path = SHIPPED_FRONTIER) -> str:
+    """A preset's measured numbers: the shipped frontier row of ``spec`` (criterion, granularity,
+    sparsity) recovered for ``recovery_steps`` and sampled with ``steps`` steps of ``sampler`` on
+    ``model``, against the dense model at equal latency; says so when it is not shipped."""
+    table = _shipped_rows(path, model, sampler)
+    name = SAMPLER_NAMES.get(sampler, sampler)
+    missing = (f"**Measured:** not in the shipped frontier results ({spec.criterion} {spec.granularity} "
+               f"{spec.sparsity:g}, {recovery_steps:,} recovery steps, {steps} {name} steps).")
+    if table is None or "verdict" not in table:
+        return missing
+    rows = table[(table["criterion"] == spec.criterion) & (table["granularity"] == spec.granularity)
+                 & ((table["sparsity"] - float(spec.sparsity or 0)).abs() < 1e-6)
+                 & (table["finetune_steps"] == recovery_steps) & (table["num_inference_steps"] == steps)]
+    if not len(rows):
+        return missing
+    row = rows.iloc[0]
+    samples = int(row["num_samples"])
+    return (f"**Measured** ({'default model' if model == 'default' else model}, {samples} samples, "
+            "`benchmarks/bench_frontier.py`): after "
+            f"{recovery_steps:,} recovery steps{' with distillation' if bool(row['distill']) else ''}, FID "
+            f"{float(row['fid']):.1f} at {steps} {name} steps, {float(row['speedup']):.2f}x per step: "
+            f"{float(row['relative_latency']):.3f} of the dense model's 50-step latency, where the dense model at fewer "
+            f"steps has FID {float(row['frontier_fid']):.1f} ({float(row['fid_minus_frontier']):+.1f} ± "
+            f"{float(row['margin']):.1f}: **{row['verdict']}**; against the best sampler: "
+            f"**{row['verdict_best_sampler']}**). The recovery is the slow part: about half a second per step on "
+            "a 2-core CPU in that benchmark.")

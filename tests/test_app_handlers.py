@@ -327,6 +327,29 @@ def test_presets_set_exactly_their_spec_in_any_order(first):
         assert updates[1]["value"] == PRESETS[second].granularity and PRESETS[second].granularity in updates[1]["choices"]
 
 
+def test_the_few_step_preset_is_the_shipped_winning_configuration_with_its_measured_numbers():
+    """The preset that beat sampling with fewer steps: its spec, recovery, sampler and step count
+    are a row of the shipped frontier results that wins against every sampler's dense frontier,
+    and its note gives that row's numbers."""
+    from diffprune_ui import quality_answer
+
+    values, spec = ui_app.preset_values("few-step-win"), PRESETS["few-step-win"]
+    assert (values["sampler"], values["steps"], values["distill"]) == ("dpm-solver++", 4, True)
+    table = pd.read_csv(handlers.SHIPPED_FRONTIER)
+    row = table[(table["model"] == "default") & (table["scheduler"] == values["sampler"])
+                & (table["criterion"] == spec.criterion) & (table["granularity"] == spec.granularity)
+                & (table["sparsity"] == spec.sparsity) & (table["finetune_steps"] == values["recovery_steps"])
+                & (table["num_inference_steps"] == values["steps"]) & table["distill"]]
+    assert len(row) == 1 and row.iloc[0]["verdict"] == "win" and row.iloc[0]["verdict_best_sampler"] == "win"
+    note = ui_app.preset_updates("few-step-win")[-1]
+    assert f"FID {row.iloc[0]['fid']:.1f} at 4 DPM-Solver++ steps" in note and "**win**" in note
+    assert f"{row.iloc[0]['relative_latency']:.3f} of the dense model's 50-step latency" in note
+    assert ui_app.preset_note("quick-demo") == ""
+    other = PRESETS["diffpruning"]  # a configuration the benchmark never measured says so
+    assert quality_answer.measured_win(other, 1000, 4, "ddim").startswith("**Measured:** not in the shipped")
+    assert ui_app.preset_values("quick-demo")["sampler"] == "ddim"  # every other preset samples with DDIM
+
+
 def test_presets_set_recovery_and_evaluation_and_the_page_opens_with_the_quick_demo():
     from core.recovery import RECOVERY_DEFAULTS
 

@@ -148,8 +148,8 @@ def architecture(label: str) -> str:
 def pooled_speedups(table):
     """One per-step speed-up per pruned network. Its speed-up per denoiser call does not depend on
     the step count, the sampler or the recovery budget, so every row of it (one paired measurement
-    each) samples the same number: each row gets the median of those measurements, with the range
-    of the medians as its spread (with fewer than 3 rows: the per-round range of all of them), and
+    each) samples the same number: each row gets the median of those measurements, with their
+    interquartile range as its spread (3 rows: their range; fewer: the per-round range of all), and
     its relative latency follows (``steps / 50 / speed-up``). ``speedup_measurements``: how many
     were pooled. On a shared CPU one measurement can be far off (a 3-block cut of a 6-block DiT
     once timed 2.7x); the median of several is not."""
@@ -161,7 +161,9 @@ def pooled_speedups(table):
     for _, rows in pruned.groupby([pruned["model"], pruned["label"].map(architecture)], sort=False):
         medians = rows["speedup"].astype(float)
         speedup = float(np.median(medians))
-        if len(rows) >= 3:
+        if len(rows) >= 4:  # the middle half of the measurements: one busy round of the CPU does not set it
+            low, high = float(medians.quantile(0.25)), float(medians.quantile(0.75))
+        elif len(rows) == 3:
             low, high = float(medians.min()), float(medians.max())
         else:
             low, high = float(rows["speedup_low"].min()), float(rows["speedup_high"].max())

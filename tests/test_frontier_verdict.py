@@ -214,3 +214,10 @@ def test_one_speed_up_per_pruned_network_pooled_over_its_rows():
     other = table[table["label"] == "other +1000 steps"].iloc[0]  # one measurement: its own per-round range
     assert (other["speedup"], other["speedup_low"], other["speedup_high"], other["speedup_measurements"]) == (1.1, 1.0, 1.3, 1)
     assert frontier_verdict.architecture("nici block 33% +10000 steps KD") == "nici block 33% KD"
+    # from 4 measurements on, the spread is their interquartile range: one busy round does not set it
+    more = dict(rows, **{f"e{i}": _pruned("cut +10000 steps KD", steps, 60.0, s) | {"key": f"e{i}"}
+                         for i, (steps, s) in enumerate(((10, 1.45), (12, 1.55), (16, 4.0)))})
+    cut = frontier_verdict.frame(more).query("label.str.startswith('cut')")
+    speeds = pd.Series([1.4, 2.7, 1.5, 1.45, 1.55, 4.0])
+    assert (cut["speedup"] == speeds.median()).all()
+    assert (cut["speedup_low"] == speeds.quantile(0.25)).all() and (cut["speedup_high"] == speeds.quantile(0.75)).all()

@@ -229,7 +229,9 @@ def verdict_sentence(group, model: str, scheduler: str) -> str:
     counts = pruned["verdict"].value_counts()
     wins = pruned[pruned["verdict"] == "win"]
     closest = (wins if len(wins) else pruned).sort_values("fid_minus_frontier").iloc[0]
-    outcome = ("wins" if len(wins) else "is not settled (FID spread not measured)"
+    robust = wins[wins["verdict_best_sampler"] == "win"]
+    outcome = ("wins" if len(robust) else f"wins only against {SAMPLER_NAMES.get(scheduler, scheduler)}'s own frontier"
+               if len(wins) else "is not settled (FID spread not measured)"
                if counts.get("spread not measured", 0) else "ties" if counts.get("tie", 0) else "loses")
     spread = (f"sigma {closest['fid_spread']:.1f} FID" if math.isfinite(closest["fid_spread"])
               else "spread not measured")
@@ -239,10 +241,9 @@ def verdict_sentence(group, model: str, scheduler: str) -> str:
                 f"FID {closest['fid']:.1f}, {closest['fid_minus_frontier']:+.1f} ± {closest['margin']:.1f} against the dense "
                 f"frontier at its latency ({spread})")
     if len(wins):
-        held = wins[wins["verdict_best_sampler"] == "win"]
         slow = wins[wins["verdict_at_slowest"] == "win"]
         sentence += (f"; {len(slow)} of the {len(wins)} wins hold at the slow end of the timing range, and "
-                     f"{len(held)} against the best sampler's dense frontier (here "
+                     f"{len(robust)} against the best sampler's dense frontier (here "
                      f"{closest['best_sampler_frontier_fid']:.1f} at that latency)")
     return sentence + "."
 

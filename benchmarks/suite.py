@@ -372,7 +372,7 @@ def write_markdown(table: pd.DataFrame, args, plots) -> None:
     folder = Path(args.markdown).resolve().parent
     lines += ["", *[f"![{p.stem}]({os.path.relpath(p.resolve(), folder)})" for p in plots], ""]
     if Path(args.markdown).resolve() == (ROOT / "BENCHMARKS.md").resolve():  # the project's published table only
-        lines += dit_section()
+        lines += dit_section() + frontier_section()
     Path(args.markdown).write_text("\n".join(lines))
 
 
@@ -385,6 +385,25 @@ def dit_section() -> list:
     return ["## Embedded latent DiT (`benchmarks/bench_dit.py`, one-shot and after 40 fine-tuning steps; commands and "
             "reading in [docs/benchmarks.md](docs/benchmarks.md#the-embedded-dit-every-criterion-at-every-granularity))",
             "", bench_dit.table(), ""]
+
+
+def frontier_section() -> list:
+    """The frontier benchmark's verdict per model and sampler (``benchmarks/bench_frontier.py``,
+    measured separately): one sentence each, and where its tables are."""
+    from benchmarks import bench_frontier, frontier_verdict
+
+    rows = bench_frontier.read_rows(bench_frontier.RESULTS)
+    if not rows:
+        return []
+    table = frontier_verdict.frame(rows)
+    sentences = [f"- {frontier_verdict.verdict_sentence(group, model, scheduler)}"
+                 for (model, scheduler), group in table.groupby(["model", "scheduler"], sort=False)]
+    return ["## Dense frontier vs pruned + recovered (`benchmarks/bench_frontier.py`)", "",
+            "Pruned + recovered models against the dense model sampled with fewer steps, at equal measured latency "
+            "(256 samples per row; a win must beat the dense frontier by more than two standard deviations of FID). "
+            "Every row, latency budget and recovery budget curve: [docs/frontier-tables.md](docs/frontier-tables.md) "
+            "(`python benchmarks/bench_frontier.py --table --markdown docs/frontier-tables.md`); the reading: "
+            "[docs/benchmarks.md](docs/benchmarks.md#is-pruning-worth-it-the-dense-frontier).", "", *sentences, ""]
 
 
 OUTPUT_OPTIONS = ("--out-dir", "--csv", "--markdown")

@@ -222,3 +222,14 @@ def test_one_speed_up_per_pruned_network_pooled_over_its_rows():
     speeds = pd.Series([1.4, 2.7, 1.5, 1.45, 1.55, 4.0])
     assert (cut["speedup"] == speeds.median()).all()
     assert (cut["speedup_low"] == speeds.quantile(0.25)).all() and (cut["speedup_high"] == speeds.quantile(0.75)).all()
+
+
+def test_the_published_tables_frontier_section_has_one_verdict_per_model_and_sampler():
+    from benchmarks import suite
+
+    table = frontier_verdict.frame(bench_frontier.read_rows(bench_frontier.RESULTS))
+    lines = suite.frontier_section()
+    assert lines[0].startswith("## Dense frontier vs pruned + recovered") and "docs/frontier-tables.md" in lines[2]
+    verdicts = [line for line in lines if line.startswith("- **")]
+    assert len(verdicts) == table.groupby(["model", "scheduler"]).ngroups
+    assert any("the default UNet, DPM-Solver++: pruning" in line for line in verdicts)

@@ -181,12 +181,12 @@ def _against_every_sampler(table):
     at each point's latency; ``verdict_best_sampler``: the verdict against it (same margin). A win
     against DDIM's frontier that the dense model with DPM-Solver++ undoes is no win for a user."""
     table = table.copy()
+    dense = table[table["criterion"] == "dense"]
+    lines = {model: [sorted(zip(g["relative_latency"].astype(float), g["fid"].astype(float)))
+                     for _, g in group.groupby("scheduler")] for model, group in dense.groupby("model")}
     best = []
-    for _, row in table.iterrows():
-        same = table[(table["model"] == row["model"]) & (table["criterion"] == "dense")]
-        lines = [sorted(zip(g["relative_latency"].astype(float), g["fid"].astype(float)))
-                 for _, g in same.groupby("scheduler")]
-        values = [v for v in (_interpolate(line, float(row["relative_latency"])) for line in lines) if math.isfinite(v)]
+    for model, latency in zip(table["model"], table["relative_latency"].astype(float)):
+        values = [v for v in (_interpolate(line, latency) for line in lines.get(model, [])) if math.isfinite(v)]
         best.append(min(values) if values else float("nan"))
     table["best_sampler_frontier_fid"] = best
     table["verdict_best_sampler"] = [_verdict(fid - at, margin) for fid, at, margin in
@@ -258,13 +258,13 @@ def table_markdown(rows: dict) -> str:
     table = frame(rows)
     if not len(table):
         return "(no rows measured yet)"
-    sections = []
+    sections, spreads = [], fid_spreads(_frame_all(rows))
     for (model, scheduler), group in table.groupby(["model", "scheduler"], sort=False):
         members = {key: row for key, row in rows.items()
                    if (row.get("model", "default"), row.get("scheduler", "ddim")) == (model, scheduler)}
         sections.append(f"### {model}, {SAMPLER_NAMES.get(scheduler, scheduler)}\n\n"
                         + verdict_sentence(group, model, scheduler) + "\n\n" + _group_markdown(group, members)
-                        + "\n\n" + budget_markdown(group, fid_spreads(_frame_all(members)).get((model, scheduler)))
+                        + "\n\n" + budget_markdown(group, spreads.get((model, scheduler)))
                         + ("\n\nRecovery budget curve:\n\n" + curve if (curve := budget_curve_markdown(group)) else ""))
     return "\n\n".join(sections)
 

@@ -90,6 +90,8 @@ def _judged(table):
 def _verdict_sentence(judged, subject: str, several_samplers: bool) -> str:
     """The benchmark's verdict in one sentence: a win needs an FID below the dense model at equal
     latency by more than the two spreads (2 sigma of FID at this sample count)."""
+    import pandas as pd
+
     counts = judged["verdict"].value_counts()
     wins, ties, total = int(counts.get("win", 0)), int(counts.get("tie", 0)), len(judged)
     closest = judged.loc[judged["fid_minus_frontier"].astype(float).idxmin()]
@@ -104,7 +106,7 @@ def _verdict_sentence(judged, subject: str, several_samplers: bool) -> str:
         return (f"**Is pruning worth it? Not against the best sampler** for {subject}: {wins} of {total} pruned points "
                 f"beat the dense model at fewer steps of this sampler at equal latency by more than the noise (2 sigma "
                 f"of FID), but the dense model with the best sampler is better at the same latency"
-                + (f" (FID {float(best):.1f})" if best is not None and best == best else "") + f"; best, {point}.")
+                + (f" (FID {float(best):.1f})" if pd.notna(best) else "") + f"; best, {point}.")
     if wins:
         return (f"**Is pruning worth it? Yes** for {subject}: {wins} of {total} pruned points beat the dense model at "
                 f"fewer sampling steps at equal latency by more than the noise (2 sigma of FID), {robust} of them "
